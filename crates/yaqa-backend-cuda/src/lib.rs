@@ -1,0 +1,1 @@
+//! `yaqa-backend-cuda`: the CUDA implementation of the backend trait.

@@ -1,0 +1,3 @@
+//! The `yaqa` command line.
+
+fn main() {}

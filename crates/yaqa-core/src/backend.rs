@@ -1,0 +1,202 @@
+//! The backend trait: the coarse, algorithm-level operations that a CPU or GPU implementation provides.
+//!
+//! Operations are whole steps of the method (STYLE.md: faer / llm.c granularity), not tensor primitives,
+//! so a backend can fuse, block and schedule each one as its hardware likes. Every operation has a naive
+//! f64 counterpart in [`crate::reference`] that shares no code with any backend, and a conformance check
+//! in [`crate::conformance`] that every backend instantiates.
+//!
+//! Conventions (DESIGN.md): a layer computes `y = x Wᵀ`, `W` is `m × n` row-major; `x` holds one token per
+//! row (`t × n`), `g` the gradient of the loss with respect to the layer output (`t × m`).
+
+use crate::error::Result;
+use crate::ldl::{BlockLdl, LdlParams};
+use crate::mat::Mat;
+use crate::quant::TileQuantizer;
+use crate::sym::SymMat;
+
+/// Which side of `W` a rotation or sign vector acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The output dimension (`m`, rows of `W`): `W ← R_m diag(s) W`.
+    Rows,
+    /// The input dimension (`n`, columns of `W`): `W ← W diag(s) R_nᵀ`.
+    Cols,
+}
+
+/// The order in which tiles are rounded (DESIGN.md §4). Both give identical results in exact arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RoundOrder {
+    /// Bottom strip first; one GEMM of row feedback per strip, then one-sided LDLQ along the strip.
+    #[default]
+    Strips,
+    /// Anti-diagonal wavefront from the bottom-right corner; all tiles of a step are independent.
+    Wavefront,
+}
+
+/// Parameters of the adaptive rounding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoundParams {
+    /// Rows per tile; must divide `m` and equal the block size of the LDL of `h_out`.
+    pub tile_rows: usize,
+    /// Columns per tile; must divide `n` and equal the block size of the LDL of `h_in`.
+    pub tile_cols: usize,
+    pub order: RoundOrder,
+}
+
+impl Default for RoundParams {
+    fn default() -> Self {
+        Self {
+            tile_rows: 16,
+            tile_cols: 16,
+            order: RoundOrder::Strips,
+        }
+    }
+}
+
+/// Parameters of GPTQ/OPTQ (Frantar et al.), in the layout of the reference implementation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GptqParams {
+    /// Columns per lazy batch update.
+    pub block_size: usize,
+    /// Damping as a fraction of the mean diagonal of `H` (GPTQ's `percdamp`).
+    pub damp: f64,
+    /// Process columns by decreasing `diag(H)` ("act-order"); groups still follow the original column index
+    /// (static groups), as GPTQ checkpoints with `g_idx` expect.
+    pub act_order: bool,
+    /// Stochastic rounding seed; `None` rounds to nearest.
+    pub stochastic_seed: Option<u64>,
+}
+
+impl Default for GptqParams {
+    fn default() -> Self {
+        Self {
+            block_size: 128,
+            damp: 0.01,
+            act_order: false,
+            stochastic_seed: None,
+        }
+    }
+}
+
+/// The result of a rounding run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rounded {
+    /// Reconstructed weights `Ŵ`, same shape as `W`.
+    pub w_hat: Mat<f32>,
+    /// Quantizer codes, row-major, `m × n / code_dim`.
+    pub codes: Vec<u16>,
+    /// The LDL pivots (`d_t`) the run used, in processing order, for the OPTQ error bound (DESIGN.md §9).
+    pub pivots: Vec<f64>,
+}
+
+/// The operations a compute backend provides. All are deterministic for fixed inputs.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// A short human-readable name (`cpu`, `cpu-scalar`, `reference-f64`, `cuda:0`).
+    fn name(&self) -> String;
+
+    /// `h_in += Σ_t x_t x_tᵀ` (the GPTQ/LDLQ Hessian, DESIGN.md §2).
+    ///
+    /// **Shapes**: `x` is `t × n`; `h_in` is `n × n`. **Errors**: shape mismatch.
+    fn accumulate_xtx(&self, h_in: &mut SymMat, x: &Mat<f32>) -> Result<()>;
+
+    /// Sketch B for one sequence: `G = gᵀ x`, `h_in += Gᵀ G`, `h_out += G Gᵀ` (DESIGN.md §2).
+    ///
+    /// **Shapes**: `x` is `t × n`, `g` is `t × m`; `h_in` is `n × n`, `h_out` is `m × m`.
+    fn accumulate_sketch_b(
+        &self,
+        h_in: &mut SymMat,
+        h_out: &mut SymMat,
+        x: &Mat<f32>,
+        g: &Mat<f32>,
+    ) -> Result<()>;
+
+    /// Sketch A, odd pass: `h_out += scale · Σ_t (x_tᵀ h_in x_t) g_t g_tᵀ` (DESIGN.md §2, with
+    /// `scale = 1/‖h_in‖_F²` supplied by the caller so that shards agree).
+    fn accumulate_sketch_a_out(
+        &self,
+        h_out: &mut SymMat,
+        x: &Mat<f32>,
+        g: &Mat<f32>,
+        h_in: &SymMat,
+        scale: f64,
+    ) -> Result<()>;
+
+    /// Sketch A, even pass: `h_in += scale · Σ_t (g_tᵀ h_out g_t) x_t x_tᵀ`.
+    fn accumulate_sketch_a_in(
+        &self,
+        h_in: &mut SymMat,
+        x: &Mat<f32>,
+        g: &Mat<f32>,
+        h_out: &SymMat,
+        scale: f64,
+    ) -> Result<()>;
+
+    /// Randomized Hadamard rotation of `W` along one side, in place (DESIGN.md §3.2):
+    /// forward `v ← R (s ⊙ v)` for every row vector (`Side::Cols`) or column vector (`Side::Rows`);
+    /// `inverse` applies `v ← s ⊙ (Rᵀ v)`.
+    ///
+    /// **Errors**: a dimension with no Hadamard construction, or `signs.len()` not matching.
+    fn hadamard_rotate(
+        &self,
+        w: &mut Mat<f32>,
+        side: Side,
+        signs: &[f32],
+        inverse: bool,
+    ) -> Result<()>;
+
+    /// `R diag(s) h diag(s) Rᵀ` for a symmetric factor (DESIGN.md §3.2).
+    fn rotate_factor(&self, h: &SymMat, signs: &[f32]) -> Result<SymMat>;
+
+    /// Damping loop and block LDL in f64 (DESIGN.md §3.3–3.4).
+    fn block_ldl(&self, h: &SymMat, params: &LdlParams) -> Result<BlockLdl>;
+
+    /// Two-sided adaptive rounding (DESIGN.md §4). `a_in` (`n × n`) and `a_out` (`m × m`) are the strictly
+    /// block-lower parts of the unit LDL factors; `a_out = None` is LDLQ.
+    fn round_adaptive(
+        &self,
+        w: &Mat<f32>,
+        a_in: &Mat<f32>,
+        a_out: Option<&Mat<f32>>,
+        quantizer: &dyn TileQuantizer,
+        params: &RoundParams,
+    ) -> Result<Rounded>;
+
+    /// GPTQ/OPTQ with lazy block updates against `h` (`n × n`), columns left to right (or act-order).
+    fn gptq(
+        &self,
+        w: &Mat<f32>,
+        h: &SymMat,
+        quantizer: &dyn TileQuantizer,
+        params: &GptqParams,
+    ) -> Result<Rounded>;
+
+    /// The weighted error `tr(Δ h_in Δᵀ h_out)` for `Δ = W − Ŵ` (`h_out = None` means `I`), and the
+    /// same quantity for `Δ = W`, so the caller can form DESIGN.md §4's relative proxy errors.
+    fn proxy_error(
+        &self,
+        w: &Mat<f32>,
+        w_hat: &Mat<f32>,
+        h_in: &SymMat,
+        h_out: Option<&SymMat>,
+    ) -> Result<ProxyError>;
+}
+
+/// Numerator and denominator of a proxy error.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProxyError {
+    /// `tr(Δ h_in Δᵀ h_out)`.
+    pub error: f64,
+    /// `tr(W h_in Wᵀ h_out)`.
+    pub baseline: f64,
+}
+
+impl ProxyError {
+    /// `error / baseline` (0 when the baseline is 0).
+    pub fn relative(&self) -> f64 {
+        if self.baseline == 0.0 {
+            0.0
+        } else {
+            self.error / self.baseline
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The error type of `yaqa-core`: every variant carries what a person needs to act on it.
+
+use thiserror::Error;
+
+/// Errors raised by the numerical core.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum CoreError {
+    /// Two operands disagree on a dimension.
+    #[error("shape mismatch in {what}: expected {expected}, got {got}")]
+    ShapeMismatch {
+        what: String,
+        expected: String,
+        got: String,
+    },
+    /// A dimension the operation cannot handle (for example a Hadamard size with no known construction).
+    #[error("unsupported dimension {dim} for {what}: {why}")]
+    UnsupportedDimension {
+        what: String,
+        dim: usize,
+        why: String,
+    },
+    /// Input values that are NaN or infinite.
+    #[error("{count} non-finite values in {what} (first at index {first})")]
+    NonFinite {
+        what: String,
+        count: usize,
+        first: usize,
+    },
+    /// A factor stayed indefinite after the damping loop gave up.
+    #[error(
+        "{what} is not positive definite: Cholesky failed at pivot {pivot} after adding {damp_added:e}·I in {tries} tries"
+    )]
+    NotPositiveDefinite {
+        what: String,
+        pivot: usize,
+        damp_added: f64,
+        tries: usize,
+    },
+    /// Factor shards that cannot be added (different sketch, layer shape, or model).
+    #[error("cannot merge factor shards: {why}")]
+    IncompatibleShards { why: String },
+    /// A parameter outside its documented range.
+    #[error("invalid parameter {name} = {value}: {why}")]
+    InvalidParameter {
+        name: &'static str,
+        value: String,
+        why: String,
+    },
+}
+
+/// Result alias for the core.
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+impl CoreError {
+    /// Builds a [`CoreError::ShapeMismatch`] from anything printable.
+    pub fn shape(what: impl Into<String>, expected: impl ToString, got: impl ToString) -> Self {
+        Self::ShapeMismatch {
+            what: what.into(),
+            expected: expected.to_string(),
+            got: got.to_string(),
+        }
+    }
+}
+
+/// Returns an error naming `what` if any value is not finite.
+pub fn check_finite<T: Copy + Into<f64>>(what: &str, values: &[T]) -> Result<()> {
+    let mut count = 0;
+    let mut first = usize::MAX;
+    for (i, &v) in values.iter().enumerate() {
+        if !v.into().is_finite() {
+            count += 1;
+            first = first.min(i);
+        }
+    }
+    if count == 0 {
+        Ok(())
+    } else {
+        Err(CoreError::NonFinite {
+            what: what.to_string(),
+            count,
+            first,
+        })
+    }
+}

@@ -1,0 +1,1 @@
+//! Hadamard-type orthogonal transforms for incoherence processing (DESIGN.md §3.2).

@@ -1,0 +1,65 @@
+//! The quantizer interface the rounding algorithms call, independent of any codebook (DESIGN.md §5).
+//!
+//! A quantizer takes one tile of (feedback-corrected) weights, replaces it by its reconstruction and
+//! writes its codes. It knows where the tile sits in the matrix, so per-group scales and zero-points can
+//! be looked up. Concrete quantizers live in the submodules.
+
+pub mod int;
+
+use crate::rng::Rng;
+
+/// A quantizer that rounds tiles of a weight matrix.
+pub trait TileQuantizer: Send + Sync + std::fmt::Debug {
+    /// A short name for reports (`int4`, `int4-asym-g128`).
+    fn name(&self) -> String;
+
+    /// Weights per code: 1 for scalar grids, 8 for E8P. Codes run along rows.
+    fn code_dim(&self) -> usize {
+        1
+    }
+
+    /// Bits per weight, including scales and zero-points amortised over the matrix.
+    fn bits_per_weight(&self) -> f64;
+
+    /// Replaces `values` (the `rows × cols` tile at `(row0, col0)`, row-major) by their reconstruction and
+    /// writes `rows × cols / code_dim` codes. With `dither`, scalar grids round stochastically
+    /// (unbiased: up with probability equal to the fractional position between the two neighbours).
+    fn quantize_tile(
+        &self,
+        row0: usize,
+        col0: usize,
+        rows: usize,
+        cols: usize,
+        values: &mut [f32],
+        codes: &mut [u16],
+        dither: Option<&mut Rng>,
+    );
+}
+
+/// Round-to-nearest over the whole matrix: every tile quantized with no feedback.
+pub fn round_to_nearest(
+    w: &crate::mat::Mat<f32>,
+    quantizer: &dyn TileQuantizer,
+) -> crate::backend::Rounded {
+    let mut w_hat = w.clone();
+    let per_code = quantizer.code_dim();
+    let mut codes = vec![0u16; w.rows * w.cols / per_code];
+    let codes_per_row = w.cols / per_code;
+    for i in 0..w.rows {
+        let row = w_hat.row_mut(i);
+        quantizer.quantize_tile(
+            i,
+            0,
+            1,
+            w.cols,
+            row,
+            &mut codes[i * codes_per_row..(i + 1) * codes_per_row],
+            None,
+        );
+    }
+    crate::backend::Rounded {
+        w_hat,
+        codes,
+        pivots: Vec::new(),
+    }
+}

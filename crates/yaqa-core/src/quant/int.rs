@@ -1,0 +1,1 @@
+//! INT-k scalar quantizers (DESIGN.md §5).

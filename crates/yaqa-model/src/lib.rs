@@ -1,0 +1,1 @@
+//! `yaqa-model`: checkpoints, the transformer forward and backward, calibration and evaluation.
