@@ -200,3 +200,44 @@ impl ProxyError {
         }
     }
 }
+
+/// Checks the inputs of [`Backend::round_adaptive`] (shared by every backend so that all reject the same
+/// inputs with the same message).
+///
+/// **Errors**: shape mismatches, tile sizes that do not divide the matrix or the quantizer's code
+/// dimension, non-finite weights or feedback matrices.
+pub fn check_round_inputs(
+    w: &Mat<f32>,
+    a_in: &Mat<f32>,
+    a_out: Option<&Mat<f32>>,
+    quantizer: &dyn TileQuantizer,
+    params: &RoundParams,
+) -> Result<()> {
+    use crate::error::{CoreError, check_finite};
+    let (m, n) = w.shape();
+    a_in.expect_shape("round: a_in (n × n)", n, n)?;
+    if let Some(a) = a_out {
+        a.expect_shape("round: a_out (m × m)", m, m)?;
+        check_finite("round: a_out", &a.data)?;
+    }
+    if params.tile_rows == 0 || m % params.tile_rows != 0 {
+        return Err(CoreError::InvalidParameter {
+            name: "tile_rows",
+            value: params.tile_rows.to_string(),
+            why: format!("must divide the {m} rows of W"),
+        });
+    }
+    let code_dim = quantizer.code_dim();
+    if params.tile_cols == 0 || n % params.tile_cols != 0 || params.tile_cols % code_dim != 0 {
+        return Err(CoreError::InvalidParameter {
+            name: "tile_cols",
+            value: params.tile_cols.to_string(),
+            why: format!(
+                "must divide the {n} columns of W and be a multiple of the quantizer's code dimension {code_dim}"
+            ),
+        });
+    }
+    check_finite("round: W", &w.data)?;
+    check_finite("round: a_in", &a_in.data)?;
+    Ok(())
+}

@@ -13,6 +13,13 @@ pub struct Mat<T> {
     pub data: Vec<T>,
 }
 
+impl<T> Mat<T> {
+    /// `(rows, cols)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+}
+
 impl<T: Copy + Default> Mat<T> {
     /// A matrix of `T::default()` (zero for numbers).
     pub fn zeros(rows: usize, cols: usize) -> Self {
@@ -69,11 +76,6 @@ impl<T: Copy + Default> Mat<T> {
     /// The transpose, as a new matrix.
     pub fn transpose(&self) -> Self {
         Self::from_fn(self.cols, self.rows, |i, j| self.at(j, i))
-    }
-
-    /// `(rows, cols)`.
-    pub fn shape(&self) -> (usize, usize) {
-        (self.rows, self.cols)
     }
 
     /// Errors unless the shape is `(rows, cols)`.

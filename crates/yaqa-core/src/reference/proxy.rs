@@ -1,9 +1,64 @@
-//! Reference proxy (in progress).
-#![allow(unused_variables)]
-use crate::backend::*;
-use crate::error::Result;
-use crate::ldl::*;
+//! Reference proxy error `tr(Δ h_in Δᵀ h_out)` by explicit f64 sums (DESIGN.md §4).
+
+use crate::backend::ProxyError;
+use crate::error::{CoreError, Result};
 use crate::mat::Mat;
-use crate::quant::TileQuantizer;
 use crate::sym::SymMat;
-pub(super) fn proxy_error(w: &Mat<f32>, w_hat: &Mat<f32>, h_in: &SymMat, h_out: Option<&SymMat>) -> Result<ProxyError> { todo!() }
+
+fn weighted(d: &Mat<f64>, h_in: &SymMat, h_out: Option<&SymMat>) -> f64 {
+    let (m, n) = d.shape();
+    // T = Δ h_in (m × n).
+    let t = Mat::from_fn(m, n, |i, j| {
+        (0..n).map(|k| d.at(i, k) * h_in.at(k, j)).sum::<f64>()
+    });
+    // tr(T Δᵀ h_out) = Σ_{a,c} (T Δᵀ)[a][c] · h_out[c][a].
+    let mut total = 0.0;
+    for a in 0..m {
+        for c in 0..m {
+            let hoc = match h_out {
+                Some(h) => h.at(c, a),
+                None => {
+                    if a == c {
+                        1.0
+                    } else {
+                        continue;
+                    }
+                }
+            };
+            let tdt: f64 = (0..n).map(|k| t.at(a, k) * d.at(c, k)).sum();
+            total += tdt * hoc;
+        }
+    }
+    total
+}
+
+pub(super) fn proxy_error(
+    w: &Mat<f32>,
+    w_hat: &Mat<f32>,
+    h_in: &SymMat,
+    h_out: Option<&SymMat>,
+) -> Result<ProxyError> {
+    w_hat.expect_shape("proxy_error: w_hat vs w", w.rows, w.cols)?;
+    if h_in.n != w.cols {
+        return Err(CoreError::shape(
+            "proxy_error: h_in vs W columns",
+            w.cols,
+            h_in.n,
+        ));
+    }
+    if let Some(h) = h_out
+        && h.n != w.rows
+    {
+        return Err(CoreError::shape(
+            "proxy_error: h_out vs W rows",
+            w.rows,
+            h.n,
+        ));
+    }
+    let wd = w.to_f64();
+    let delta = Mat::from_fn(w.rows, w.cols, |i, j| wd.at(i, j) - w_hat.at(i, j) as f64);
+    Ok(ProxyError {
+        error: weighted(&delta, h_in, h_out),
+        baseline: weighted(&wd, h_in, h_out),
+    })
+}
