@@ -7,7 +7,6 @@
 //! a 40 × 56 result), while faer's own `Mat` pads its columns. So products land in a `faer::Mat` and are
 //! copied or added into place; the copy is `O(rows·cols)` against the product's `O(rows·cols·k)`.
 
-use faer::linalg::matmul::triangular::BlockStructure;
 use faer::{Accum, MatRef, Par};
 use yaqa_core::{Mat, SymMat};
 
@@ -50,32 +49,39 @@ pub(crate) fn view_mut(
     }
 }
 
-/// The lower triangle of `lhs · rhs` (`k × k`), computed without the strict upper part.
-pub(crate) fn lower_product(
-    k: usize,
-    lhs: MatRef<'_, f32>,
-    rhs: MatRef<'_, f32>,
-) -> faer::Mat<f32> {
+/// Column bands of [`gram_upper`]: the triangle is computed as this many rectangular GEMMs of growing
+/// height, wasting about `1/(2·GRAM_BANDS)` extra flops but running at faer's rectangular-GEMM speed
+/// (faer's triangular-destination matmul ran at about half of it here, 2026-11-23).
+const GRAM_BANDS: usize = 8;
+
+/// The upper triangle (rows `0..=j` of every column `j`) of a symmetric product `lhs · rhs` (`k × k`), in
+/// a column-major faer matrix, band of columns by band of columns. Column `j` of the upper triangle is row
+/// `j` of the lower one, so [`add_lower`] reads each packed row as one contiguous column slice.
+pub(crate) fn gram_upper(k: usize, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) -> faer::Mat<f32> {
     let mut dst = faer::Mat::<f32>::zeros(k, k);
-    faer::linalg::matmul::triangular::matmul(
-        dst.as_mut(),
-        BlockStructure::TriangularLower,
-        Accum::Replace,
-        lhs,
-        BlockStructure::Rectangular,
-        rhs,
-        BlockStructure::Rectangular,
-        1.0,
-        par(),
-    );
+    let band = k.div_ceil(GRAM_BANDS).max(1);
+    let mut c0 = 0;
+    while c0 < k {
+        let c1 = (c0 + band).min(k);
+        faer::linalg::matmul::matmul(
+            dst.as_mut().submatrix_mut(0, c0, c1, c1 - c0),
+            Accum::Replace,
+            lhs.subrows(0, c1),
+            rhs.subcols(c0, c1 - c0),
+            1.0,
+            par(),
+        );
+        c0 = c1;
+    }
     dst
 }
 
-/// `acc += lower triangle` of a product from [`lower_product`], widening to f64.
-pub(crate) fn add_lower(acc: &mut SymMat, dense: &faer::Mat<f32>) {
+/// `acc += ` the symmetric product from [`gram_upper`], widening to f64.
+pub(crate) fn add_lower(acc: &mut SymMat, upper: &faer::Mat<f32>) {
     for i in 0..acc.n {
-        for (j, d) in acc.lower_row_mut(i).iter_mut().enumerate() {
-            *d += dense[(i, j)] as f64;
+        let src = &upper.col_as_slice(i)[..=i];
+        for (d, s) in acc.lower_row_mut(i).iter_mut().zip(src) {
+            *d += *s as f64;
         }
     }
 }

@@ -1,6 +1,561 @@
-//! CPU incoherence rotations (hadamard helper).
-#![allow(unused_variables)]
+//! CPU incoherence rotations (DESIGN.md §3.2): the fast `R_n = (H_k ⊗ H_{2^p}) / √n` transform.
+//!
+//! A vector of length `n = k·2^p` is viewed as `k` contiguous segments of `2^p` entries. `R_n` is then
+//! unnormalised Walsh–Hadamard butterflies inside every segment (`O(n log n)`) followed by a dense `k × k`
+//! ±1 mix of whole segments (`O(n·k)`), with the `1/√n` folded into the sign vector. Both steps work on
+//! *units* of `width` contiguous lanes, so one kernel serves both sides of `W`:
+//! - `Side::Cols` (rows of `W` are the vectors): each row is one vector with `width = 1`, rayon over rows;
+//! - `Side::Rows` (columns are the vectors): a strip of `width` adjacent columns is copied into a
+//!   contiguous `m × width` buffer, where every butterfly and every mix term is a contiguous, SIMD-friendly
+//!   run of `width`-lane rows; rayon over strips.
+//!
+//! `rotate_factor` runs the same kernel in f64 on the dense factor, along rows and then along columns.
+//! The SIMD path uses pulp with run-time dispatch; `simd == false` selects plain loops, kept so the
+//! conformance tests check the SIMD kernels against an independent scalar path.
+
+use std::mem::size_of;
+use std::ops::{Add, Mul, Sub};
+
+use pulp::{Arch, Simd, WithSimd};
+use rayon::prelude::*;
 use yaqa_core::backend::Side;
-use yaqa_core::{Mat, Result, SymMat};
-pub(crate) fn rotate(simd: bool, w: &mut Mat<f32>, side: Side, signs: &[f32], inverse: bool) -> Result<()> { todo!() }
-pub(crate) fn rotate_factor(simd: bool, h: &SymMat, signs: &[f32]) -> Result<SymMat> { todo!() }
+use yaqa_core::hadamard::HadamardPlan;
+use yaqa_core::sym::packed_len;
+use yaqa_core::{CoreError, Mat, Result, SymMat};
+
+/// Bytes of one strip buffer for `Side::Rows`. The strip and its mix scratch should stay in a core's L2
+/// (1 MiB per core on the development machine, an AMD EPYC) while the `log2(2^p)` butterfly passes run.
+const STRIP_BYTES: usize = 256 * 1024;
+/// Bytes of strips transformed between two write-back phases for `Side::Rows`: small enough to stay in
+/// the shared L3, large enough that every core gets several strips per phase.
+const BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes of one cache line: the narrowest strip worth copying (a narrower one would split lines between
+/// strips, and so between threads).
+const LINE_BYTES: usize = 64;
+/// Widest strip, in lanes: wider strips no longer shorten the per-unit loop overhead noticeably.
+const MAX_STRIP_LANES: usize = 64;
+
+/// The element types the transform runs in (f32 for weights, f64 for factors), with their pulp vectors.
+trait Real:
+    Copy
+    + Default
+    + Send
+    + Sync
+    + PartialOrd
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + 'static
+{
+    type V<S: Simd>: Copy;
+    fn from_f64(x: f64) -> Self;
+    fn splat<S: Simd>(simd: S, x: Self) -> Self::V<S>;
+    fn vadd<S: Simd>(simd: S, a: Self::V<S>, b: Self::V<S>) -> Self::V<S>;
+    fn vsub<S: Simd>(simd: S, a: Self::V<S>, b: Self::V<S>) -> Self::V<S>;
+    /// `a·b + c`, fused or not: the mix multiplies by ±1 only, which is exact either way.
+    fn vmul_add<S: Simd>(simd: S, a: Self::V<S>, b: Self::V<S>, c: Self::V<S>) -> Self::V<S>;
+    fn split<S: Simd>(x: &[Self]) -> (&[Self::V<S>], &[Self]);
+    fn split_mut<S: Simd>(x: &mut [Self]) -> (&mut [Self::V<S>], &mut [Self]);
+}
+
+impl Real for f32 {
+    type V<S: Simd> = S::f32s;
+    #[inline(always)]
+    fn from_f64(x: f64) -> Self {
+        x as f32
+    }
+    #[inline(always)]
+    fn splat<S: Simd>(simd: S, x: Self) -> S::f32s {
+        simd.splat_f32s(x)
+    }
+    #[inline(always)]
+    fn vadd<S: Simd>(simd: S, a: S::f32s, b: S::f32s) -> S::f32s {
+        simd.add_f32s(a, b)
+    }
+    #[inline(always)]
+    fn vsub<S: Simd>(simd: S, a: S::f32s, b: S::f32s) -> S::f32s {
+        simd.sub_f32s(a, b)
+    }
+    #[inline(always)]
+    fn vmul_add<S: Simd>(simd: S, a: S::f32s, b: S::f32s, c: S::f32s) -> S::f32s {
+        simd.mul_add_f32s(a, b, c)
+    }
+    #[inline(always)]
+    fn split<S: Simd>(x: &[Self]) -> (&[S::f32s], &[Self]) {
+        S::as_simd_f32s(x)
+    }
+    #[inline(always)]
+    fn split_mut<S: Simd>(x: &mut [Self]) -> (&mut [S::f32s], &mut [Self]) {
+        S::as_mut_simd_f32s(x)
+    }
+}
+
+impl Real for f64 {
+    type V<S: Simd> = S::f64s;
+    #[inline(always)]
+    fn from_f64(x: f64) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn splat<S: Simd>(simd: S, x: Self) -> S::f64s {
+        simd.splat_f64s(x)
+    }
+    #[inline(always)]
+    fn vadd<S: Simd>(simd: S, a: S::f64s, b: S::f64s) -> S::f64s {
+        simd.add_f64s(a, b)
+    }
+    #[inline(always)]
+    fn vsub<S: Simd>(simd: S, a: S::f64s, b: S::f64s) -> S::f64s {
+        simd.sub_f64s(a, b)
+    }
+    #[inline(always)]
+    fn vmul_add<S: Simd>(simd: S, a: S::f64s, b: S::f64s, c: S::f64s) -> S::f64s {
+        simd.mul_add_f64s(a, b, c)
+    }
+    #[inline(always)]
+    fn split<S: Simd>(x: &[Self]) -> (&[S::f64s], &[Self]) {
+        S::as_simd_f64s(x)
+    }
+    #[inline(always)]
+    fn split_mut<S: Simd>(x: &mut [Self]) -> (&mut [S::f64s], &mut [Self]) {
+        S::as_mut_simd_f64s(x)
+    }
+}
+
+/// Everything one rotation needs, prepared once per call.
+struct Transform<T> {
+    /// Segments (`k`) and units per segment (`2^p`).
+    k: usize,
+    q: usize,
+    /// The `k × k` mix as ±1 values in `T`, row-major: `H_k` forward, `H_kᵀ` for the inverse.
+    mix: Vec<T>,
+    /// `s_i / √n`: applied before the transform (forward) or after it (inverse).
+    scaled_signs: Vec<T>,
+    inverse: bool,
+    /// The instruction set for the SIMD path (detected once per call), or `None` for the scalar path.
+    arch: Option<Arch>,
+}
+
+impl<T: Real> Transform<T> {
+    fn new(plan: &HadamardPlan, signs: &[f32], inverse: bool, simd: bool) -> Self {
+        let k = plan.k();
+        let base = plan.base();
+        let mix = (0..k * k)
+            .map(|idx| {
+                let (a, c) = (idx / k, idx % k);
+                let h = if inverse {
+                    base.at(c, a)
+                } else {
+                    base.at(a, c)
+                };
+                T::from_f64(h as f64)
+            })
+            .collect();
+        let scale = plan.scale();
+        let scaled_signs = signs
+            .iter()
+            .map(|&s| T::from_f64(s as f64 * scale))
+            .collect();
+        Self {
+            k,
+            q: plan.pow2(),
+            mix,
+            scaled_signs,
+            inverse,
+            arch: simd.then(Arch::new),
+        }
+    }
+
+    /// The unnormalised `(H_k ⊗ H_{2^p})` (or its transpose) applied to `buf`, which holds `k·2^p` units of
+    /// `width` lanes; `scratch` has the same length and is clobbered. The result ends in `buf`.
+    fn apply(&self, buf: &mut [T], scratch: &mut [T], width: usize) {
+        let seg = self.q * width;
+        if let Some(arch) = self.arch {
+            arch.dispatch(SimdKernel {
+                t: self,
+                buf,
+                scratch,
+                width,
+            });
+        } else {
+            for segment in buf.chunks_exact_mut(seg) {
+                fwht_scalar(segment, width);
+            }
+            if self.k > 1 {
+                mix_scalar(&self.mix, self.k, buf, scratch);
+                buf.copy_from_slice(scratch);
+            }
+        }
+    }
+}
+
+/// One butterfly stage `(x, y) ← (x + y, x − y)` over every pair of blocks `span` apart, in plain loops.
+#[inline(always)]
+fn stage_scalar<T: Real>(segment: &mut [T], span: usize) {
+    for block in segment.chunks_exact_mut(2 * span) {
+        let (x, y) = block.split_at_mut(span);
+        for (a, b) in x.iter_mut().zip(y.iter_mut()) {
+            let (u, v) = (*a, *b);
+            *a = u + v;
+            *b = u - v;
+        }
+    }
+}
+
+/// Unnormalised Walsh–Hadamard transform of one segment of `len / width` units, in natural (Sylvester)
+/// order: stage `h` pairs units `i` and `i + h`.
+fn fwht_scalar<T: Real>(segment: &mut [T], width: usize) {
+    let mut span = width;
+    while span < segment.len() {
+        stage_scalar(segment, span);
+        span *= 2;
+    }
+}
+
+/// `dst[a] = Σ_c mix[a, c] · src[c]` over segments of `src.len() / k` values, in plain loops.
+fn mix_scalar<T: Real>(mix: &[T], k: usize, src: &[T], dst: &mut [T]) {
+    let seg = src.len() / k;
+    let zero = T::default();
+    for (a, out) in dst.chunks_exact_mut(seg).enumerate() {
+        out.fill(zero);
+        for (c, input) in src.chunks_exact(seg).enumerate() {
+            if mix[a * k + c] > zero {
+                for (o, &x) in out.iter_mut().zip(input) {
+                    *o = *o + x;
+                }
+            } else {
+                for (o, &x) in out.iter_mut().zip(input) {
+                    *o = *o - x;
+                }
+            }
+        }
+    }
+}
+
+/// The SIMD version of [`Transform::apply`], dispatched by pulp to the best instruction set at run time.
+struct SimdKernel<'a, T> {
+    t: &'a Transform<T>,
+    buf: &'a mut [T],
+    scratch: &'a mut [T],
+    width: usize,
+}
+
+impl<T: Real> WithSimd for SimdKernel<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
+        let Self {
+            t,
+            buf,
+            scratch,
+            width,
+        } = self;
+        let lanes = size_of::<T::V<S>>() / size_of::<T>();
+        for segment in buf.chunks_exact_mut(t.q * width) {
+            let mut span = width;
+            while span < segment.len() {
+                if span < lanes {
+                    // Blocks narrower than one vector: the first stages of a `width = 1` transform.
+                    stage_scalar(segment, span);
+                } else {
+                    for block in segment.chunks_exact_mut(2 * span) {
+                        let (x, y) = block.split_at_mut(span);
+                        butterfly_simd(simd, x, y);
+                    }
+                }
+                span *= 2;
+            }
+        }
+        if t.k > 1 {
+            mix_simd(simd, &t.mix, t.k, buf, scratch);
+            buf.copy_from_slice(scratch);
+        }
+    }
+}
+
+#[inline(always)]
+fn butterfly_simd<T: Real, S: Simd>(simd: S, x: &mut [T], y: &mut [T]) {
+    let (xv, xt) = T::split_mut::<S>(x);
+    let (yv, yt) = T::split_mut::<S>(y);
+    for (a, b) in xv.iter_mut().zip(yv.iter_mut()) {
+        let (u, v) = (*a, *b);
+        *a = T::vadd(simd, u, v);
+        *b = T::vsub(simd, u, v);
+    }
+    for (a, b) in xt.iter_mut().zip(yt.iter_mut()) {
+        let (u, v) = (*a, *b);
+        *a = u + v;
+        *b = u - v;
+    }
+}
+
+/// `dst[a] = Σ_c mix[a, c] · src[c]` over segments of `src.len() / k` values. Four vectors of every output
+/// segment are accumulated in registers across all `k` inputs, so each term costs one load and one
+/// multiply-add instead of a load, an add and a store.
+#[inline(always)]
+fn mix_simd<T: Real, S: Simd>(simd: S, mix: &[T], k: usize, src: &[T], dst: &mut [T]) {
+    const UNROLL: usize = 4;
+    let seg = src.len() / k;
+    let lanes = size_of::<T::V<S>>() / size_of::<T>();
+    let block = UNROLL * lanes;
+    let blocked = seg / block * block;
+    let zero = T::splat(simd, T::default());
+    for start in (0..blocked).step_by(block) {
+        for a in 0..k {
+            let mut acc = [zero; UNROLL];
+            for c in 0..k {
+                let h = T::splat(simd, mix[a * k + c]);
+                let (v, _) = T::split::<S>(&src[c * seg + start..c * seg + start + block]);
+                for (acc_u, &v_u) in acc.iter_mut().zip(v) {
+                    *acc_u = T::vmul_add(simd, h, v_u, *acc_u);
+                }
+            }
+            let (out, _) = T::split_mut::<S>(&mut dst[a * seg + start..a * seg + start + block]);
+            out.copy_from_slice(&acc);
+        }
+    }
+    if blocked < seg {
+        // The ragged end of each segment (fewer than four vectors), in plain loops.
+        for a in 0..k {
+            for t in blocked..seg {
+                let mut sum = T::default();
+                for c in 0..k {
+                    sum = sum + mix[a * k + c] * src[c * seg + t];
+                }
+                dst[a * seg + t] = sum;
+            }
+        }
+    }
+}
+
+/// Checks that `signs` has length `n` and holds only ±1.
+fn check_signs(signs: &[f32], n: usize) -> Result<()> {
+    if signs.len() != n {
+        return Err(CoreError::shape("Hadamard sign vector", n, signs.len()));
+    }
+    if let Some(i) = signs.iter().position(|&s| s != 1.0 && s != -1.0) {
+        return Err(CoreError::InvalidParameter {
+            name: "signs",
+            value: format!("signs[{i}] = {}", signs[i]),
+            why: "a Hadamard sign vector holds only +1 and −1".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Rotates every row (length `cols`) of the row-major `rows × cols` matrix `data`: `v ← R (s ⊙ v)`, or
+/// `v ← s ⊙ (Rᵀ v)` for the inverse.
+fn rotate_rows<T: Real>(t: &Transform<T>, data: &mut [T], cols: usize) {
+    if cols == 0 {
+        return;
+    }
+    let needs_scratch = t.k > 1;
+    data.par_chunks_mut(cols).for_each_init(
+        || vec![T::default(); if needs_scratch { cols } else { 0 }],
+        |scratch, row| {
+            if !t.inverse {
+                for (v, &d) in row.iter_mut().zip(&t.scaled_signs) {
+                    *v = *v * d;
+                }
+            }
+            t.apply(row, scratch, 1);
+            if t.inverse {
+                for (v, &d) in row.iter_mut().zip(&t.scaled_signs) {
+                    *v = *v * d;
+                }
+            }
+        },
+    );
+}
+
+/// Rotates every column (length `rows`) of the row-major `rows × cols` matrix `data`, strip by strip.
+///
+/// Each phase transforms a batch of column strips in parallel (reading `data`, writing one contiguous
+/// `rows × width` buffer per strip), then writes the batch back in parallel over rows; the two phases keep
+/// every write disjoint without `unsafe`, and a batch is small enough to stay in cache between them.
+fn rotate_cols<T: Real>(t: &Transform<T>, data: &mut [T], rows: usize, cols: usize) {
+    if cols == 0 || rows == 0 {
+        return;
+    }
+    let elem = size_of::<T>();
+    let min_width = (LINE_BYTES / elem).max(1);
+    let width = (STRIP_BYTES / (2 * rows * elem)) / min_width * min_width;
+    let width = width.clamp(min_width, MAX_STRIP_LANES).min(cols);
+    let strips_per_batch = (BATCH_BYTES / (rows * width * elem)).max(1);
+    let batch_cols = strips_per_batch * width;
+    let mut batch = vec![T::default(); rows * batch_cols.min(cols)];
+
+    for c0 in (0..cols).step_by(batch_cols) {
+        let c1 = (c0 + batch_cols).min(cols);
+        // Strip j of this batch covers columns c0 + j·width .. min(c0 + (j+1)·width, c1).
+        let strip_width = |j: usize| (c1 - (c0 + j * width)).min(width);
+        let used = rows * (c1 - c0);
+        {
+            let source: &[T] = data;
+            batch[..used]
+                .par_chunks_mut(rows * width)
+                .enumerate()
+                .for_each_init(
+                    || vec![T::default(); if t.k > 1 { rows * width } else { 0 }],
+                    |scratch, (j, buf)| {
+                        let w = strip_width(j);
+                        let first = c0 + j * width;
+                        let buf = &mut buf[..rows * w];
+                        for (i, unit) in buf.chunks_exact_mut(w).enumerate() {
+                            let src = &source[i * cols + first..i * cols + first + w];
+                            if t.inverse {
+                                unit.copy_from_slice(src);
+                            } else {
+                                let d = t.scaled_signs[i];
+                                for (u, &x) in unit.iter_mut().zip(src) {
+                                    *u = x * d;
+                                }
+                            }
+                        }
+                        let scratch = if t.k > 1 {
+                            &mut scratch[..rows * w]
+                        } else {
+                            &mut scratch[..]
+                        };
+                        t.apply(buf, scratch, w);
+                    },
+                );
+        }
+        let batch = &batch[..used];
+        data.par_chunks_mut(cols).enumerate().for_each(|(i, row)| {
+            let d = t.scaled_signs[i];
+            let mut col = c0;
+            let mut j = 0;
+            while col < c1 {
+                let w = strip_width(j);
+                let strip = &batch[j * rows * width..];
+                let unit = &strip[i * w..(i + 1) * w];
+                let out = &mut row[col..col + w];
+                if t.inverse {
+                    for (o, &u) in out.iter_mut().zip(unit) {
+                        *o = u * d;
+                    }
+                } else {
+                    out.copy_from_slice(unit);
+                }
+                col += w;
+                j += 1;
+            }
+        });
+    }
+}
+
+/// [`yaqa_core::Backend::hadamard_rotate`] on the CPU: `W ← W diag(s) R_nᵀ` (`Side::Cols`) or
+/// `W ← R_m diag(s) W` (`Side::Rows`), or their inverses (DESIGN.md §3.2).
+///
+/// **Shapes**: `w` is `m × n`; `signs` has length `n` (`Cols`) or `m` (`Rows`).
+/// **Errors**: shape mismatch, a sign that is not ±1, a dimension with no Hadamard plan.
+pub(crate) fn rotate(
+    simd: bool,
+    w: &mut Mat<f32>,
+    side: Side,
+    signs: &[f32],
+    inverse: bool,
+) -> Result<()> {
+    let (m, n) = (w.rows, w.cols);
+    if w.data.len() != m * n {
+        return Err(CoreError::shape(
+            "hadamard_rotate: W data",
+            m * n,
+            w.data.len(),
+        ));
+    }
+    let dim = match side {
+        Side::Cols => n,
+        Side::Rows => m,
+    };
+    check_signs(signs, dim)?;
+    let plan = HadamardPlan::cached(dim)?;
+    let t = Transform::<f32>::new(&plan, signs, inverse, simd);
+    match side {
+        Side::Cols => rotate_rows(&t, &mut w.data, n),
+        Side::Rows => rotate_cols(&t, &mut w.data, m, n),
+    }
+    Ok(())
+}
+
+/// [`yaqa_core::Backend::rotate_factor`] on the CPU: `R diag(s) h diag(s) Rᵀ` (DESIGN.md §3.2) in f64, by
+/// the fast transform along the rows of the dense factor and then along its columns; the lower triangle
+/// of the result is kept (it is symmetric up to rounding).
+///
+/// **Shapes**: `h` is `n × n` (packed), `signs` has length `n`.
+/// **Errors**: shape mismatch, a sign that is not ±1, a dimension with no Hadamard plan.
+pub(crate) fn rotate_factor(simd: bool, h: &SymMat, signs: &[f32]) -> Result<SymMat> {
+    let n = h.n;
+    if h.data.len() != packed_len(n) {
+        return Err(CoreError::shape(
+            "rotate_factor: packed factor",
+            packed_len(n),
+            h.data.len(),
+        ));
+    }
+    check_signs(signs, n)?;
+    let plan = HadamardPlan::cached(n)?;
+    let t = Transform::<f64>::new(&plan, signs, false, simd);
+    let mut dense = h.to_dense();
+    // Rows first: H ← H diag(s) Rᵀ; then columns: H ← R diag(s) H.
+    rotate_rows(&t, &mut dense.data, n);
+    rotate_cols(&t, &mut dense.data, n, n);
+    SymMat::from_lower(&dense)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernels against the definition on tiny cases: `R diag(s) e_j` must be `s_j` times column `j`
+    /// of `R` (from the plan's entries), for every `j`, on both sides and both paths.
+    #[test]
+    fn unit_vectors_map_to_columns_of_r() {
+        for n in [12, 24, 40, 64] {
+            let plan = HadamardPlan::new(n).unwrap_or_else(|e| panic!("{e}"));
+            let signs = yaqa_core::hadamard::sign_vector(3, "unit", n);
+            let scale = plan.scale();
+            for simd in [true, false] {
+                // Row j of W is e_j, so after a Cols rotation row j is s_j·R[:, j].
+                let mut w = Mat::from_fn(n, n, |i, j| if i == j { 1.0f32 } else { 0.0 });
+                rotate(simd, &mut w, Side::Cols, &signs, false).unwrap_or_else(|e| panic!("{e}"));
+                // Column j of W is e_j, so after a Rows rotation column j is s_j·R[:, j].
+                let mut w_rows = Mat::from_fn(n, n, |i, j| if i == j { 1.0f32 } else { 0.0 });
+                rotate(simd, &mut w_rows, Side::Rows, &signs, false)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                for j in 0..n {
+                    for i in 0..n {
+                        let want = (plan.entry(i, j) as f64 * scale * signs[j] as f64) as f32;
+                        assert!((w.at(j, i) - want).abs() < 1e-6, "n {n} simd {simd} Cols");
+                        assert!(
+                            (w_rows.at(i, j) - want).abs() < 1e-6,
+                            "n {n} simd {simd} Rows"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strips_cover_ragged_widths() {
+        // 100 columns is not a multiple of any strip width; rows 48 = 12·4 exercises the mix.
+        let n_cols = 100;
+        let w0 = Mat::from_fn(48, n_cols, |i, j| ((i * 7 + j * 3) % 11) as f32 - 5.0);
+        let signs = yaqa_core::hadamard::sign_vector(1, "r", 48);
+        let mut simd = w0.clone();
+        let mut scalar = w0.clone();
+        rotate(true, &mut simd, Side::Rows, &signs, false).unwrap_or_else(|e| panic!("{e}"));
+        rotate(false, &mut scalar, Side::Rows, &signs, false).unwrap_or_else(|e| panic!("{e}"));
+        // Column by column against the Cols path on the transpose, which has no strips at all.
+        let mut transposed = w0.transpose();
+        rotate(false, &mut transposed, Side::Cols, &signs, false).unwrap_or_else(|e| panic!("{e}"));
+        let want = transposed.transpose();
+        for (got, name) in [(&simd, "simd"), (&scalar, "scalar")] {
+            let err = yaqa_core::mat::rel_diff_fro(&got.to_f64().data, &want.to_f64().data);
+            assert!(err < 1e-6, "{name}: {err:e}");
+        }
+    }
+}

@@ -48,7 +48,9 @@ pub(crate) fn block_ldl(h: &SymMat, params: &LdlParams) -> Result<BlockLdl> {
                 }
                 let mut l = Mat::<f64>::zeros(n, n);
                 l.data.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-                    for kb in 0..=i / b {
+                    // The diagonal block is the identity by definition; set it exactly.
+                    row[i] = 1.0;
+                    for kb in 0..i / b {
                         let o = kb * b;
                         let inv = &inverses[kb];
                         for j in 0..b {

@@ -4,9 +4,11 @@
 //! butterflies; rayon spreads rows, strips and independent layers over the cores. A scalar path (no
 //! explicit SIMD) runs in the same tests as the SIMD path so both stay checked.
 
+mod gemm;
 mod gptq;
 mod hadamard;
 mod ldl;
+mod model;
 mod proxy;
 mod round;
 mod sketch;
@@ -36,7 +38,11 @@ impl Cpu {
 
 impl Backend for Cpu {
     fn name(&self) -> String {
-        if self.simd { "cpu".into() } else { "cpu-scalar".into() }
+        if self.simd {
+            "cpu".into()
+        } else {
+            "cpu-scalar".into()
+        }
     }
 
     fn accumulate_xtx(&self, h_in: &mut SymMat, x: &Mat<f32>) -> Result<()> {

@@ -38,8 +38,39 @@ struct Strip {
     codes: Vec<u16>,
 }
 
-/// Rounds one tile whose feedback from inside the strip is `intra` (`tr × tc`), updating the strip buffers.
-/// `rows` are the tile's rows within the strip buffers (which start at matrix row `lo`).
+/// Inputs of one band of `tr` strip rows (row-major, `n` columns each).
+struct RowsIn<'a> {
+    base: &'a [f32],
+    u: &'a [f32],
+    v: &'a [f32],
+    w: &'a [f32],
+}
+
+/// Outputs of one band of `tr` strip rows.
+struct RowsOut<'a> {
+    p: &'a mut [f32],
+    e: &'a mut [f32],
+    w_hat: &'a mut [f32],
+    codes: &'a mut [u16],
+}
+
+/// Reused buffers of one tile, so the 1 × 1-tile path does not allocate per weight.
+struct Scratch {
+    tile: Vec<f32>,
+    codes: Vec<u16>,
+}
+
+impl Scratch {
+    fn new(tr: usize, tc: usize, code_dim: usize) -> Self {
+        Self {
+            tile: vec![0f32; tr * tc],
+            codes: vec![0u16; tr * tc / code_dim],
+        }
+    }
+}
+
+/// Rounds the tile at column `c0` of a band whose feedback from inside the strip is `intra` (`tr × tc`).
+/// `row0` is the band's first row in the matrix.
 #[allow(clippy::too_many_arguments)]
 fn round_tile(
     quantizer: &dyn TileQuantizer,
@@ -49,35 +80,37 @@ fn round_tile(
     tr: usize,
     tc: usize,
     intra: &[f32],
-    base: &[f32],
-    u: &[f32],
-    v: &[f32],
-    w: &[f32],
-    p: &mut [f32],
-    e: &mut [f32],
-    w_hat: &mut [f32],
-    codes: &mut [u16],
+    input: RowsIn<'_>,
+    out: RowsOut<'_>,
+    scratch: &mut Scratch,
 ) {
     let code_dim = quantizer.code_dim();
-    let mut tile = vec![0f32; tr * tc];
-    let mut tile_codes = vec![0u16; tr * tc / code_dim];
     for r in 0..tr {
         for c in 0..tc {
             let at = r * n + c0 + c;
-            tile[r * tc + c] = base[at] + intra[r * tc + c] + v[at];
+            scratch.tile[r * tc + c] = input.base[at] + intra[r * tc + c] + input.v[at];
         }
     }
-    quantizer.quantize_tile(row0, c0, tr, tc, &mut tile, &mut tile_codes, None);
+    quantizer.quantize_tile(
+        row0,
+        c0,
+        tr,
+        tc,
+        &mut scratch.tile,
+        &mut scratch.codes,
+        None,
+    );
     let per_row = tc / code_dim;
     for r in 0..tr {
         let dst = r * (n / code_dim) + c0 / code_dim;
-        codes[dst..dst + per_row].copy_from_slice(&tile_codes[r * per_row..(r + 1) * per_row]);
+        out.codes[dst..dst + per_row]
+            .copy_from_slice(&scratch.codes[r * per_row..(r + 1) * per_row]);
         for c in 0..tc {
             let at = r * n + c0 + c;
-            let q = tile[r * tc + c];
-            w_hat[at] = q;
-            e[at] = w[at] - q;
-            p[at] = e[at] + u[at] + intra[r * tc + c];
+            let q = scratch.tile[r * tc + c];
+            out.w_hat[at] = q;
+            out.e[at] = input.w[at] - q;
+            out.p[at] = out.e[at] + input.u[at] + intra[r * tc + c];
         }
     }
 }
@@ -145,13 +178,7 @@ pub(crate) fn round_adaptive(
                     ),
                 }
                 if c0 > c_lo {
-                    gemm(
-                        view_mut(&mut s.v[c_lo..], h, c0 - c_lo, n),
-                        true,
-                        view(&s.p[c0..], h, tc, n),
-                        view(&a_in.data[c0 * n + c_lo..], tc, c0 - c_lo, n),
-                        1.0,
-                    );
+                    feed_block_left(&mut s.v, &s.p, a_in, n, c_lo, c0, tc);
                 }
             }
             if c_lo > 0 {
@@ -192,31 +219,37 @@ fn round_column_tile_parallel(
     let rows = tr * n;
     let code_rows = tr * n / quantizer.code_dim();
     let zero = vec![0f32; tr * tc];
+    let code_dim = quantizer.code_dim();
     s.p.par_chunks_mut(rows)
         .zip(s.e.par_chunks_mut(rows))
         .zip(s.w_hat.par_chunks_mut(rows))
         .zip(s.codes.par_chunks_mut(code_rows))
         .enumerate()
-        .for_each(|(rt, (((p, e), w_hat), codes))| {
-            let at = rt * rows;
-            round_tile(
-                quantizer,
-                n,
-                lo + rt * tr,
-                c0,
-                tr,
-                tc,
-                &zero,
-                &s.base[at..at + rows],
-                &s.u[at..at + rows],
-                &s.v[at..at + rows],
-                &w_strip[at..at + rows],
-                p,
-                e,
-                w_hat,
-                codes,
-            );
-        });
+        .for_each_init(
+            || Scratch::new(tr, tc, code_dim),
+            |scratch, (rt, (((p, e), w_hat), codes))| {
+                let at = rt * rows;
+                let input = RowsIn {
+                    base: &s.base[at..at + rows],
+                    u: &s.u[at..at + rows],
+                    v: &s.v[at..at + rows],
+                    w: &w_strip[at..at + rows],
+                };
+                let out = RowsOut { p, e, w_hat, codes };
+                round_tile(
+                    quantizer,
+                    n,
+                    lo + rt * tr,
+                    c0,
+                    tr,
+                    tc,
+                    &zero,
+                    input,
+                    out,
+                    scratch,
+                );
+            },
+        );
 }
 
 /// YAQA: row tiles bottom to top, each with the feedback of the strip's tiles below it in this column tile.
@@ -238,6 +271,8 @@ fn round_column_tile_coupled(
     let rows = tr * n;
     let code_rows = tr * n / quantizer.code_dim();
     let mut intra = vec![0f32; tr * tc];
+    let mut scratch = Scratch::new(tr, tc, quantizer.code_dim());
+    let scratch = &mut scratch;
     for rt in (0..row_tiles).rev() {
         // intra[r][c] = Σ_{rows k of the strip below this tile} a_out[lo+k, lo+rt·tr+r] · E[k][c0+c].
         intra.iter_mut().for_each(|x| *x = 0.0);
@@ -254,6 +289,18 @@ fn round_column_tile_coupled(
         }
         let at = rt * rows;
         let cat = rt * code_rows;
+        let input = RowsIn {
+            base: &s.base[at..at + rows],
+            u: &s.u[at..at + rows],
+            v: &s.v[at..at + rows],
+            w: &w_strip[at..at + rows],
+        };
+        let out = RowsOut {
+            p: &mut s.p[at..at + rows],
+            e: &mut s.e[at..at + rows],
+            w_hat: &mut s.w_hat[at..at + rows],
+            codes: &mut s.codes[cat..cat + code_rows],
+        };
         round_tile(
             quantizer,
             n,
@@ -262,14 +309,42 @@ fn round_column_tile_coupled(
             tr,
             tc,
             &intra,
-            &s.base[at..at + rows],
-            &s.u[at..at + rows],
-            &s.v[at..at + rows],
-            &w_strip[at..at + rows],
-            &mut s.p[at..at + rows],
-            &mut s.e[at..at + rows],
-            &mut s.w_hat[at..at + rows],
-            &mut s.codes[cat..cat + code_rows],
+            input,
+            out,
+            scratch,
         );
+    }
+}
+
+/// `V[:, c_lo..c0] += P[:, c0..c0+tc] · a_in[c0..c0+tc, c_lo..c0]`: the column feedback of one finished column
+/// tile to the rest of its lazy block. Written as row-wise axpys (contiguous rows of `a_in`), spread over the
+/// strip's rows, because the product is too thin for a GEMM call to pay off (`tc` may be 1).
+fn feed_block_left(
+    v: &mut [f32],
+    p: &[f32],
+    a_in: &Mat<f32>,
+    n: usize,
+    c_lo: usize,
+    c0: usize,
+    tc: usize,
+) {
+    let width = c0 - c_lo;
+    let update = |(v_row, p_row): (&mut [f32], &[f32])| {
+        let dst = &mut v_row[c_lo..c0];
+        for k in 0..tc {
+            let coeff = p_row[c0 + k];
+            if coeff != 0.0 {
+                let a_row = &a_in.data[(c0 + k) * n + c_lo..(c0 + k) * n + c_lo + width];
+                for (d, &a) in dst.iter_mut().zip(a_row) {
+                    *d += coeff * a;
+                }
+            }
+        }
+    };
+    let rows = v.len() / n;
+    if rows * width * tc >= 1 << 16 {
+        v.par_chunks_mut(n).zip(p.par_chunks(n)).for_each(update);
+    } else {
+        v.chunks_mut(n).zip(p.chunks(n)).for_each(update);
     }
 }

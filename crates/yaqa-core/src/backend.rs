@@ -220,7 +220,7 @@ pub fn check_round_inputs(
         a.expect_shape("round: a_out (m × m)", m, m)?;
         check_finite("round: a_out", &a.data)?;
     }
-    if params.tile_rows == 0 || m % params.tile_rows != 0 {
+    if params.tile_rows == 0 || !m.is_multiple_of(params.tile_rows) {
         return Err(CoreError::InvalidParameter {
             name: "tile_rows",
             value: params.tile_rows.to_string(),
@@ -228,7 +228,10 @@ pub fn check_round_inputs(
         });
     }
     let code_dim = quantizer.code_dim();
-    if params.tile_cols == 0 || n % params.tile_cols != 0 || params.tile_cols % code_dim != 0 {
+    if params.tile_cols == 0
+        || !n.is_multiple_of(params.tile_cols)
+        || !params.tile_cols.is_multiple_of(code_dim)
+    {
         return Err(CoreError::InvalidParameter {
             name: "tile_cols",
             value: params.tile_cols.to_string(),

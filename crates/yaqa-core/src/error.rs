@@ -82,3 +82,48 @@ pub fn check_finite<T: Copy + Into<f64>>(what: &str, values: &[T]) -> Result<()>
         })
     }
 }
+
+impl CoreError {
+    /// Prefixes the error's subject with a layer name, so that a report names the layer it came from.
+    pub fn in_layer(self, layer: &str) -> Self {
+        let tag = |what: String| format!("{layer}: {what}");
+        match self {
+            Self::ShapeMismatch {
+                what,
+                expected,
+                got,
+            } => Self::ShapeMismatch {
+                what: tag(what),
+                expected,
+                got,
+            },
+            Self::UnsupportedDimension { what, dim, why } => Self::UnsupportedDimension {
+                what: tag(what),
+                dim,
+                why,
+            },
+            Self::NonFinite { what, count, first } => Self::NonFinite {
+                what: tag(what),
+                count,
+                first,
+            },
+            Self::NotPositiveDefinite {
+                what,
+                pivot,
+                damp_added,
+                tries,
+            } => Self::NotPositiveDefinite {
+                what: tag(what),
+                pivot,
+                damp_added,
+                tries,
+            },
+            Self::IncompatibleShards { why } => Self::IncompatibleShards { why: tag(why) },
+            Self::InvalidParameter { name, value, why } => Self::InvalidParameter {
+                name,
+                value,
+                why: tag(why),
+            },
+        }
+    }
+}

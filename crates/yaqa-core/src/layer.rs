@@ -1,1 +1,324 @@
-//! layer (in progress).
+//! One linear layer from its factors to rounded weights: DESIGN.md §3 (normalise, rotate, damp, block
+//! LDL) then §4 (round), for every method yaqa compares, with the per-layer report.
+//!
+//! All methods share the preparation and the quantizer's scale, so their proxy errors (and later the
+//! model's KL) differ only by the rounding — the comparison DESIGN.md §5 asks for.
+
+use crate::backend::{Backend, GptqParams, RoundParams, Rounded, Side};
+use crate::error::{CoreError, Result, check_finite};
+use crate::hadamard::sign_vector;
+use crate::ldl::{LdlParams, normalize_mean_diag};
+use crate::mat::Mat;
+use crate::quant::int::{AsymFitParams, IntAsymGroup, IntSym, search_sym_scale};
+use crate::quant::{TileQuantizer, round_to_nearest};
+use crate::sym::SymMat;
+
+/// The rounding method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Round to nearest, no feedback.
+    Rtn,
+    /// GPTQ/OPTQ against `h_in`.
+    Gptq,
+    /// One-sided adaptive rounding against `h_in` (YAQA with `h_out = I`).
+    Ldlq,
+    /// Two-sided adaptive rounding against `h_in` and `h_out`.
+    Yaqa,
+}
+
+impl Method {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Rtn => "rtn",
+            Method::Gptq => "gptq",
+            Method::Ldlq => "ldlq",
+            Method::Yaqa => "yaqa",
+        }
+    }
+}
+
+/// Which quantizer to fit to the (rotated) weights.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum QuantizerSpec {
+    /// Symmetric half-integer grid, one scale per matrix searched on RTN's proxy error (DESIGN.md §5).
+    IntSym { bits: u32 },
+    /// Asymmetric with zero-points and per-group scales (GPTQ checkpoint layout), min/max fitted.
+    IntAsym {
+        bits: u32,
+        group_size: Option<usize>,
+    },
+}
+
+/// A quantizer fitted to one matrix.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FittedQuantizer {
+    IntSym(IntSym),
+    IntAsym(IntAsymGroup),
+}
+
+impl FittedQuantizer {
+    pub fn as_dyn(&self) -> &dyn TileQuantizer {
+        match self {
+            FittedQuantizer::IntSym(q) => q,
+            FittedQuantizer::IntAsym(q) => q,
+        }
+    }
+}
+
+/// Everything that decides how one layer is quantized.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerParams {
+    pub method: Method,
+    pub quantizer: QuantizerSpec,
+    /// Randomized Hadamard incoherence processing on both sides.
+    pub incoherence: bool,
+    /// Seed of the sign vectors (recorded in the output).
+    pub seed: u64,
+    /// Damping and retries; the block size is taken from the tile shape.
+    pub ldl: LdlParams,
+    pub round: RoundParams,
+    pub gptq: GptqParams,
+}
+
+impl Default for LayerParams {
+    fn default() -> Self {
+        Self {
+            method: Method::Yaqa,
+            quantizer: QuantizerSpec::IntSym { bits: 4 },
+            incoherence: true,
+            seed: 0,
+            ldl: LdlParams::default(),
+            // Scalar grids round each weight on its own, so 1 × 1 tiles let every weight see the feedback of
+            // all weights below and right of it (with 16 × 16 tiles a scalar grid loses the feedback inside
+            // a tile and LDLQ falls behind GPTQ; tests/methods.rs shows 1 × 1 LDLQ is GPTQ). 16 × 16 is the
+            // shape for vector and trellis codebooks (DESIGN.md §5).
+            round: RoundParams {
+                tile_rows: 1,
+                tile_cols: 1,
+                ..RoundParams::default()
+            },
+            gptq: GptqParams::default(),
+        }
+    }
+}
+
+/// What happened to one layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerReport {
+    pub method: Method,
+    /// `tr(Δ h_in Δᵀ h_out) / tr(W h_in Wᵀ h_out)` when `h_out` was given.
+    pub proxy_two_sided: Option<f64>,
+    /// `tr(Δ h_in Δᵀ) / tr(W h_in Wᵀ)`.
+    pub proxy_one_sided: f64,
+    /// Damping `σ` added to the normalised `h_in` (0 for RTN).
+    pub damp_in: f64,
+    /// Damping added to the normalised `h_out` (YAQA only).
+    pub damp_out: Option<f64>,
+    /// The scale multiplier `c` chosen by the search (symmetric grids).
+    pub scale_c: Option<f64>,
+    pub bits_per_weight: f64,
+}
+
+/// A rounded layer: the dequantized weights in the original basis and what reproduces them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantizedLayer {
+    /// `Ŵ` in the original (unrotated) basis, `m × n`.
+    pub w_hat: Mat<f32>,
+    /// Codes of the rotated `Ŵ_r`, row-major.
+    pub codes: Vec<u16>,
+    pub quantizer: FittedQuantizer,
+    /// Sign vectors of the rotation (`None` without incoherence processing).
+    pub signs_in: Option<Vec<f32>>,
+    pub signs_out: Option<Vec<f32>>,
+    /// Pivots of the factorization the rounding used (GPTQ: `d_t` in processing order; LDLQ/YAQA: the
+    /// diagonal of `D_in`), for the OPTQ error bound.
+    pub pivots: Vec<f64>,
+    pub report: LayerReport,
+}
+
+/// Quantizes one layer. `h_out = None` means `I` (then YAQA is refused: use LDLQ).
+///
+/// **Shapes**: `w` is `m × n`, `h_in` `n × n`, `h_out` `m × m`.
+/// **Errors**: shapes, non-finite inputs, dimensions without a Hadamard construction, factors that stay
+/// indefinite after damping, YAQA without `h_out`; every error names `name`.
+pub fn quantize_layer(
+    backend: &dyn Backend,
+    name: &str,
+    w: &Mat<f32>,
+    h_in: &SymMat,
+    h_out: Option<&SymMat>,
+    params: &LayerParams,
+) -> Result<QuantizedLayer> {
+    quantize_layer_inner(backend, name, w, h_in, h_out, params).map_err(|e| e.in_layer(name))
+}
+
+fn quantize_layer_inner(
+    backend: &dyn Backend,
+    name: &str,
+    w: &Mat<f32>,
+    h_in: &SymMat,
+    h_out: Option<&SymMat>,
+    params: &LayerParams,
+) -> Result<QuantizedLayer> {
+    let (m, n) = w.shape();
+    check_finite("weights W", &w.data)?;
+    check_finite("h_in", &h_in.data)?;
+    if h_in.n != n {
+        return Err(CoreError::shape("h_in vs W columns", n, h_in.n));
+    }
+    if let Some(h) = h_out {
+        check_finite("h_out", &h.data)?;
+        if h.n != m {
+            return Err(CoreError::shape("h_out vs W rows", m, h.n));
+        }
+    }
+    if params.method == Method::Yaqa && h_out.is_none() {
+        return Err(CoreError::InvalidParameter {
+            name: "method",
+            value: "yaqa".into(),
+            why: "YAQA needs h_out (collect Sketch A or B factors); with h_out = I it is LDLQ"
+                .into(),
+        });
+    }
+
+    // 1. Normalise by the mean diagonal.
+    let mut h_in = h_in.clone();
+    normalize_mean_diag("h_in", &mut h_in)?;
+    let mut h_out = h_out.cloned();
+    if let Some(h) = h_out.as_mut() {
+        normalize_mean_diag("h_out", h)?;
+    }
+
+    // 2. Incoherence processing.
+    let mut w_r = w.clone();
+    let (signs_in, signs_out) = if params.incoherence {
+        let s_in = sign_vector(params.seed, &format!("{name}/in"), n);
+        let s_out = sign_vector(params.seed, &format!("{name}/out"), m);
+        backend.hadamard_rotate(&mut w_r, Side::Cols, &s_in, false)?;
+        backend.hadamard_rotate(&mut w_r, Side::Rows, &s_out, false)?;
+        h_in = backend.rotate_factor(&h_in, &s_in)?;
+        if let Some(h) = h_out.as_mut() {
+            *h = backend.rotate_factor(h, &s_out)?;
+        }
+        (Some(s_in), Some(s_out))
+    } else {
+        (None, None)
+    };
+
+    // The quantizer, fitted once and shared by every method.
+    let (quantizer, scale_c) = match params.quantizer {
+        QuantizerSpec::IntSym { bits } => {
+            let (q, c) = search_sym_scale(backend, &w_r, &h_in, h_out.as_ref(), bits)?;
+            (FittedQuantizer::IntSym(q), Some(c))
+        }
+        QuantizerSpec::IntAsym { bits, group_size } => {
+            let fit = AsymFitParams {
+                group_size,
+                ..AsymFitParams::default()
+            };
+            (
+                FittedQuantizer::IntAsym(IntAsymGroup::fit(&w_r, bits, &fit)?),
+                None,
+            )
+        }
+    };
+    let q = quantizer.as_dyn();
+
+    // 3–5 and §4: damp, factor, round.
+    let ldl_in = |block| {
+        backend.block_ldl(
+            &h_in,
+            &LdlParams {
+                block,
+                ..params.ldl
+            },
+        )
+    };
+    let (rounded, damp_in, damp_out, pivots): (Rounded, f64, Option<f64>, Vec<f64>) =
+        match params.method {
+            Method::Rtn => (round_to_nearest(&w_r, q), 0.0, None, Vec::new()),
+            Method::Gptq => {
+                let r = backend.gptq(&w_r, &h_in, q, &params.gptq)?;
+                let pivots = r.pivots.clone();
+                (r, params.gptq.damp * h_in.mean_diag(), None, pivots)
+            }
+            Method::Ldlq => {
+                let ldl = ldl_in(params.round.tile_cols)?;
+                let r = backend.round_adaptive(&w_r, &ldl.a_strict(), None, q, &params.round)?;
+                (r, ldl.damp_added, None, ldl.pivots())
+            }
+            Method::Yaqa => {
+                let ldl = ldl_in(params.round.tile_cols)?;
+                let h_out = h_out.as_ref().ok_or_else(|| CoreError::InvalidParameter {
+                    name: "h_out",
+                    value: "None".into(),
+                    why: "YAQA needs h_out".into(),
+                })?;
+                let ldl_out = backend
+                    .block_ldl(
+                        h_out,
+                        &LdlParams {
+                            block: params.round.tile_rows,
+                            ..params.ldl
+                        },
+                    )
+                    .map_err(|e| match e {
+                        CoreError::NotPositiveDefinite {
+                            pivot,
+                            damp_added,
+                            tries,
+                            ..
+                        } => CoreError::NotPositiveDefinite {
+                            what: "h_out".into(),
+                            pivot,
+                            damp_added,
+                            tries,
+                        },
+                        other => other,
+                    })?;
+                let r = backend.round_adaptive(
+                    &w_r,
+                    &ldl.a_strict(),
+                    Some(&ldl_out.a_strict()),
+                    q,
+                    &params.round,
+                )?;
+                (r, ldl.damp_added, Some(ldl_out.damp_added), ldl.pivots())
+            }
+        };
+
+    let one = backend.proxy_error(&w_r, &rounded.w_hat, &h_in, None)?;
+    let two = match h_out.as_ref() {
+        Some(h) => Some(
+            backend
+                .proxy_error(&w_r, &rounded.w_hat, &h_in, Some(h))?
+                .relative(),
+        ),
+        None => None,
+    };
+
+    // Back to the original basis.
+    let mut w_hat = rounded.w_hat;
+    if let (Some(s_in), Some(s_out)) = (&signs_in, &signs_out) {
+        backend.hadamard_rotate(&mut w_hat, Side::Rows, s_out, true)?;
+        backend.hadamard_rotate(&mut w_hat, Side::Cols, s_in, true)?;
+    }
+    let bits_per_weight = q.bits_per_weight();
+    Ok(QuantizedLayer {
+        w_hat,
+        codes: rounded.codes,
+        signs_in,
+        signs_out,
+        pivots,
+        report: LayerReport {
+            method: params.method,
+            proxy_two_sided: two,
+            proxy_one_sided: one.relative(),
+            damp_in,
+            damp_out,
+            scale_c,
+            bits_per_weight,
+        },
+        quantizer,
+    })
+}

@@ -33,7 +33,7 @@ impl Default for LdlParams {
 impl LdlParams {
     /// Errors unless `block` divides `n` and the damping is usable.
     pub fn validate(&self, n: usize) -> Result<()> {
-        if self.block == 0 || n % self.block != 0 {
+        if self.block == 0 || !n.is_multiple_of(self.block) {
             return Err(CoreError::InvalidParameter {
                 name: "block",
                 value: self.block.to_string(),

@@ -12,6 +12,7 @@ pub mod hadamard;
 pub mod layer;
 pub mod ldl;
 pub mod mat;
+pub mod model_ops;
 pub mod quant;
 pub mod reference;
 pub mod rng;

@@ -9,8 +9,12 @@ use crate::sym::SymMat;
 /// direction has scale `(k+1)^(-decay)`, plus 5% isotropic noise and a few outlier channels (×8), as real
 /// LLM activations have.
 pub fn activations(t: usize, n: usize, decay: f64, seed: u64) -> Mat<f32> {
+    activations_rank(t, n, (n / 4).max(2), decay, seed)
+}
+
+/// [`activations`] with an explicit latent rank (benches use a small rank to build large shapes quickly).
+pub fn activations_rank(t: usize, n: usize, rank: usize, decay: f64, seed: u64) -> Mat<f32> {
     let mut rng = Rng::derive(seed, "synthetic-activations");
-    let rank = (n / 4).max(2);
     let mix = Mat::from_fn(rank, n, |_, _| rng.normal());
     let outliers: Vec<usize> = (0..(n / 64).max(1)).map(|_| rng.below(n as u64) as usize).collect();
     let mut x = Mat::<f32>::zeros(t, n);

@@ -73,7 +73,11 @@ pub(super) fn block_ldl(h: &SymMat, params: &LdlParams) -> Result<BlockLdl> {
                         }
                     }
                     let inv = lower_inverse(&ckk);
-                    for i in o..n {
+                    // The diagonal block is the identity by definition; set it exactly.
+                    for i in 0..b {
+                        *l.at_mut(o + i, o + i) = 1.0;
+                    }
+                    for i in o + b..n {
                         for j in 0..b {
                             *l.at_mut(i, o + j) =
                                 (0..b).map(|k| c.at(i, o + k) * inv.at(k, j)).sum::<f64>();

@@ -7,6 +7,7 @@
 mod gptq;
 mod hadamard;
 mod ldl;
+mod model;
 mod proxy;
 mod round;
 mod sketch;

@@ -1,0 +1,72 @@
+//! Rounding benches (DESIGN.md §4, §8): YAQA two-sided and LDLQ one-sided at 4096 × 4096 and SmolLM2's
+//! 576 × 1536, with 1 × 1 tiles (scalar INT grids) and 16 × 16 tiles (vector codebooks), INT4, CPU backend.
+//! Anchors: reference-style YAQA code took 14 s for 4096² on an H100; the CPU target is ≤ 5 s.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::time::Duration;
+use yaqa::core::backend::{Backend, RoundParams};
+use yaqa::core::quant::int::IntSym;
+use yaqa::core::sketch::Factors;
+use yaqa::core::{LdlParams, Mat, ldl::normalize_mean_diag, synthetic};
+use yaqa::cpu::Cpu;
+
+/// A structured factor of order `n` built with the CPU backend (rank-128 correlated activations).
+pub fn factor(n: usize, seed: u64) -> yaqa::core::SymMat {
+    let x = synthetic::activations_rank(2 * n, n, 128, 1.0, seed);
+    let mut f = Factors::xtx(n);
+    f.add_sequence(&Cpu::default(), &x, None).expect("factor");
+    let mut h = f.h_in;
+    normalize_mean_diag("bench", &mut h).expect("diagonal");
+    h
+}
+
+fn a_strict(n: usize, block: usize, seed: u64) -> Mat<f32> {
+    Cpu::default()
+        .block_ldl(
+            &factor(n, seed),
+            &LdlParams {
+                block,
+                ..LdlParams::default()
+            },
+        )
+        .expect("ldl")
+        .a_strict()
+}
+
+fn bench(c: &mut Criterion) {
+    let cpu = Cpu::default();
+    let mut group = c.benchmark_group("round");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(20));
+    for (m, n) in [(576, 1536), (4096, 4096)] {
+        let w = synthetic::weights(m, n, 1);
+        let q = IntSym::new(4, 0.004).expect("grid");
+        for tile in [1, 16] {
+            let a_in = a_strict(n, tile, 2);
+            let a_out = a_strict(m, tile, 3);
+            let params = RoundParams {
+                tile_rows: tile,
+                tile_cols: tile,
+                ..RoundParams::default()
+            };
+            group.bench_function(format!("yaqa {m}x{n} tile {tile}"), |b| {
+                b.iter(|| {
+                    cpu.round_adaptive(&w, &a_in, Some(&a_out), &q, &params)
+                        .expect("round")
+                })
+            });
+            group.bench_function(format!("ldlq {m}x{n} tile {tile}"), |b| {
+                b.iter(|| {
+                    cpu.round_adaptive(&w, &a_in, None, &q, &params)
+                        .expect("round")
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,561 @@
+//! The configuration of a Llama-family decoder, read from a Hugging Face `config.json` or GGUF metadata.
+//!
+//! One struct covers Llama 2/3 (with Llama-3 RoPE scaling), Mistral, Qwen2 (q/k/v biases), Qwen3 (q/k
+//! RMS norms) and SmolLM2 (a Llama with tied embeddings). `config.json` files in the wild carry RoPE
+//! settings either in the older `rope_theta` + `rope_scaling` fields or in the newer `rope_parameters`
+//! object; both are read, and [`ModelConfig::to_hf_json`] writes both so old and new readers agree.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
+
+/// The model families this crate runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+impl Family {
+    /// The Hugging Face `model_type`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Mistral => "mistral",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+        }
+    }
+
+    /// The Hugging Face class name in `architectures`.
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Self::Llama => "LlamaForCausalLM",
+            Self::Mistral => "MistralForCausalLM",
+            Self::Qwen2 => "Qwen2ForCausalLM",
+            Self::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+}
+
+/// RoPE frequency scaling.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// Plain `theta^(−2i/d)`.
+    None,
+    /// Every frequency divided by `factor` (position interpolation).
+    Linear { factor: f64 },
+    /// Llama 3.1's piecewise scaling (`rope_type = "llama3"`).
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// A Llama-family decoder's hyper-parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub family: Family,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    pub max_position_embeddings: usize,
+    /// The LM head is the token embedding (no `lm_head.weight`).
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections carry biases (Qwen2; Llama's `attention_bias`).
+    pub attention_bias: bool,
+    /// Per-head RMSNorm of q and k before RoPE (Qwen3).
+    pub qk_norm: bool,
+    /// Mistral's sliding attention window, if any; longer sequences are refused rather than run wrongly.
+    pub sliding_window: Option<usize>,
+    pub bos_token_id: Option<u64>,
+    pub eos_token_id: Option<u64>,
+}
+
+impl ModelConfig {
+    /// The `head_dim / 2` inverse frequencies, computed in f32 as Hugging Face does
+    /// (`1 / theta^(2i/d)`), then scaled.
+    pub fn inv_freq(&self) -> Vec<f32> {
+        let d = self.head_dim;
+        let base: Vec<f32> = (0..d / 2)
+            .map(|i| 1.0f32 / (self.rope_theta as f32).powf((2 * i) as f32 / d as f32))
+            .collect();
+        match self.rope_scaling {
+            RopeScaling::None => base,
+            RopeScaling::Linear { factor } => base.iter().map(|f| f / factor as f32).collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old,
+            } => base
+                .iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f as f64;
+                    let low_wavelen = old / low_freq_factor;
+                    let high_wavelen = old / high_freq_factor;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        (f as f64 / factor) as f32
+                    } else {
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        ((1.0 - smooth) * f as f64 / factor + smooth * f as f64) as f32
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Checks the internal consistency of the sizes.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |why: String| {
+            Err(ModelError::Config {
+                path: path.to_path_buf(),
+                why,
+            })
+        };
+        if self.n_layers == 0 || self.hidden_size == 0 || self.vocab_size == 0 || self.head_dim == 0
+        {
+            return bad(format!("zero size in {self:?}"));
+        }
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return bad(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.n_heads, self.n_kv_heads
+            ));
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return bad(format!("head_dim {} is odd", self.head_dim));
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rope_theta > 0.0) {
+            return bad(format!(
+                "rms_norm_eps {} / rope_theta {}",
+                self.rms_norm_eps, self.rope_theta
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads a Hugging Face `config.json`.
+    ///
+    /// **Errors**: I/O, invalid JSON, a missing required field, an unsupported `model_type`, activation,
+    /// RoPE type or MLP bias.
+    pub fn from_hf_json_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::format(path, format!("invalid JSON: {e}")))?;
+        Self::from_hf_json(&value, path)
+    }
+
+    /// Parses an already-read `config.json` value; `path` is used in errors only.
+    pub fn from_hf_json(v: &Value, path: &Path) -> Result<Self> {
+        let cfg_err = |why: String| ModelError::Config {
+            path: path.to_path_buf(),
+            why,
+        };
+        let unsupported = |arch: &str, why: String| ModelError::UnsupportedArchitecture {
+            path: path.to_path_buf(),
+            arch: arch.to_string(),
+            why,
+        };
+        let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
+        let family = match model_type {
+            "llama" => Family::Llama,
+            "mistral" => Family::Mistral,
+            "qwen2" => Family::Qwen2,
+            "qwen3" => Family::Qwen3,
+            other => {
+                return Err(unsupported(
+                    other,
+                    "model_type must be one of llama, mistral, qwen2, qwen3".into(),
+                ));
+            }
+        };
+        let usize_field = |key: &str| -> Result<usize> {
+            v.get(key)
+                .and_then(Value::as_u64)
+                .map(|x| x as usize)
+                .ok_or_else(|| cfg_err(format!("missing or non-integer field {key}")))
+        };
+        let opt_usize = |key: &str| v.get(key).and_then(Value::as_u64).map(|x| x as usize);
+        let f64_field = |obj: &Value, key: &str| obj.get(key).and_then(Value::as_f64);
+        let hidden_size = usize_field("hidden_size")?;
+        let n_heads = usize_field("num_attention_heads")?;
+        let n_kv_heads = opt_usize("num_key_value_heads").unwrap_or(n_heads);
+        let head_dim = match opt_usize("head_dim") {
+            Some(d) => d,
+            None if n_heads > 0 => hidden_size / n_heads,
+            None => return Err(cfg_err("num_attention_heads is 0".into())),
+        };
+        if let Some(act) = v.get("hidden_act").and_then(Value::as_str)
+            && act != "silu"
+        {
+            return Err(unsupported(
+                model_type,
+                format!("hidden_act {act} (only silu)"),
+            ));
+        }
+        if v.get("mlp_bias").and_then(Value::as_bool) == Some(true) {
+            return Err(unsupported(model_type, "mlp_bias = true".into()));
+        }
+        // RoPE: `rope_parameters` (new) wins over `rope_theta` + `rope_scaling` (old).
+        let params = v.get("rope_parameters").filter(|p| p.is_object());
+        let scaling_obj = params.or_else(|| v.get("rope_scaling").filter(|p| p.is_object()));
+        let rope_theta = params
+            .and_then(|p| f64_field(p, "rope_theta"))
+            .or_else(|| f64_field(v, "rope_theta"))
+            .unwrap_or(10000.0);
+        let rope_scaling = match scaling_obj {
+            None => RopeScaling::None,
+            Some(s) => {
+                let ty = s
+                    .get("rope_type")
+                    .or_else(|| s.get("type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                let need = |key: &str| {
+                    f64_field(s, key)
+                        .ok_or_else(|| cfg_err(format!("rope scaling {ty}: missing {key}")))
+                };
+                match ty {
+                    "default" => RopeScaling::None,
+                    "linear" => RopeScaling::Linear {
+                        factor: need("factor")?,
+                    },
+                    "llama3" => RopeScaling::Llama3 {
+                        factor: need("factor")?,
+                        low_freq_factor: need("low_freq_factor")?,
+                        high_freq_factor: need("high_freq_factor")?,
+                        original_max_position_embeddings: need("original_max_position_embeddings")?,
+                    },
+                    other => {
+                        return Err(unsupported(model_type, format!("rope type {other}")));
+                    }
+                }
+            }
+        };
+        let attention_bias = match family {
+            Family::Qwen2 => true,
+            _ => v
+                .get("attention_bias")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        };
+        let sliding_window = match family {
+            Family::Mistral => opt_usize("sliding_window"),
+            Family::Qwen2 | Family::Qwen3 => {
+                if v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
+                    opt_usize("sliding_window")
+                } else {
+                    None
+                }
+            }
+            Family::Llama => None,
+        };
+        let token_id = |key: &str| match v.get(key) {
+            Some(Value::Array(a)) => a.first().and_then(Value::as_u64),
+            Some(x) => x.as_u64(),
+            None => None,
+        };
+        let config = Self {
+            family,
+            vocab_size: usize_field("vocab_size")?,
+            hidden_size,
+            intermediate_size: usize_field("intermediate_size")?,
+            n_layers: usize_field("num_hidden_layers")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            rms_norm_eps: f64_field(v, "rms_norm_eps").unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: opt_usize("max_position_embeddings").unwrap_or(4096),
+            tie_word_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            attention_bias,
+            qk_norm: family == Family::Qwen3,
+            sliding_window,
+            bos_token_id: token_id("bos_token_id"),
+            eos_token_id: token_id("eos_token_id"),
+        };
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// A `config.json` value that Hugging Face transformers (old and new) loads as this model, in f32.
+    pub fn to_hf_json(&self) -> Value {
+        let mut rope = json!({ "rope_type": "default", "rope_theta": self.rope_theta });
+        let old_scaling = match self.rope_scaling {
+            RopeScaling::None => Value::Null,
+            RopeScaling::Linear { factor } => {
+                rope["rope_type"] = json!("linear");
+                rope["factor"] = json!(factor);
+                json!({ "rope_type": "linear", "type": "linear", "factor": factor })
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let s = json!({
+                    "rope_type": "llama3",
+                    "factor": factor,
+                    "low_freq_factor": low_freq_factor,
+                    "high_freq_factor": high_freq_factor,
+                    "original_max_position_embeddings": original_max_position_embeddings as u64,
+                });
+                for key in [
+                    "factor",
+                    "low_freq_factor",
+                    "high_freq_factor",
+                    "original_max_position_embeddings",
+                ] {
+                    rope[key] = s[key].clone();
+                }
+                rope["rope_type"] = json!("llama3");
+                s
+            }
+        };
+        let mut v = json!({
+            "architectures": [self.family.hf_class()],
+            "model_type": self.family.model_type(),
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": old_scaling,
+            "rope_parameters": rope,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias,
+            "mlp_bias": false,
+            "torch_dtype": "float32",
+            "dtype": "float32",
+        });
+        if let Some(w) = self.sliding_window {
+            v["sliding_window"] = json!(w);
+            if matches!(self.family, Family::Qwen2 | Family::Qwen3) {
+                v["use_sliding_window"] = json!(true);
+            }
+        }
+        if let Some(b) = self.bos_token_id {
+            v["bos_token_id"] = json!(b);
+        }
+        if let Some(e) = self.eos_token_id {
+            v["eos_token_id"] = json!(e);
+        }
+        v
+    }
+
+    /// Builds the configuration from GGUF metadata (`general.architecture` = llama, qwen2 or qwen3).
+    ///
+    /// `tied` says whether the file lacks `output.weight` (the head is the embedding).
+    ///
+    /// **Errors**: another architecture, missing keys, llama.cpp's `rope_freqs` tensor (baked-in
+    /// Llama-3 scaling, not yet mapped back to a `config.json`).
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let path = gguf.path();
+        let arch = gguf
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| ModelError::Config {
+                path: path.to_path_buf(),
+                why: "missing general.architecture".into(),
+            })?
+            .to_string();
+        let family = match arch.as_str() {
+            "llama" => Family::Llama,
+            "qwen2" => Family::Qwen2,
+            "qwen3" => Family::Qwen3,
+            other => {
+                return Err(ModelError::UnsupportedArchitecture {
+                    path: path.to_path_buf(),
+                    arch: other.to_string(),
+                    why: "GGUF architecture must be llama, qwen2 or qwen3".into(),
+                });
+            }
+        };
+        if gguf.info("rope_freqs.weight").is_some() {
+            return Err(ModelError::UnsupportedArchitecture {
+                path: path.to_path_buf(),
+                arch,
+                why: "rope_freqs.weight (baked-in RoPE scaling) is not supported".into(),
+            });
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let need_u = |k: &str| -> Result<usize> {
+            gguf.get(&key(k))
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+                .ok_or_else(|| ModelError::Config {
+                    path: path.to_path_buf(),
+                    why: format!("missing or non-integer metadata {}", key(k)),
+                })
+        };
+        let opt_f = |k: &str| gguf.get(&key(k)).and_then(|v| v.as_f64());
+        let hidden_size = need_u("embedding_length")?;
+        let n_heads = need_u("attention.head_count")?;
+        let n_kv_heads = gguf
+            .get(&key("attention.head_count_kv"))
+            .and_then(|v| v.as_u64())
+            .map_or(n_heads, |v| v as usize);
+        let head_dim = gguf
+            .get(&key("attention.key_length"))
+            .or_else(|| gguf.get(&key("rope.dimension_count")))
+            .and_then(|v| v.as_u64())
+            .map_or(hidden_size / n_heads.max(1), |v| v as usize);
+        let vocab_size = match gguf.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
+            Some(v) => v as usize,
+            None => match gguf.get("tokenizer.ggml.tokens") {
+                Some(crate::gguf::GgufValue::Array(a)) => a.len(),
+                _ => gguf
+                    .info("token_embd.weight")
+                    .and_then(|t| t.dims.get(1).copied())
+                    .map_or(0, |v| v as usize),
+            },
+        };
+        let rope_scaling = match gguf.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
+            None | Some("none") => RopeScaling::None,
+            Some("linear") => RopeScaling::Linear {
+                factor: opt_f("rope.scaling.factor").unwrap_or(1.0),
+            },
+            Some(other) => {
+                return Err(ModelError::UnsupportedArchitecture {
+                    path: path.to_path_buf(),
+                    arch,
+                    why: format!("rope scaling type {other}"),
+                });
+            }
+        };
+        let token = |k: &str| gguf.get(k).and_then(|v| v.as_u64());
+        let config = Self {
+            family,
+            vocab_size,
+            hidden_size,
+            intermediate_size: need_u("feed_forward_length")?,
+            n_layers: need_u("block_count")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            rms_norm_eps: opt_f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+            rope_theta: opt_f("rope.freq_base").unwrap_or(10000.0),
+            rope_scaling,
+            max_position_embeddings: gguf
+                .get(&key("context_length"))
+                .and_then(|v| v.as_u64())
+                .map_or(4096, |v| v as usize),
+            tie_word_embeddings: gguf.info("output.weight").is_none(),
+            attention_bias: gguf.info("blk.0.attn_q.bias").is_some(),
+            qk_norm: gguf.info("blk.0.attn_q_norm.weight").is_some(),
+            sliding_window: None,
+            bos_token_id: token("tokenizer.ggml.bos_token_id"),
+            eos_token_id: token("tokenizer.ggml.eos_token_id"),
+        };
+        config.validate(path)?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Value {
+        json!({
+            "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "rms_norm_eps": 1e-5,
+        })
+    }
+
+    #[test]
+    fn old_and_new_rope_fields_agree() {
+        let p = Path::new("config.json");
+        let mut old = base();
+        old["rope_theta"] = json!(500000.0);
+        old["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        let mut new = base();
+        new["rope_parameters"] = json!({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        let a = ModelConfig::from_hf_json(&old, p).unwrap();
+        let b = ModelConfig::from_hf_json(&new, p).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.head_dim, 16);
+        assert!(matches!(a.rope_scaling, RopeScaling::Llama3 { .. }));
+        // Writing and reading back keeps everything.
+        assert_eq!(ModelConfig::from_hf_json(&a.to_hf_json(), p).unwrap(), a);
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
+        let mut v = base();
+        v["head_dim"] = json!(128);
+        v["rope_theta"] = json!(500000.0);
+        v["rope_scaling"] = json!({"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        let c = ModelConfig::from_hf_json(&v, Path::new("c.json")).unwrap();
+        let plain = ModelConfig {
+            rope_scaling: RopeScaling::None,
+            ..c.clone()
+        }
+        .inv_freq();
+        let scaled = c.inv_freq();
+        assert_eq!(scaled[0], plain[0]);
+        assert_eq!(scaled[63], plain[63] / 8.0);
+        // Somewhere in between the smooth interpolation lies strictly between the two.
+        let mid = (0..64).find(|&i| scaled[i] != plain[i] && scaled[i] != plain[i] / 8.0);
+        assert!(mid.is_some());
+    }
+
+    #[test]
+    fn families_and_errors() {
+        let p = Path::new("x/config.json");
+        let mut q2 = base();
+        q2["model_type"] = json!("qwen2");
+        assert!(ModelConfig::from_hf_json(&q2, p).unwrap().attention_bias);
+        let mut q3 = base();
+        q3["model_type"] = json!("qwen3");
+        q3["head_dim"] = json!(32);
+        let c3 = ModelConfig::from_hf_json(&q3, p).unwrap();
+        assert!(c3.qk_norm && c3.head_dim == 32 && !c3.attention_bias);
+        let mut gpt = base();
+        gpt["model_type"] = json!("gpt2");
+        let e = ModelConfig::from_hf_json(&gpt, p).unwrap_err().to_string();
+        assert!(e.contains("x/config.json") && e.contains("gpt2"), "{e}");
+        let mut bad = base();
+        bad["num_key_value_heads"] = json!(3);
+        assert!(ModelConfig::from_hf_json(&bad, p).is_err());
+        let mut missing = base();
+        missing.as_object_mut().map(|o| o.remove("hidden_size"));
+        let e = ModelConfig::from_hf_json(&missing, p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hidden_size"), "{e}");
+    }
+}

@@ -1,0 +1,87 @@
+//! The error type of `yaqa-model`: every variant names the file (and tensor) a person has to look at.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Errors raised while reading or writing checkpoints, tokenizing, or running the model.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    /// An operating-system error on a file.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file ends before a header field or a tensor's data does.
+    #[error("{path}: truncated file: {what} needs bytes {start}..{end} but the file has {len}")]
+    Truncated {
+        path: PathBuf,
+        what: String,
+        start: u64,
+        end: u64,
+        len: u64,
+    },
+    /// The file is not of the expected format (bad magic, unsupported version, malformed header).
+    #[error("{path}: bad format: {why}")]
+    BadFormat { path: PathBuf, why: String },
+    /// A tensor element type this reader cannot dequantize.
+    #[error("{path}: tensor {tensor}: unsupported dtype {dtype}")]
+    UnknownDtype {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+    },
+    /// A tensor the architecture needs is absent.
+    #[error("{path}: missing tensor {tensor}")]
+    MissingTensor { path: PathBuf, tensor: String },
+    /// A tensor whose shape disagrees with the configuration.
+    #[error("{path}: tensor {tensor}: expected shape {expected:?}, found {found:?}")]
+    ShapeMismatch {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    /// A model family (or a feature of one) this crate does not run.
+    #[error("{path}: unsupported architecture {arch}: {why}")]
+    UnsupportedArchitecture {
+        path: PathBuf,
+        arch: String,
+        why: String,
+    },
+    /// A configuration value that is missing or out of range.
+    #[error("{path}: config: {why}")]
+    Config { path: PathBuf, why: String },
+    /// The tokenizer library refused the file or the text.
+    #[error("{path}: tokenizer: {why}")]
+    Tokenizer { path: PathBuf, why: String },
+    /// Bad arguments to a model computation (token ids out of range, ragged batches).
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// A numerical error from the core operations.
+    #[error(transparent)]
+    Core(#[from] yaqa_core::CoreError),
+}
+
+/// Result alias for the crate.
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+impl ModelError {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A [`ModelError::BadFormat`] for `path`.
+    pub fn format(path: impl Into<PathBuf>, why: impl Into<String>) -> Self {
+        Self::BadFormat {
+            path: path.into(),
+            why: why.into(),
+        }
+    }
+}

@@ -1,0 +1,640 @@
+//! A GGUF v2/v3 reader (llama.cpp's checkpoint format) over a memory map, with exact f32 dequantization.
+//!
+//! The project's only real model ships as a GGUF file (fixture PROVENANCE.md), so this reader is how
+//! the "original" f32 model comes to exist: F32, F16, BF16, Q8_0, Q4_0 and Q4_1 tensors are expanded
+//! to f32 exactly (every product in these formats is exact in f32, so there is one right answer).
+//! llama.cpp permutes the rows of `attn_q`/`attn_k` for its interleaved RoPE; [`unpermute_rows`]
+//! undoes that for the rotate-half RoPE that Hugging Face checkpoints and this crate use.
+//!
+//! Layout (all little-endian): magic `GGUF`, version `u32`, tensor count `u64`, metadata count `u64`,
+//! the metadata key/values, the tensor infos (name, dims fastest-first, type, offset), padding to the
+//! alignment (`general.alignment`, default 32), then the tensor data, each offset relative to its start.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use memmap2::Mmap;
+use rayon::prelude::*;
+
+use crate::error::{ModelError, Result};
+
+/// A metadata value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GgufValue {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    U64(u64),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    Bool(bool),
+    String(String),
+    Array(Vec<GgufValue>),
+}
+
+impl GgufValue {
+    /// The value as an unsigned integer, if it is a non-negative integer of any width.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Self::U8(v) => Some(v as u64),
+            Self::U16(v) => Some(v as u64),
+            Self::U32(v) => Some(v as u64),
+            Self::U64(v) => Some(v),
+            Self::I8(v) => u64::try_from(v).ok(),
+            Self::I16(v) => u64::try_from(v).ok(),
+            Self::I32(v) => u64::try_from(v).ok(),
+            Self::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// The value as a float, if it is a float or an integer.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Self::F32(v) => Some(v as f64),
+            Self::F64(v) => Some(v),
+            _ => self.as_u64().map(|v| v as f64),
+        }
+    }
+
+    /// The value as a string slice.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::String(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// The tensor element types this reader knows (ggml's numbering).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+    Bf16,
+}
+
+impl GgmlType {
+    /// Maps ggml's type id; `None` for types this reader cannot dequantize.
+    pub fn from_id(id: u32) -> Option<Self> {
+        Some(match id {
+            0 => Self::F32,
+            1 => Self::F16,
+            2 => Self::Q4_0,
+            3 => Self::Q4_1,
+            8 => Self::Q8_0,
+            30 => Self::Bf16,
+            _ => return None,
+        })
+    }
+
+    /// `(elements per block, bytes per block)`.
+    pub fn block(self) -> (usize, usize) {
+        match self {
+            Self::F32 => (1, 4),
+            Self::F16 | Self::Bf16 => (1, 2),
+            Self::Q4_0 => (32, 18),
+            Self::Q4_1 => (32, 20),
+            Self::Q8_0 => (32, 34),
+        }
+    }
+}
+
+/// A human-readable name for a ggml type id, for error messages.
+fn ggml_type_name(id: u32) -> String {
+    let name = match id {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        6 => "Q5_0",
+        7 => "Q5_1",
+        8 => "Q8_0",
+        9 => "Q8_1",
+        10 => "Q2_K",
+        11 => "Q3_K",
+        12 => "Q4_K",
+        13 => "Q5_K",
+        14 => "Q6_K",
+        15 => "Q8_K",
+        30 => "BF16",
+        _ => "unknown",
+    };
+    format!("{name} (ggml type {id})")
+}
+
+/// One tensor's header entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GgufTensorInfo {
+    pub name: String,
+    /// Dimensions as GGUF lists them, fastest-varying first (`ne0` = in-features of a matrix).
+    pub dims: Vec<u64>,
+    /// ggml's type id (kept raw so an unsupported type is reported when the tensor is read).
+    pub type_id: u32,
+    /// Byte offset relative to the start of the data section.
+    pub offset: u64,
+}
+
+impl GgufTensorInfo {
+    /// The shape in row-major order (the reversed dimension list): `[out, in]` for a matrix.
+    pub fn shape(&self) -> Vec<usize> {
+        self.dims.iter().rev().map(|&d| d as usize).collect()
+    }
+
+    /// The number of elements.
+    pub fn n_elements(&self) -> u64 {
+        self.dims.iter().product()
+    }
+}
+
+/// An open GGUF file: parsed header plus the memory map of the whole file.
+#[derive(Debug)]
+pub struct GgufFile {
+    path: PathBuf,
+    mmap: Mmap,
+    pub version: u32,
+    pub metadata: BTreeMap<String, GgufValue>,
+    pub tensors: Vec<GgufTensorInfo>,
+    /// Alignment of the data section and of every tensor in it.
+    pub alignment: u64,
+    /// Absolute file offset of the data section.
+    pub data_start: u64,
+}
+
+/// A little-endian cursor over the mapped bytes that reports truncation with the field's name.
+struct Cursor<'a> {
+    path: &'a Path,
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        match end {
+            Some(end) => {
+                let s = &self.bytes[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(ModelError::Truncated {
+                path: self.path.to_path_buf(),
+                what: what.to_string(),
+                start: self.pos as u64,
+                end: self.pos as u64 + n as u64,
+                len: self.bytes.len() as u64,
+            }),
+        }
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+        let s = self.take(N, what)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    fn string(&mut self, what: &str) -> Result<String> {
+        let len = self.u64(what)?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l <= self.bytes.len())
+            .ok_or_else(|| ModelError::format(self.path, format!("{what}: string length {len}")))?;
+        let bytes = self.take(len, what)?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| ModelError::format(self.path, format!("{what}: string is not UTF-8")))
+    }
+
+    fn value(&mut self, type_id: u32, what: &str, depth: usize) -> Result<GgufValue> {
+        Ok(match type_id {
+            0 => GgufValue::U8(self.array::<1>(what)?[0]),
+            1 => GgufValue::I8(self.array::<1>(what)?[0] as i8),
+            2 => GgufValue::U16(u16::from_le_bytes(self.array(what)?)),
+            3 => GgufValue::I16(i16::from_le_bytes(self.array(what)?)),
+            4 => GgufValue::U32(self.u32(what)?),
+            5 => GgufValue::I32(i32::from_le_bytes(self.array(what)?)),
+            6 => GgufValue::F32(f32::from_le_bytes(self.array(what)?)),
+            7 => GgufValue::Bool(self.array::<1>(what)?[0] != 0),
+            8 => GgufValue::String(self.string(what)?),
+            9 => {
+                if depth > 4 {
+                    return Err(ModelError::format(
+                        self.path,
+                        format!("{what}: arrays nested too deep"),
+                    ));
+                }
+                let inner = self.u32(what)?;
+                let count = self.u64(what)?;
+                // Every element takes at least one byte, so a count beyond the file is corrupt.
+                if count > self.bytes.len() as u64 {
+                    return Err(ModelError::format(
+                        self.path,
+                        format!("{what}: array count {count}"),
+                    ));
+                }
+                let mut items = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    items.push(self.value(inner, what, depth + 1)?);
+                }
+                GgufValue::Array(items)
+            }
+            10 => GgufValue::U64(self.u64(what)?),
+            11 => GgufValue::I64(i64::from_le_bytes(self.array(what)?)),
+            12 => GgufValue::F64(f64::from_le_bytes(self.array(what)?)),
+            other => {
+                return Err(ModelError::format(
+                    self.path,
+                    format!("{what}: unknown metadata value type {other}"),
+                ));
+            }
+        })
+    }
+}
+
+impl GgufFile {
+    /// Maps and parses a GGUF file's header. Tensor data is read lazily by [`GgufFile::tensor_f32`].
+    ///
+    /// **Errors**: I/O, bad magic or version, a truncated header, tensors whose data lies past the end.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| ModelError::io(&path, e))?;
+        // SAFETY: the map is read-only and private to this process; checkpoint files are not modified
+        // while a model is loaded (the same contract as every mmap-based checkpoint loader).
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(&path, e))?;
+        let mut cur = Cursor {
+            path: &path,
+            bytes: &mmap,
+            pos: 0,
+        };
+        let magic = cur.array::<4>("magic")?;
+        if &magic != b"GGUF" {
+            return Err(ModelError::format(
+                &path,
+                format!("not a GGUF file (magic {magic:?})"),
+            ));
+        }
+        let version = cur.u32("version")?;
+        if !(2..=3).contains(&version) {
+            return Err(ModelError::format(
+                &path,
+                format!("GGUF version {version} (only 2 and 3 are supported)"),
+            ));
+        }
+        let n_tensors = cur.u64("tensor count")?;
+        let n_kv = cur.u64("metadata count")?;
+        if n_tensors > mmap.len() as u64 || n_kv > mmap.len() as u64 {
+            return Err(ModelError::format(
+                &path,
+                format!("implausible counts: {n_tensors} tensors, {n_kv} metadata entries"),
+            ));
+        }
+        let mut metadata = BTreeMap::new();
+        for i in 0..n_kv {
+            let key = cur.string(&format!("metadata key #{i}"))?;
+            let type_id = cur.u32(&format!("metadata {key} type"))?;
+            let value = cur.value(type_id, &format!("metadata {key}"), 0)?;
+            metadata.insert(key, value);
+        }
+        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        for i in 0..n_tensors {
+            let name = cur.string(&format!("tensor info #{i} name"))?;
+            let n_dims = cur.u32(&format!("tensor {name} n_dims"))?;
+            if n_dims > 8 {
+                return Err(ModelError::format(
+                    &path,
+                    format!("tensor {name}: {n_dims} dimensions"),
+                ));
+            }
+            let mut dims = Vec::with_capacity(n_dims as usize);
+            for _ in 0..n_dims {
+                dims.push(cur.u64(&format!("tensor {name} dims"))?);
+            }
+            let type_id = cur.u32(&format!("tensor {name} type"))?;
+            let offset = cur.u64(&format!("tensor {name} offset"))?;
+            tensors.push(GgufTensorInfo {
+                name,
+                dims,
+                type_id,
+                offset,
+            });
+        }
+        let alignment = match metadata.get("general.alignment") {
+            None => 32,
+            Some(v) => v
+                .as_u64()
+                .filter(|&a| a > 0 && a.is_power_of_two())
+                .ok_or_else(|| ModelError::format(&path, format!("general.alignment = {v:?}")))?,
+        };
+        let data_start = (cur.pos as u64).div_ceil(alignment) * alignment;
+        let gguf = Self {
+            path,
+            mmap,
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_start,
+        };
+        for t in &gguf.tensors {
+            if !t.offset.is_multiple_of(alignment) {
+                return Err(ModelError::format(
+                    &gguf.path,
+                    format!(
+                        "tensor {}: offset {} is not {alignment}-aligned",
+                        t.name, t.offset
+                    ),
+                ));
+            }
+            if let Some(ty) = GgmlType::from_id(t.type_id) {
+                // Bounds are checked here so that a truncated download fails at open, naming the tensor.
+                gguf.byte_range(t, ty)?;
+            }
+        }
+        Ok(gguf)
+    }
+
+    /// The path the file was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A metadata value by key.
+    pub fn get(&self, key: &str) -> Option<&GgufValue> {
+        self.metadata.get(key)
+    }
+
+    /// A tensor's header entry by GGUF name.
+    pub fn info(&self, name: &str) -> Option<&GgufTensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    fn byte_range(&self, t: &GgufTensorInfo, ty: GgmlType) -> Result<(usize, usize)> {
+        let (block_elems, block_bytes) = ty.block();
+        let n = t.n_elements();
+        if !n.is_multiple_of(block_elems as u64)
+            || t.dims
+                .first()
+                .is_some_and(|&d| !d.is_multiple_of(block_elems as u64))
+        {
+            return Err(ModelError::format(
+                &self.path,
+                format!(
+                    "tensor {}: {} elements (row {:?}) do not fill whole {}-element blocks",
+                    t.name,
+                    n,
+                    t.dims.first(),
+                    block_elems
+                ),
+            ));
+        }
+        let bytes = (n / block_elems as u64).checked_mul(block_bytes as u64);
+        let start = self.data_start.checked_add(t.offset);
+        let end = match (start, bytes) {
+            (Some(s), Some(b)) => s.checked_add(b),
+            _ => None,
+        };
+        match (start, end) {
+            (Some(s), Some(e)) if e <= self.mmap.len() as u64 => Ok((s as usize, e as usize)),
+            _ => Err(ModelError::Truncated {
+                path: self.path.clone(),
+                what: format!("tensor {} data", t.name),
+                start: start.unwrap_or(u64::MAX),
+                end: end.unwrap_or(u64::MAX),
+                len: self.mmap.len() as u64,
+            }),
+        }
+    }
+
+    /// Dequantizes a tensor (by GGUF name) to f32, returning its row-major shape and values.
+    ///
+    /// **Errors**: missing tensor, unsupported type, truncated data.
+    pub fn tensor_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let t = self.info(name).ok_or_else(|| ModelError::MissingTensor {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+        })?;
+        let ty = GgmlType::from_id(t.type_id).ok_or_else(|| ModelError::UnknownDtype {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+            dtype: ggml_type_name(t.type_id),
+        })?;
+        let (s, e) = self.byte_range(t, ty)?;
+        Ok((t.shape(), dequantize(ty, &self.mmap[s..e])))
+    }
+}
+
+/// Expands a whole number of blocks of `ty` to f32 (exact for every supported type).
+pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
+    let (block_elems, block_bytes) = ty.block();
+    let n_blocks = bytes.len() / block_bytes;
+    let mut out = vec![0.0f32; n_blocks * block_elems];
+    // Blocks are independent; a chunk of 256 blocks amortises the task overhead.
+    let per_task = 256;
+    out.par_chunks_mut(block_elems * per_task)
+        .zip(bytes.par_chunks(block_bytes * per_task))
+        .for_each(|(o, b)| {
+            for (ob, bb) in o.chunks_mut(block_elems).zip(b.chunks(block_bytes)) {
+                dequantize_block(ty, bb, ob);
+            }
+        });
+    out
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+fn dequantize_block(ty: GgmlType, b: &[u8], o: &mut [f32]) {
+    match ty {
+        GgmlType::F32 => o[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        GgmlType::F16 => o[0] = f16_at(b, 0),
+        GgmlType::Bf16 => o[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+        GgmlType::Q8_0 => {
+            let d = f16_at(b, 0);
+            for j in 0..32 {
+                o[j] = d * (b[2 + j] as i8) as f32;
+            }
+        }
+        GgmlType::Q4_0 => {
+            let d = f16_at(b, 0);
+            for j in 0..16 {
+                let q = b[2 + j];
+                o[j] = d * ((q & 0x0f) as i32 - 8) as f32;
+                o[j + 16] = d * ((q >> 4) as i32 - 8) as f32;
+            }
+        }
+        GgmlType::Q4_1 => {
+            let d = f16_at(b, 0);
+            let m = f16_at(b, 2);
+            for j in 0..16 {
+                let q = b[4 + j];
+                o[j] = d * (q & 0x0f) as f32 + m;
+                o[j + 16] = d * (q >> 4) as f32 + m;
+            }
+        }
+    }
+}
+
+/// Undoes llama.cpp's Q/K row permutation on a row-major `[n_head · head_dim, cols]` matrix (or a bias,
+/// `cols = 1`): HF row `h·head_dim + k·head_dim/2 + i` = GGUF row `h·head_dim + 2i + k` (PROVENANCE.md).
+///
+/// **Errors**: rows not equal to `n_head · head_dim`, or odd `head_dim`.
+pub fn unpermute_rows(
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    n_head: usize,
+    head_dim: usize,
+) -> std::result::Result<Vec<f32>, String> {
+    if rows != n_head * head_dim || !head_dim.is_multiple_of(2) || data.len() != rows * cols {
+        return Err(format!(
+            "cannot un-permute {rows}×{cols} ({} values) as {n_head} heads of {head_dim}",
+            data.len()
+        ));
+    }
+    let half = head_dim / 2;
+    let mut out = vec![0.0f32; data.len()];
+    for h in 0..n_head {
+        for k in 0..2 {
+            for i in 0..half {
+                let dst = h * head_dim + k * half + i;
+                let src = h * head_dim + 2 * i + k;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Maps a GGUF tensor name of a Llama-family model to its Hugging Face name.
+pub fn gguf_to_hf_name(name: &str) -> Option<String> {
+    match name {
+        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
+        "output_norm.weight" => return Some("model.norm.weight".into()),
+        "output.weight" => return Some("lm_head.weight".into()),
+        _ => {}
+    }
+    let rest = name.strip_prefix("blk.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let hf_tail = match tail {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "attn_q.bias" => "self_attn.q_proj.bias",
+        "attn_k.bias" => "self_attn.k_proj.bias",
+        "attn_v.bias" => "self_attn.v_proj.bias",
+        "attn_q_norm.weight" => "self_attn.q_norm.weight",
+        "attn_k_norm.weight" => "self_attn.k_norm.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf_tail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_the_layer_index() {
+        assert_eq!(
+            gguf_to_hf_name("blk.17.ffn_down.weight").as_deref(),
+            Some("model.layers.17.mlp.down_proj.weight")
+        );
+        assert_eq!(
+            gguf_to_hf_name("token_embd.weight").as_deref(),
+            Some("model.embed_tokens.weight")
+        );
+        assert_eq!(gguf_to_hf_name("blk.x.ffn_down.weight"), None);
+        assert_eq!(gguf_to_hf_name("rope_freqs.weight"), None);
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // llama.cpp's permute: w.reshape(n_head, 2, half, cols).swapaxes(1, 2) — row h·hd + 2i + k of the
+        // GGUF holds HF row h·hd + k·half + i. Build the GGUF order from a known HF matrix and undo it.
+        let (n_head, hd, cols) = (3, 8, 2);
+        let rows = n_head * hd;
+        let hf: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+        let mut gguf = vec![0.0f32; hf.len()];
+        for h in 0..n_head {
+            for i in 0..hd / 2 {
+                for k in 0..2 {
+                    let src = h * hd + k * hd / 2 + i;
+                    let dst = h * hd + 2 * i + k;
+                    gguf[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                }
+            }
+        }
+        assert_ne!(gguf, hf);
+        assert_eq!(unpermute_rows(&gguf, rows, cols, n_head, hd).unwrap(), hf);
+        assert!(unpermute_rows(&gguf, rows, cols, 4, hd).is_err());
+    }
+
+    #[test]
+    fn block_formats_dequantize_exactly() {
+        // Q4_1: d = 0.5, m = -1; low nibbles j, high nibbles 15 - j.
+        let mut b = Vec::new();
+        b.extend_from_slice(&f16::from_f32(0.5).to_le_bytes());
+        b.extend_from_slice(&f16::from_f32(-1.0).to_le_bytes());
+        for j in 0..16u8 {
+            b.push(j | ((15 - j) << 4));
+        }
+        let v = dequantize(GgmlType::Q4_1, &b);
+        assert_eq!(v.len(), 32);
+        for j in 0..16 {
+            assert_eq!(v[j], 0.5 * j as f32 - 1.0);
+            assert_eq!(v[j + 16], 0.5 * (15 - j) as f32 - 1.0);
+        }
+        // Q4_0: d = 2, q - 8.
+        let mut b = f16::from_f32(2.0).to_le_bytes().to_vec();
+        for j in 0..16u8 {
+            b.push(j | (j << 4));
+        }
+        let v = dequantize(GgmlType::Q4_0, &b);
+        assert_eq!(v[3], 2.0 * (3.0 - 8.0));
+        assert_eq!(v[19], 2.0 * (3.0 - 8.0));
+        // Q8_0: d = 0.25, signed bytes.
+        let mut b = f16::from_f32(0.25).to_le_bytes().to_vec();
+        for j in 0..32i32 {
+            b.push((j - 16) as i8 as u8);
+        }
+        let v = dequantize(GgmlType::Q8_0, &b);
+        assert_eq!(v[0], -4.0);
+        assert_eq!(v[31], 3.75);
+        // BF16 and F16 scalars.
+        assert_eq!(
+            dequantize(GgmlType::Bf16, &bf16::from_f32(1.5).to_le_bytes()),
+            vec![1.5]
+        );
+        assert_eq!(
+            dequantize(GgmlType::F16, &f16::from_f32(-0.125).to_le_bytes()),
+            vec![-0.125]
+        );
+    }
+}

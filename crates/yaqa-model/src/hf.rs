@@ -1,0 +1,370 @@
+//! Hugging Face checkpoint folders: memory-mapped safetensors in (single or sharded), f32 safetensors out.
+//!
+//! The safetensors header is parsed here rather than by the `safetensors` crate so that a truncated
+//! shard or a bad dtype is reported with the file *and* the tensor (the crate only says the buffer is
+//! incomplete). Writing goes through `safetensors::serialize_to_file`, into a temporary file in the
+//! target folder that is renamed into place, so a failed conversion leaves no half-written checkpoint.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::{Dtype, View};
+use serde_json::Value;
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::weights::{Model, TensorSource};
+
+/// One tensor's header entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StTensorInfo {
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    pub start: usize,
+    pub end: usize,
+}
+
+/// A memory-mapped `.safetensors` file.
+#[derive(Debug)]
+pub struct SafetensorsFile {
+    path: PathBuf,
+    mmap: Mmap,
+    pub tensors: BTreeMap<String, StTensorInfo>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn dtype_size(dtype: &str) -> Option<usize> {
+    Some(match dtype {
+        "F64" | "I64" | "U64" => 8,
+        "F32" | "I32" | "U32" => 4,
+        "F16" | "BF16" | "I16" | "U16" => 2,
+        "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+        _ => return None,
+    })
+}
+
+impl SafetensorsFile {
+    /// Maps a file and validates its header: every tensor's byte range must match its shape and dtype and
+    /// lie inside the file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| ModelError::io(&path, e))?;
+        // SAFETY: read-only private map; checkpoints are not modified while loaded.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(&path, e))?;
+        let len = mmap.len();
+        let truncated = |what: String, start: usize, end: usize| ModelError::Truncated {
+            path: path.clone(),
+            what,
+            start: start as u64,
+            end: end as u64,
+            len: len as u64,
+        };
+        let Some(n) = mmap.get(..8) else {
+            return Err(truncated("header length".into(), 0, 8));
+        };
+        let mut n8 = [0u8; 8];
+        n8.copy_from_slice(n);
+        let n = u64::from_le_bytes(n8);
+        let header_end = n
+            .checked_add(8)
+            .filter(|&e| e <= len as u64)
+            .ok_or_else(|| truncated("JSON header".into(), 8, n.saturating_add(8) as usize))?
+            as usize;
+        let header: Value = serde_json::from_slice(&mmap[8..header_end])
+            .map_err(|e| ModelError::format(&path, format!("invalid safetensors header: {e}")))?;
+        let Value::Object(entries) = header else {
+            return Err(ModelError::format(
+                &path,
+                "safetensors header is not a JSON object",
+            ));
+        };
+        let mut tensors = BTreeMap::new();
+        let mut metadata = BTreeMap::new();
+        for (name, entry) in entries {
+            if name == "__metadata__" {
+                if let Value::Object(m) = entry {
+                    for (k, v) in m {
+                        metadata
+                            .insert(k, v.as_str().map_or_else(|| v.to_string(), str::to_string));
+                    }
+                }
+                continue;
+            }
+            let bad = |why: &str| ModelError::format(&path, format!("tensor {name}: {why}"));
+            let dtype = entry
+                .get("dtype")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("no dtype"))?
+                .to_string();
+            let shape: Vec<usize> = entry
+                .get("shape")
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad("no shape"))?
+                .iter()
+                .map(|d| d.as_u64().map(|d| d as usize))
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad("shape is not a list of integers"))?;
+            let offsets: Vec<usize> = entry
+                .get("data_offsets")
+                .and_then(Value::as_array)
+                .filter(|a| a.len() == 2)
+                .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+                .ok_or_else(|| bad("data_offsets is not a pair of integers"))?;
+            let (start, end) = (header_end + offsets[0], header_end + offsets[1]);
+            if let Some(size) = dtype_size(&dtype) {
+                let bytes = shape.iter().product::<usize>() * size;
+                if offsets[1] < offsets[0] || offsets[1] - offsets[0] != bytes {
+                    return Err(bad(&format!(
+                        "data_offsets {offsets:?} do not hold {shape:?} of {dtype} ({bytes} bytes)"
+                    )));
+                }
+            }
+            if end > len {
+                return Err(truncated(format!("tensor {name} data"), start, end));
+            }
+            tensors.insert(
+                name,
+                StTensorInfo {
+                    dtype,
+                    shape,
+                    start,
+                    end,
+                },
+            );
+        }
+        Ok(Self {
+            path,
+            mmap,
+            tensors,
+            metadata,
+        })
+    }
+
+    /// The path the file was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A tensor converted to f32 (from F32, F16 or BF16).
+    ///
+    /// **Errors**: missing tensor; any other dtype ([`ModelError::UnknownDtype`]).
+    pub fn tensor_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+            })?;
+        let bytes = &self.mmap[t.start..t.end];
+        let data: Vec<f32> = match t.dtype.as_str() {
+            "F32" => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            "F16" => bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            "BF16" => bytes
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(ModelError::UnknownDtype {
+                    path: self.path.clone(),
+                    tensor: name.to_string(),
+                    dtype: other.to_string(),
+                });
+            }
+        };
+        Ok((t.shape.clone(), data))
+    }
+
+    /// A tensor stored as I64 (token ids in reference fixtures).
+    pub fn tensor_i64(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+            })?;
+        if t.dtype != "I64" {
+            return Err(ModelError::UnknownDtype {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+                dtype: format!("{} (expected I64)", t.dtype),
+            });
+        }
+        let data = self.mmap[t.start..t.end]
+            .chunks_exact(8)
+            .map(|b| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                i64::from_le_bytes(a)
+            })
+            .collect();
+        Ok((t.shape.clone(), data))
+    }
+}
+
+/// A Hugging Face checkpoint folder: `config.json` plus `model.safetensors` or a sharded index.
+#[derive(Debug)]
+pub struct HfCheckpoint {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    files: Vec<SafetensorsFile>,
+    /// Tensor name → index into `files`.
+    index: HashMap<String, usize>,
+}
+
+impl HfCheckpoint {
+    /// Opens a folder: reads `config.json`, maps `model.safetensors` or every shard named in
+    /// `model.safetensors.index.json`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let config = ModelConfig::from_hf_json_file(dir.join("config.json"))?;
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        if index_path.exists() {
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|e| ModelError::format(&index_path, format!("invalid JSON: {e}")))?;
+            let map = v
+                .get("weight_map")
+                .and_then(Value::as_object)
+                .ok_or_else(|| ModelError::format(&index_path, "no weight_map object"))?;
+            let mut shard_of: BTreeMap<String, usize> = BTreeMap::new();
+            for (name, shard) in map {
+                let shard = shard
+                    .as_str()
+                    .filter(|s| !s.contains('/') && !s.contains('\\'))
+                    .ok_or_else(|| {
+                        ModelError::format(&index_path, format!("bad shard for {name}"))
+                    })?;
+                let next = shard_of.len();
+                let i = *shard_of.entry(shard.to_string()).or_insert(next);
+                index.insert(name.clone(), i);
+            }
+            let mut ordered: Vec<(usize, String)> =
+                shard_of.into_iter().map(|(s, i)| (i, s)).collect();
+            ordered.sort();
+            for (_, shard) in ordered {
+                files.push(SafetensorsFile::open(dir.join(shard))?);
+            }
+            // Every tensor the index promises must be in its shard.
+            for (name, &i) in &index {
+                if !files[i].tensors.contains_key(name) {
+                    return Err(ModelError::MissingTensor {
+                        path: files[i].path().to_path_buf(),
+                        tensor: name.clone(),
+                    });
+                }
+            }
+        } else {
+            let f = SafetensorsFile::open(&single)?;
+            for name in f.tensors.keys() {
+                index.insert(name.clone(), 0);
+            }
+            files.push(f);
+        }
+        Ok(Self {
+            dir,
+            config,
+            files,
+            index,
+        })
+    }
+
+    /// Loads the whole model in f32.
+    pub fn load_model(&self) -> Result<Model<f32>> {
+        Model::load(self.config.clone(), self)
+    }
+}
+
+impl TensorSource for HfCheckpoint {
+    fn file_of(&self, name: &str) -> PathBuf {
+        match self.index.get(name) {
+            Some(&i) => self.files[i].path().to_path_buf(),
+            None if self.files.len() == 1 => self.files[0].path().to_path_buf(),
+            None => self.dir.join("model.safetensors.index.json"),
+        }
+    }
+
+    fn load(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+        match self.index.get(name) {
+            None => Ok(None),
+            Some(&i) => self.files[i].tensor_f32(name).map(Some),
+        }
+    }
+}
+
+/// An f32 tensor for the safetensors writer.
+struct F32View<'a> {
+    shape: Vec<usize>,
+    data: &'a [f32],
+}
+
+impl View for F32View<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+    fn data_len(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// Writes `bytes`-producing `write` to `path` through a temporary file in the same folder, then renames.
+fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result =
+        write(&tmp).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e)));
+    if result.is_err() {
+        // Best effort: the error already names the real problem.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes `model` as a Hugging Face folder (`config.json` + f32 `model.safetensors`) that transformers
+/// loads directly; each file is written to a temporary name and renamed, so readers never see half a file.
+pub fn write_hf(model: &Model<f32>, dir: impl AsRef<Path>) -> Result<()> {
+    let dir = dir.as_ref();
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let weights = dir.join("model.safetensors");
+    write_atomic(&weights, |tmp| {
+        let views = model
+            .hf_tensors()
+            .into_iter()
+            .map(|(name, shape, data)| (name, F32View { shape, data }));
+        let mut meta = HashMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        safetensors::serialize_to_file(views, Some(meta), tmp)
+            .map_err(|e| ModelError::format(tmp, format!("writing safetensors: {e}")))
+    })?;
+    let config = dir.join("config.json");
+    write_atomic(&config, |tmp| {
+        let text = serde_json::to_string_pretty(&model.config.to_hf_json())
+            .map_err(|e| ModelError::format(tmp, e.to_string()))?;
+        std::fs::write(tmp, text).map_err(|e| ModelError::io(tmp, e))
+    })
+}

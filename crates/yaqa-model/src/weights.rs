@@ -1,0 +1,465 @@
+//! The weights of a Llama-family decoder under Hugging Face names, and loading them from any checkpoint.
+//!
+//! Checkpoint readers (GGUF, safetensors) only answer "give me the f32 values of the tensor with this
+//! HF name"; [`Model::load`] asks for every tensor the configuration needs, checks its shape and
+//! names the file and tensor in every error. The linear layers that quantization works on are addressed
+//! by [`LinearKind`] and a layer index.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use yaqa_core::Mat;
+use yaqa_core::model_ops::Real;
+
+use crate::config::{Family, ModelConfig};
+use crate::error::{ModelError, Result};
+use crate::gguf::{GgufFile, gguf_to_hf_name, unpermute_rows};
+
+/// The seven linear layers of a decoder block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LinearKind {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl LinearKind {
+    /// All seven, in the true-sequential order of DESIGN.md §9 within each group.
+    pub const ALL: [LinearKind; 7] = [
+        LinearKind::Q,
+        LinearKind::K,
+        LinearKind::V,
+        LinearKind::O,
+        LinearKind::Gate,
+        LinearKind::Up,
+        LinearKind::Down,
+    ];
+
+    /// The module path inside a layer (`self_attn.q_proj`).
+    pub fn module(self) -> &'static str {
+        match self {
+            Self::Q => "self_attn.q_proj",
+            Self::K => "self_attn.k_proj",
+            Self::V => "self_attn.v_proj",
+            Self::O => "self_attn.o_proj",
+            Self::Gate => "mlp.gate_proj",
+            Self::Up => "mlp.up_proj",
+            Self::Down => "mlp.down_proj",
+        }
+    }
+
+    /// The Hugging Face weight name of this linear in layer `layer`.
+    pub fn hf_name(self, layer: usize) -> String {
+        format!("model.layers.{layer}.{}.weight", self.module())
+    }
+}
+
+/// One decoder block.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerWeights<T> {
+    pub input_norm: Vec<T>,
+    pub q_proj: Mat<T>,
+    pub k_proj: Mat<T>,
+    pub v_proj: Mat<T>,
+    pub o_proj: Mat<T>,
+    pub q_bias: Option<Vec<T>>,
+    pub k_bias: Option<Vec<T>>,
+    pub v_bias: Option<Vec<T>>,
+    /// Qwen3's per-head RMSNorm weights (`head_dim` values).
+    pub q_norm: Option<Vec<T>>,
+    pub k_norm: Option<Vec<T>>,
+    pub post_norm: Vec<T>,
+    pub gate_proj: Mat<T>,
+    pub up_proj: Mat<T>,
+    pub down_proj: Mat<T>,
+}
+
+impl<T> LayerWeights<T> {
+    /// The weight of one linear layer.
+    pub fn linear(&self, kind: LinearKind) -> &Mat<T> {
+        match kind {
+            LinearKind::Q => &self.q_proj,
+            LinearKind::K => &self.k_proj,
+            LinearKind::V => &self.v_proj,
+            LinearKind::O => &self.o_proj,
+            LinearKind::Gate => &self.gate_proj,
+            LinearKind::Up => &self.up_proj,
+            LinearKind::Down => &self.down_proj,
+        }
+    }
+
+    /// The weight of one linear layer, mutably (to install quantized weights).
+    pub fn linear_mut(&mut self, kind: LinearKind) -> &mut Mat<T> {
+        match kind {
+            LinearKind::Q => &mut self.q_proj,
+            LinearKind::K => &mut self.k_proj,
+            LinearKind::V => &mut self.v_proj,
+            LinearKind::O => &mut self.o_proj,
+            LinearKind::Gate => &mut self.gate_proj,
+            LinearKind::Up => &mut self.up_proj,
+            LinearKind::Down => &mut self.down_proj,
+        }
+    }
+}
+
+/// A whole decoder: configuration plus weights in element type `T`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model<T = f32> {
+    pub config: ModelConfig,
+    /// `vocab × hidden`; also the LM head when `lm_head` is `None` (tied).
+    pub embed: Mat<T>,
+    pub layers: Vec<LayerWeights<T>>,
+    pub norm: Vec<T>,
+    pub lm_head: Option<Mat<T>>,
+}
+
+/// A checkpoint that can produce f32 tensors by Hugging Face name.
+pub trait TensorSource {
+    /// The file that holds (or would hold) `name`, for error messages.
+    fn file_of(&self, name: &str) -> PathBuf;
+    /// The row-major shape and values of `name`, or `None` if the checkpoint lacks it.
+    fn load(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>>;
+}
+
+fn map_mat<T: Copy, U>(m: &Mat<T>, f: impl Fn(T) -> U) -> Mat<U> {
+    Mat {
+        rows: m.rows,
+        cols: m.cols,
+        data: m.data.iter().map(|&v| f(v)).collect(),
+    }
+}
+
+fn map_vec<T: Copy, U>(v: &[T], f: impl Fn(T) -> U) -> Vec<U> {
+    v.iter().map(|&x| f(x)).collect()
+}
+
+impl<T: Real> Model<T> {
+    /// The same model in another element type (f32 → f64 for gradient checks is exact).
+    pub fn cast<U: Real>(&self) -> Model<U> {
+        let f = |v: T| U::from_f64(v.to_f64());
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| LayerWeights {
+                input_norm: map_vec(&l.input_norm, f),
+                q_proj: map_mat(&l.q_proj, f),
+                k_proj: map_mat(&l.k_proj, f),
+                v_proj: map_mat(&l.v_proj, f),
+                o_proj: map_mat(&l.o_proj, f),
+                q_bias: l.q_bias.as_deref().map(|b| map_vec(b, f)),
+                k_bias: l.k_bias.as_deref().map(|b| map_vec(b, f)),
+                v_bias: l.v_bias.as_deref().map(|b| map_vec(b, f)),
+                q_norm: l.q_norm.as_deref().map(|b| map_vec(b, f)),
+                k_norm: l.k_norm.as_deref().map(|b| map_vec(b, f)),
+                post_norm: map_vec(&l.post_norm, f),
+                gate_proj: map_mat(&l.gate_proj, f),
+                up_proj: map_mat(&l.up_proj, f),
+                down_proj: map_mat(&l.down_proj, f),
+            })
+            .collect();
+        Model {
+            config: self.config.clone(),
+            embed: map_mat(&self.embed, f),
+            layers,
+            norm: map_vec(&self.norm, f),
+            lm_head: self.lm_head.as_ref().map(|m| map_mat(m, f)),
+        }
+    }
+
+    /// The LM head (`vocab × hidden`): `lm_head` or, when tied, the embedding.
+    pub fn head(&self) -> &Mat<T> {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Every tensor under its Hugging Face name with its row-major shape (tied heads are not repeated).
+    pub fn hf_tensors(&self) -> Vec<(String, Vec<usize>, &[T])> {
+        let mut out: Vec<(String, Vec<usize>, &[T])> = Vec::new();
+        let mat = |m: &Mat<T>| vec![m.rows, m.cols];
+        out.push((
+            "model.embed_tokens.weight".into(),
+            mat(&self.embed),
+            &self.embed.data,
+        ));
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                vec![l.input_norm.len()],
+                &l.input_norm,
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                vec![l.post_norm.len()],
+                &l.post_norm,
+            ));
+            for kind in LinearKind::ALL {
+                let m = l.linear(kind);
+                out.push((kind.hf_name(i), mat(m), &m.data));
+            }
+            for (name, v) in [
+                ("self_attn.q_proj.bias", &l.q_bias),
+                ("self_attn.k_proj.bias", &l.k_bias),
+                ("self_attn.v_proj.bias", &l.v_bias),
+                ("self_attn.q_norm.weight", &l.q_norm),
+                ("self_attn.k_norm.weight", &l.k_norm),
+            ] {
+                if let Some(v) = v {
+                    out.push((format!("{p}.{name}"), vec![v.len()], v));
+                }
+            }
+        }
+        out.push((
+            "model.norm.weight".into(),
+            vec![self.norm.len()],
+            &self.norm,
+        ));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".into(), mat(h), &h.data));
+        }
+        out
+    }
+}
+
+impl Model<f32> {
+    /// Loads every tensor `config` needs from `source`, checking shapes.
+    ///
+    /// **Errors**: [`ModelError::MissingTensor`] and [`ModelError::ShapeMismatch`] naming file and tensor,
+    /// plus whatever the source reports (truncation, unknown dtypes).
+    pub fn load(config: ModelConfig, source: &dyn TensorSource) -> Result<Self> {
+        let c = &config;
+        let get = |name: &str, expected: &[usize]| -> Result<Vec<f32>> {
+            let (shape, data) = source
+                .load(name)?
+                .ok_or_else(|| ModelError::MissingTensor {
+                    path: source.file_of(name),
+                    tensor: name.to_string(),
+                })?;
+            if shape != expected {
+                return Err(ModelError::ShapeMismatch {
+                    path: source.file_of(name),
+                    tensor: name.to_string(),
+                    expected: expected.to_vec(),
+                    found: shape,
+                });
+            }
+            Ok(data)
+        };
+        let mat = |name: &str, rows: usize, cols: usize| -> Result<Mat<f32>> {
+            Ok(Mat {
+                rows,
+                cols,
+                data: get(name, &[rows, cols])?,
+            })
+        };
+        let (d, f, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (qd, kd) = (c.n_heads * hd, c.n_kv_heads * hd);
+        let embed = mat("model.embed_tokens.weight", c.vocab_size, d)?;
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let p = format!("model.layers.{i}");
+            let opt = |on: bool, name: &str, len: usize| -> Result<Option<Vec<f32>>> {
+                if on {
+                    get(&format!("{p}.{name}"), &[len]).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(LayerWeights {
+                input_norm: get(&format!("{p}.input_layernorm.weight"), &[d])?,
+                q_proj: mat(&LinearKind::Q.hf_name(i), qd, d)?,
+                k_proj: mat(&LinearKind::K.hf_name(i), kd, d)?,
+                v_proj: mat(&LinearKind::V.hf_name(i), kd, d)?,
+                o_proj: mat(&LinearKind::O.hf_name(i), d, qd)?,
+                q_bias: opt(c.attention_bias, "self_attn.q_proj.bias", qd)?,
+                k_bias: opt(c.attention_bias, "self_attn.k_proj.bias", kd)?,
+                v_bias: opt(c.attention_bias, "self_attn.v_proj.bias", kd)?,
+                q_norm: opt(c.qk_norm, "self_attn.q_norm.weight", hd)?,
+                k_norm: opt(c.qk_norm, "self_attn.k_norm.weight", hd)?,
+                post_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+                gate_proj: mat(&LinearKind::Gate.hf_name(i), f, d)?,
+                up_proj: mat(&LinearKind::Up.hf_name(i), f, d)?,
+                down_proj: mat(&LinearKind::Down.hf_name(i), d, f)?,
+            });
+        }
+        let norm = get("model.norm.weight", &[d])?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(mat("lm_head.weight", c.vocab_size, d)?)
+        };
+        Ok(Self {
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// Loads a Llama/Qwen2/Qwen3 GGUF as the exact f32 dequantization, Q/K rows un-permuted for `llama`.
+    pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self> {
+        let gguf = GgufFile::open(path)?;
+        let config = ModelConfig::from_gguf(&gguf)?;
+        let source = GgufSource::new(&gguf, &config);
+        Self::load(config.clone(), &source)
+    }
+}
+
+/// A GGUF file seen through Hugging Face names.
+#[derive(Debug)]
+pub struct GgufSource<'a> {
+    gguf: &'a GgufFile,
+    hf_to_gguf: HashMap<String, String>,
+    /// `(n_head, head_dim)` of the q and k projections when the llama.cpp permutation must be undone.
+    unpermute: Option<((usize, usize), (usize, usize))>,
+}
+
+impl<'a> GgufSource<'a> {
+    /// Indexes the file's tensors by HF name. Only `general.architecture = llama` files are permuted.
+    pub fn new(gguf: &'a GgufFile, config: &ModelConfig) -> Self {
+        let hf_to_gguf = gguf
+            .tensors
+            .iter()
+            .filter_map(|t| gguf_to_hf_name(&t.name).map(|hf| (hf, t.name.clone())))
+            .collect();
+        let unpermute = (config.family == Family::Llama).then_some((
+            (config.n_heads, config.head_dim),
+            (config.n_kv_heads, config.head_dim),
+        ));
+        Self {
+            gguf,
+            hf_to_gguf,
+            unpermute,
+        }
+    }
+}
+
+impl TensorSource for GgufSource<'_> {
+    fn file_of(&self, _name: &str) -> PathBuf {
+        self.gguf.path().to_path_buf()
+    }
+
+    fn load(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+        let Some(gguf_name) = self.hf_to_gguf.get(name) else {
+            return Ok(None);
+        };
+        let (shape, data) = self.gguf.tensor_f32(gguf_name)?;
+        let heads = match self.unpermute {
+            Some((q, _))
+                if name.ends_with("self_attn.q_proj.weight")
+                    || name.ends_with("self_attn.q_proj.bias") =>
+            {
+                Some(q)
+            }
+            Some((_, k))
+                if name.ends_with("self_attn.k_proj.weight")
+                    || name.ends_with("self_attn.k_proj.bias") =>
+            {
+                Some(k)
+            }
+            _ => None,
+        };
+        let data = match heads {
+            None => data,
+            Some((n_head, head_dim)) => {
+                let rows = shape.first().copied().unwrap_or(0);
+                let cols = shape.iter().skip(1).product::<usize>();
+                unpermute_rows(&data, rows, cols, n_head, head_dim).map_err(|why| {
+                    ModelError::ShapeMismatch {
+                        path: self.gguf.path().to_path_buf(),
+                        tensor: format!("{gguf_name} ({why})"),
+                        expected: vec![n_head * head_dim, cols],
+                        found: shape.clone(),
+                    }
+                })?
+            }
+        };
+        Ok(Some((shape, data)))
+    }
+}
+
+impl Model<f32> {
+    /// A random model of shape `config` for tests and benchmarks: Gaussian weights scaled by
+    /// `1/sqrt(in)` with a decaying per-column profile (structured, never all zeros), norm weights near 1.
+    pub fn synthetic(config: ModelConfig, seed: u64) -> Self {
+        let mut rng = yaqa_core::Rng::derive(seed, "synthetic-model");
+        let c = &config;
+        fn mat(rng: &mut yaqa_core::Rng, rows: usize, cols: usize, scale: f64) -> Mat<f32> {
+            Mat::from_fn(rows, cols, |_, j| {
+                let profile = 1.0 / (1.0 + 4.0 * j as f64 / cols as f64);
+                (rng.normal() * scale * profile / (cols as f64).sqrt()) as f32
+            })
+        }
+        fn vector(rng: &mut yaqa_core::Rng, len: usize, center: f64, spread: f64) -> Vec<f32> {
+            (0..len)
+                .map(|_| (center + spread * rng.normal()) as f32)
+                .collect()
+        }
+        let (d, f, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (qd, kd) = (c.n_heads * hd, c.n_kv_heads * hd);
+        let embed = mat(&mut rng, c.vocab_size, d, (d as f64).sqrt());
+        let mut layers = Vec::new();
+        for _ in 0..c.n_layers {
+            let q_proj = mat(&mut rng, qd, d, 1.5);
+            let k_proj = mat(&mut rng, kd, d, 1.5);
+            let v_proj = mat(&mut rng, kd, d, 1.0);
+            let o_proj = mat(&mut rng, d, qd, 1.0);
+            let gate_proj = mat(&mut rng, f, d, 1.0);
+            let up_proj = mat(&mut rng, f, d, 1.0);
+            let down_proj = mat(&mut rng, d, f, 1.0);
+            layers.push(LayerWeights {
+                input_norm: vector(&mut rng, d, 1.0, 0.1),
+                q_bias: c.attention_bias.then(|| vector(&mut rng, qd, 0.0, 0.1)),
+                k_bias: c.attention_bias.then(|| vector(&mut rng, kd, 0.0, 0.1)),
+                v_bias: c.attention_bias.then(|| vector(&mut rng, kd, 0.0, 0.1)),
+                q_norm: c.qk_norm.then(|| vector(&mut rng, hd, 1.0, 0.1)),
+                k_norm: c.qk_norm.then(|| vector(&mut rng, hd, 1.0, 0.1)),
+                post_norm: vector(&mut rng, d, 1.0, 0.1),
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+                gate_proj,
+                up_proj,
+                down_proj,
+            });
+        }
+        let norm = (0..d).map(|_| (1.0 + 0.1 * rng.normal()) as f32).collect();
+        let lm_head = (!c.tie_word_embeddings).then(|| mat(&mut rng, c.vocab_size, d, 1.0));
+        Self {
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+        }
+    }
+}
+
+/// A tiny Llama-family configuration for tests: `family` decides biases (Qwen2) and q/k norms (Qwen3).
+pub fn tiny_config(family: Family, tied: bool) -> ModelConfig {
+    ModelConfig {
+        family,
+        vocab_size: 37,
+        hidden_size: 16,
+        intermediate_size: 24,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 4,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_scaling: crate::config::RopeScaling::None,
+        max_position_embeddings: 64,
+        tie_word_embeddings: tied,
+        attention_bias: family == Family::Qwen2,
+        qk_norm: family == Family::Qwen3,
+        sliding_window: None,
+        bos_token_id: None,
+        eos_token_id: None,
+    }
+}
