@@ -2,11 +2,12 @@
 //! 576 × 1536 (out × in), with a structured SPD Hessian, next to DESIGN.md §8's anchor (0.83 s for
 //! 4096² in PyTorch on an H100).
 //!
-//! Flop count for `m × n` with `n`-column `H`: the reversed Cholesky and triangular inverse in f64 cost
-//! `2n³/3` (46 GFLOP at n = 4096), the lazy-block GEMMs `m·n²` f32 multiply-adds minus the in-block part
-//! (≈ 2·m·n²/2 = 69 GFLOP at 4096²), the in-block rank-1 updates `m·n·B/2` multiply-adds (1 GFLOP for
-//! B = 128). On 2 AVX2 cores (peak ≈ 190 GFLOP/s f32, 95 f64) that predicts about 0.5 s + 0.5 s, i.e.
-//! roughly 1–1.5 s for 4096² once faer reaches 60–70% of peak.
+//! Work for `m × n` with `n`-column `H`: the reversed Cholesky in f64 is `n³/3` multiply-adds (23 G at
+//! n = 4096, 46 GFLOP; no inverse is formed, see `yaqa-backend-cpu/src/gptq.rs`), the lazy-block GEMMs
+//! `m·n²` f32 multiply-adds (69 G at 4096², 137 GFLOP), the in-block rank-1 updates `m·n·B/2` (1 G for
+//! B = 128). On 2 AVX2 cores (peak ≈ 190 GFLOP/s f32, 95 f64) at 60% of peak that predicts about
+//! 0.8 s + 1.2 s ≈ 2 s for 4096². Measured with other jobs sharing the 2 cores (load 2–5): 3.5–4.4 s,
+//! of which about 1.5 s Cholesky, 1.5 s GEMM, 0.35 s block phase and 0.5 s transposes.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use yaqa::core::quant::int::{IntSym, sym_grid_rms};
@@ -21,7 +22,12 @@ fn structured_hessian(n: usize, seed: u64) -> SymMat {
     let rho: f64 = 0.9;
     let gains: Vec<f64> = (0..n).map(|_| 0.5 + rng.next_f64() * 1.5).collect();
     let spikes: Vec<(f64, Vec<f64>)> = (0..8)
-        .map(|k| (4.0 / (1.0 + k as f64), (0..n).map(|_| rng.normal()).collect()))
+        .map(|k| {
+            (
+                4.0 / (1.0 + k as f64),
+                (0..n).map(|_| rng.normal()).collect(),
+            )
+        })
         .collect();
     let mut h = SymMat::zeros(n);
     for i in 0..n {
@@ -48,12 +54,16 @@ fn bench_gptq(c: &mut Criterion) {
         let params = GptqParams::default();
         group.throughput(Throughput::Elements((m * n) as u64));
         for cpu in [Cpu::default(), Cpu::scalar()] {
-            group.bench_with_input(BenchmarkId::new(cpu.name(), format!("{m}x{n}")), &(), |b, _| {
-                b.iter(|| match cpu.gptq(&w, &h, &grid, &params) {
-                    Ok(out) => out,
-                    Err(e) => panic!("gptq failed: {e}"),
-                })
-            });
+            group.bench_with_input(
+                BenchmarkId::new(cpu.name(), format!("{m}x{n}")),
+                &(),
+                |b, _| {
+                    b.iter(|| match cpu.gptq(&w, &h, &grid, &params) {
+                        Ok(out) => out,
+                        Err(e) => panic!("gptq failed: {e}"),
+                    })
+                },
+            );
         }
     }
     group.finish();

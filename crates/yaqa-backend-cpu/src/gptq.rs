@@ -1,33 +1,34 @@
 //! Fast CPU GPTQ/OPTQ (Frantar et al., arXiv 2210.17323) with lazy block updates, act-order, stochastic
 //! rounding and the LDL pivots of DESIGN.md §9.
 //!
-//! The math is that of `yaqa_core`'s reference (`H⁻¹ = UᵀU`, `e_t = (w_t − q_t)/U_tt`, `w_k −= e_t·U_tk`,
-//! pivots `d_t = 1/U_tt²`); what differs is how the work is arranged:
+//! The reference (`yaqa_core::reference`) follows the paper literally: `H⁻¹ = UᵀU` with `U` upper,
+//! `e_t = (w_t − q_t)/U_tt` and `w_k −= e_t·U_tk`. This file computes the same rounding with less work:
 //!
-//! - **Factor without forming `H⁻¹`.** With `P` the order-reversing permutation, the lower Cholesky factor
-//!   `L'` of `P H P` gives `H⁻¹ = (P L'⁻ᵀ P)(P L'⁻¹ P)`, so `U = P L'⁻¹ P` is upper triangular with
-//!   `UᵀU = H⁻¹`: one Cholesky and one triangular inverse (`2n³/3` flops) instead of the four `n³/3` steps
-//!   of "Cholesky, inverse, product, Cholesky again". The pivots come straight from the factor:
-//!   `d_t = 1/U_tt² = L'_{n−1−t, n−1−t}²`. Both run in f64 with faer; `U` is then rounded to f32, the
-//!   precision PyTorch GPTQ uses for the whole run (its rounding error in the updates is far below the
-//!   rounding error being propagated).
+//! - **No inverse.** Write `V = U⁻¹` (upper, `H = V Vᵀ`). From `w − q = Uᵀe` we get `e = Vᵀ(w − q)`, and
+//!   with `e_t = (w⁽ᵗ⁾_t − q_t)·V_tt` the weight GPTQ rounds at step `t` is
+//!   `w⁽ᵗ⁾_t = w_t + Σ_{k<t} C_kt (w_k − q_k)` with `C_kt = V_kt / V_tt`: the LDLQ form of GPTQ (QuIP,
+//!   arXiv 2307.13304), fed by the total errors `Δ_k = w_k − q_k` of the columns already rounded. `V` is
+//!   an "upper-lower" Cholesky factor: with `P` the order-reversing permutation and `L'` the lower
+//!   Cholesky factor of `P H P`, `V = P L' P`. So one f64 Cholesky (`n³/3` flops, faer) replaces the
+//!   Cholesky, inverse, product and second Cholesky (`4n³/3`), and the pivots come for free:
+//!   `d_t = 1/U_tt² = V_tt² = L'_{n−1−t, n−1−t}²`. `C` is then rounded to f32, the precision PyTorch GPTQ
+//!   uses for the whole run (its error is far below the rounding error being propagated).
 //! - **Transposed weights.** `W` is copied, in processing order, into `Wᵀ` (`n × m`, f32) so that a column
-//!   of `W` is a contiguous run: the quantizer sees an `m × 1` tile directly and the rank-1 updates are
-//!   long axpys.
+//!   of `W` is a contiguous run: the quantizer sees an `m × 1` tile directly and the updates are long
+//!   axpys. A second `n × m` buffer `F` accumulates each column's feedback `Σ_k C_kt Δ_k`.
 //! - **Lazy blocks.** Inside a block of `block_size` columns, column by column with rank-1 updates of the
-//!   block's later columns only; then one GEMM `W[:, rest] −= E · U[block, rest]` (faer, rayon) for all
-//!   columns right of the block.
+//!   block's later columns only; then one GEMM `F[:, right] += Δ_block · C[block, right]` (faer, rayon)
+//!   for all columns right of the block.
 //! - **Row chunks in parallel.** Rows never interact inside a block, so the block phase runs on row chunks
 //!   in parallel. Stochastic rounding uses one chunk so the random stream is consumed in the same order
 //!   as in the reference (column by column, rows in order), which keeps seeded runs reproducible.
-//! - **SIMD.** With `simd`, the error scaling and the rank-1 updates use pulp kernels (runtime dispatch,
-//!   fused multiply-add); the scalar path uses plain loops. The quantizer itself is called through
-//!   [`TileQuantizer`] and is the same in both.
+//! - **SIMD.** With `simd`, the feedback add, the error and the rank-1 updates use pulp kernels (runtime
+//!   dispatch, fused multiply-add); the scalar path uses plain loops. The quantizer itself is called
+//!   through [`TileQuantizer`] and is the same in both.
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
 use faer::linalg::matmul::matmul;
-use faer::linalg::triangular_inverse::invert_lower_triangular;
 use faer::{Accum, MatMut, MatRef, Par};
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
@@ -88,9 +89,10 @@ fn check_inputs(
     Ok(())
 }
 
-/// `U` (upper, `UᵀU = H_p⁻¹` for the permuted, damped `H_p`) as row-major f32, and the pivots `d_t` in
-/// processing order, by the reversed-Cholesky route of the module documentation.
-fn inverse_factor(
+/// The feedback coefficients `C` (`C_kt = V_kt/V_tt` for `k < t`, zero elsewhere; column-major `n × n`
+/// f32, so column `t` holds the coefficients feeding column `t`) and the pivots `d_t = V_tt²` in processing
+/// order, from one Cholesky of the reversed, permuted, damped Hessian (see the module documentation).
+fn feedback_factor(
     h: &SymMat,
     dead: &[bool],
     damp_added: f64,
@@ -99,14 +101,15 @@ fn inverse_factor(
     let n = h.n;
     let par = Par::rayon(0);
     // Lower triangle of P H_p P: entry (i, j) is H at the original columns of steps n−1−i and n−1−j.
+    // faer matrices are column-major, so fill column by column for contiguous writes.
     let mut a = faer::Mat::<f64>::zeros(n, n);
-    for i in 0..n {
-        let pi = perm[n - 1 - i];
-        for j in 0..i {
-            a[(i, j)] = h.at(pi, perm[n - 1 - j]);
+    for j in 0..n {
+        let pj = perm[n - 1 - j];
+        let col = a.col_as_slice_mut(j);
+        col[j] = if dead[pj] { 1.0 } else { h.at(pj, pj) } + damp_added;
+        for i in j + 1..n {
+            col[i] = h.at(perm[n - 1 - i], pj);
         }
-        let diag = if dead[pi] { 1.0 } else { h.at(pi, pi) };
-        a[(i, i)] = diag + damp_added;
     }
     let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(n, par, Default::default()));
     let stack = MemStack::new(&mut mem);
@@ -121,102 +124,120 @@ fn inverse_factor(
     {
         return Err(CoreError::NotPositiveDefinite {
             what: format!(
-                "GPTQ Hessian + {damp_added:e}·I (pivot in processing order; the trailing block from it on is indefinite)"
+                "GPTQ Hessian + {damp_added:e}·I (pivot in processing order; the block of later columns from it on is indefinite)"
             ),
             pivot: n - 1 - index,
             damp_added,
             tries: 1,
         });
     }
-    let pivots: Vec<f64> = (0..n).map(|t| a[(n - 1 - t, n - 1 - t)].powi(2)).collect();
-    let mut l_inv = faer::Mat::<f64>::zeros(n, n);
-    invert_lower_triangular(l_inv.as_mut(), a.as_ref(), par);
-    drop(a);
-    let mut u = vec![0f32; n * n];
+    // V_kt = L'[n−1−k, n−1−t]: column t of V (rows k ≤ t) is column n−1−t of L' (rows ≥ n−1−t), reversed.
+    let mut c = vec![0f32; n * n];
+    let mut pivots = vec![0f64; n];
     for t in 0..n {
-        let row = &mut u[t * n..(t + 1) * n];
-        for k in t..n {
-            row[k] = l_inv[(n - 1 - t, n - 1 - k)] as f32;
+        let j = n - 1 - t;
+        let col = a.col_as_slice(j);
+        let v_tt = col[j];
+        pivots[t] = v_tt * v_tt;
+        let dst = &mut c[t * n..t * n + t];
+        for (k, out) in dst.iter_mut().enumerate() {
+            *out = (col[n - 1 - k] / v_tt) as f32;
         }
     }
-    if let Some(bad) = (0..n).find(|&t| !(u[t * n + t].is_finite() && u[t * n + t] > 0.0)) {
-        return Err(CoreError::NotPositiveDefinite {
-            what: format!("GPTQ Hessian + {damp_added:e}·I (inverse factor not finite in f32)"),
-            pivot: bad,
-            damp_added,
-            tries: 1,
-        });
-    }
-    Ok((u, pivots))
+    Ok((c, pivots))
 }
 
-/// `err = (w − q)·inv`, then `w = q` (pulp SIMD).
-struct ScaleError<'a> {
+/// `x = w + f` (pulp SIMD): the weights GPTQ rounds, with their feedback.
+struct AddFeedback<'a> {
+    x: &'a mut [f32],
+    w: &'a [f32],
+    f: &'a [f32],
+}
+
+impl WithSimd for AddFeedback<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let (xh, xt) = S::as_mut_simd_f32s(self.x);
+        let (wh, wt) = S::as_simd_f32s(self.w);
+        let (fh, ft) = S::as_simd_f32s(self.f);
+        for ((x, w), f) in xh.iter_mut().zip(wh).zip(fh) {
+            *x = simd.add_f32s(*w, *f);
+        }
+        for ((x, w), f) in xt.iter_mut().zip(wt).zip(ft) {
+            *x = w + f;
+        }
+    }
+}
+
+/// `Δ = w − q`, then `w = q` (pulp SIMD).
+struct TakeError<'a> {
     w: &'a mut [f32],
     q: &'a [f32],
-    inv: f32,
-    err: &'a mut [f32],
+    delta: &'a mut [f32],
 }
 
-impl WithSimd for ScaleError<'_> {
+impl WithSimd for TakeError<'_> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
         let (wh, wt) = S::as_mut_simd_f32s(self.w);
         let (qh, qt) = S::as_simd_f32s(self.q);
-        let (eh, et) = S::as_mut_simd_f32s(self.err);
-        let inv = simd.splat_f32s(self.inv);
-        for ((w, q), e) in wh.iter_mut().zip(qh).zip(eh) {
-            *e = simd.mul_f32s(simd.sub_f32s(*w, *q), inv);
+        let (dh, dt) = S::as_mut_simd_f32s(self.delta);
+        for ((w, q), d) in wh.iter_mut().zip(qh).zip(dh) {
+            *d = simd.sub_f32s(*w, *q);
             *w = *q;
         }
-        for ((w, q), e) in wt.iter_mut().zip(qt).zip(et) {
-            *e = (*w - q) * self.inv;
+        for ((w, q), d) in wt.iter_mut().zip(qt).zip(dt) {
+            *d = *w - q;
             *w = *q;
         }
     }
 }
 
-/// `y −= alpha·x` (pulp SIMD, fused multiply-add).
-struct SubScaled<'a> {
+/// `y += alpha·x` (pulp SIMD, fused multiply-add).
+struct AddScaled<'a> {
     y: &'a mut [f32],
     alpha: f32,
     x: &'a [f32],
 }
 
-impl WithSimd for SubScaled<'_> {
+impl WithSimd for AddScaled<'_> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
         let (yh, yt) = S::as_mut_simd_f32s(self.y);
         let (xh, xt) = S::as_simd_f32s(self.x);
-        let neg_alpha = simd.splat_f32s(-self.alpha);
+        let alpha = simd.splat_f32s(self.alpha);
         for (y, x) in yh.iter_mut().zip(xh) {
-            *y = simd.mul_add_e_f32s(neg_alpha, *x, *y);
+            *y = simd.mul_add_e_f32s(alpha, *x, *y);
         }
         for (y, x) in yt.iter_mut().zip(xt) {
-            *y -= self.alpha * x;
+            *y += self.alpha * x;
         }
     }
 }
 
-/// One block of columns restricted to rows `row0..row0 + len`: the block's rows of `Wᵀ`, of the scaled
-/// errors `E` and of the codes, one slice per block column.
+/// One block of columns restricted to rows `row0..row0 + len`, one slice per block column: the block's
+/// rows of `Wᵀ` (original weights in, rounded weights out), of the feedback `F`, of the errors `Δ` and of
+/// the codes.
 struct BlockChunk<'a> {
     row0: usize,
     w: Vec<&'a mut [f32]>,
-    err: Vec<&'a mut [f32]>,
+    feedback: Vec<&'a mut [f32]>,
+    delta: Vec<&'a mut [f32]>,
     codes: Vec<&'a mut [u16]>,
 }
 
-/// Rounds the block's columns for one chunk of rows: quantize column `t`, scale its error by `1/U_tt`,
-/// and apply the rank-1 update to the block's later columns.
+/// Rounds the block's columns for one chunk of rows: add the feedback to column `t`, quantize it, keep its
+/// error `Δ_t = w_t − q_t`, and push `C_tk·Δ_t` to the feedback of the block's later columns `k`.
 fn round_block_chunk(
     arch: Option<Arch>,
     chunk: BlockChunk<'_>,
-    u: &[f32],
+    c: &[f32],
     n: usize,
     b0: usize,
     perm: &[usize],
@@ -226,14 +247,26 @@ fn round_block_chunk(
     let BlockChunk {
         row0,
         mut w,
-        mut err,
+        mut feedback,
+        mut delta,
         mut codes,
     } = chunk;
     let len = w.first().map_or(0, |row| row.len());
     let mut q = vec![0f32; len];
     for t in 0..w.len() {
         let col = b0 + t;
-        q.copy_from_slice(w[t]);
+        match arch {
+            Some(arch) => arch.dispatch(AddFeedback {
+                x: &mut q,
+                w: w[t],
+                f: feedback[t],
+            }),
+            None => {
+                for ((x, wv), fv) in q.iter_mut().zip(w[t].iter()).zip(feedback[t].iter()) {
+                    *x = wv + fv;
+                }
+            }
+        }
         quantizer.quantize_tile(
             row0,
             perm[col],
@@ -243,41 +276,37 @@ fn round_block_chunk(
             codes[t],
             dither.as_deref_mut(),
         );
-        let inv = 1.0 / u[col * n + col];
-        let (done, rest) = w.split_at_mut(t + 1);
-        let e = &mut *err[t];
         match arch {
-            Some(arch) => arch.dispatch(ScaleError {
-                w: done[t],
+            Some(arch) => arch.dispatch(TakeError {
+                w: w[t],
                 q: &q,
-                inv,
-                err: e,
+                delta: delta[t],
             }),
             None => {
-                for ((wv, qv), ev) in done[t].iter_mut().zip(&q).zip(e.iter_mut()) {
-                    *ev = (*wv - qv) * inv;
+                for ((wv, qv), dv) in w[t].iter_mut().zip(&q).zip(delta[t].iter_mut()) {
+                    *dv = *wv - qv;
                     *wv = *qv;
                 }
             }
         }
-        let e = &*err[t];
-        let coefs = &u[col * n + col + 1..col * n + col + 1 + rest.len()];
-        for (row, &alpha) in rest.iter_mut().zip(coefs) {
+        let d = &*delta[t];
+        for (k, f) in feedback.iter_mut().enumerate().skip(t + 1) {
+            // Column-major C: entry (col, b0 + k) lives in column b0 + k.
+            let alpha = c[(b0 + k) * n + col];
             match arch {
-                Some(arch) => arch.dispatch(SubScaled {
-                    y: row,
-                    alpha,
-                    x: e,
-                }),
+                Some(arch) => arch.dispatch(AddScaled { y: f, alpha, x: d }),
                 None => {
-                    for (y, x) in row.iter_mut().zip(e) {
-                        *y -= alpha * x;
+                    for (y, x) in f.iter_mut().zip(d) {
+                        *y += alpha * x;
                     }
                 }
             }
         }
     }
 }
+
+/// Rows per tile of the blocked transposes between `W` (row-major `m × n`) and `Wᵀ` (`n × m`).
+const TRANSPOSE_ROWS: usize = 32;
 
 /// GPTQ with lazy block updates; see the module documentation.
 ///
@@ -306,22 +335,24 @@ pub(crate) fn gptq(
         // Decreasing diag(H), ties by column index (stable sort).
         perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
     }
-    let (u, pivots) = inverse_factor(h, &dead, damp_added, &perm)?;
+    let (c, pivots) = feedback_factor(h, &dead, damp_added, &perm)?;
 
-    // Wᵀ in processing order: row t is column perm[t] of W.
+    // Wᵀ in processing order (row t is column perm[t] of W), in row tiles so reads and writes stay cached.
     let mut wt = vec![0f32; n * m];
-    for r in 0..m {
-        let src = w.row(r);
-        for t in 0..n {
-            let col = perm[t];
+    for r0 in (0..m).step_by(TRANSPOSE_ROWS) {
+        let r1 = (r0 + TRANSPOSE_ROWS).min(m);
+        for (t, &col) in perm.iter().enumerate() {
             if !dead[col] {
-                wt[t * m + r] = src[col];
+                for r in r0..r1 {
+                    wt[t * m + r] = w.data[r * n + col];
+                }
             }
         }
     }
+    let mut feedback = vec![0f32; n * m];
     let mut codes_t = vec![0u16; n * m];
     let block = params.block_size.min(n);
-    let mut err = vec![0f32; block * m];
+    let mut delta = vec![0f32; block * m];
     let arch = simd.then(Arch::new);
     let mut rng = params.stochastic_seed.map(Rng::new);
     let chunk_count = if rng.is_some() {
@@ -340,55 +371,60 @@ pub(crate) fn gptq(
             .map(|row0| BlockChunk {
                 row0,
                 w: Vec::with_capacity(bs),
-                err: Vec::with_capacity(bs),
+                feedback: Vec::with_capacity(bs),
+                delta: Vec::with_capacity(bs),
                 codes: Vec::with_capacity(bs),
             })
             .collect();
-        for ((w_row, e_row), c_row) in wt[b0 * m..b1 * m]
+        let rows = wt[b0 * m..b1 * m]
             .chunks_mut(m)
-            .zip(err[..bs * m].chunks_mut(m))
-            .zip(codes_t[b0 * m..b1 * m].chunks_mut(m))
-        {
-            for ((chunk, w_part), (e_part, c_part)) in chunks
-                .iter_mut()
-                .zip(w_row.chunks_mut(chunk_len))
-                .zip(e_row.chunks_mut(chunk_len).zip(c_row.chunks_mut(chunk_len)))
-            {
+            .zip(feedback[b0 * m..b1 * m].chunks_mut(m))
+            .zip(delta[..bs * m].chunks_mut(m))
+            .zip(codes_t[b0 * m..b1 * m].chunks_mut(m));
+        for (((w_row, f_row), d_row), c_row) in rows {
+            let parts = w_row
+                .chunks_mut(chunk_len)
+                .zip(f_row.chunks_mut(chunk_len))
+                .zip(d_row.chunks_mut(chunk_len))
+                .zip(c_row.chunks_mut(chunk_len));
+            for (chunk, (((w_part, f_part), d_part), c_part)) in chunks.iter_mut().zip(parts) {
                 chunk.w.push(w_part);
-                chunk.err.push(e_part);
+                chunk.feedback.push(f_part);
+                chunk.delta.push(d_part);
                 chunk.codes.push(c_part);
             }
         }
         match rng.as_mut() {
             Some(rng) => {
                 for chunk in chunks {
-                    round_block_chunk(arch, chunk, &u, n, b0, &perm, quantizer, Some(&mut *rng));
+                    round_block_chunk(arch, chunk, &c, n, b0, &perm, quantizer, Some(&mut *rng));
                 }
             }
             None => chunks.into_par_iter().for_each(|chunk| {
-                round_block_chunk(arch, chunk, &u, n, b0, &perm, quantizer, None);
+                round_block_chunk(arch, chunk, &c, n, b0, &perm, quantizer, None);
             }),
         }
         if b1 < n {
-            // W[:, b1..] −= E · U[b0..b1, b1..], in the transposed layout:
-            // Wᵀ[b1.., :] −= U[b0..b1, b1..]ᵀ · Eᵀ, with Eᵀ stored as the `bs × m` buffer `err`.
-            let dst = MatMut::from_row_major_slice_mut(&mut wt[b1 * m..], n - b1, m);
-            let u_block = MatRef::from_row_major_slice(&u[b0 * n..b1 * n], bs, n)
-                .subcols(b1, n - b1)
+            // F[:, b1..] += Δ_block · C[b0..b1, b1..], in the transposed layout:
+            // Fᵀ[b1.., :] += C[b0..b1, b1..]ᵀ · Δᵀ, with Δᵀ stored as the `bs × m` buffer `delta`.
+            let dst = MatMut::from_row_major_slice_mut(&mut feedback[b1 * m..], n - b1, m);
+            let c_block = MatRef::from_column_major_slice(&c, n, n)
+                .submatrix(b0, b1, bs, n - b1)
                 .transpose();
-            let e = MatRef::from_row_major_slice(&err[..bs * m], bs, m);
-            matmul(dst, Accum::Add, u_block, e, -1.0f32, Par::rayon(0));
+            let d = MatRef::from_row_major_slice(&delta[..bs * m], bs, m);
+            matmul(dst, Accum::Add, c_block, d, 1.0f32, Par::rayon(0));
         }
     }
 
     let mut w_hat = Mat::<f32>::zeros(m, n);
     let mut codes = vec![0u16; m * n];
-    for r in 0..m {
-        let dst = w_hat.row_mut(r);
-        let dst_codes = &mut codes[r * n..(r + 1) * n];
-        for t in 0..n {
-            dst[perm[t]] = wt[t * m + r];
-            dst_codes[perm[t]] = codes_t[t * m + r];
+    for r0 in (0..m).step_by(TRANSPOSE_ROWS) {
+        let r1 = (r0 + TRANSPOSE_ROWS).min(m);
+        for (t, &col) in perm.iter().enumerate() {
+            for r in r0..r1 {
+                w_hat.data[r * n + col] = wt[t * m + r];
+                codes[r * n + col] = codes_t[t * m + r];
+            }
         }
     }
     Ok(Rounded {
@@ -396,4 +432,150 @@ pub(crate) fn gptq(
         codes,
         pivots,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yaqa_core::quant::int::{IntSym, sym_grid_rms};
+    use yaqa_core::synthetic;
+
+    /// `H = XᵀX` of structured activations (correlated, decaying spectrum, outlier channels).
+    fn hessian(n: usize, tokens: usize, seed: u64) -> SymMat {
+        let x = synthetic::activations(tokens, n, 0.8, seed);
+        let mut h = SymMat::zeros(n);
+        for t in 0..tokens {
+            let row = x.row(t);
+            for i in 0..n {
+                for j in 0..=i {
+                    *h.at_mut(i, j) += row[i] as f64 * row[j] as f64;
+                }
+            }
+        }
+        h
+    }
+
+    /// `V Vᵀ = P_act (H + λI) P_actᵀ` with `V_kt = C_kt·√d_t` (`V_tt = √d_t`): the coefficients and pivots
+    /// are an exact factorization of the damped, permuted Hessian (up to `C`'s rounding to f32).
+    #[test]
+    fn feedback_factor_reconstructs_the_hessian() {
+        let n = 48;
+        let mut h = hessian(n, 100, 1);
+        for i in 0..n {
+            *h.at_mut(i, 7) = 0.0;
+        }
+        let dead: Vec<bool> = (0..n).map(|i| h.at(i, i) == 0.0).collect();
+        let damp = 0.05;
+        let mut perm: Vec<usize> = (0..n).collect();
+        perm.reverse();
+        perm.swap(3, 30);
+        let (c, pivots) = feedback_factor(&h, &dead, damp, &perm).expect("spd");
+        let v = |k: usize, t: usize| -> f64 {
+            if k == t {
+                pivots[t].sqrt()
+            } else if k < t {
+                c[t * n + k] as f64 * pivots[t].sqrt()
+            } else {
+                0.0
+            }
+        };
+        let mut worst = 0.0f64;
+        let mut scale = 0.0f64;
+        for i in 0..n {
+            for j in 0..n {
+                let (pi, pj) = (perm[i], perm[j]);
+                let mut expected = if dead[pi] || dead[pj] {
+                    0.0
+                } else {
+                    h.at(pi, pj)
+                };
+                if i == j {
+                    expected = if dead[pi] { 1.0 } else { h.at(pi, pi) } + damp;
+                }
+                let got: f64 = (0..n).map(|k| v(i, k) * v(j, k)).sum();
+                worst = worst.max((got - expected).abs());
+                scale = scale.max(expected.abs());
+            }
+        }
+        // C is f32: relative error of a few f32 ulps times the growth of the factor.
+        assert!(
+            worst <= 1e-5 * scale,
+            "‖V Vᵀ − H‖_max = {worst} (scale {scale})"
+        );
+    }
+
+    /// The lazy block size only changes the order of floating-point sums, so codes agree (up to rare
+    /// near-ties) and the pivots, which do not depend on it, are identical.
+    #[test]
+    fn block_size_does_not_change_the_result() {
+        let (m, n) = (64, 160);
+        let h = hessian(n, 320, 2);
+        let w = synthetic::weights(m, n, 3);
+        let rms = (w.data.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / (m * n) as f64).sqrt();
+        let grid = IntSym::new(3, (1.3 * rms / sym_grid_rms(3)) as f32).expect("valid grid");
+        for simd in [true, false] {
+            let run = |block_size: usize| {
+                let params = GptqParams {
+                    block_size,
+                    act_order: true,
+                    ..Default::default()
+                };
+                gptq(simd, &w, &h, &grid, &params).expect("gptq")
+            };
+            let one = run(1);
+            for block_size in [7, 64, 1000] {
+                let other = run(block_size);
+                assert_eq!(other.pivots, one.pivots);
+                let agree = other
+                    .codes
+                    .iter()
+                    .zip(&one.codes)
+                    .filter(|(a, b)| a == b)
+                    .count();
+                assert!(
+                    agree as f64 >= 0.999 * (m * n) as f64,
+                    "simd {simd}, block {block_size}: {agree} of {} codes agree",
+                    m * n
+                );
+            }
+        }
+    }
+
+    /// The SIMD kernels equal the scalar loops, tails included (lengths not a multiple of the width).
+    #[test]
+    fn simd_kernels_match_scalar_loops() {
+        let arch = Arch::new();
+        let mut rng = Rng::new(4);
+        for len in [1, 7, 8, 9, 31, 64, 67] {
+            let x: Vec<f32> = (0..len).map(|_| rng.normal() as f32).collect();
+            let y0: Vec<f32> = (0..len).map(|_| rng.normal() as f32).collect();
+            let mut y = y0.clone();
+            arch.dispatch(AddScaled {
+                y: &mut y,
+                alpha: 0.37,
+                x: &x,
+            });
+            for i in 0..len {
+                assert!(
+                    (y[i] - (y0[i] + 0.37 * x[i])).abs() <= 1e-6 * (1.0 + y0[i].abs() + x[i].abs())
+                );
+            }
+            let mut sum = vec![0f32; len];
+            arch.dispatch(AddFeedback {
+                x: &mut sum,
+                w: &x,
+                f: &y0,
+            });
+            assert!(sum.iter().zip(&x).zip(&y0).all(|((s, a), b)| *s == a + b));
+            let mut w = x.clone();
+            let mut delta = vec![0f32; len];
+            arch.dispatch(TakeError {
+                w: &mut w,
+                q: &y0,
+                delta: &mut delta,
+            });
+            assert_eq!(w, y0);
+            assert!(delta.iter().zip(&x).zip(&y0).all(|((d, a), b)| *d == a - b));
+        }
+    }
 }

@@ -26,9 +26,10 @@ use yaqa_core::{CoreError, Mat, Result, SymMat};
 /// Bytes of one strip buffer for `Side::Rows`. The strip and its mix scratch should stay in a core's L2
 /// (1 MiB per core on the development machine, an AMD EPYC) while the `log2(2^p)` butterfly passes run.
 const STRIP_BYTES: usize = 256 * 1024;
-/// Bytes of strips transformed between two write-back phases for `Side::Rows`: small enough to stay in
-/// the shared L3, large enough that every core gets several strips per phase.
-const BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes of one batch of columns for `Side::Rows` (two buffers of this size are live): small enough to
+/// stay in the shared L3 (32 MiB on the development machine) between phases, large enough that every core
+/// gets several strips per phase.
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Bytes of one cache line: the narrowest strip worth copying (a narrower one would split lines between
 /// strips, and so between threads).
 const LINE_BYTES: usize = 64;
@@ -202,10 +203,41 @@ fn stage_scalar<T: Real>(segment: &mut [T], span: usize) {
     }
 }
 
+/// The first three butterfly stages (spans 1, 2, 4) of a `width = 1` segment, fused into one pass of
+/// 8-point transforms on registers. Done stage by stage, these short spans cost more than all the
+/// remaining stages together (each pair of 1-, 2- or 4-element runs is its own tiny loop).
+#[inline(always)]
+fn wht8<T: Real>(segment: &mut [T]) {
+    for chunk in segment.chunks_exact_mut(8) {
+        // Named temporaries rather than a local array: the compiler then keeps all eight values in
+        // registers and stores each result once (an array round trip through the stack stalled store
+        // forwarding and cost a fifth of the whole transform).
+        let [x0, x1, x2, x3, x4, x5, x6, x7] = [
+            chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
+        ];
+        let (a0, a1, a2, a3) = (x0 + x1, x0 - x1, x2 + x3, x2 - x3);
+        let (a4, a5, a6, a7) = (x4 + x5, x4 - x5, x6 + x7, x6 - x7);
+        let (b0, b1, b2, b3) = (a0 + a2, a1 + a3, a0 - a2, a1 - a3);
+        let (b4, b5, b6, b7) = (a4 + a6, a5 + a7, a4 - a6, a5 - a7);
+        chunk[0] = b0 + b4;
+        chunk[1] = b1 + b5;
+        chunk[2] = b2 + b6;
+        chunk[3] = b3 + b7;
+        chunk[4] = b0 - b4;
+        chunk[5] = b1 - b5;
+        chunk[6] = b2 - b6;
+        chunk[7] = b3 - b7;
+    }
+}
+
 /// Unnormalised Walsh–Hadamard transform of one segment of `len / width` units, in natural (Sylvester)
 /// order: stage `h` pairs units `i` and `i + h`.
 fn fwht_scalar<T: Real>(segment: &mut [T], width: usize) {
     let mut span = width;
+    if width == 1 && segment.len() >= 8 {
+        wht8(segment);
+        span = 8;
+    }
     while span < segment.len() {
         stage_scalar(segment, span);
         span *= 2;
@@ -254,6 +286,10 @@ impl<T: Real> WithSimd for SimdKernel<'_, T> {
         let lanes = size_of::<T::V<S>>() / size_of::<T>();
         for segment in buf.chunks_exact_mut(t.q * width) {
             let mut span = width;
+            if width == 1 && segment.len() >= 8 {
+                wht8(segment);
+                span = 8;
+            }
             while span < segment.len() {
                 if span < lanes {
                     // Blocks narrower than one vector: the first stages of a `width = 1` transform.
@@ -290,42 +326,86 @@ fn butterfly_simd<T: Real, S: Simd>(simd: S, x: &mut [T], y: &mut [T]) {
     }
 }
 
-/// `dst[a] = Σ_c mix[a, c] · src[c]` over segments of `src.len() / k` values. Four vectors of every output
-/// segment are accumulated in registers across all `k` inputs, so each term costs one load and one
-/// multiply-add instead of a load, an add and a store.
+/// `dst[a] = Σ_c mix[a, c] · src[c]` over segments of `src.len() / k` values, by register tiles of
+/// `RA` outputs × `RV` vectors (eight accumulators each): every term costs one multiply-add with no load or
+/// store of an accumulator, the eight independent chains hide the multiply-add latency, and long segments
+/// use wide tiles (`1 × 8`) while short ones (11008's 32-entry segments, 576's 16) share each loaded
+/// vector between several outputs (`2 × 4`, `4 × 2`). Less than one vector at the end: plain loops.
 #[inline(always)]
 fn mix_simd<T: Real, S: Simd>(simd: S, mix: &[T], k: usize, src: &[T], dst: &mut [T]) {
-    const UNROLL: usize = 4;
     let seg = src.len() / k;
     let lanes = size_of::<T::V<S>>() / size_of::<T>();
-    let block = UNROLL * lanes;
-    let blocked = seg / block * block;
-    let zero = T::splat(simd, T::default());
-    for start in (0..blocked).step_by(block) {
-        for a in 0..k {
-            let mut acc = [zero; UNROLL];
+    let mut start = 0;
+    while start + 2 * lanes <= seg {
+        mix_columns::<T, S, 4, 2>(simd, mix, k, src, dst, start);
+        start += 2 * lanes;
+    }
+    if start + lanes <= seg {
+        mix_columns::<T, S, 8, 1>(simd, mix, k, src, dst, start);
+        start += lanes;
+    }
+    for a in 0..k {
+        for t in start..seg {
+            let mut sum = T::default();
             for c in 0..k {
-                let h = T::splat(simd, mix[a * k + c]);
-                let (v, _) = T::split::<S>(&src[c * seg + start..c * seg + start + block]);
-                for (acc_u, &v_u) in acc.iter_mut().zip(v) {
-                    *acc_u = T::vmul_add(simd, h, v_u, *acc_u);
-                }
+                sum = sum + mix[a * k + c] * src[c * seg + t];
             }
-            let (out, _) = T::split_mut::<S>(&mut dst[a * seg + start..a * seg + start + block]);
-            out.copy_from_slice(&acc);
+            dst[a * seg + t] = sum;
         }
     }
-    if blocked < seg {
-        // The ragged end of each segment (fewer than four vectors), in plain loops.
-        for a in 0..k {
-            for t in blocked..seg {
-                let mut sum = T::default();
-                for c in 0..k {
-                    sum = sum + mix[a * k + c] * src[c * seg + t];
-                }
-                dst[a * seg + t] = sum;
+}
+
+/// All `k` outputs of the mix over the `RV` vectors starting at `start` in every segment: tiles of `RA`
+/// outputs, then single outputs for the `k mod RA` left over.
+#[inline(always)]
+fn mix_columns<T: Real, S: Simd, const RA: usize, const RV: usize>(
+    simd: S,
+    mix: &[T],
+    k: usize,
+    src: &[T],
+    dst: &mut [T],
+    start: usize,
+) {
+    let full = k / RA * RA;
+    for a0 in (0..full).step_by(RA) {
+        mix_tile::<T, S, RA, RV>(simd, mix, k, src, dst, a0, start);
+    }
+    for a0 in full..k {
+        mix_tile::<T, S, 1, RV>(simd, mix, k, src, dst, a0, start);
+    }
+}
+
+/// Outputs `a0..a0 + RA` of the mix over the `RV` vectors starting at `start` in every segment.
+#[inline(always)]
+fn mix_tile<T: Real, S: Simd, const RA: usize, const RV: usize>(
+    simd: S,
+    mix: &[T],
+    k: usize,
+    src: &[T],
+    dst: &mut [T],
+    a0: usize,
+    start: usize,
+) {
+    let seg = src.len() / k;
+    let width = RV * (size_of::<T::V<S>>() / size_of::<T>());
+    let zero = T::splat(simd, T::default());
+    let mut acc = [[zero; RV]; RA];
+    for (c, in_seg) in src.chunks_exact(seg).enumerate() {
+        let (v, _) = T::split::<S>(&in_seg[start..start + width]);
+        let Ok(v) = <&[T::V<S>; RV]>::try_from(v) else {
+            unreachable!("a tile of {RV} vectors spans exactly {width} values")
+        };
+        for (ra, acc_a) in acc.iter_mut().enumerate() {
+            let h = T::splat(simd, mix[(a0 + ra) * k + c]);
+            for (acc_u, &v_u) in acc_a.iter_mut().zip(v) {
+                *acc_u = T::vmul_add(simd, h, v_u, *acc_u);
             }
         }
+    }
+    for (ra, acc_a) in acc.iter().enumerate() {
+        let out_start = (a0 + ra) * seg + start;
+        let (out, _) = T::split_mut::<S>(&mut dst[out_start..out_start + width]);
+        out.copy_from_slice(acc_a);
     }
 }
 
@@ -371,9 +451,14 @@ fn rotate_rows<T: Real>(t: &Transform<T>, data: &mut [T], cols: usize) {
 
 /// Rotates every column (length `rows`) of the row-major `rows × cols` matrix `data`, strip by strip.
 ///
-/// Each phase transforms a batch of column strips in parallel (reading `data`, writing one contiguous
-/// `rows × width` buffer per strip), then writes the batch back in parallel over rows; the two phases keep
-/// every write disjoint without `unsafe`, and a batch is small enough to stay in cache between them.
+/// Columns are processed in batches that stay in the shared cache, in three parallel phases, each with
+/// disjoint writes (so no `unsafe`):
+/// 1. over rows: copy the batch's columns of every row into `stage` (row-major), contiguous reads of `W`
+///    (gathering strips straight from `W` would read one cache line per row at a stride of the whole row,
+///    which the hardware prefetchers do not follow: measured 2× slower for 14336 × 4096);
+/// 2. over strips: gather each strip of `width` columns from `stage` into its contiguous `rows × width`
+///    chunk of `strips`, and transform it there;
+/// 3. over rows: write every strip's row back into `W`.
 fn rotate_cols<T: Real>(t: &Transform<T>, data: &mut [T], rows: usize, cols: usize) {
     if cols == 0 || rows == 0 {
         return;
@@ -383,55 +468,55 @@ fn rotate_cols<T: Real>(t: &Transform<T>, data: &mut [T], rows: usize, cols: usi
     let width = (STRIP_BYTES / (2 * rows * elem)) / min_width * min_width;
     let width = width.clamp(min_width, MAX_STRIP_LANES).min(cols);
     let strips_per_batch = (BATCH_BYTES / (rows * width * elem)).max(1);
-    let batch_cols = strips_per_batch * width;
-    let mut batch = vec![T::default(); rows * batch_cols.min(cols)];
+    let batch_cols = (strips_per_batch * width).min(cols);
+    let mut stage = vec![T::default(); rows * batch_cols];
+    let mut strips = vec![T::default(); rows * batch_cols];
 
     for c0 in (0..cols).step_by(batch_cols) {
         let c1 = (c0 + batch_cols).min(cols);
-        // Strip j of this batch covers columns c0 + j·width .. min(c0 + (j+1)·width, c1).
-        let strip_width = |j: usize| (c1 - (c0 + j * width)).min(width);
-        let used = rows * (c1 - c0);
-        {
-            let source: &[T] = data;
-            batch[..used]
-                .par_chunks_mut(rows * width)
-                .enumerate()
-                .for_each_init(
-                    || vec![T::default(); if t.k > 1 { rows * width } else { 0 }],
-                    |scratch, (j, buf)| {
-                        let w = strip_width(j);
-                        let first = c0 + j * width;
-                        let buf = &mut buf[..rows * w];
-                        for (i, unit) in buf.chunks_exact_mut(w).enumerate() {
-                            let src = &source[i * cols + first..i * cols + first + w];
-                            if t.inverse {
-                                unit.copy_from_slice(src);
-                            } else {
-                                let d = t.scaled_signs[i];
-                                for (u, &x) in unit.iter_mut().zip(src) {
-                                    *u = x * d;
-                                }
-                            }
-                        }
-                        let scratch = if t.k > 1 {
-                            &mut scratch[..rows * w]
-                        } else {
-                            &mut scratch[..]
-                        };
-                        t.apply(buf, scratch, w);
-                    },
-                );
-        }
-        let batch = &batch[..used];
+        let bc = c1 - c0;
+        // Strip j of this batch covers batch columns j·width .. min((j+1)·width, bc).
+        let strip_width = |j: usize| (bc - j * width).min(width);
+        let stage = &mut stage[..rows * bc];
+        let strips = &mut strips[..rows * bc];
+
+        stage
+            .par_chunks_mut(bc)
+            .zip(data.par_chunks(cols))
+            .enumerate()
+            .for_each(|(i, (dst, row))| {
+                let src = &row[c0..c1];
+                if t.inverse {
+                    dst.copy_from_slice(src);
+                } else {
+                    let d = t.scaled_signs[i];
+                    for (o, &x) in dst.iter_mut().zip(src) {
+                        *o = x * d;
+                    }
+                }
+            });
+
+        let stage: &[T] = stage;
+        strips.par_chunks_mut(rows * width).enumerate().for_each_init(
+            || vec![T::default(); if t.k > 1 { rows * width } else { 0 }],
+            |scratch, (j, buf)| {
+                let w = strip_width(j);
+                let first = j * width;
+                for (unit, staged) in buf.chunks_exact_mut(w).zip(stage.chunks_exact(bc)) {
+                    unit.copy_from_slice(&staged[first..first + w]);
+                }
+                let scratch_len = if t.k > 1 { rows * w } else { 0 };
+                t.apply(buf, &mut scratch[..scratch_len], w);
+            },
+        );
+
+        let strips: &[T] = strips;
         data.par_chunks_mut(cols).enumerate().for_each(|(i, row)| {
             let d = t.scaled_signs[i];
-            let mut col = c0;
-            let mut j = 0;
-            while col < c1 {
+            for (j, strip) in strips.chunks(rows * width).enumerate() {
                 let w = strip_width(j);
-                let strip = &batch[j * rows * width..];
                 let unit = &strip[i * w..(i + 1) * w];
-                let out = &mut row[col..col + w];
+                let out = &mut row[c0 + j * width..c0 + j * width + w];
                 if t.inverse {
                     for (o, &u) in out.iter_mut().zip(unit) {
                         *o = u * d;
@@ -439,8 +524,6 @@ fn rotate_cols<T: Real>(t: &Transform<T>, data: &mut [T], rows: usize, cols: usi
                 } else {
                     out.copy_from_slice(unit);
                 }
-                col += w;
-                j += 1;
             }
         });
     }

@@ -36,6 +36,9 @@ struct Strip {
     e: Vec<f32>,
     w_hat: Vec<f32>,
     codes: Vec<u16>,
+    /// `a_out` restricted to the strip and transposed (`h × h`, entry `[r][k] = a_out[lo+k, lo+r]`), so the
+    /// feedback of the strip's own rows reads contiguous rows (empty for LDLQ).
+    a_t: Vec<f32>,
 }
 
 /// Inputs of one band of `tr` strip rows (row-major, `n` columns each).
@@ -148,6 +151,10 @@ pub(crate) fn round_adaptive(
             e: vec![0f32; h * n],
             w_hat: vec![0f32; h * n],
             codes: vec![0u16; h * n / code_dim],
+            a_t: match a_out {
+                Some(a) => (0..h * h).map(|x| a.at(lo + x % h, lo + x / h)).collect(),
+                None => Vec::new(),
+            },
         };
         if let Some(a_out) = a_out
             && hi < m
@@ -173,9 +180,9 @@ pub(crate) fn round_adaptive(
                     None => {
                         round_column_tile_parallel(quantizer, &mut s, w_strip, lo, n, c0, tr, tc)
                     }
-                    Some(a_out) => round_column_tile_coupled(
-                        quantizer, &mut s, w_strip, a_out, lo, n, m, c0, tr, tc,
-                    ),
+                    Some(_) => {
+                        round_column_tile_coupled(quantizer, &mut s, w_strip, lo, n, c0, tr, tc)
+                    }
                 }
                 if c0 > c_lo {
                     feed_block_left(&mut s.v, &s.p, a_in, n, c_lo, c0, tc);
@@ -258,10 +265,8 @@ fn round_column_tile_coupled(
     quantizer: &dyn TileQuantizer,
     s: &mut Strip,
     w_strip: &[f32],
-    a_out: &Mat<f32>,
     lo: usize,
     n: usize,
-    m: usize,
     c0: usize,
     tr: usize,
     tc: usize,
@@ -273,16 +278,22 @@ fn round_column_tile_coupled(
     let mut intra = vec![0f32; tr * tc];
     let mut scratch = Scratch::new(tr, tc, quantizer.code_dim());
     let scratch = &mut scratch;
+    // This column tile's errors of the strip rows already rounded, contiguous per row (`h × tc`).
+    let mut e_col = vec![0f32; h * tc];
     for rt in (0..row_tiles).rev() {
-        // intra[r][c] = Σ_{rows k of the strip below this tile} a_out[lo+k, lo+rt·tr+r] · E[k][c0+c].
-        intra.iter_mut().for_each(|x| *x = 0.0);
-        for k in (rt + 1) * tr..h {
-            let e_row = &s.e[k * n + c0..k * n + c0 + tc];
-            let a_row = &a_out.data[(lo + k) * m + lo + rt * tr..(lo + k) * m + lo + (rt + 1) * tr];
-            for (r, &a) in a_row.iter().enumerate() {
-                if a != 0.0 {
-                    for (dst, &ev) in intra[r * tc..(r + 1) * tc].iter_mut().zip(e_row) {
-                        *dst += a * ev;
+        // intra[r][c] = Σ_{strip rows k below this tile} a_out[lo+k, lo+rt·tr+r] · E[k][c0+c].
+        let below = (rt + 1) * tr;
+        for r in 0..tr {
+            let a_row = &s.a_t[(rt * tr + r) * h + below..(rt * tr + r + 1) * h];
+            let dst = &mut intra[r * tc..(r + 1) * tc];
+            if tc == 1 {
+                dst[0] = a_row.iter().zip(&e_col[below..]).map(|(a, e)| a * e).sum();
+            } else {
+                dst.iter_mut().for_each(|x| *x = 0.0);
+                for (k, &a) in a_row.iter().enumerate() {
+                    let e_row = &e_col[(below + k) * tc..(below + k + 1) * tc];
+                    for (d, &ev) in dst.iter_mut().zip(e_row) {
+                        *d += a * ev;
                     }
                 }
             }
@@ -313,6 +324,9 @@ fn round_column_tile_coupled(
             out,
             scratch,
         );
+        for r in rt * tr..(rt + 1) * tr {
+            e_col[r * tc..(r + 1) * tc].copy_from_slice(&s.e[r * n + c0..r * n + c0 + tc]);
+        }
     }
 }
 

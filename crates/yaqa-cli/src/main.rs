@@ -1,3 +1,315 @@
-//! The `yaqa` command line.
+//! The `yaqa` command line: collect Fisher factor sketches (`hessian`), quantize a model (`quantize`),
+//! measure it (`eval`), round one matrix (`round`), convert GGUF to Hugging Face (`convert`), export a
+//! dequantized checkpoint (`export`) and run the whole story on SmolLM2-135M (`demo`).
+//!
+//! The backend is chosen here, once (`--device`), and everything below is generic over it (STYLE.md).
+//! Every file and flag boundary is wrapped in `anyhow` context naming what was being read or written.
 
-fn main() {}
+mod commands;
+mod demo;
+mod util;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Model-preserving post-training quantization of LLMs (YAQA, GPTQ, LDLQ, RTN).
+#[derive(Debug, Parser)]
+#[command(name = "yaqa", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Collect Kronecker-factored Fisher sketches of every linear layer, or merge shards of them.
+    Hessian(HessianArgs),
+    /// Quantize every linear layer of a model (resumable).
+    Quantize(QuantizeArgs),
+    /// KL divergence to the original model and perplexity of quantized models, as a table.
+    Eval(EvalArgs),
+    /// Round one weight matrix against its factors (safetensors in, safetensors out).
+    Round(RoundArgs),
+    /// Convert a GGUF checkpoint into a Hugging Face safetensors folder (f32).
+    Convert(ConvertArgs),
+    /// Export a quantized model, dequantized, as a Hugging Face bf16 checkpoint.
+    Export(ExportArgs),
+    /// Quantize SmolLM2-135M with RTN, LDLQ and YAQA-B at INT3, data-free, and print the KL table.
+    Demo(DemoArgs),
+}
+
+/// Where the computation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+/// Which factors to collect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SketchArg {
+    /// Sketch A: power iteration over passes, per token.
+    A,
+    /// Sketch B: per-sequence gradients, one pass (the default).
+    B,
+    /// `Σ x xᵀ` from a forward pass (the GPTQ/LDLQ Hessian).
+    Xtx,
+}
+
+/// The rounding method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    Rtn,
+    Gptq,
+    Ldlq,
+    Yaqa,
+}
+
+/// The quantizer grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum QuantizerArg {
+    Int2,
+    Int3,
+    Int4,
+    Int8,
+}
+
+impl QuantizerArg {
+    pub fn bits(self) -> u32 {
+        match self {
+            QuantizerArg::Int2 => 2,
+            QuantizerArg::Int3 => 3,
+            QuantizerArg::Int4 => 4,
+            QuantizerArg::Int8 => 8,
+        }
+    }
+}
+
+/// Where calibration sequences come from and how many.
+#[derive(Debug, Args, Clone)]
+pub struct CalibArgs {
+    /// Calibration text files; without any, sequences are sampled from the model itself (data-free).
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    pub calib: Vec<PathBuf>,
+    /// tokenizer.json for the calibration text (default: the model folder's, or rebuilt from the GGUF).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// Number of calibration sequences (before sharding).
+    #[arg(long, default_value_t = 64)]
+    pub n_seqs: usize,
+    /// Tokens per calibration sequence.
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    /// Seed of the calibration windows or samples and of the sampled Fisher labels (recorded).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct HessianArgs {
+    #[command(subcommand)]
+    pub merge: Option<HessianCommand>,
+    #[command(flatten)]
+    pub collect: Option<HessianCollect>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HessianCommand {
+    /// Add factor shards (folders written by `yaqa hessian --shard I/N`) into one folder.
+    Merge {
+        /// Output folder.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Shard folders to add.
+        #[arg(required = true, num_args = 1.., value_name = "DIR")]
+        shards: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct HessianCollect {
+    /// The model: a GGUF file or a Hugging Face folder.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// Which sketch to collect.
+    #[arg(long, value_enum, default_value_t = SketchArg::B)]
+    pub sketch: SketchArg,
+    /// Passes of Sketch A (at least 2; the reference uses 6).
+    #[arg(long, default_value_t = 2)]
+    pub passes: u32,
+    #[command(flatten)]
+    pub calib: CalibArgs,
+    /// Collect only shard I of N (0-based) of the calibration sequences; merge shards afterwards.
+    #[arg(long, value_name = "I/N", default_value = "0/1")]
+    pub shard: yaqa_model::calib::Shard,
+    /// Output folder (one file per layer).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
+}
+
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// The model: a GGUF file or a Hugging Face folder.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    #[arg(long, value_enum, default_value_t = MethodArg::Yaqa)]
+    pub method: MethodArg,
+    #[arg(long, value_enum, default_value_t = QuantizerArg::Int4)]
+    pub quantizer: QuantizerArg,
+    /// Asymmetric grid with zero-points and one scale per GROUP columns (GPTQ layout); default: symmetric
+    /// grid with one searched scale per matrix (with incoherence) or per row (without).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<usize>,
+    /// Skip the randomized Hadamard incoherence processing.
+    #[arg(long)]
+    pub no_incoherence: bool,
+    /// Seed of the sign vectors of the rotations (recorded).
+    #[arg(long, default_value_t = 0)]
+    pub sign_seed: u64,
+    /// Factor folder from `yaqa hessian`; without it the factors are collected first (Sketch B for YAQA,
+    /// Σ x xᵀ otherwise) with the calibration options below.
+    #[arg(long, value_name = "DIR")]
+    pub factors: Option<PathBuf>,
+    #[command(flatten)]
+    pub calib: CalibArgs,
+    /// Output file (safetensors). Finished layers go to OUT.parts/ first; rerunning resumes.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
+    /// Stop after quantizing K layers, as if interrupted (for testing resumption).
+    #[arg(long, hide = true, value_name = "K")]
+    pub stop_after_layers: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The original model: a GGUF file or a Hugging Face folder.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// Quantized model files to compare.
+    #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
+    pub quantized: Vec<PathBuf>,
+    /// Evaluation text (default: sequences sampled from the original model).
+    #[arg(long, value_name = "FILE")]
+    pub text: Option<PathBuf>,
+    /// tokenizer.json (default: the model folder's, or rebuilt from the GGUF).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// Tokens per evaluation window.
+    #[arg(long, default_value_t = 512)]
+    pub window: usize,
+    /// Number of windows (from the start of the text).
+    #[arg(long, default_value_t = 8)]
+    pub n_windows: usize,
+    /// Seed of the sampled evaluation text when no --text is given.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Also write the table as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
+}
+
+#[derive(Debug, Args)]
+pub struct RoundArgs {
+    /// Safetensors file holding the weight matrix (F32, F16 or BF16, m × n).
+    #[arg(long, value_name = "FILE")]
+    pub weights: PathBuf,
+    /// Tensor name (default: the file's only 2-D tensor).
+    #[arg(long)]
+    pub tensor: Option<String>,
+    /// Factor file (one layer's file from `yaqa hessian`).
+    #[arg(long, value_name = "FILE")]
+    pub factors: PathBuf,
+    #[arg(long, value_enum, default_value_t = MethodArg::Yaqa)]
+    pub method: MethodArg,
+    #[arg(long, value_enum, default_value_t = QuantizerArg::Int4)]
+    pub quantizer: QuantizerArg,
+    /// Asymmetric grid with GROUP columns per scale.
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<usize>,
+    #[arg(long)]
+    pub no_incoherence: bool,
+    #[arg(long, default_value_t = 0)]
+    pub sign_seed: u64,
+    /// Output safetensors: `w_hat` (F32) and `codes` (U8) plus the report.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// GGUF file.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Output folder (config.json, model.safetensors, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The original model the quantized file was made from.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// Quantized model file.
+    #[arg(long, value_name = "FILE")]
+    pub quantized: PathBuf,
+    /// Output folder (config.json, bf16 model.safetensors, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Data-free calibration sequences.
+    #[arg(long, default_value_t = 8)]
+    pub n_seqs: usize,
+    /// Tokens per calibration sequence.
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Evaluation windows.
+    #[arg(long, default_value_t = 4)]
+    pub n_windows: usize,
+    /// Tokens per evaluation window.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// Folder for the downloaded model and the demo's outputs.
+    #[arg(long, value_name = "DIR", default_value = ".yaqa-cache")]
+    pub cache: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also write the table as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Hessian(a) => commands::hessian(a),
+        Command::Quantize(a) => commands::quantize(a).map(|_| ()),
+        Command::Eval(a) => commands::eval(a),
+        Command::Round(a) => commands::round(a),
+        Command::Convert(a) => commands::convert(a),
+        Command::Export(a) => commands::export(a),
+        Command::Demo(a) => demo::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

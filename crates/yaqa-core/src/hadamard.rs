@@ -115,7 +115,7 @@ impl fmt::Debug for BaseMatrix {
 /// `H_{2^a}[i, j]` of the Sylvester matrix of any power-of-two order larger than `i` and `j`.
 #[inline]
 pub fn sylvester_entry(i: usize, j: usize) -> i8 {
-    if (i & j).count_ones() % 2 == 0 { 1 } else { -1 }
+    if (i & j).count_ones().is_multiple_of(2) { 1 } else { -1 }
 }
 
 /// A Hadamard matrix of order `order` from the constructions of this file, or `None` if none applies.
@@ -131,7 +131,7 @@ pub fn base_matrix(order: usize) -> Option<BaseMatrix> {
         return Some(sylvester(order));
     }
     // Every Hadamard matrix of order > 2 has order ≡ 0 (mod 4).
-    if order % 4 != 0 {
+    if !order.is_multiple_of(4) {
         return None;
     }
     if let Some((p, e)) = prime_power(order - 1)
@@ -253,10 +253,10 @@ fn prime_power(q: usize) -> Option<(usize, u32)> {
         return None;
     }
     let mut p = 2;
-    while p * p <= q && q % p != 0 {
+    while p * p <= q && !q.is_multiple_of(p) {
         p += 1;
     }
-    if q % p != 0 {
+    if !q.is_multiple_of(p) {
         // No divisor up to √q: q itself is prime.
         return Some((q, 1));
     }
@@ -302,26 +302,26 @@ impl GaloisField {
         self.p.pow(self.e as u32)
     }
 
-    fn to_poly(&self, x: usize) -> Vec<usize> {
+    fn poly_of(&self, x: usize) -> Vec<usize> {
         digits(x, self.p, self.e)
     }
 
-    fn from_poly(&self, poly: &[usize]) -> usize {
+    fn element_of(&self, poly: &[usize]) -> usize {
         poly.iter().rev().fold(0, |acc, &c| acc * self.p + c)
     }
 
     fn sub(&self, x: usize, y: usize) -> usize {
-        let (a, b) = (self.to_poly(x), self.to_poly(y));
+        let (a, b) = (self.poly_of(x), self.poly_of(y));
         let diff: Vec<usize> = a
             .iter()
             .zip(&b)
             .map(|(&u, &v)| (u + self.p - v) % self.p)
             .collect();
-        self.from_poly(&diff)
+        self.element_of(&diff)
     }
 
     fn mul(&self, x: usize, y: usize) -> usize {
-        let (a, b) = (self.to_poly(x), self.to_poly(y));
+        let (a, b) = (self.poly_of(x), self.poly_of(y));
         let mut prod = vec![0usize; 2 * self.e];
         for (i, &u) in a.iter().enumerate() {
             for (j, &v) in b.iter().enumerate() {
@@ -329,7 +329,7 @@ impl GaloisField {
             }
         }
         let rem = poly_rem(&prod, &self.modulus, self.p);
-        self.from_poly(&rem[..self.e])
+        self.element_of(&rem[..self.e])
     }
 
     /// `χ(x)` for every element: 0 for 0, 1 for a nonzero square, −1 otherwise.

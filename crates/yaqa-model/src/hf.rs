@@ -186,6 +186,27 @@ impl SafetensorsFile {
         Ok((t.shape.clone(), data))
     }
 
+    /// The raw little-endian bytes of a tensor with its header entry, checking its dtype.
+    ///
+    /// **Errors**: missing tensor, or a dtype other than `dtype` ([`ModelError::UnknownDtype`]).
+    pub fn raw(&self, name: &str, dtype: &str) -> Result<(&StTensorInfo, &[u8])> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+            })?;
+        if t.dtype != dtype {
+            return Err(ModelError::UnknownDtype {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+                dtype: format!("{} (expected {dtype})", t.dtype),
+            });
+        }
+        Ok((t, &self.mmap[t.start..t.end]))
+    }
+
     /// A tensor stored as I64 (token ids in reference fixtures).
     pub fn tensor_i64(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
         let t = self
@@ -285,6 +306,11 @@ impl HfCheckpoint {
         })
     }
 
+    /// The safetensors files of the checkpoint, in shard order.
+    pub fn shard_paths(&self) -> Vec<PathBuf> {
+        self.files.iter().map(|f| f.path().to_path_buf()).collect()
+    }
+
     /// Loads the whole model in f32.
     pub fn load_model(&self) -> Result<Model<f32>> {
         Model::load(self.config.clone(), self)
@@ -306,6 +332,66 @@ impl TensorSource for HfCheckpoint {
             Some(&i) => self.files[i].tensor_f32(name).map(Some),
         }
     }
+}
+
+/// A tensor as raw little-endian bytes, for the safetensors writer (factor and quantized-model files).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawTensor {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl RawTensor {
+    /// An F64 vector.
+    pub fn f64s(values: &[f64]) -> Self {
+        Self {
+            dtype: Dtype::F64,
+            shape: vec![values.len()],
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    /// An F32 tensor of `shape`.
+    pub fn f32s(shape: Vec<usize>, values: &[f32]) -> Self {
+        Self {
+            dtype: Dtype::F32,
+            shape,
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+}
+
+impl View for &RawTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Writes `tensors` and one metadata entry `key → value` as a safetensors file, atomically (temporary file
+/// in the same folder, then rename). The output depends only on the arguments, byte for byte.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, RawTensor)],
+    key: &str,
+    value: &str,
+) -> Result<()> {
+    write_atomic(path, |tmp| {
+        let views = tensors.iter().map(|(name, t)| (name.clone(), t));
+        let mut meta = HashMap::new();
+        meta.insert(key.to_string(), value.to_string());
+        safetensors::serialize_to_file(views, Some(meta), tmp)
+            .map_err(|e| ModelError::format(tmp, format!("writing safetensors: {e}")))
+    })
 }
 
 /// An f32 tensor for the safetensors writer.
@@ -330,7 +416,7 @@ impl View for F32View<'_> {
 }
 
 /// Writes `bytes`-producing `write` to `path` through a temporary file in the same folder, then renames.
-fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()

@@ -7,11 +7,17 @@
 //! Its backward produces the `(x, g)` pairs of every linear layer under the Fisher loss of DESIGN.md §1,
 //! and [`eval`] computes KL to the original model and perplexity (DESIGN.md §6).
 
+pub mod calib;
+pub mod checkpoint;
+pub mod collect;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod factor_file;
 pub mod gguf;
+pub mod quant_file;
 pub mod hf;
+pub mod pipeline;
 pub mod tokenizer;
 pub mod transformer;
 pub mod weights;

@@ -25,6 +25,90 @@ impl Tokenizer {
         Ok(Self { path, inner })
     }
 
+    /// Rebuilds the tokenizer of a GGUF file from its `tokenizer.ggml.tokens`, `merges` and `token_type`
+    /// arrays, the way the fixture's `tokenizer.json` was made (fixture PROVENANCE.md): byte-level BPE
+    /// with the vocabulary as given (id = index) and the merges in file order, no normalizer, the
+    /// pre-tokenizer `Sequence[Digits(individual), ByteLevel(no prefix space, GPT-2 regex)]`, a ByteLevel
+    /// decoder, no post-processor, and every control token (`token_type = 3`) as a special added token.
+    ///
+    /// **Errors**: a GGUF without a `gpt2` tokenizer, or malformed arrays (naming the file).
+    pub fn from_gguf(gguf: &crate::gguf::GgufFile) -> Result<Self> {
+        use crate::gguf::GgufValue;
+        use serde_json::{Map, Value, json};
+        let path = gguf.path().to_path_buf();
+        let bad = |why: String| ModelError::Tokenizer {
+            path: path.clone(),
+            why,
+        };
+        let model = gguf.get("tokenizer.ggml.model").and_then(GgufValue::as_str);
+        if model != Some("gpt2") {
+            return Err(bad(format!(
+                "tokenizer.ggml.model is {model:?}; only byte-level BPE (\"gpt2\") can be rebuilt"
+            )));
+        }
+        let strings = |key: &str| -> Result<Vec<String>> {
+            match gguf.get(key) {
+                Some(GgufValue::Array(items)) => items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| bad(format!("{key} holds non-strings"))),
+                _ => Err(bad(format!("{key} is missing or not an array"))),
+            }
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges = strings("tokenizer.ggml.merges")?;
+        let types: Vec<u64> = match gguf.get("tokenizer.ggml.token_type") {
+            Some(GgufValue::Array(items)) => items.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
+            _ => vec![1; tokens.len()],
+        };
+        let mut vocab = Map::new();
+        for (id, t) in tokens.iter().enumerate() {
+            vocab.insert(t.clone(), json!(id));
+        }
+        let merges: Vec<Value> = merges
+            .iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| json!([a, b]))
+                    .ok_or_else(|| bad(format!("merge {m:?} is not \"left right\"")))
+            })
+            .collect::<Result<_>>()?;
+        let added: Vec<Value> = tokens
+            .iter()
+            .zip(&types)
+            .enumerate()
+            .filter(|(_, (_, ty))| **ty == 3)
+            .map(|(id, (t, _))| {
+                json!({"id": id, "content": t, "single_word": false, "lstrip": false,
+                       "rstrip": false, "normalized": false, "special": true})
+            })
+            .collect();
+        let spec = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
+            ]},
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
+                        "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                      "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                      "vocab": vocab, "merges": merges}
+        });
+        let inner: tokenizers::Tokenizer = spec
+            .to_string()
+            .parse()
+            .map_err(|e: tokenizers::Error| bad(format!("rebuilding from the GGUF arrays: {e}")))?;
+        Ok(Self { path, inner })
+    }
+
     /// Token ids of `text`, without special tokens.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self
@@ -45,6 +129,20 @@ impl Tokenizer {
                 path: self.path.clone(),
                 why: e.to_string(),
             })
+    }
+
+    /// Writes the tokenizer as a `tokenizer.json` (atomically).
+    ///
+    /// **Errors**: serialisation or I/O, naming `path`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::hf::write_atomic(path, |tmp| {
+            self.inner
+                .save(tmp, true)
+                .map_err(|e| ModelError::Tokenizer {
+                    path: path.to_path_buf(),
+                    why: format!("saving: {e}"),
+                })
+        })
     }
 
     /// The vocabulary size including added tokens.

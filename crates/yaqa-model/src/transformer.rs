@@ -241,6 +241,36 @@ impl<'a, T: Real, B: ModelOps<T>> Transformer<'a, T, B> {
             .rms_norm(&h, &self.model.norm, self.model.config.rms_norm_eps)?)
     }
 
+    /// Runs the decoder like [`Transformer::forward`] and hands every linear layer's input to
+    /// `visit(layer, kind, x)` as soon as its block has run (`x` is `(batch · seq) × n`; q, k and v share
+    /// one input, as do gate and up, and each is visited once per kind). Only one block's activations are
+    /// alive at a time, so `Σ x xᵀ` factors (DESIGN.md §2) can be accumulated without a backward pass.
+    ///
+    /// **Errors**: as [`Transformer::forward`], plus whatever `visit` returns.
+    pub fn forward_linear_inputs(
+        &self,
+        ids: &[u32],
+        batch: usize,
+        visit: &mut dyn FnMut(usize, LinearKind, &Mat<T>) -> Result<()>,
+    ) -> Result<()> {
+        let seq = self.check_batch(ids, batch)?;
+        let mut h = self.embed(ids);
+        for (i, l) in self.model.layers.iter().enumerate() {
+            let tr = self.layer_trace(l, &h, batch, seq)?;
+            for kind in LinearKind::ALL {
+                let x = match kind {
+                    LinearKind::Q | LinearKind::K | LinearKind::V => &tr.xn1,
+                    LinearKind::O => &tr.attn,
+                    LinearKind::Gate | LinearKind::Up => &tr.xn2,
+                    LinearKind::Down => &tr.act,
+                };
+                visit(i, kind, x)?;
+            }
+            h = tr.out;
+        }
+        Ok(())
+    }
+
     /// Computes logits `HEAD_CHUNK` rows at a time from final hidden states and hands each block to
     /// `visit(first_row, logits)`.
     pub fn logits_chunks(

@@ -305,7 +305,11 @@ impl IntAsymGroup {
         validate_bits(bits)?;
         let (m, n) = w.shape();
         if m == 0 || n == 0 {
-            return Err(CoreError::shape("IntAsymGroup::fit W", "a non-empty matrix", "0 entries"));
+            return Err(CoreError::shape(
+                "IntAsymGroup::fit W",
+                "a non-empty matrix",
+                "0 entries",
+            ));
         }
         check_finite("IntAsymGroup::fit W", &w.data)?;
         let group_size = params.group_size.unwrap_or(n);
@@ -316,7 +320,8 @@ impl IntAsymGroup {
                 why: format!("the group size must divide the number of columns {n}"),
             });
         }
-        if params.mse && !(params.mse_grid > 0 && params.mse_norm > 0.0 && params.mse_max_shrink > 0.0)
+        if params.mse
+            && !(params.mse_grid > 0 && params.mse_norm > 0.0 && params.mse_max_shrink > 0.0)
         {
             return Err(CoreError::InvalidParameter {
                 name: "mse_grid",
@@ -436,18 +441,31 @@ pub fn search_sym_scale(
     validate_bits(bits)?;
     let (m, n) = w.shape();
     if m == 0 || n == 0 {
-        return Err(CoreError::shape("search_sym_scale W", "a non-empty matrix", "0 entries"));
+        return Err(CoreError::shape(
+            "search_sym_scale W",
+            "a non-empty matrix",
+            "0 entries",
+        ));
     }
     if h_in.n != n {
-        return Err(CoreError::shape("search_sym_scale h_in", format!("{n}×{n}"), h_in.n));
+        return Err(CoreError::shape(
+            "search_sym_scale h_in",
+            format!("{n}×{n}"),
+            h_in.n,
+        ));
     }
     if let Some(h) = h_out
         && h.n != m
     {
-        return Err(CoreError::shape("search_sym_scale h_out", format!("{m}×{m}"), h.n));
+        return Err(CoreError::shape(
+            "search_sym_scale h_out",
+            format!("{m}×{m}"),
+            h.n,
+        ));
     }
     check_finite("search_sym_scale W", &w.data)?;
-    let mean_square = w.data.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / w.data.len() as f64;
+    let mean_square =
+        w.data.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / w.data.len() as f64;
     let rms = mean_square.sqrt();
     if rms == 0.0 {
         return Err(CoreError::InvalidParameter {
@@ -474,11 +492,12 @@ pub fn search_sym_scale(
         }
     }
     // The factor range is non-empty, so `best` is set; map the impossible case to an error anyway.
-    best.map(|(grid, c, _)| (grid, c)).ok_or_else(|| CoreError::InvalidParameter {
-        name: "SCALE_SEARCH_TENTHS",
-        value: format!("{SCALE_SEARCH_TENTHS:?}"),
-        why: "no scale factor to try".into(),
-    })
+    best.map(|(grid, c, _)| (grid, c))
+        .ok_or_else(|| CoreError::InvalidParameter {
+            name: "SCALE_SEARCH_TENTHS",
+            value: format!("{SCALE_SEARCH_TENTHS:?}"),
+            why: "no scale factor to try".into(),
+        })
 }
 
 /// The symmetric grid as a table, one line per code: `code  value` with the value in units of the scale.
@@ -515,8 +534,9 @@ pub fn render_asym_levels(bits: u32, zeros: &[u16]) -> Result<String> {
             });
         }
         let _ = writeln!(out, "z = {z}:");
-        let levels: Vec<String> =
-            (0..=max_q).map(|q| format!("{:>5}", q as i64 - z as i64)).collect();
+        let levels: Vec<String> = (0..=max_q)
+            .map(|q| format!("{:>5}", q as i64 - z as i64))
+            .collect();
         for line in levels.chunks(16) {
             let _ = writeln!(out, " {}", line.join(""));
         }
@@ -532,7 +552,9 @@ mod tests {
     /// columns and Gaussian noise, never all zeros.
     fn test_matrix(m: usize, n: usize, seed: u64) -> Mat<f32> {
         let mut rng = Rng::new(seed);
-        let row_scale: Vec<f64> = (0..m).map(|i| 0.2 + 2.0 * ((i * 7) % 11) as f64 / 11.0).collect();
+        let row_scale: Vec<f64> = (0..m)
+            .map(|i| 0.2 + 2.0 * ((i * 7) % 11) as f64 / 11.0)
+            .collect();
         Mat::from_fn(m, n, |i, j| {
             let trend = (j as f64 * 0.05 + i as f64).sin() * 0.3;
             (row_scale[i] * (rng.normal() + trend)) as f32
@@ -550,16 +572,31 @@ mod tests {
     #[test]
     fn asym_level_tables() {
         let small = |bits: u32| -> Vec<u16> { (0..(1u16 << bits)).collect() };
-        insta::assert_snapshot!("int2_asym_levels", render_asym_levels(2, &small(2)).expect("ok"));
-        insta::assert_snapshot!("int3_asym_levels", render_asym_levels(3, &small(3)).expect("ok"));
-        insta::assert_snapshot!("int4_asym_levels", render_asym_levels(4, &[0, 7, 8, 15]).expect("ok"));
-        insta::assert_snapshot!("int8_asym_levels", render_asym_levels(8, &[0, 128, 255]).expect("ok"));
+        insta::assert_snapshot!(
+            "int2_asym_levels",
+            render_asym_levels(2, &small(2)).expect("ok")
+        );
+        insta::assert_snapshot!(
+            "int3_asym_levels",
+            render_asym_levels(3, &small(3)).expect("ok")
+        );
+        insta::assert_snapshot!(
+            "int4_asym_levels",
+            render_asym_levels(4, &[0, 7, 8, 15]).expect("ok")
+        );
+        insta::assert_snapshot!(
+            "int8_asym_levels",
+            render_asym_levels(8, &[0, 128, 255]).expect("ok")
+        );
     }
 
     #[test]
     fn unsupported_bits_and_scales_are_rejected() {
         for bits in [0, 1, 5, 16, 32] {
-            assert!(matches!(IntSym::new(bits, 1.0), Err(CoreError::InvalidParameter { name: "bits", .. })));
+            assert!(matches!(
+                IntSym::new(bits, 1.0),
+                Err(CoreError::InvalidParameter { name: "bits", .. })
+            ));
         }
         for scale in [0.0, -1.0, f32::NAN, f32::INFINITY] {
             assert!(IntSym::new(4, scale).is_err(), "scale {scale}");
@@ -573,17 +610,27 @@ mod tests {
     fn sym_nearest_is_the_closest_level() {
         for bits in SUPPORTED_BITS {
             let grid = IntSym::new(bits, 0.37).expect("valid");
-            let levels: Vec<f32> = (0..level_count(bits)).map(|c| grid.level(c as u16)).collect();
+            let levels: Vec<f32> = (0..level_count(bits))
+                .map(|c| grid.level(c as u16))
+                .collect();
             let mut rng = Rng::new(bits as u64);
             let span = levels[levels.len() - 1] * 1.5;
-            let mut values: Vec<f32> = (0..4000).map(|_| ((rng.next_f64() * 2.0 - 1.0) as f32) * span).collect();
+            let mut values: Vec<f32> = (0..4000)
+                .map(|_| ((rng.next_f64() * 2.0 - 1.0) as f32) * span)
+                .collect();
             let original = values.clone();
             let mut codes = vec![0u16; values.len()];
             grid.quantize_tile(0, 0, 40, 100, &mut values, &mut codes, None);
             for ((&x, &q), &code) in original.iter().zip(&values).zip(&codes) {
                 assert_eq!(q, levels[code as usize], "value and code disagree");
-                let best = levels.iter().map(|&l| (l - x).abs()).fold(f32::INFINITY, f32::min);
-                assert!((q - x).abs() <= best + 1e-5 * span, "x {x}: got {q}, nearest is {best} away");
+                let best = levels
+                    .iter()
+                    .map(|&l| (l - x).abs())
+                    .fold(f32::INFINITY, f32::min);
+                assert!(
+                    (q - x).abs() <= best + 1e-5 * span,
+                    "x {x}: got {q}, nearest is {best} away"
+                );
             }
             // Far outside the grid: clamped to the end levels.
             let mut ends = [-1e6f32, 1e6];
@@ -598,7 +645,10 @@ mod tests {
     fn sym_grid_rms_matches_its_levels() {
         for bits in SUPPORTED_BITS {
             let l = level_count(bits);
-            let ms = (0..l).map(|c| sym_level_units(bits, c as u16).powi(2)).sum::<f64>() / l as f64;
+            let ms = (0..l)
+                .map(|c| sym_level_units(bits, c as u16).powi(2))
+                .sum::<f64>()
+                / l as f64;
             assert!((ms.sqrt() - sym_grid_rms(bits)).abs() < 1e-12);
         }
     }
@@ -635,7 +685,11 @@ mod tests {
                 }
                 let mean = sum / (4 * trials) as f64;
                 // Level spacing ≤ 0.5, so the standard error of the mean is below 0.25/sqrt(80000) ≈ 1e-3.
-                assert!((mean - x as f64).abs() < 5e-3, "{}: x {x}, mean {mean}", q.name());
+                assert!(
+                    (mean - x as f64).abs() < 5e-3,
+                    "{}: x {x}, mean {mean}",
+                    q.name()
+                );
                 assert_eq!(seen.len(), 2, "{}: x {x} rounded to {seen:?}", q.name());
                 let mut nearest = [x; 4];
                 q.quantize_tile(0, 0, 1, 4, &mut nearest, &mut [0u16; 4], None);
@@ -666,8 +720,15 @@ mod tests {
         }
         for bits in SUPPORTED_BITS {
             let max_q = (level_count(bits) - 1) as f32;
-            let q = IntAsymGroup::fit(&w, bits, &AsymFitParams { group_size: Some(32), ..Default::default() })
-                .expect("fit");
+            let q = IntAsymGroup::fit(
+                &w,
+                bits,
+                &AsymFitParams {
+                    group_size: Some(32),
+                    ..Default::default()
+                },
+            )
+            .expect("fit");
             assert_eq!(q.shape(), (6, 256));
             assert_eq!(q.scales().shape(), (6, 8));
             // All-zero group: the range [−1, 1].
@@ -684,7 +745,10 @@ mod tests {
                     let mut codes = vec![0u16; 32];
                     q.quantize_tile(i, g * 32, 1, 32, &mut vals, &mut codes, None);
                     for (&x, &y) in chunk.iter().zip(&vals) {
-                        assert!((x - y).abs() <= 0.5 * s * (1.0 + 1e-4), "no clipping with min/max ranges");
+                        assert!(
+                            (x - y).abs() <= 0.5 * s * (1.0 + 1e-4),
+                            "no clipping with min/max ranges"
+                        );
                     }
                     assert!(codes.iter().all(|&c| c as f32 <= max_q));
                 }
@@ -701,13 +765,27 @@ mod tests {
         *w.at_mut(5, 70) = -8.0;
         let err = |q: &IntAsymGroup| -> f64 {
             let r = round_to_nearest(&w, q);
-            r.w_hat.data.iter().zip(&w.data).map(|(a, b)| ((a - b).abs() as f64).powf(2.4)).sum()
+            r.w_hat
+                .data
+                .iter()
+                .zip(&w.data)
+                .map(|(a, b)| ((a - b).abs() as f64).powf(2.4))
+                .sum()
         };
         for bits in [2, 3, 4] {
-            let base = AsymFitParams { group_size: Some(64), ..Default::default() };
+            let base = AsymFitParams {
+                group_size: Some(64),
+                ..Default::default()
+            };
             let plain = IntAsymGroup::fit(&w, bits, &base).expect("fit");
-            let mse = IntAsymGroup::fit(&w, bits, &AsymFitParams { mse: true, ..base }).expect("fit");
-            assert!(err(&mse) < err(&plain), "bits {bits}: {} vs {}", err(&mse), err(&plain));
+            let mse =
+                IntAsymGroup::fit(&w, bits, &AsymFitParams { mse: true, ..base }).expect("fit");
+            assert!(
+                err(&mse) < err(&plain),
+                "bits {bits}: {} vs {}",
+                err(&mse),
+                err(&plain)
+            );
         }
     }
 
@@ -715,10 +793,25 @@ mod tests {
     #[test]
     fn tiles_follow_original_columns() {
         let w = test_matrix(12, 128, 5);
-        let asym32 = IntAsymGroup::fit(&w, 3, &AsymFitParams { group_size: Some(32), ..Default::default() })
-            .expect("fit");
-        let row = IntAsymGroup::fit(&w, 4, &AsymFitParams { group_size: None, mse: true, ..Default::default() })
-            .expect("fit");
+        let asym32 = IntAsymGroup::fit(
+            &w,
+            3,
+            &AsymFitParams {
+                group_size: Some(32),
+                ..Default::default()
+            },
+        )
+        .expect("fit");
+        let row = IntAsymGroup::fit(
+            &w,
+            4,
+            &AsymFitParams {
+                group_size: None,
+                mse: true,
+                ..Default::default()
+            },
+        )
+        .expect("fit");
         assert_eq!(row.group_size(), 128);
         assert_eq!(row.name(), "int4-asym-row");
         assert_eq!(asym32.name(), "int3-asym-g32");
@@ -726,13 +819,25 @@ mod tests {
         let quantizers: [&dyn TileQuantizer; 3] = [&asym32, &row, &sym];
         for q in quantizers {
             let whole = round_to_nearest(&w, q);
-            for &(r0, c0, rows, cols) in &[(0, 0, 12, 128), (3, 17, 5, 40), (11, 100, 1, 28), (0, 31, 12, 2)] {
-                let mut tile: Vec<f32> = (0..rows).flat_map(|r| w.row(r0 + r)[c0..c0 + cols].to_vec()).collect();
+            for &(r0, c0, rows, cols) in &[
+                (0, 0, 12, 128),
+                (3, 17, 5, 40),
+                (11, 100, 1, 28),
+                (0, 31, 12, 2),
+            ] {
+                let mut tile: Vec<f32> = (0..rows)
+                    .flat_map(|r| w.row(r0 + r)[c0..c0 + cols].to_vec())
+                    .collect();
                 let mut codes = vec![0u16; rows * cols];
                 q.quantize_tile(r0, c0, rows, cols, &mut tile, &mut codes, None);
                 for r in 0..rows {
                     for c in 0..cols {
-                        assert_eq!(tile[r * cols + c], whole.w_hat.at(r0 + r, c0 + c), "{}", q.name());
+                        assert_eq!(
+                            tile[r * cols + c],
+                            whole.w_hat.at(r0 + r, c0 + c),
+                            "{}",
+                            q.name()
+                        );
                         assert_eq!(codes[r * cols + c], whole.codes[(r0 + r) * 128 + c0 + c]);
                     }
                 }
@@ -746,7 +851,10 @@ mod tests {
         let zeros = Mat::from_fn(2, 2, |_, _| 3u16);
         assert!(IntAsymGroup::from_parts(2, 16, scales.clone(), zeros.clone()).is_ok());
         assert!(IntAsymGroup::from_parts(2, 0, scales.clone(), zeros.clone()).is_err());
-        assert!(IntAsymGroup::from_parts(2, 16, scales.clone(), Mat::from_fn(2, 2, |_, _| 4u16)).is_err());
+        assert!(
+            IntAsymGroup::from_parts(2, 16, scales.clone(), Mat::from_fn(2, 2, |_, _| 4u16))
+                .is_err()
+        );
         assert!(IntAsymGroup::from_parts(2, 16, scales.clone(), Mat::zeros(2, 3)).is_err());
         let mut bad = scales.clone();
         bad.data[3] = f32::NAN;
@@ -755,10 +863,23 @@ mod tests {
             Err(CoreError::NonFinite { first: 3, .. })
         ));
         let w = test_matrix(4, 96, 1);
-        assert!(IntAsymGroup::fit(&w, 4, &AsymFitParams { group_size: Some(64), ..Default::default() }).is_err());
+        assert!(
+            IntAsymGroup::fit(
+                &w,
+                4,
+                &AsymFitParams {
+                    group_size: Some(64),
+                    ..Default::default()
+                }
+            )
+            .is_err()
+        );
         let mut nan = w.clone();
         nan.data[7] = f32::NAN;
-        assert!(matches!(IntAsymGroup::fit(&nan, 4, &AsymFitParams::default()), Err(CoreError::NonFinite { .. })));
+        assert!(matches!(
+            IntAsymGroup::fit(&nan, 4, &AsymFitParams::default()),
+            Err(CoreError::NonFinite { .. })
+        ));
     }
 
     #[test]
@@ -766,8 +887,15 @@ mod tests {
         let w = test_matrix(4, 256, 2);
         let g128 = IntAsymGroup::fit(&w, 4, &AsymFitParams::default()).expect("fit");
         assert!((g128.bits_per_weight() - (4.0 + 20.0 / 128.0)).abs() < 1e-12);
-        let g32 = IntAsymGroup::fit(&w, 2, &AsymFitParams { group_size: Some(32), ..Default::default() })
-            .expect("fit");
+        let g32 = IntAsymGroup::fit(
+            &w,
+            2,
+            &AsymFitParams {
+                group_size: Some(32),
+                ..Default::default()
+            },
+        )
+        .expect("fit");
         assert!((g32.bits_per_weight() - (2.0 + 18.0 / 32.0)).abs() < 1e-12);
         assert_eq!(IntSym::new(3, 1.0).expect("valid").bits_per_weight(), 3.0);
     }
@@ -777,10 +905,20 @@ mod tests {
         let (m, n) = w.shape();
         let d = Mat::from_fn(m, n, |i, j| w.at(i, j) as f64 - w_hat.at(i, j) as f64);
         // B = Δ h_in (m × n), then tr(B Δᵀ h_out) = Σ_{i,k} (B Δᵀ)_{ik} h_out_{ki}.
-        let b = Mat::from_fn(m, n, |i, j| (0..n).map(|k| d.at(i, k) * h_in.at(k, j)).sum::<f64>());
-        let bdt = Mat::from_fn(m, m, |i, k| (0..n).map(|j| b.at(i, j) * d.at(k, j)).sum::<f64>());
+        let b = Mat::from_fn(m, n, |i, j| {
+            (0..n).map(|k| d.at(i, k) * h_in.at(k, j)).sum::<f64>()
+        });
+        let bdt = Mat::from_fn(m, m, |i, k| {
+            (0..n).map(|j| b.at(i, j) * d.at(k, j)).sum::<f64>()
+        });
         (0..m)
-            .map(|i| (0..m).map(|k| bdt.at(i, k) * h_out.map_or(if i == k { 1.0 } else { 0.0 }, |h| h.at(k, i))).sum::<f64>())
+            .map(|i| {
+                (0..m)
+                    .map(|k| {
+                        bdt.at(i, k) * h_out.map_or(if i == k { 1.0 } else { 0.0 }, |h| h.at(k, i))
+                    })
+                    .sum::<f64>()
+            })
             .sum()
     }
 
@@ -789,12 +927,18 @@ mod tests {
     fn test_factor(n: usize, seed: u64) -> SymMat {
         let mut rng = Rng::new(seed);
         let latent = 6;
-        let dirs: Vec<Vec<f64>> = (0..latent).map(|_| (0..n).map(|_| rng.normal()).collect()).collect();
+        let dirs: Vec<Vec<f64>> = (0..latent)
+            .map(|_| (0..n).map(|_| rng.normal()).collect())
+            .collect();
         let mut h = SymMat::zeros(n);
         for _ in 0..3 * n {
-            let coef: Vec<f64> = (0..latent).map(|k| rng.normal() / (1.0 + k as f64)).collect();
+            let coef: Vec<f64> = (0..latent)
+                .map(|k| rng.normal() / (1.0 + k as f64))
+                .collect();
             let x: Vec<f64> = (0..n)
-                .map(|j| (0..latent).map(|k| coef[k] * dirs[k][j]).sum::<f64>() + 0.3 * rng.normal())
+                .map(|j| {
+                    (0..latent).map(|k| coef[k] * dirs[k][j]).sum::<f64>() + 0.3 * rng.normal()
+                })
                 .collect();
             for i in 0..n {
                 for j in 0..=i {
@@ -816,14 +960,25 @@ mod tests {
         for (bits, h_out) in [(2, None), (3, Some(&h_out)), (4, Some(&h_out))] {
             let (grid, c) = search_sym_scale(&backend, &w, &h_in, h_out, bits).expect("search");
             assert!((0.7..=2.0).contains(&c));
-            let rms = (w.data.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / w.data.len() as f64).sqrt();
-            assert!(((grid.scale() as f64) - c * rms / sym_grid_rms(bits)).abs() < 1e-6 * grid.scale() as f64);
+            let rms = (w.data.iter().map(|&v| (v as f64).powi(2)).sum::<f64>()
+                / w.data.len() as f64)
+                .sqrt();
+            assert!(
+                ((grid.scale() as f64) - c * rms / sym_grid_rms(bits)).abs()
+                    < 1e-6 * grid.scale() as f64
+            );
             let chosen = loop_proxy(&w, &round_to_nearest(&w, &grid).w_hat, &h_in, h_out);
             for tenths in SCALE_SEARCH_TENTHS {
-                let other = IntSym::new(bits, (tenths as f64 / 10.0 * rms / sym_grid_rms(bits)) as f32)
-                    .expect("valid");
+                let other = IntSym::new(
+                    bits,
+                    (tenths as f64 / 10.0 * rms / sym_grid_rms(bits)) as f32,
+                )
+                .expect("valid");
                 let e = loop_proxy(&w, &round_to_nearest(&w, &other).w_hat, &h_in, h_out);
-                assert!(chosen <= e * (1.0 + 1e-9), "bits {bits}: c {c} gives {chosen}, c {tenths}/10 gives {e}");
+                assert!(
+                    chosen <= e * (1.0 + 1e-9),
+                    "bits {bits}: c {c} gives {chosen}, c {tenths}/10 gives {e}"
+                );
             }
         }
     }
@@ -842,7 +997,10 @@ mod tests {
             }
             other => panic!("expected NonFinite, got {other:?}"),
         }
-        assert!(matches!(search_sym_scale(&backend, &w, &h, None, 5), Err(CoreError::InvalidParameter { .. })));
+        assert!(matches!(
+            search_sym_scale(&backend, &w, &h, None, 5),
+            Err(CoreError::InvalidParameter { .. })
+        ));
         assert!(matches!(
             search_sym_scale(&backend, &w, &SymMat::identity(7), None, 4),
             Err(CoreError::ShapeMismatch { .. })

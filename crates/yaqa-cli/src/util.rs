@@ -1,0 +1,205 @@
+//! Helpers shared by the subcommands: the backend behind `--device`, progress bars, opening models and
+//! calibration data, building layer parameters from flags, and finding factor files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use yaqa_backend_cpu::Cpu;
+use yaqa_core::layer::{LayerParams, Method, QuantizerSpec};
+use yaqa_core::sketch::SketchKind;
+use yaqa_model::calib::{CalibSeq, Shard, sample_sequences, text_tokens, text_windows};
+use yaqa_model::checkpoint::{self, Loaded};
+use yaqa_model::collect::LayerId;
+use yaqa_model::factor_file::{FactorFile, parse_sketch_tag, read_factors};
+use yaqa_model::transformer::Transformer;
+
+use crate::{CalibArgs, Device, MethodArg, QuantizerArg};
+
+/// The backend for `--device`. CUDA is refused with a clear message until the CUDA backend is wired in.
+pub fn backend(device: Device) -> Result<Cpu> {
+    match device {
+        Device::Cpu => Ok(Cpu::default()),
+        Device::Cuda => bail!(
+            "--device cuda: this build of yaqa has no CUDA backend wired into the command line yet \
+             (no device used); run with --device cpu"
+        ),
+    }
+}
+
+/// A progress bar with rate and ETA on stderr (hidden when stderr is not a terminal).
+pub fn bar(len: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    let style = ProgressStyle::with_template(
+        "{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} ETA {eta_precise}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    pb.set_style(style);
+    pb.set_message(what.to_string());
+    pb.enable_steady_tick(Duration::from_millis(500));
+    pb
+}
+
+/// Loads a model (GGUF file or HF folder) with its fingerprint.
+pub fn load_model(path: &Path) -> Result<Loaded> {
+    checkpoint::load(path).with_context(|| format!("loading the model {}", path.display()))
+}
+
+/// The calibration sequences of `shard`: windows of the text files, or sampled from the model.
+pub fn calibration(
+    loaded: &Loaded,
+    args: &CalibArgs,
+    shard: Shard,
+    backend: &Cpu,
+) -> Result<(Vec<CalibSeq>, String)> {
+    if args.n_seqs == 0 {
+        bail!("--n-seqs must be at least 1");
+    }
+    if !args.calib.is_empty() {
+        let tok = checkpoint::tokenizer_for(&loaded.path, args.tokenizer.as_deref())
+            .context("loading the tokenizer for the calibration text")?;
+        let tokens = text_tokens(&tok, &args.calib).context("reading the calibration text")?;
+        let seqs = text_windows(&tokens, args.seq_len, args.n_seqs, args.seed, shard)
+            .context("cutting calibration windows")?;
+        let names: Vec<String> = args
+            .calib
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
+            })
+            .collect();
+        return Ok((seqs, format!("text:{}", names.join(","))));
+    }
+    let bos = loaded.model.config.bos_token_id.unwrap_or(1) as u32;
+    let tf = Transformer::new(&loaded.model, backend);
+    let mine = (0..args.n_seqs).filter(|&i| shard.contains(i)).count();
+    let pb = bar(mine, "sampling");
+    let seqs = sample_sequences(
+        &tf,
+        args.n_seqs,
+        args.seq_len,
+        args.seed,
+        shard,
+        bos,
+        8,
+        &mut |d| pb.set_position(d as u64),
+    )
+    .context("sampling data-free calibration sequences from the model")?;
+    pb.finish_and_clear();
+    Ok((seqs, "data-free".into()))
+}
+
+/// The layer parameters for the quantization flags.
+pub fn layer_params(
+    method: MethodArg,
+    quantizer: QuantizerArg,
+    group: Option<usize>,
+    no_incoherence: bool,
+    sign_seed: u64,
+) -> LayerParams {
+    let bits = quantizer.bits();
+    let quantizer = match (group, no_incoherence) {
+        (Some(g), _) => QuantizerSpec::IntAsym {
+            bits,
+            group_size: Some(g),
+        },
+        (None, false) => QuantizerSpec::IntSym { bits },
+        (None, true) => QuantizerSpec::IntAsym {
+            bits,
+            group_size: None,
+        },
+    };
+    LayerParams {
+        method: match method {
+            MethodArg::Rtn => Method::Rtn,
+            MethodArg::Gptq => Method::Gptq,
+            MethodArg::Ldlq => Method::Ldlq,
+            MethodArg::Yaqa => Method::Yaqa,
+        },
+        quantizer,
+        incoherence: !no_incoherence,
+        seed: sign_seed,
+        ..LayerParams::default()
+    }
+}
+
+/// The factor files of a folder, by layer and sketch.
+pub fn factor_index(dir: &Path) -> Result<BTreeMap<LayerId, BTreeMap<String, PathBuf>>> {
+    let mut index: BTreeMap<LayerId, BTreeMap<String, PathBuf>> = BTreeMap::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("reading factor folder {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading factor folder {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".safetensors") else {
+            continue;
+        };
+        let Some((layer, tag)) = stem.rsplit_once('.') else {
+            continue;
+        };
+        if let (Some(id), Some(_)) = (LayerId::parse(layer), parse_sketch_tag(tag)) {
+            index
+                .entry(id)
+                .or_default()
+                .insert(tag.to_string(), entry.path());
+        }
+    }
+    if index.is_empty() {
+        bail!(
+            "{}: no factor files (expected model.layers.N.<module>.<sketch>.safetensors)",
+            dir.display()
+        );
+    }
+    Ok(index)
+}
+
+/// The factor file a method should use among a layer's files: YAQA needs a two-sided sketch (B, or the
+/// last pass of A); the one-sided methods prefer `Σ x xᵀ` and fall back on a two-sided sketch's `h_in`.
+pub fn pick_factor_file(
+    files: &BTreeMap<String, PathBuf>,
+    method: Method,
+    layer: LayerId,
+) -> Result<PathBuf> {
+    let last_a = files
+        .keys()
+        .filter_map(|t| match parse_sketch_tag(t) {
+            Some(SketchKind::A { pass }) if pass > 0 => Some((pass, t.clone())),
+            _ => None,
+        })
+        .max()
+        .map(|(_, t)| t);
+    let mut order: Vec<String> = match method {
+        Method::Yaqa => vec!["b".into()],
+        _ => vec!["xtx".into(), "a-p0".into(), "b".into()],
+    };
+    order.extend(last_a);
+    order
+        .iter()
+        .find_map(|t| files.get(t).cloned())
+        .ok_or_else(|| {
+            anyhow!(
+                "no suitable factors for {} with method {} (found sketches {:?})",
+                layer.name(),
+                method.name(),
+                files.keys().collect::<Vec<_>>()
+            )
+        })
+}
+
+/// Reads one factor file and checks that it belongs to the model.
+pub fn read_factor_checked(path: &Path, fingerprint: &str) -> Result<FactorFile> {
+    let f = read_factors(path).with_context(|| format!("reading factors {}", path.display()))?;
+    if f.provenance.model_fingerprint != fingerprint {
+        bail!(
+            "{}: these factors were collected on a different model (fingerprint {}…, model {}…)",
+            path.display(),
+            &f.provenance.model_fingerprint.get(..12).unwrap_or(""),
+            fingerprint.get(..12).unwrap_or("")
+        );
+    }
+    Ok(f)
+}

@@ -1,0 +1,309 @@
+//! Accumulating every linear layer's Kronecker factors over calibration sequences (DESIGN.md §1–2).
+//!
+//! Each linear layer (block `i`, kind `k`) has a list of [`Factors`] to fill; several sketches can be
+//! collected in one pass (for example `Σ x xᵀ` for LDLQ next to Sketch B for YAQA: the backward hands out
+//! `x` as well). When no sketch needs gradients the model only runs forward and every block's linear
+//! inputs are accumulated as soon as the block has run; otherwise each sequence gets a Fisher backward
+//! ([`Transformer::fisher_backward`]) with labels sampled from the model's own softmax, seeded by
+//! [`label_seed`] from the run's seed and the sequence's number. Either way the visitor consumes one
+//! layer's `(x, g)` at a time, so no more than one block's activations are ever alive.
+//!
+//! Sequences go through the model one at a time: Sketch B is per sequence, and this keeps each
+//! sequence's labels independent of how the set was sharded or batched.
+
+use std::collections::BTreeMap;
+
+use yaqa_core::Mat;
+use yaqa_core::backend::Backend;
+use yaqa_core::model_ops::ModelOps;
+use yaqa_core::sketch::{Factors, SketchKind};
+
+use crate::calib::CalibSeq;
+use crate::error::{ModelError, Result};
+use crate::transformer::Transformer;
+use crate::weights::{LinearKind, Model};
+
+/// Identifies one linear layer: block index and kind. Ordered by block, then by [`LinearKind::ALL`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LayerId {
+    pub block: usize,
+    pub kind: LinearKind,
+}
+
+impl LayerId {
+    /// Every linear layer of `model`, in block order.
+    pub fn all<T>(model: &Model<T>) -> Vec<LayerId> {
+        (0..model.layers.len())
+            .flat_map(|block| LinearKind::ALL.map(|kind| LayerId { block, kind }))
+            .collect()
+    }
+
+    /// The Hugging Face module name, `model.layers.{block}.{module}` (no `.weight`).
+    pub fn name(&self) -> String {
+        format!("model.layers.{}.{}", self.block, self.kind.module())
+    }
+
+    /// Parses [`LayerId::name`] back.
+    pub fn parse(name: &str) -> Option<LayerId> {
+        let rest = name.strip_prefix("model.layers.")?;
+        let (block, module) = rest.split_once('.')?;
+        let block = block.parse().ok()?;
+        let kind = LinearKind::ALL.into_iter().find(|k| k.module() == module)?;
+        Some(LayerId { block, kind })
+    }
+
+    fn rank(&self) -> (usize, usize) {
+        let k = LinearKind::ALL
+            .iter()
+            .position(|&k| k == self.kind)
+            .unwrap_or(0);
+        (self.block, k)
+    }
+}
+
+impl PartialOrd for LayerId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for LayerId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.rank().cmp(&other.rank())
+    }
+}
+
+/// The factors being accumulated: one list per linear layer.
+pub type FactorSet = BTreeMap<LayerId, Vec<Factors>>;
+
+/// Empty factors of `kind` for every linear layer of `model` (`Sketch A` starts at pass 0).
+pub fn empty_factors<T>(model: &Model<T>, kind: SketchKind) -> BTreeMap<LayerId, Factors> {
+    LayerId::all(model)
+        .into_iter()
+        .map(|id| {
+            let w = model.layers[id.block].linear(id.kind);
+            let f = match kind {
+                SketchKind::Xtx => Factors::xtx(w.cols),
+                SketchKind::B => Factors::sketch_b(w.rows, w.cols),
+                SketchKind::A { .. } => Factors::sketch_a_start(w.cols),
+            };
+            (id, f)
+        })
+        .collect()
+}
+
+/// The label seed of calibration sequence `index` in a run with `seed` (recorded in factor files as the
+/// run's seed; this derivation is part of the format).
+pub fn label_seed(seed: u64, index: usize) -> u64 {
+    seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29)
+}
+
+/// Runs `seqs` through `model` and adds them to every list in `factors`. `progress(done)` is called after
+/// each sequence with the number done.
+///
+/// **Errors**: a layer of the model missing from `factors` (or the other way round), factor shapes that
+/// do not match the weights, non-finite activations or gradients (named by layer), forward errors.
+pub fn collect<B: Backend + ModelOps<f32>>(
+    backend: &B,
+    model: &Model<f32>,
+    seqs: &[CalibSeq],
+    seed: u64,
+    factors: &mut FactorSet,
+    progress: &mut dyn FnMut(usize),
+) -> Result<()> {
+    for id in LayerId::all(model) {
+        let list = factors.get(&id).ok_or_else(|| {
+            ModelError::Input(format!("no factors to accumulate for layer {}", id.name()))
+        })?;
+        let (m, n) = model.layers[id.block].linear(id.kind).shape();
+        for f in list {
+            if f.h_in.n != n || f.h_out.as_ref().is_some_and(|h| h.n != m) {
+                return Err(ModelError::Input(format!(
+                    "factors for {} do not fit its {m}×{n} weight",
+                    id.name()
+                )));
+            }
+        }
+    }
+    if factors.len() != LayerId::all(model).len() {
+        return Err(ModelError::Input(format!(
+            "{} factor lists for a model with {} linear layers",
+            factors.len(),
+            LayerId::all(model).len()
+        )));
+    }
+    let needs_gradients = factors
+        .values()
+        .flatten()
+        .any(|f| f.kind.needs_gradients());
+    let tf = Transformer::new(model, backend);
+    let dyn_backend: &dyn Backend = backend;
+    for (done, seq) in seqs.iter().enumerate() {
+        if needs_gradients {
+            tf.fisher_backward(
+                &seq.ids,
+                1,
+                label_seed(seed, seq.index),
+                &mut |block, kind, x, g| add_pair(dyn_backend, factors, block, kind, x, Some(g)),
+            )?;
+        } else {
+            tf.forward_linear_inputs(&seq.ids, 1, &mut |block, kind, x| {
+                add_pair(dyn_backend, factors, block, kind, x, None)
+            })?;
+        }
+        progress(done + 1);
+    }
+    Ok(())
+}
+
+/// Adds one layer's `(x, g)` to each of its factor lists.
+fn add_pair(
+    backend: &dyn Backend,
+    factors: &mut FactorSet,
+    block: usize,
+    kind: LinearKind,
+    x: &Mat<f32>,
+    g: Option<&Mat<f32>>,
+) -> Result<()> {
+    let id = LayerId { block, kind };
+    let list = factors
+        .get_mut(&id)
+        .ok_or_else(|| ModelError::Input(format!("no factors for layer {}", id.name())))?;
+    for f in list {
+        f.add_sequence(backend, x, g)
+            .map_err(|e| ModelError::Core(e.in_layer(&id.name())))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Family;
+    use crate::weights::tiny_config;
+    use yaqa_core::mat::rel_diff_fro;
+    use yaqa_core::reference::Reference;
+
+    /// The reference backend sums in f64; the explicit sums below are f64 too, in another order.
+    const SUM_REL: f64 = 1e-10;
+
+    fn seqs(vocab: u32) -> Vec<CalibSeq> {
+        (0..3)
+            .map(|index| CalibSeq {
+                index: index + 4,
+                ids: (0..9)
+                    .map(|t| ((t * 7 + index * 13 + 1) as u32) % vocab)
+                    .collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn layer_names_round_trip_and_order() {
+        let model = Model::synthetic(tiny_config(Family::Llama, true), 1);
+        let all = LayerId::all(&model);
+        assert_eq!(all.len(), 14);
+        for id in &all {
+            assert_eq!(LayerId::parse(&id.name()), Some(*id));
+        }
+        let mut sorted = all.clone();
+        sorted.sort();
+        assert_eq!(sorted, all);
+        assert_eq!(LayerId::parse("model.layers.x.mlp.up_proj"), None);
+    }
+
+    #[test]
+    fn sketches_equal_their_explicit_sums() {
+        let model = Model::synthetic(tiny_config(Family::Llama, true), 2);
+        let seqs = seqs(model.config.vocab_size as u32);
+        let seed = 77;
+        let b = empty_factors(&model, SketchKind::B);
+        let x = empty_factors(&model, SketchKind::Xtx);
+        let mut set: FactorSet = b
+            .into_iter()
+            .map(|(id, f)| {
+                let xf = x[&id].clone();
+                (id, vec![f, xf])
+            })
+            .collect();
+        let mut calls = 0;
+        collect(&Reference, &model, &seqs, seed, &mut set, &mut |d| calls = d).unwrap();
+        assert_eq!(calls, 3);
+
+        // Explicit sums from the same visitor output: G_b = Σ_t g_t x_tᵀ, h_in = Σ G_bᵀ G_b,
+        // h_out = Σ G_b G_bᵀ, and Σ x xᵀ.
+        let tf = Transformer::new(&model, &Reference);
+        let mut want: BTreeMap<LayerId, (Mat<f64>, Mat<f64>, Mat<f64>)> = BTreeMap::new();
+        for s in &seqs {
+            tf.fisher_backward(&s.ids, 1, label_seed(seed, s.index), &mut |block, kind, x, g| {
+                let (t, n, m) = (x.rows, x.cols, g.cols);
+                let gm = Mat::from_fn(m, n, |o, i| {
+                    (0..t)
+                        .map(|r| g.at(r, o) as f64 * x.at(r, i) as f64)
+                        .sum::<f64>()
+                });
+                let e = want.entry(LayerId { block, kind }).or_insert_with(|| {
+                    (Mat::zeros(n, n), Mat::zeros(m, m), Mat::zeros(n, n))
+                });
+                for i in 0..n {
+                    for j in 0..n {
+                        *e.0.at_mut(i, j) += (0..m).map(|o| gm.at(o, i) * gm.at(o, j)).sum::<f64>();
+                        *e.2.at_mut(i, j) += (0..t)
+                            .map(|r| x.at(r, i) as f64 * x.at(r, j) as f64)
+                            .sum::<f64>();
+                    }
+                }
+                for a in 0..m {
+                    for c in 0..m {
+                        *e.1.at_mut(a, c) += (0..n).map(|i| gm.at(a, i) * gm.at(c, i)).sum::<f64>();
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert_eq!(want.len(), 14);
+        for (id, (h_in, h_out, xtx)) in &want {
+            let got = &set[id];
+            assert_eq!(got[0].n_seqs, 3);
+            assert_eq!(got[0].n_tokens, 27);
+            let d_in = rel_diff_fro(&got[0].h_in.to_dense().data, &h_in.data);
+            let d_out = rel_diff_fro(
+                &got[0].h_out.as_ref().unwrap().to_dense().data,
+                &h_out.data,
+            );
+            let d_x = rel_diff_fro(&got[1].h_in.to_dense().data, &xtx.data);
+            assert!(
+                d_in < SUM_REL && d_out < SUM_REL && d_x < SUM_REL,
+                "{}: h_in {d_in:e}, h_out {d_out:e}, xtx {d_x:e}",
+                id.name()
+            );
+            assert!(h_in.norm_fro() > 0.0 && h_out.norm_fro() > 0.0);
+        }
+
+        // A forward-only collection of Σ x xᵀ gives the same h_in as the one taken during the backward.
+        let mut fwd: FactorSet = empty_factors(&model, SketchKind::Xtx)
+            .into_iter()
+            .map(|(id, f)| (id, vec![f]))
+            .collect();
+        collect(&Reference, &model, &seqs, seed, &mut fwd, &mut |_| {}).unwrap();
+        for (id, list) in &fwd {
+            let d = rel_diff_fro(&list[0].h_in.data, &set[id][1].h_in.data);
+            assert!(d < SUM_REL, "{}: {d:e}", id.name());
+        }
+    }
+
+    #[test]
+    fn mismatched_factor_sets_are_refused() {
+        let model = Model::synthetic(tiny_config(Family::Llama, true), 2);
+        let seqs = seqs(model.config.vocab_size as u32);
+        let mut set: FactorSet = empty_factors(&model, SketchKind::Xtx)
+            .into_iter()
+            .map(|(id, f)| (id, vec![f]))
+            .collect();
+        let first = *set.keys().next().unwrap();
+        set.get_mut(&first).unwrap()[0] = Factors::xtx(3);
+        let err = collect(&Reference, &model, &seqs, 0, &mut set, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("model.layers.0.self_attn.q_proj"), "{err}");
+    }
+}

@@ -1,0 +1,136 @@
+//! Quantizing every linear layer of a model, resumably: each finished layer is written as a part file at
+//! once, a restarted run with the same arguments skips the layers whose parts are there, and the final
+//! file is assembled from the parts only, so it is byte-identical whether or not the run was interrupted.
+//!
+//! The per-layer work is [`yaqa_core::layer::quantize_layer`] (DESIGN.md §3–4); factors are loaded one
+//! layer at a time through a callback, so a model's factors never have to fit in memory together.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use yaqa_core::SymMat;
+use yaqa_core::backend::Backend;
+use yaqa_core::layer::{LayerParams, QuantizedLayer, QuantizerSpec, quantize_layer};
+
+use crate::collect::LayerId;
+use crate::error::{ModelError, Result};
+use crate::quant_file::{assemble, part_run, write_part};
+use crate::weights::Model;
+
+/// The JSON form of a quantizer spec.
+pub fn quantizer_json(q: &QuantizerSpec) -> Value {
+    match *q {
+        QuantizerSpec::IntSym { bits } => json!({"kind": "int-sym", "bits": bits}),
+        QuantizerSpec::IntAsym { bits, group_size } => {
+            json!({"kind": "int-asym", "bits": bits, "group_size": group_size})
+        }
+    }
+}
+
+/// The run header: everything that decides the output, so a resumed run can check its parts.
+/// `factors` describes where the factors came from (written as given).
+pub fn run_header(params: &LayerParams, model_fingerprint: &str, factors: Value) -> Value {
+    json!({
+        "method": params.method.name(),
+        "quantizer": quantizer_json(&params.quantizer),
+        "incoherence": params.incoherence,
+        "rotation": if params.incoherence {
+            "randomized Hadamard on both sides: W_r = R_m diag(s_out) W diag(s_in) R_n^T, R = H_k (x) H_2^p / sqrt(n); signs stored"
+        } else {
+            "none"
+        },
+        "sign_seed": params.seed,
+        "tile": [params.round.tile_rows, params.round.tile_cols],
+        "damp": params.ldl.damp,
+        "gptq": {
+            "block_size": params.gptq.block_size,
+            "damp": params.gptq.damp,
+            "act_order": params.gptq.act_order,
+        },
+        "model_fingerprint": model_fingerprint,
+        "factors": factors,
+    })
+}
+
+/// The folder of part files that goes with the output file `out`.
+pub fn parts_dir(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    out.with_file_name(format!("{name}.parts"))
+}
+
+/// What a call of [`quantize_model`] did.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Layers quantized in this call (with their results), in order.
+    pub done: Vec<(LayerId, QuantizedLayer)>,
+    /// Layers skipped because a previous run had finished them.
+    pub resumed: Vec<LayerId>,
+    /// Whether the final file was written (false when stopped by `stop_after`).
+    pub finished: bool,
+}
+
+/// Quantizes `layers` of `model` into `out`. `factors(id)` loads one layer's `(h_in, h_out)`.
+/// `stop_after = Some(k)` returns after quantizing `k` layers in this call without assembling (used to
+/// test resumption). `progress(id, done, total)` is called after each layer.
+///
+/// **Errors**: parts left by a run with different arguments (naming the folder), factor loading,
+/// [`quantize_layer`] errors (naming the layer), I/O.
+pub fn quantize_model(
+    backend: &dyn Backend,
+    model: &Model<f32>,
+    layers: &[LayerId],
+    factors: &mut dyn FnMut(LayerId) -> Result<(SymMat, Option<SymMat>)>,
+    params: &LayerParams,
+    run: &Value,
+    out: &Path,
+    stop_after: Option<usize>,
+    progress: &mut dyn FnMut(LayerId, usize, usize),
+) -> Result<Outcome> {
+    let dir = parts_dir(out);
+    std::fs::create_dir_all(&dir).map_err(|e| ModelError::io(&dir, e))?;
+    let mut outcome = Outcome {
+        done: Vec::new(),
+        resumed: Vec::new(),
+        finished: false,
+    };
+    let mut parts = Vec::with_capacity(layers.len());
+    for (i, &id) in layers.iter().enumerate() {
+        let part = dir.join(format!("{}.safetensors", id.name()));
+        parts.push((id, part.clone()));
+        if part.exists() {
+            match part_run(&part) {
+                Some(r) if &r == run => {
+                    outcome.resumed.push(id);
+                    progress(id, i + 1, layers.len());
+                    continue;
+                }
+                Some(_) => {
+                    return Err(ModelError::format(
+                        &part,
+                        format!(
+                            "this part was made with different arguments; delete {} or rerun with the same arguments",
+                            dir.display()
+                        ),
+                    ));
+                }
+                // Unreadable (for example cut short by a crash outside the atomic rename): redo it.
+                None => {}
+            }
+        }
+        if stop_after.is_some_and(|k| outcome.done.len() >= k) {
+            return Ok(outcome);
+        }
+        let w = model.layers[id.block].linear(id.kind);
+        let (h_in, h_out) = factors(id)?;
+        let q = quantize_layer(backend, &id.name(), w, &h_in, h_out.as_ref(), params)?;
+        write_part(&part, id, &q, run)?;
+        outcome.done.push((id, q));
+        progress(id, i + 1, layers.len());
+    }
+    assemble(&parts, run, out)?;
+    std::fs::remove_dir_all(&dir).map_err(|e| ModelError::io(&dir, e))?;
+    outcome.finished = true;
+    Ok(outcome)
+}
