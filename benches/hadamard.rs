@@ -11,6 +11,14 @@
 //! peak, ≈ 15 GB/s) that predicts ≈ 20 ms of arithmetic against ≈ 30 ms of traffic: 40–60 ms, bound by
 //! memory; the rows side pays extra in-cache strip copies. At 11008 the mix is 344 terms per entry:
 //! 4096 · 11008 · 344 ≈ 15.5 G FMAs, ≈ 160 ms at peak.
+//!
+//! Measured 2026-11-23 on those 2 cores while other jobs kept the load average at 3–4 (so pessimistic):
+//! cols 4096 × 14336 121 ms (scalar path 259 ms), rows 14336 × 4096 387 ms (scalar 529 ms), cols
+//! 4096 × 11008 589 ms, SmolLM2 576 × 1536 1.2 ms (cols) / 2.1 ms (rows), factor n = 1536 27 ms. Against
+//! the prediction: cols is 2–3× off (single-threaded it measured ≈ 180 ms, so the arithmetic, not memory,
+//! is the limit: the mix runs near one FMA per cycle and the first three butterfly stages are scalar);
+//! rows pays three in-cache copies per batch on top; 11008's 344-term mix overflows L1 per row, and would
+//! be better done as a blocked GEMM over batches of rows.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use yaqa::core::hadamard::sign_vector;

@@ -320,29 +320,3 @@ fn bad_inputs_are_errors_not_panics() {
         assert_eq!(w, w0);
     }
 }
-
-#[test]
-fn zz_perf_probe() {
-    fn cpu_ticks() -> u64 {
-        let s = std::fs::read_to_string("/proc/self/stat").unwrap();
-        let rest = &s[s.rfind(')').unwrap() + 2..];
-        let f: Vec<&str> = rest.split(' ').collect();
-        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-    }
-    let filter = std::env::var("PROBE").unwrap_or_default();
-    for (name, m, n, side) in [("cols14336", 4096, 14336, Side::Cols), ("rows14336", 14336, 4096, Side::Rows), ("cols11008", 4096, 11008, Side::Cols)] {
-        if !name.contains(&filter) { continue; }
-        let mut w = structured(m, n, 1);
-        let dim = if side == Side::Cols { n } else { m };
-        let signs = sign_vector(0, "p", dim);
-        for cpu in backends() {
-            ok(cpu.hadamard_rotate(&mut w, side, &signs, false));
-            let t0 = cpu_ticks();
-            let wall = std::time::Instant::now();
-            let reps = 6;
-            for _ in 0..reps { ok(cpu.hadamard_rotate(&mut w, side, &signs, false)); }
-            let ms = (cpu_ticks() - t0) as f64 * 10.0 / reps as f64;
-            eprintln!("PROBE {name} {}: cpu {ms:.0} ms/iter, wall {:.0} ms/iter", cpu.name(), wall.elapsed().as_secs_f64() * 1e3 / reps as f64);
-        }
-    }
-}

@@ -6,8 +6,11 @@
 //! *units* of `width` contiguous lanes, so one kernel serves both sides of `W`:
 //! - `Side::Cols` (rows of `W` are the vectors): each row is one vector with `width = 1`, rayon over rows;
 //! - `Side::Rows` (columns are the vectors): a strip of `width` adjacent columns is copied into a
-//!   contiguous `m × width` buffer, where every butterfly and every mix term is a contiguous, SIMD-friendly
-//!   run of `width`-lane rows; rayon over strips.
+//!   contiguous buffer of `m` units, where every butterfly and every mix term is a contiguous,
+//!   SIMD-friendly run of `width`-lane rows; rayon over strips.
+//!
+//! When `k > 1` the butterflies run on a copy whose segments are padded apart by a cache line (see
+//! [`Transform`]), and the mix writes the result back in place.
 //!
 //! `rotate_factor` runs the same kernel in f64 on the dense factor, along rows and then along columns.
 //! The SIMD path uses pulp with run-time dispatch; `simd == false` selects plain loops, kept so the
@@ -124,6 +127,12 @@ impl Real for f64 {
 }
 
 /// Everything one rotation needs, prepared once per call.
+///
+/// The transform runs in two steps on a *work* buffer whose `k` segments (`2^p` units of `width` lanes
+/// each) start every `stride ≥ 2^p·width` values: [`Transform::fwht`] in place, then [`Transform::mix`]
+/// into a contiguous output. The gap between segments is one cache line of padding: without it, the
+/// segments of 14336 (2 KiB apart) or of a 16-lane strip of 14336 rows (32 KiB apart) fall into the same
+/// few L1 sets, and the `k` loads of every mix term evict each other.
 struct Transform<T> {
     /// Segments (`k`) and units per segment (`2^p`).
     k: usize,
@@ -167,25 +176,46 @@ impl<T: Real> Transform<T> {
         }
     }
 
-    /// The unnormalised `(H_k ⊗ H_{2^p})` (or its transpose) applied to `buf`, which holds `k·2^p` units of
-    /// `width` lanes; `scratch` has the same length and is clobbered. The result ends in `buf`.
-    fn apply(&self, buf: &mut [T], scratch: &mut [T], width: usize) {
+    /// Distance between segment starts in a work buffer for `width`-lane units: one segment plus one
+    /// cache line of padding when there is more than one segment.
+    fn stride(&self, width: usize) -> usize {
         let seg = self.q * width;
-        if let Some(arch) = self.arch {
-            arch.dispatch(SimdKernel {
-                t: self,
-                buf,
-                scratch,
-                width,
-            });
+        if self.k > 1 {
+            seg + (LINE_BYTES / size_of::<T>()).max(1)
         } else {
-            for segment in buf.chunks_exact_mut(seg) {
-                fwht_scalar(segment, width);
+            seg
+        }
+    }
+
+    /// Unnormalised Walsh–Hadamard butterflies on each of the `work.len().div_ceil(stride)` segments.
+    fn fwht(&self, work: &mut [T], stride: usize, width: usize) {
+        let seg = self.q * width;
+        match self.arch {
+            Some(arch) => arch.dispatch(FwhtKernel {
+                work,
+                stride,
+                seg,
+                width,
+            }),
+            None => {
+                for start in (0..work.len()).step_by(stride) {
+                    fwht_scalar(&mut work[start..start + seg], width);
+                }
             }
-            if self.k > 1 {
-                mix_scalar(&self.mix, self.k, buf, scratch);
-                buf.copy_from_slice(scratch);
-            }
+        }
+    }
+
+    /// `out[a] = Σ_c mix[a, c] · work[c]` with segments `stride` apart in `work` and contiguous in `out`.
+    fn mix(&self, work: &[T], stride: usize, out: &mut [T]) {
+        match self.arch {
+            Some(arch) => arch.dispatch(MixKernel {
+                mix: &self.mix,
+                k: self.k,
+                src: work,
+                stride,
+                dst: out,
+            }),
+            None => mix_scalar(&self.mix, self.k, work, stride, out),
         }
     }
 }
@@ -244,13 +274,15 @@ fn fwht_scalar<T: Real>(segment: &mut [T], width: usize) {
     }
 }
 
-/// `dst[a] = Σ_c mix[a, c] · src[c]` over segments of `src.len() / k` values, in plain loops.
-fn mix_scalar<T: Real>(mix: &[T], k: usize, src: &[T], dst: &mut [T]) {
-    let seg = src.len() / k;
+/// `dst[a] = Σ_c mix[a, c] · src[c]`, segments `stride` apart in `src` and contiguous in `dst`, in plain
+/// loops.
+fn mix_scalar<T: Real>(mix: &[T], k: usize, src: &[T], stride: usize, dst: &mut [T]) {
+    let seg = dst.len() / k;
     let zero = T::default();
     for (a, out) in dst.chunks_exact_mut(seg).enumerate() {
         out.fill(zero);
-        for (c, input) in src.chunks_exact(seg).enumerate() {
+        for c in 0..k {
+            let input = &src[c * stride..c * stride + seg];
             if mix[a * k + c] > zero {
                 for (o, &x) in out.iter_mut().zip(input) {
                     *o = *o + x;
@@ -264,27 +296,28 @@ fn mix_scalar<T: Real>(mix: &[T], k: usize, src: &[T], dst: &mut [T]) {
     }
 }
 
-/// The SIMD version of [`Transform::apply`], dispatched by pulp to the best instruction set at run time.
-struct SimdKernel<'a, T> {
-    t: &'a Transform<T>,
-    buf: &'a mut [T],
-    scratch: &'a mut [T],
+/// The SIMD butterflies, dispatched by pulp to the best instruction set at run time.
+struct FwhtKernel<'a, T> {
+    work: &'a mut [T],
+    stride: usize,
+    seg: usize,
     width: usize,
 }
 
-impl<T: Real> WithSimd for SimdKernel<'_, T> {
+impl<T: Real> WithSimd for FwhtKernel<'_, T> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
         let Self {
-            t,
-            buf,
-            scratch,
+            work,
+            stride,
+            seg,
             width,
         } = self;
         let lanes = size_of::<T::V<S>>() / size_of::<T>();
-        for segment in buf.chunks_exact_mut(t.q * width) {
+        for start in (0..work.len()).step_by(stride) {
+            let segment = &mut work[start..start + seg];
             let mut span = width;
             if width == 1 && segment.len() >= 8 {
                 wht8(segment);
@@ -292,7 +325,8 @@ impl<T: Real> WithSimd for SimdKernel<'_, T> {
             }
             while span < segment.len() {
                 if span < lanes {
-                    // Blocks narrower than one vector: the first stages of a `width = 1` transform.
+                    // Blocks narrower than one vector: the first stages of a `width = 1` transform
+                    // with wide vectors.
                     stage_scalar(segment, span);
                 } else {
                     for block in segment.chunks_exact_mut(2 * span) {
@@ -303,10 +337,24 @@ impl<T: Real> WithSimd for SimdKernel<'_, T> {
                 span *= 2;
             }
         }
-        if t.k > 1 {
-            mix_simd(simd, &t.mix, t.k, buf, scratch);
-            buf.copy_from_slice(scratch);
-        }
+    }
+}
+
+/// The SIMD mix, dispatched by pulp to the best instruction set at run time.
+struct MixKernel<'a, T> {
+    mix: &'a [T],
+    k: usize,
+    src: &'a [T],
+    stride: usize,
+    dst: &'a mut [T],
+}
+
+impl<T: Real> WithSimd for MixKernel<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
+        mix_simd(simd, self.mix, self.k, self.src, self.stride, self.dst);
     }
 }
 
@@ -326,29 +374,37 @@ fn butterfly_simd<T: Real, S: Simd>(simd: S, x: &mut [T], y: &mut [T]) {
     }
 }
 
-/// `dst[a] = Σ_c mix[a, c] · src[c]` over segments of `src.len() / k` values, by register tiles of
+/// `dst[a] = Σ_c mix[a, c] · src[c]`, segments `stride` apart in `src` and contiguous in `dst`, by register
+/// tiles of
 /// `RA` outputs × `RV` vectors (eight accumulators each): every term costs one multiply-add with no load or
 /// store of an accumulator, the eight independent chains hide the multiply-add latency, and long segments
 /// use wide tiles (`1 × 8`) while short ones (11008's 32-entry segments, 576's 16) share each loaded
 /// vector between several outputs (`2 × 4`, `4 × 2`). Less than one vector at the end: plain loops.
 #[inline(always)]
-fn mix_simd<T: Real, S: Simd>(simd: S, mix: &[T], k: usize, src: &[T], dst: &mut [T]) {
-    let seg = src.len() / k;
+fn mix_simd<T: Real, S: Simd>(
+    simd: S,
+    mix: &[T],
+    k: usize,
+    src: &[T],
+    stride: usize,
+    dst: &mut [T],
+) {
+    let seg = dst.len() / k;
     let lanes = size_of::<T::V<S>>() / size_of::<T>();
     let mut start = 0;
     while start + 2 * lanes <= seg {
-        mix_columns::<T, S, 4, 2>(simd, mix, k, src, dst, start);
+        mix_columns::<T, S, 4, 2>(simd, mix, k, src, stride, dst, start);
         start += 2 * lanes;
     }
     if start + lanes <= seg {
-        mix_columns::<T, S, 8, 1>(simd, mix, k, src, dst, start);
+        mix_columns::<T, S, 8, 1>(simd, mix, k, src, stride, dst, start);
         start += lanes;
     }
     for a in 0..k {
         for t in start..seg {
             let mut sum = T::default();
             for c in 0..k {
-                sum = sum + mix[a * k + c] * src[c * seg + t];
+                sum = sum + mix[a * k + c] * src[c * stride + t];
             }
             dst[a * seg + t] = sum;
         }
@@ -363,15 +419,16 @@ fn mix_columns<T: Real, S: Simd, const RA: usize, const RV: usize>(
     mix: &[T],
     k: usize,
     src: &[T],
+    stride: usize,
     dst: &mut [T],
     start: usize,
 ) {
     let full = k / RA * RA;
     for a0 in (0..full).step_by(RA) {
-        mix_tile::<T, S, RA, RV>(simd, mix, k, src, dst, a0, start);
+        mix_tile::<T, S, RA, RV>(simd, mix, k, src, stride, dst, a0, start);
     }
     for a0 in full..k {
-        mix_tile::<T, S, 1, RV>(simd, mix, k, src, dst, a0, start);
+        mix_tile::<T, S, 1, RV>(simd, mix, k, src, stride, dst, a0, start);
     }
 }
 
@@ -382,16 +439,17 @@ fn mix_tile<T: Real, S: Simd, const RA: usize, const RV: usize>(
     mix: &[T],
     k: usize,
     src: &[T],
+    stride: usize,
     dst: &mut [T],
     a0: usize,
     start: usize,
 ) {
-    let seg = src.len() / k;
+    let seg = dst.len() / k;
     let width = RV * (size_of::<T::V<S>>() / size_of::<T>());
     let zero = T::splat(simd, T::default());
     let mut acc = [[zero; RV]; RA];
-    for (c, in_seg) in src.chunks_exact(seg).enumerate() {
-        let (v, _) = T::split::<S>(&in_seg[start..start + width]);
+    for c in 0..k {
+        let (v, _) = T::split::<S>(&src[c * stride + start..c * stride + start + width]);
         let Ok(v) = <&[T::V<S>; RV]>::try_from(v) else {
             unreachable!("a tile of {RV} vectors spans exactly {width} values")
         };
@@ -430,39 +488,83 @@ fn rotate_rows<T: Real>(t: &Transform<T>, data: &mut [T], cols: usize) {
     if cols == 0 {
         return;
     }
-    let needs_scratch = t.k > 1;
+    let (k, q) = (t.k, t.q);
+    let stride = t.stride(1);
     data.par_chunks_mut(cols).for_each_init(
-        || vec![T::default(); if needs_scratch { cols } else { 0 }],
-        |scratch, row| {
-            if !t.inverse {
-                for (v, &d) in row.iter_mut().zip(&t.scaled_signs) {
-                    *v = *v * d;
+        || vec![T::default(); if k > 1 { k * stride } else { 0 }],
+        |work, row| {
+            if k == 1 {
+                if !t.inverse {
+                    scale_by(row, &t.scaled_signs);
                 }
+                t.fwht(row, q, 1);
+            } else {
+                // Copy into the padded work layout (signed on the way for the forward rotation), then
+                // mix straight back into the row.
+                for (c, seg) in row.chunks_exact(q).enumerate() {
+                    let dst = &mut work[c * stride..c * stride + q];
+                    if t.inverse {
+                        dst.copy_from_slice(seg);
+                    } else {
+                        for ((o, &x), &d) in dst.iter_mut().zip(seg).zip(&t.scaled_signs[c * q..]) {
+                            *o = x * d;
+                        }
+                    }
+                }
+                t.fwht(work, stride, 1);
+                t.mix(work, stride, row);
             }
-            t.apply(row, scratch, 1);
             if t.inverse {
-                for (v, &d) in row.iter_mut().zip(&t.scaled_signs) {
-                    *v = *v * d;
-                }
+                scale_by(row, &t.scaled_signs);
             }
         },
     );
+}
+
+/// `dst ← src` for the short runs (one strip row, a few dozen values) the strip path moves: in blocks of
+/// eight with a length known at compile time, so the copy is a few vector moves rather than a call to
+/// `memmove` per run (measured at a fifth of the 14336-row strip path).
+#[inline(always)]
+fn copy_run<T: Real>(dst: &mut [T], src: &[T]) {
+    let mut dst_blocks = dst.chunks_exact_mut(8);
+    let mut src_blocks = src.chunks_exact(8);
+    for (d, s) in (&mut dst_blocks).zip(&mut src_blocks) {
+        if let (Ok(d), Ok(s)) = (<&mut [T; 8]>::try_from(d), <&[T; 8]>::try_from(s)) {
+            *d = *s;
+        }
+    }
+    for (d, &s) in dst_blocks
+        .into_remainder()
+        .iter_mut()
+        .zip(src_blocks.remainder())
+    {
+        *d = s;
+    }
+}
+
+/// `v ← v ⊙ d`.
+fn scale_by<T: Real>(v: &mut [T], d: &[T]) {
+    for (x, &s) in v.iter_mut().zip(d) {
+        *x = *x * s;
+    }
 }
 
 /// Rotates every column (length `rows`) of the row-major `rows × cols` matrix `data`, strip by strip.
 ///
 /// Columns are processed in batches that stay in the shared cache, in three parallel phases, each with
 /// disjoint writes (so no `unsafe`):
-/// 1. over rows: copy the batch's columns of every row into `stage` (row-major), contiguous reads of `W`
-///    (gathering strips straight from `W` would read one cache line per row at a stride of the whole row,
-///    which the hardware prefetchers do not follow: measured 2× slower for 14336 × 4096);
-/// 2. over strips: gather each strip of `width` columns from `stage` into its contiguous `rows × width`
-///    chunk of `strips`, and transform it there;
+/// 1. over rows: copy the batch's columns of every row into `stage` (row-major, signed for the forward
+///    rotation): contiguous reads of `W`, which the hardware prefetchers follow (gathering strips straight
+///    from `W` reads one cache line per row at a stride of a whole row, and stalls on memory latency);
+/// 2. over strips: gather each strip of `width` columns from `stage` into a padded work buffer (or, with
+///    no mix, straight into its contiguous `rows × width` chunk of `strips`), transform it, and mix it
+///    into that chunk;
 /// 3. over rows: write every strip's row back into `W`.
 fn rotate_cols<T: Real>(t: &Transform<T>, data: &mut [T], rows: usize, cols: usize) {
     if cols == 0 || rows == 0 {
         return;
     }
+    let (k, q) = (t.k, t.q);
     let elem = size_of::<T>();
     let min_width = (LINE_BYTES / elem).max(1);
     let width = (STRIP_BYTES / (2 * rows * elem)) / min_width * min_width;
@@ -497,18 +599,33 @@ fn rotate_cols<T: Real>(t: &Transform<T>, data: &mut [T], rows: usize, cols: usi
             });
 
         let stage: &[T] = stage;
-        strips.par_chunks_mut(rows * width).enumerate().for_each_init(
-            || vec![T::default(); if t.k > 1 { rows * width } else { 0 }],
-            |scratch, (j, buf)| {
-                let w = strip_width(j);
-                let first = j * width;
-                for (unit, staged) in buf.chunks_exact_mut(w).zip(stage.chunks_exact(bc)) {
-                    unit.copy_from_slice(&staged[first..first + w]);
-                }
-                let scratch_len = if t.k > 1 { rows * w } else { 0 };
-                t.apply(buf, &mut scratch[..scratch_len], w);
-            },
-        );
+        strips
+            .par_chunks_mut(rows * width)
+            .enumerate()
+            .for_each_init(
+                || vec![T::default(); if k > 1 { k * t.stride(width) } else { 0 }],
+                |work, (j, chunk)| {
+                    let w = strip_width(j);
+                    let first = j * width;
+                    let staged_rows = stage.chunks_exact(bc).map(|r| &r[first..first + w]);
+                    if k == 1 {
+                        for (unit, staged) in chunk.chunks_exact_mut(w).zip(staged_rows) {
+                            copy_run(unit, staged);
+                        }
+                        t.fwht(chunk, q * w, w);
+                    } else {
+                        // Row i = c·2^p + b of the strip goes to unit b of padded segment c.
+                        let stride = t.stride(w);
+                        let work = &mut work[..k * stride];
+                        for (i, staged) in staged_rows.enumerate() {
+                            let at = (i / q) * stride + (i % q) * w;
+                            copy_run(&mut work[at..at + w], staged);
+                        }
+                        t.fwht(work, stride, w);
+                        t.mix(work, stride, chunk);
+                    }
+                },
+            );
 
         let strips: &[T] = strips;
         data.par_chunks_mut(cols).enumerate().for_each(|(i, row)| {
@@ -522,7 +639,7 @@ fn rotate_cols<T: Real>(t: &Transform<T>, data: &mut [T], rows: usize, cols: usi
                         *o = u * d;
                     }
                 } else {
-                    out.copy_from_slice(unit);
+                    copy_run(out, unit);
                 }
             }
         });

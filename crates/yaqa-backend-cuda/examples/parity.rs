@@ -120,8 +120,8 @@ fn run_cases(backend: &dyn Backend, rows: &mut Vec<Row>) {
         SKETCH_REL,
     );
 
-    // Rotations: 72 = 36·2 (Paley base), 136 = 136·1 → k = 136? The plan picks the smallest constructible
-    // base; either way both sides and both directions run.
+    // Rotations: 72 = 36·2 and 136 = 68·2 both need a Paley base (k = 36, 68), so the mix kernel runs;
+    // both sides and both directions.
     let w = synthetic::weights(m, n, 31);
     for side in [Side::Cols, Side::Rows] {
         for inverse in [false, true] {

@@ -49,8 +49,10 @@ pub fn collect_factors(
         }
     }
     let pb = bar(seqs.len(), what);
-    collect(cpu, model, seqs, seed, &mut set, &mut |d| pb.set_position(d as u64))
-        .context("collecting factors")?;
+    collect(cpu, model, seqs, seed, &mut set, &mut |d| {
+        pb.set_position(d as u64)
+    })
+    .context("collecting factors")?;
     pb.finish_and_clear();
     let mut out: Vec<BTreeMap<LayerId, Factors>> = vec![BTreeMap::new(); count];
     for (id, list) in set {
@@ -91,17 +93,19 @@ fn sketch_a(
 }
 
 pub fn hessian(args: HessianArgs) -> Result<()> {
-    match (args.merge, args.collect) {
-        (Some(HessianCommand::Merge { out, shards }), _) => merge(&out, &shards),
-        (None, Some(c)) => hessian_collect(c),
-        (None, None) => bail!("yaqa hessian needs --model and --out (or the merge subcommand)"),
+    match args.merge {
+        Some(HessianCommand::Merge { out, shards }) => merge(&out, &shards),
+        None => hessian_collect(args.collect),
     }
 }
 
 fn hessian_collect(args: HessianCollect) -> Result<()> {
+    let (Some(model), Some(out)) = (&args.model, &args.out) else {
+        bail!("yaqa hessian needs --model and --out (or the merge subcommand)");
+    };
     let cpu = backend(args.device)?;
     let t0 = Instant::now();
-    let loaded = load_model(&args.model)?;
+    let loaded = load_model(model)?;
     if args.sketch == SketchArg::A && args.passes < 2 {
         bail!("--passes: Sketch A needs at least 2 passes (the reference uses 6)");
     }
@@ -126,9 +130,16 @@ fn hessian_collect(args: HessianCollect) -> Result<()> {
                 SketchKind::Xtx
             };
             let start = vec![empty_factors(&loaded.model, kind)];
-            collect_factors(&cpu, &loaded.model, &seqs, args.calib.seed, start, "sequences")?
-                .pop()
-                .context("no factors collected")?
+            collect_factors(
+                &cpu,
+                &loaded.model,
+                &seqs,
+                args.calib.seed,
+                start,
+                "sequences",
+            )?
+            .pop()
+            .context("no factors collected")?
         }
         SketchArg::A => sketch_a(&cpu, &loaded.model, &seqs, args.calib.seed, args.passes)?,
     };
@@ -139,11 +150,11 @@ fn hessian_collect(args: HessianCollect) -> Result<()> {
         shards: vec![args.shard.to_string()],
         model_fingerprint: loaded.fingerprint.clone(),
     };
-    write_factor_dir(&args.out, &loaded.model, &factors, &prov)?;
+    write_factor_dir(out, &loaded.model, &factors, &prov)?;
     eprintln!(
         "wrote {} factor files to {} in {:.1} s",
         factors.len(),
-        args.out.display(),
+        out.display(),
         t0.elapsed().as_secs_f64()
     );
     Ok(())
@@ -182,7 +193,10 @@ fn merge(out: &Path, shards: &[PathBuf]) -> Result<()> {
             for other_dir in &shards[1..] {
                 let p = other_dir.join(&name);
                 let other = read_factors(&p).with_context(|| {
-                    format!("reading {} (every shard must hold the same layers)", p.display())
+                    format!(
+                        "reading {} (every shard must hold the same layers)",
+                        p.display()
+                    )
                 })?;
                 merge_into(&mut acc, &other, &p)?;
             }
@@ -227,7 +241,10 @@ pub fn quantize(args: QuantizeArgs) -> Result<QuantizeSummary> {
                 })?;
                 picks.insert(id, pick_factor_file(files, params.method, id)?);
             }
-            let first = picks.values().next().context("a model with no linear layers")?;
+            let first = picks
+                .values()
+                .next()
+                .context("a model with no linear layers")?;
             let prov = read_factor_checked(first, &loaded.fingerprint)?.provenance;
             let factors_json = json!({
                 "source": dir.display().to_string(),
@@ -251,10 +268,16 @@ pub fn quantize(args: QuantizeArgs) -> Result<QuantizeSummary> {
             };
             let (seqs, calib) = calibration(&loaded, &args.calib, Shard::default(), &cpu)?;
             let start = vec![empty_factors(&loaded.model, kind)];
-            let factors =
-                collect_factors(&cpu, &loaded.model, &seqs, args.calib.seed, start, "factors")?
-                    .pop()
-                    .context("no factors collected")?;
+            let factors = collect_factors(
+                &cpu,
+                &loaded.model,
+                &seqs,
+                args.calib.seed,
+                start,
+                "factors",
+            )?
+            .pop()
+            .context("no factors collected")?;
             let factors_json = collected_json(kind, &args.calib, &calib);
             let mut load = |id: LayerId| {
                 let f = &factors[&id];
@@ -279,7 +302,9 @@ fn run_quantize(
     loaded: &Loaded,
     params: &yaqa_core::layer::LayerParams,
     factors_json: Value,
-    load: &mut dyn FnMut(LayerId) -> yaqa_model::Result<(yaqa_core::SymMat, Option<yaqa_core::SymMat>)>,
+    load: &mut dyn FnMut(
+        LayerId,
+    ) -> yaqa_model::Result<(yaqa_core::SymMat, Option<yaqa_core::SymMat>)>,
     args: &QuantizeArgs,
 ) -> Result<QuantizeSummary> {
     let t0 = Instant::now();
@@ -380,9 +405,10 @@ pub fn eval_tokens(
             );
         }
         ids.truncate(need);
-        let name = path
-            .file_name()
-            .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into());
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into(),
+        );
         return Ok((ids, name));
     }
     let tf = Transformer::new(&loaded.model, cpu);
@@ -453,13 +479,19 @@ pub fn render_table(base_ppl: f64, rows: &[EvalRow], reference: Option<&str>) ->
         "{:<28} {:>12} {:>10} {:>14}\n",
         "model", "KL(orig‖q)", "PPL", "KL vs ref"
     );
-    s += &format!("{:<28} {:>12} {:>10.3} {:>14}\n", "original", "0", base_ppl, "");
+    s += &format!(
+        "{:<28} {:>12} {:>10.3} {:>14}\n",
+        "original", "0", base_ppl, ""
+    );
     for r in rows {
         let rel = match refkl {
             Some(k) if k > 0.0 => format!("{:+.1}%", 100.0 * (r.kl / k - 1.0)),
             _ => String::new(),
         };
-        s += &format!("{:<28} {:>12.5} {:>10.3} {:>14}\n", r.name, r.kl, r.ppl, rel);
+        s += &format!(
+            "{:<28} {:>12.5} {:>10.3} {:>14}\n",
+            r.name, r.kl, r.ppl, rel
+        );
     }
     s
 }
@@ -548,7 +580,10 @@ pub fn round(args: RoundArgs) -> Result<()> {
         .tensor_f32(&name)
         .with_context(|| format!("reading {name} from {}", args.weights.display()))?;
     let [m, n] = shape[..] else {
-        bail!("{}: {name} is not a matrix: shape {shape:?}", args.weights.display());
+        bail!(
+            "{}: {name} is not a matrix: shape {shape:?}",
+            args.weights.display()
+        );
     };
     let w = Mat::from_vec(m, n, data)?;
     let f = read_factors(&args.factors)
@@ -560,8 +595,15 @@ pub fn round(args: RoundArgs) -> Result<()> {
         args.no_incoherence,
         args.sign_seed,
     );
-    let q = quantize_layer(&cpu, &name, &w, &f.factors.h_in, f.factors.h_out.as_ref(), &params)
-        .with_context(|| format!("rounding {name}"))?;
+    let q = quantize_layer(
+        &cpu,
+        &name,
+        &w,
+        &f.factors.h_in,
+        f.factors.h_out.as_ref(),
+        &params,
+    )
+    .with_context(|| format!("rounding {name}"))?;
     let codes = q
         .codes
         .iter()
@@ -569,7 +611,10 @@ pub fn round(args: RoundArgs) -> Result<()> {
         .collect::<std::result::Result<Vec<u8>, _>>()
         .context("codes above 255")?;
     let tensors = vec![
-        ("w_hat".to_string(), RawTensor::f32s(vec![m, n], &q.w_hat.data)),
+        (
+            "w_hat".to_string(),
+            RawTensor::f32s(vec![m, n], &q.w_hat.data),
+        ),
         (
             "codes".to_string(),
             RawTensor {
@@ -595,7 +640,10 @@ pub fn round(args: RoundArgs) -> Result<()> {
 
 pub fn convert(args: ConvertArgs) -> Result<()> {
     if args.model.is_dir() {
-        bail!("{} is a folder: convert reads a GGUF file", args.model.display());
+        bail!(
+            "{} is a folder: convert reads a GGUF file",
+            args.model.display()
+        );
     }
     let loaded = load_model(&args.model)?;
     write_hf(&loaded.model, &args.out)
@@ -613,7 +661,8 @@ pub fn export(args: ExportArgs) -> Result<()> {
     let cpu = backend(args.device)?;
     let loaded = load_model(&args.model)?;
     let model = dequantized_model(&cpu, &loaded, &args.quantized)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     // bf16 rounds Ŵ (exact values live in the quantized file); norms and embeddings are rounded too.
     let tensors: Vec<(String, RawTensor)> = model
         .hf_tensors()

@@ -108,8 +108,9 @@ fn fetch_model(cache: &Path) -> Result<PathBuf> {
 fn tokenizer(model: &Path) -> Result<Tokenizer> {
     match find_shared("fixtures/smollm2-135m/tokenizer.json") {
         Some(p) => Tokenizer::from_file(&p).with_context(|| format!("loading {}", p.display())),
-        None => checkpoint::tokenizer_for(model, None)
-            .context("rebuilding the tokenizer from the GGUF"),
+        None => {
+            checkpoint::tokenizer_for(model, None).context("rebuilding the tokenizer from the GGUF")
+        }
     }
 }
 
@@ -154,8 +155,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     println!("factors: {:.1} s", t.elapsed().as_secs_f64());
 
     let out_dir = args.cache.join("demo");
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("creating {}", out_dir.display()))?;
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let mut models = Vec::new();
     for (label, method, factors, kind) in [
         ("rtn-int3", MethodArg::Rtn, &xtx, SketchKind::Xtx),

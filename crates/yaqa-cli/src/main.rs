@@ -112,7 +112,7 @@ pub struct HessianArgs {
     #[command(subcommand)]
     pub merge: Option<HessianCommand>,
     #[command(flatten)]
-    pub collect: Option<HessianCollect>,
+    pub collect: HessianCollect,
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,9 +130,9 @@ pub enum HessianCommand {
 
 #[derive(Debug, Args)]
 pub struct HessianCollect {
-    /// The model: a GGUF file or a Hugging Face folder.
+    /// The model: a GGUF file or a Hugging Face folder (required unless merging).
     #[arg(long, value_name = "PATH")]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Which sketch to collect.
     #[arg(long, value_enum, default_value_t = SketchArg::B)]
     pub sketch: SketchArg,
@@ -144,9 +144,9 @@ pub struct HessianCollect {
     /// Collect only shard I of N (0-based) of the calibration sequences; merge shards afterwards.
     #[arg(long, value_name = "I/N", default_value = "0/1")]
     pub shard: yaqa_model::calib::Shard,
-    /// Output folder (one file per layer).
+    /// Output folder, one file per layer (required unless merging).
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
 }

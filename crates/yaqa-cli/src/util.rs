@@ -130,8 +130,8 @@ pub fn layer_params(
 /// The factor files of a folder, by layer and sketch.
 pub fn factor_index(dir: &Path) -> Result<BTreeMap<LayerId, BTreeMap<String, PathBuf>>> {
     let mut index: BTreeMap<LayerId, BTreeMap<String, PathBuf>> = BTreeMap::new();
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("reading factor folder {}", dir.display()))?;
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("reading factor folder {}", dir.display()))?;
     for entry in entries {
         let entry = entry.with_context(|| format!("reading factor folder {}", dir.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();

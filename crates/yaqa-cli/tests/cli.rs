@@ -31,7 +31,9 @@ fn ok(args: &[&str]) -> String {
 #[test]
 fn help_texts() {
     insta::assert_snapshot!("help", ok(&["--help"]));
-    for sub in ["hessian", "quantize", "eval", "round", "convert", "export", "demo"] {
+    for sub in [
+        "hessian", "quantize", "eval", "round", "convert", "export", "demo",
+    ] {
         insta::assert_snapshot!(format!("help_{sub}"), ok(&[sub, "--help"]));
     }
     insta::assert_snapshot!("help_hessian_merge", ok(&["hessian", "merge", "--help"]));
@@ -60,13 +62,22 @@ fn end_to_end_on_a_tiny_model() {
     // Sharded Sketch B collection, merged, equals the unsharded one in sequence count.
     for shard in ["0/2", "1/2"] {
         let out = dir.join(format!("f{}", &shard[..1]));
-        let mut a = vec!["hessian", "--model", m, "--sketch", "b", "--shard", shard, "--out"];
+        let mut a = vec![
+            "hessian", "--model", m, "--sketch", "b", "--shard", shard, "--out",
+        ];
         a.push(s(&out));
         a.extend(calib);
         ok(&a);
     }
     let merged = dir.join("merged");
-    ok(&["hessian", "merge", "--out", s(&merged), s(&dir.join("f0")), s(&dir.join("f1"))]);
+    ok(&[
+        "hessian",
+        "merge",
+        "--out",
+        s(&merged),
+        s(&dir.join("f0")),
+        s(&dir.join("f1")),
+    ]);
     let f = yaqa_model::factor_file::read_factors(
         &merged.join("model.layers.1.mlp.down_proj.b.safetensors"),
     )
@@ -74,13 +85,30 @@ fn end_to_end_on_a_tiny_model() {
     assert_eq!(f.factors.n_seqs, 4);
     assert_eq!(f.provenance.shards, vec!["0/2", "1/2"]);
     // Merging a shard with itself is refused.
-    let twice = yaqa(&["hessian", "merge", "--out", s(&dir.join("bad")), s(&dir.join("f0")), s(&dir.join("f0"))]);
+    let twice = yaqa(&[
+        "hessian",
+        "merge",
+        "--out",
+        s(&dir.join("bad")),
+        s(&dir.join("f0")),
+        s(&dir.join("f0")),
+    ]);
     assert!(!twice.status.success());
     assert!(String::from_utf8_lossy(&twice.stderr).contains("already"));
 
     // Quantize from the merged factors; interrupted + resumed equals uninterrupted.
     let whole = dir.join("whole.safetensors");
-    let base = ["quantize", "--model", m, "--method", "yaqa", "--quantizer", "int3", "--factors", s(&merged)];
+    let base = [
+        "quantize",
+        "--model",
+        m,
+        "--method",
+        "yaqa",
+        "--quantizer",
+        "int3",
+        "--factors",
+        s(&merged),
+    ];
     let mut a = base.to_vec();
     a.extend(["--out", s(&whole)]);
     ok(&a);
@@ -92,47 +120,127 @@ fn end_to_end_on_a_tiny_model() {
     let mut a = base.to_vec();
     a.extend(["--out", s(&resumed)]);
     ok(&a);
-    assert_eq!(std::fs::read(&whole).unwrap(), std::fs::read(&resumed).unwrap());
+    assert_eq!(
+        std::fs::read(&whole).unwrap(),
+        std::fs::read(&resumed).unwrap()
+    );
 
     // RTN collecting its own Σ x xᵀ factors from text.
     let text = dir.join("calib.txt");
     std::fs::write(&text, "abc ".repeat(10)).unwrap();
     let rtn = dir.join("rtn.safetensors");
-    let no_tok = yaqa(&["quantize", "--model", m, "--method", "rtn", "--calib", s(&text), "--out", s(&rtn)]);
-    assert!(!no_tok.status.success(), "a folder without tokenizer.json must fail clearly");
+    let no_tok = yaqa(&[
+        "quantize",
+        "--model",
+        m,
+        "--method",
+        "rtn",
+        "--calib",
+        s(&text),
+        "--out",
+        s(&rtn),
+    ]);
+    assert!(
+        !no_tok.status.success(),
+        "a folder without tokenizer.json must fail clearly"
+    );
     assert!(String::from_utf8_lossy(&no_tok.stderr).contains("tokenizer"));
-    let mut a = vec!["quantize", "--model", m, "--method", "rtn", "--quantizer", "int3", "--out", s(&rtn)];
+    let mut a = vec![
+        "quantize",
+        "--model",
+        m,
+        "--method",
+        "rtn",
+        "--quantizer",
+        "int3",
+        "--out",
+        s(&rtn),
+    ];
     a.extend(calib);
     ok(&a);
 
     // Eval prints a table and writes JSON.
     let json = dir.join("kl.json");
     let table = ok(&[
-        "eval", "--model", m, "--quantized", s(&whole), s(&rtn), "--window", "8", "--n-windows", "2",
-        "--json", s(&json),
+        "eval",
+        "--model",
+        m,
+        "--quantized",
+        s(&whole),
+        s(&rtn),
+        "--window",
+        "8",
+        "--n-windows",
+        "2",
+        "--json",
+        s(&json),
     ]);
-    assert!(table.contains("whole") && table.contains("rtn") && table.contains("KL"), "{table}");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(
+        table.contains("whole") && table.contains("rtn") && table.contains("KL"),
+        "{table}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r["kl"].as_f64().unwrap() > 0.0));
 
     // Export as a bf16 HF folder that loads back.
     let exported = dir.join("exported");
-    ok(&["export", "--model", m, "--quantized", s(&whole), "--out", s(&exported)]);
-    let back = yaqa_model::hf::HfCheckpoint::open(&exported).unwrap().load_model().unwrap();
+    ok(&[
+        "export",
+        "--model",
+        m,
+        "--quantized",
+        s(&whole),
+        "--out",
+        s(&exported),
+    ]);
+    let back = yaqa_model::hf::HfCheckpoint::open(&exported)
+        .unwrap()
+        .load_model()
+        .unwrap();
     assert_eq!(back.layers.len(), 2);
 
     // Errors name the file and the problem.
     let bytes = std::fs::read(&whole).unwrap();
     let cut = dir.join("cut.safetensors");
     std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
-    let bad = yaqa(&["eval", "--model", m, "--quantized", s(&cut), "--window", "8", "--n-windows", "1"]);
+    let bad = yaqa(&[
+        "eval",
+        "--model",
+        m,
+        "--quantized",
+        s(&cut),
+        "--window",
+        "8",
+        "--n-windows",
+        "1",
+    ]);
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(!bad.status.success() && err.contains("cut.safetensors") && err.contains("truncated"), "{err}");
-    let cuda = yaqa(&["quantize", "--model", m, "--out", s(&rtn), "--device", "cuda"]);
+    assert!(
+        !bad.status.success() && err.contains("cut.safetensors") && err.contains("truncated"),
+        "{err}"
+    );
+    let cuda = yaqa(&[
+        "quantize",
+        "--model",
+        m,
+        "--out",
+        s(&rtn),
+        "--device",
+        "cuda",
+    ]);
     assert!(String::from_utf8_lossy(&cuda.stderr).contains("--device cpu"));
-    let shard = yaqa(&["hessian", "--model", m, "--out", s(&merged), "--shard", "2/2"]);
+    let shard = yaqa(&[
+        "hessian",
+        "--model",
+        m,
+        "--out",
+        s(&merged),
+        "--shard",
+        "2/2",
+    ]);
     assert!(String::from_utf8_lossy(&shard.stderr).contains("0 ≤ I < N"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

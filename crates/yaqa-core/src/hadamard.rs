@@ -115,7 +115,11 @@ impl fmt::Debug for BaseMatrix {
 /// `H_{2^a}[i, j]` of the Sylvester matrix of any power-of-two order larger than `i` and `j`.
 #[inline]
 pub fn sylvester_entry(i: usize, j: usize) -> i8 {
-    if (i & j).count_ones().is_multiple_of(2) { 1 } else { -1 }
+    if (i & j).count_ones().is_multiple_of(2) {
+        1
+    } else {
+        -1
+    }
 }
 
 /// A Hadamard matrix of order `order` from the constructions of this file, or `None` if none applies.

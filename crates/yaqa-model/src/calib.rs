@@ -406,7 +406,10 @@ mod tests {
         starts.sort();
         starts.dedup();
         assert_eq!(starts.len(), 30);
-        assert!(all.iter().all(|s| s.ids[0] % 10 == 0 && s.ids[9] == s.ids[0] + 9));
+        assert!(
+            all.iter()
+                .all(|s| s.ids[0] % 10 == 0 && s.ids[9] == s.ids[0] + 9)
+        );
         // Shuffled: not simply the first 30 windows.
         assert_ne!(starts, (0..30).map(|w| w * 10).collect::<Vec<u32>>());
         // The shards together are the whole set.
@@ -415,8 +418,14 @@ mod tests {
             .collect();
         union.sort_by_key(|s| s.index);
         assert_eq!(union, all);
-        assert_eq!(text_windows(&tokens, 10, 30, 5, Shard::default()).unwrap(), all);
-        assert_ne!(text_windows(&tokens, 10, 30, 6, Shard::default()).unwrap(), all);
+        assert_eq!(
+            text_windows(&tokens, 10, 30, 5, Shard::default()).unwrap(),
+            all
+        );
+        assert_ne!(
+            text_windows(&tokens, 10, 30, 6, Shard::default()).unwrap(),
+            all
+        );
         assert!(text_windows(&tokens, 10, 101, 5, Shard::default()).is_err());
     }
 

@@ -53,7 +53,10 @@ pub fn fingerprint(path: &Path) -> Result<String> {
             let head = read_prefix(&file, 8)?;
             let mut n8 = [0u8; 8];
             if head.len() < 8 {
-                return Err(ModelError::format(&file, "shorter than a safetensors header"));
+                return Err(ModelError::format(
+                    &file,
+                    "shorter than a safetensors header",
+                ));
             }
             n8.copy_from_slice(&head);
             hash.update(read_prefix(&file, 8 + u64::from_le_bytes(n8))?);

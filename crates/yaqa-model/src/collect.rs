@@ -95,7 +95,9 @@ pub fn empty_factors<T>(model: &Model<T>, kind: SketchKind) -> BTreeMap<LayerId,
 /// The label seed of calibration sequence `index` in a run with `seed` (recorded in factor files as the
 /// run's seed; this derivation is part of the format).
 pub fn label_seed(seed: u64, index: usize) -> u64 {
-    seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29)
+    seed ^ (index as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .rotate_left(29)
 }
 
 /// Runs `seqs` through `model` and adds them to every list in `factors`. `progress(done)` is called after
@@ -132,10 +134,7 @@ pub fn collect<B: Backend + ModelOps<f32>>(
             LayerId::all(model).len()
         )));
     }
-    let needs_gradients = factors
-        .values()
-        .flatten()
-        .any(|f| f.kind.needs_gradients());
+    let needs_gradients = factors.values().flatten().any(|f| f.kind.needs_gradients());
     let tf = Transformer::new(model, backend);
     let dyn_backend: &dyn Backend = backend;
     for (done, seq) in seqs.iter().enumerate() {
@@ -184,6 +183,9 @@ mod tests {
     use yaqa_core::mat::rel_diff_fro;
     use yaqa_core::reference::Reference;
 
+    /// Explicit `(Σ G_bᵀG_b, Σ G_bG_bᵀ, Σ x xᵀ)` of one layer.
+    type ExplicitSums = (Mat<f64>, Mat<f64>, Mat<f64>);
+
     /// The reference backend sums in f64; the explicit sums below are f64 too, in another order.
     const SUM_REL: f64 = 1e-10;
 
@@ -227,39 +229,49 @@ mod tests {
             })
             .collect();
         let mut calls = 0;
-        collect(&Reference, &model, &seqs, seed, &mut set, &mut |d| calls = d).unwrap();
+        collect(&Reference, &model, &seqs, seed, &mut set, &mut |d| {
+            calls = d
+        })
+        .unwrap();
         assert_eq!(calls, 3);
 
         // Explicit sums from the same visitor output: G_b = Σ_t g_t x_tᵀ, h_in = Σ G_bᵀ G_b,
         // h_out = Σ G_b G_bᵀ, and Σ x xᵀ.
         let tf = Transformer::new(&model, &Reference);
-        let mut want: BTreeMap<LayerId, (Mat<f64>, Mat<f64>, Mat<f64>)> = BTreeMap::new();
+        let mut want: BTreeMap<LayerId, ExplicitSums> = BTreeMap::new();
         for s in &seqs {
-            tf.fisher_backward(&s.ids, 1, label_seed(seed, s.index), &mut |block, kind, x, g| {
-                let (t, n, m) = (x.rows, x.cols, g.cols);
-                let gm = Mat::from_fn(m, n, |o, i| {
-                    (0..t)
-                        .map(|r| g.at(r, o) as f64 * x.at(r, i) as f64)
-                        .sum::<f64>()
-                });
-                let e = want.entry(LayerId { block, kind }).or_insert_with(|| {
-                    (Mat::zeros(n, n), Mat::zeros(m, m), Mat::zeros(n, n))
-                });
-                for i in 0..n {
-                    for j in 0..n {
-                        *e.0.at_mut(i, j) += (0..m).map(|o| gm.at(o, i) * gm.at(o, j)).sum::<f64>();
-                        *e.2.at_mut(i, j) += (0..t)
-                            .map(|r| x.at(r, i) as f64 * x.at(r, j) as f64)
-                            .sum::<f64>();
+            tf.fisher_backward(
+                &s.ids,
+                1,
+                label_seed(seed, s.index),
+                &mut |block, kind, x, g| {
+                    let (t, n, m) = (x.rows, x.cols, g.cols);
+                    let gm = Mat::from_fn(m, n, |o, i| {
+                        (0..t)
+                            .map(|r| g.at(r, o) as f64 * x.at(r, i) as f64)
+                            .sum::<f64>()
+                    });
+                    let e = want
+                        .entry(LayerId { block, kind })
+                        .or_insert_with(|| (Mat::zeros(n, n), Mat::zeros(m, m), Mat::zeros(n, n)));
+                    for i in 0..n {
+                        for j in 0..n {
+                            *e.0.at_mut(i, j) +=
+                                (0..m).map(|o| gm.at(o, i) * gm.at(o, j)).sum::<f64>();
+                            *e.2.at_mut(i, j) += (0..t)
+                                .map(|r| x.at(r, i) as f64 * x.at(r, j) as f64)
+                                .sum::<f64>();
+                        }
                     }
-                }
-                for a in 0..m {
-                    for c in 0..m {
-                        *e.1.at_mut(a, c) += (0..n).map(|i| gm.at(a, i) * gm.at(c, i)).sum::<f64>();
+                    for a in 0..m {
+                        for c in 0..m {
+                            *e.1.at_mut(a, c) +=
+                                (0..n).map(|i| gm.at(a, i) * gm.at(c, i)).sum::<f64>();
+                        }
                     }
-                }
-                Ok(())
-            })
+                    Ok(())
+                },
+            )
             .unwrap();
         }
         assert_eq!(want.len(), 14);
@@ -268,10 +280,7 @@ mod tests {
             assert_eq!(got[0].n_seqs, 3);
             assert_eq!(got[0].n_tokens, 27);
             let d_in = rel_diff_fro(&got[0].h_in.to_dense().data, &h_in.data);
-            let d_out = rel_diff_fro(
-                &got[0].h_out.as_ref().unwrap().to_dense().data,
-                &h_out.data,
-            );
+            let d_out = rel_diff_fro(&got[0].h_out.as_ref().unwrap().to_dense().data, &h_out.data);
             let d_x = rel_diff_fro(&got[1].h_in.to_dense().data, &xtx.data);
             assert!(
                 d_in < SUM_REL && d_out < SUM_REL && d_x < SUM_REL,
@@ -304,6 +313,9 @@ mod tests {
         let first = *set.keys().next().unwrap();
         set.get_mut(&first).unwrap()[0] = Factors::xtx(3);
         let err = collect(&Reference, &model, &seqs, 0, &mut set, &mut |_| {}).unwrap_err();
-        assert!(err.to_string().contains("model.layers.0.self_attn.q_proj"), "{err}");
+        assert!(
+            err.to_string().contains("model.layers.0.self_attn.q_proj"),
+            "{err}"
+        );
     }
 }

@@ -161,7 +161,8 @@ pub fn read_factors(path: &Path) -> Result<FactorFile> {
         .ok_or_else(|| bad(format!("unknown layer name {layer_name:?}")))?;
     let (m, n) = (num("m")? as usize, num("n")? as usize);
     let sketch = string("sketch")?;
-    let kind = parse_sketch_tag(&sketch).ok_or_else(|| bad(format!("unknown sketch {sketch:?}")))?;
+    let kind =
+        parse_sketch_tag(&sketch).ok_or_else(|| bad(format!("unknown sketch {sketch:?}")))?;
     let h_in = packed(&file, "h_in", n)?;
     let h_out = if file.tensors.contains_key("h_out") {
         Some(packed(&file, "h_out", m)?)
@@ -218,7 +219,7 @@ pub fn merge_into(acc: &mut FactorFile, other: &FactorFile, other_path: &Path) -
     let (a, b) = (&acc.provenance, &other.provenance);
     if a.model_fingerprint != b.model_fingerprint {
         return Err(bad(
-            "factors of a different model (fingerprints differ)".into(),
+            "factors of a different model (fingerprints differ)".into()
         ));
     }
     if a.seq_len != b.seq_len || a.calib != b.calib || a.seed != b.seed {
@@ -284,13 +285,19 @@ mod tests {
         assert_eq!(a.provenance.shards, vec!["0/2", "1/2"]);
         // The same shard twice is refused.
         let err = merge_into(&mut a, &b, &p1).unwrap_err().to_string();
-        assert!(err.contains("already") && err.contains("other.safetensors"), "{err}");
+        assert!(
+            err.contains("already") && err.contains("other.safetensors"),
+            "{err}"
+        );
         // A truncated file names itself.
         let bytes = std::fs::read(&p0).unwrap();
         let cut = dir.join("cut.safetensors");
         std::fs::write(&cut, &bytes[..bytes.len() - 5]).unwrap();
         let err = read_factors(&cut).unwrap_err().to_string();
-        assert!(err.contains("cut.safetensors") && err.contains("truncated"), "{err}");
+        assert!(
+            err.contains("cut.safetensors") && err.contains("truncated"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,10 +11,10 @@ use std::path::Path;
 
 use safetensors::Dtype;
 use serde_json::{Map, Value, json};
+use yaqa_core::Mat;
 use yaqa_core::backend::{Backend, Side};
 use yaqa_core::layer::{FittedQuantizer, LayerReport, QuantizedLayer};
 use yaqa_core::quant::int::{IntAsymGroup, IntSym};
-use yaqa_core::Mat;
 
 use crate::collect::LayerId;
 use crate::error::{ModelError, Result};
@@ -74,7 +74,10 @@ fn layer_tensors(id: LayerId, q: &QuantizedLayer) -> Result<(Vec<(String, RawTen
     )];
     let quantizer = match &q.quantizer {
         FittedQuantizer::IntSym(s) => {
-            t.push((format!("{name}.scale"), RawTensor::f32s(vec![1], &[s.scale()])));
+            t.push((
+                format!("{name}.scale"),
+                RawTensor::f32s(vec![1], &[s.scale()]),
+            ));
             json!({"kind": "int-sym", "bits": s.bits()})
         }
         FittedQuantizer::IntAsym(a) => {
@@ -141,9 +144,7 @@ fn header_of(file: &SafetensorsFile, want: &str) -> Result<Value> {
 /// Reads a part's run header, or `None` if the part is unreadable (a resumed run then redoes the layer).
 pub fn part_run(path: &Path) -> Option<Value> {
     let file = SafetensorsFile::open(path).ok()?;
-    header_of(&file, PART_FORMAT)
-        .ok()
-        .map(|h| h["run"].clone())
+    header_of(&file, PART_FORMAT).ok().map(|h| h["run"].clone())
 }
 
 /// Joins the parts (in the order given) into the final file at `out`, with `run` as the run header and
@@ -250,7 +251,10 @@ impl QuantFile {
     fn f32s(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let (info, bytes) = self.file.raw(name, "F32")?;
         if info.shape != shape {
-            return Err(self.bad(format!("{name}: shape {:?}, expected {shape:?}", info.shape)));
+            return Err(self.bad(format!(
+                "{name}: shape {:?}, expected {shape:?}",
+                info.shape
+            )));
         }
         Ok(bytes
             .chunks_exact(4)
@@ -261,7 +265,10 @@ impl QuantFile {
     fn u8s(&self, name: &str, shape: &[usize]) -> Result<Vec<u8>> {
         let (info, bytes) = self.file.raw(name, "U8")?;
         if info.shape != shape {
-            return Err(self.bad(format!("{name}: shape {:?}, expected {shape:?}", info.shape)));
+            return Err(self.bad(format!(
+                "{name}: shape {:?}, expected {shape:?}",
+                info.shape
+            )));
         }
         Ok(bytes.to_vec())
     }

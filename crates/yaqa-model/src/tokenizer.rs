@@ -59,7 +59,9 @@ impl Tokenizer {
         let tokens = strings("tokenizer.ggml.tokens")?;
         let merges = strings("tokenizer.ggml.merges")?;
         let types: Vec<u64> = match gguf.get("tokenizer.ggml.token_type") {
-            Some(GgufValue::Array(items)) => items.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
+            Some(GgufValue::Array(items)) => {
+                items.iter().map(|v| v.as_u64().unwrap_or(1)).collect()
+            }
             _ => vec![1; tokens.len()],
         };
         let mut vocab = Map::new();

@@ -20,6 +20,9 @@ use crate::weights::{LayerWeights, LinearKind, Model};
 /// Receives `(layer, kind, x, g)` for every linear layer during a backward pass.
 pub type PairVisitor<'v, T> = dyn FnMut(usize, LinearKind, &Mat<T>, &Mat<T>) -> Result<()> + 'v;
 
+/// Receives `(layer, kind, x)` for every linear layer during a forward pass.
+pub type InputVisitor<'v, T> = dyn FnMut(usize, LinearKind, &Mat<T>) -> Result<()> + 'v;
+
 /// Rows of logits materialised at a time (bounds memory at `HEAD_CHUNK × vocab` values).
 pub const HEAD_CHUNK: usize = 128;
 
@@ -251,7 +254,7 @@ impl<'a, T: Real, B: ModelOps<T>> Transformer<'a, T, B> {
         &self,
         ids: &[u32],
         batch: usize,
-        visit: &mut dyn FnMut(usize, LinearKind, &Mat<T>) -> Result<()>,
+        visit: &mut InputVisitor<'_, T>,
     ) -> Result<()> {
         let seq = self.check_batch(ids, batch)?;
         let mut h = self.embed(ids);

@@ -33,7 +33,9 @@ fn factors(model: &Model<f32>) -> BTreeMap<LayerId, Factors> {
         .map(|(id, f)| (id, vec![f]))
         .collect();
     collect(&Cpu::default(), model, &seqs, 3, &mut set, &mut |_| {}).unwrap();
-    set.into_iter().map(|(id, mut v)| (id, v.remove(0))).collect()
+    set.into_iter()
+        .map(|(id, mut v)| (id, v.remove(0)))
+        .collect()
 }
 
 fn run(
@@ -89,7 +91,10 @@ fn resumed_run_gives_identical_bytes_and_exact_dequantization() {
         let whole = dir.join("whole.safetensors");
         let o = run(&model, &f, &params, &whole, None);
         assert!(o.finished && o.done.len() == 14 && o.resumed.is_empty());
-        assert!(!parts_dir(&whole).exists(), "parts are removed after assembly");
+        assert!(
+            !parts_dir(&whole).exists(),
+            "parts are removed after assembly"
+        );
 
         let resumed = dir.join("resumed.safetensors");
         let first = run(&model, &f, &params, &resumed, Some(5));
@@ -97,7 +102,11 @@ fn resumed_run_gives_identical_bytes_and_exact_dequantization() {
         assert!(!resumed.exists(), "no final file after an interrupted run");
         let second = run(&model, &f, &params, &resumed, None);
         assert!(second.finished);
-        assert_eq!(second.resumed.len(), 5, "{tag}: finished layers are skipped");
+        assert_eq!(
+            second.resumed.len(),
+            5,
+            "{tag}: finished layers are skipped"
+        );
         assert_eq!(second.done.len(), 9);
         assert_eq!(
             std::fs::read(&whole).unwrap(),
@@ -147,14 +156,20 @@ fn resumed_run_gives_identical_bytes_and_exact_dequantization() {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("different arguments") && err.contains("other.safetensors.parts"), "{err}");
+        assert!(
+            err.contains("different arguments") && err.contains("other.safetensors.parts"),
+            "{err}"
+        );
 
         // A truncated file is reported with its name.
         let bytes = std::fs::read(&whole).unwrap();
         let cut = dir.join("cut.safetensors");
         std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
         let err = QuantFile::open(&cut).unwrap_err().to_string();
-        assert!(err.contains("cut.safetensors") && err.contains("truncated"), "{err}");
+        assert!(
+            err.contains("cut.safetensors") && err.contains("truncated"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
