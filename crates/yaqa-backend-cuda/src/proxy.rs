@@ -1,9 +1,9 @@
 //! Proxy errors on the device (DESIGN.md §4): `tr(Δ h_in Δᵀ h_out)` and the same for `Δ = W`, with two
 //! cuBLAS DGEMMs per quantity and `cuda/proxy.cu`'s deterministic f64 dot.
 //!
-//! f64 rather than SGEMM: the conformance budget `PROXY_REL = 1e-9` compares with the f64 reference, and
-//! differences between rounding methods are small fractions of the baseline, so f32 products would blur
-//! exactly what the number is for. (H100 f64 tensor cores run DGEMM at about 60 TFLOP/s; see NOTES.md.)
+//! f64 rather than SGEMM: differences between rounding methods are small fractions of the baseline, and
+//! on an H100 f64 costs little here, so the device keeps far inside `PROXY_REL` (the CPU backend, where
+//! f64 GEMM is 4× slower, uses f32 products reduced in f64). (H100 f64 tensor cores run DGEMM at about 60 TFLOP/s; see NOTES.md.)
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{Gemm, GemmConfig};

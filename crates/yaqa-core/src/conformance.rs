@@ -17,8 +17,9 @@ use crate::synthetic;
 pub const SKETCH_REL: f64 = 2e-5;
 /// f64 Cholesky against f64 Cholesky: measured ~1e-15, budget 1e-10.
 pub const LDL_REL: f64 = 1e-10;
-/// Proxy error in f64 on both sides: budget 1e-9.
-pub const PROXY_REL: f64 = 1e-9;
+/// Proxy error: f32 GEMMs reduced in f64 (the CPU backend) against f64 throughout: measured ≤ 3.4e-7
+/// relative on 96 × 160 structured data, 5 seeds (x86-64, 2026-11-23); budget 1e-5.
+pub const PROXY_REL: f64 = 1e-5;
 /// f32 rounding against f64 rounding: fraction of codes that may differ (near-ties flip and propagate).
 pub const ROUND_CODE_DISAGREEMENT: f64 = 0.02;
 /// f32 rounding against f64 rounding: relative difference of the two-sided proxy error.

@@ -81,7 +81,13 @@ impl Rng {
     /// A vector of `±1`.
     pub fn signs(&mut self, n: usize) -> Vec<f32> {
         (0..n)
-            .map(|_| if self.next_u64() >> 63 == 0 { 1.0 } else { -1.0 })
+            .map(|_| {
+                if self.next_u64() >> 63 == 0 {
+                    1.0
+                } else {
+                    -1.0
+                }
+            })
             .collect()
     }
 }

@@ -16,7 +16,9 @@ pub fn activations(t: usize, n: usize, decay: f64, seed: u64) -> Mat<f32> {
 pub fn activations_rank(t: usize, n: usize, rank: usize, decay: f64, seed: u64) -> Mat<f32> {
     let mut rng = Rng::derive(seed, "synthetic-activations");
     let mix = Mat::from_fn(rank, n, |_, _| rng.normal());
-    let outliers: Vec<usize> = (0..(n / 64).max(1)).map(|_| rng.below(n as u64) as usize).collect();
+    let outliers: Vec<usize> = (0..(n / 64).max(1))
+        .map(|_| rng.below(n as u64) as usize)
+        .collect();
     let mut x = Mat::<f32>::zeros(t, n);
     let mut z = vec![0.0; rank];
     for row in 0..t {
@@ -64,5 +66,7 @@ pub fn weights(m: usize, n: usize, seed: u64) -> Mat<f32> {
     let col_scale: Vec<f64> = (0..n)
         .map(|_| if rng.next_f64() < 0.02 { 3.0 } else { 1.0 })
         .collect();
-    Mat::from_fn(m, n, |i, j| (0.02 * row_scale[i] * col_scale[j] * rng.normal()) as f32)
+    Mat::from_fn(m, n, |i, j| {
+        (0.02 * row_scale[i] * col_scale[j] * rng.normal()) as f32
+    })
 }

@@ -31,7 +31,7 @@ fn write_safetensors(path: &Path, tensors: &[(String, &str, Vec<usize>, Vec<u8>)
         offset += bytes.len();
     }
     let mut text = serde_json::to_string(&header).unwrap();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
@@ -301,12 +301,12 @@ impl GgufWriter {
             offsets.push(offset);
             offset += (bytes.len() as u64).div_ceil(32) * 32;
         }
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         for (_, _, _, bytes) in &self.tensors {
             out.extend_from_slice(bytes);
-            while out.len() % 32 != 0 {
+            while !out.len().is_multiple_of(32) {
                 out.push(0);
             }
         }
