@@ -6,7 +6,7 @@
 
 use faer::{Accum, Mat as FMat, Par};
 use yaqa_core::backend::ProxyError;
-use yaqa_core::{CoreError, Mat, Result, SymMat};
+use yaqa_core::{Mat, Result, SymMat};
 
 fn dense(h: &SymMat) -> FMat<f32> {
     FMat::from_fn(h.n, h.n, |i, j| h.at(i, j) as f32)
@@ -60,23 +60,7 @@ pub(crate) fn proxy_error(
     h_in: &SymMat,
     h_out: Option<&SymMat>,
 ) -> Result<ProxyError> {
-    w_hat.expect_shape("proxy_error: w_hat vs w", w.rows, w.cols)?;
-    if h_in.n != w.cols {
-        return Err(CoreError::shape(
-            "proxy_error: h_in vs W columns",
-            w.cols,
-            h_in.n,
-        ));
-    }
-    if let Some(h) = h_out
-        && h.n != w.rows
-    {
-        return Err(CoreError::shape(
-            "proxy_error: h_out vs W rows",
-            w.rows,
-            h.n,
-        ));
-    }
+    yaqa_core::backend::check_proxy_inputs(w, w_hat, h_in, h_out)?;
     let h_in = dense(h_in);
     let h_out = h_out.map(dense);
     let wd = FMat::from_fn(w.rows, w.cols, |i, j| w.at(i, j));

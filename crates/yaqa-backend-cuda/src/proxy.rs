@@ -9,7 +9,7 @@ use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use yaqa_core::backend::ProxyError;
-use yaqa_core::{CoreError, Mat, Result, SymMat};
+use yaqa_core::{Mat, Result, SymMat};
 
 use crate::device::{Dev, elementwise, ll};
 use crate::error::CudaError;
@@ -154,23 +154,7 @@ pub(crate) fn proxy_error(
     h_in: &SymMat,
     h_out: Option<&SymMat>,
 ) -> Result<ProxyError> {
-    w_hat.expect_shape("proxy_error: w_hat vs w", w.rows, w.cols)?;
-    if h_in.n != w.cols {
-        return Err(CoreError::shape(
-            "proxy_error: h_in vs W columns",
-            w.cols,
-            h_in.n,
-        ));
-    }
-    if let Some(h) = h_out
-        && h.n != w.rows
-    {
-        return Err(CoreError::shape(
-            "proxy_error: h_out vs W rows",
-            w.rows,
-            h.n,
-        ));
-    }
+    yaqa_core::backend::check_proxy_inputs(w, w_hat, h_in, h_out)?;
     let (m, n) = w.shape();
     let run = || -> Result<ProxyError, CudaError> {
         let wd = dev.upload("W", &w.data)?;

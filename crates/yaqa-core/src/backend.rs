@@ -244,3 +244,33 @@ pub fn check_round_inputs(
     check_finite("round: a_in", &a_in.data)?;
     Ok(())
 }
+
+/// Checks the inputs of [`Backend::proxy_error`] (shared by every backend).
+///
+/// **Errors**: `w_hat` not shaped like `W`, `h_in` not `n × n`, `h_out` not `m × m`.
+pub fn check_proxy_inputs(
+    w: &Mat<f32>,
+    w_hat: &Mat<f32>,
+    h_in: &SymMat,
+    h_out: Option<&SymMat>,
+) -> Result<()> {
+    use crate::error::CoreError;
+    w_hat.expect_shape("proxy_error: w_hat vs w", w.rows, w.cols)?;
+    if h_in.n != w.cols {
+        return Err(CoreError::shape(
+            "proxy_error: h_in vs W columns",
+            w.cols,
+            h_in.n,
+        ));
+    }
+    if let Some(h) = h_out
+        && h.n != w.rows
+    {
+        return Err(CoreError::shape(
+            "proxy_error: h_out vs W rows",
+            w.rows,
+            h.n,
+        ));
+    }
+    Ok(())
+}

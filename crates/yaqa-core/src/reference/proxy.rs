@@ -1,7 +1,7 @@
 //! Reference proxy error `tr(Δ h_in Δᵀ h_out)` by explicit f64 sums (DESIGN.md §4).
 
 use crate::backend::ProxyError;
-use crate::error::{CoreError, Result};
+use crate::error::Result;
 use crate::mat::Mat;
 use crate::sym::SymMat;
 
@@ -38,23 +38,7 @@ pub(super) fn proxy_error(
     h_in: &SymMat,
     h_out: Option<&SymMat>,
 ) -> Result<ProxyError> {
-    w_hat.expect_shape("proxy_error: w_hat vs w", w.rows, w.cols)?;
-    if h_in.n != w.cols {
-        return Err(CoreError::shape(
-            "proxy_error: h_in vs W columns",
-            w.cols,
-            h_in.n,
-        ));
-    }
-    if let Some(h) = h_out
-        && h.n != w.rows
-    {
-        return Err(CoreError::shape(
-            "proxy_error: h_out vs W rows",
-            w.rows,
-            h.n,
-        ));
-    }
+    crate::backend::check_proxy_inputs(w, w_hat, h_in, h_out)?;
     let wd = w.to_f64();
     let delta = Mat::from_fn(w.rows, w.cols, |i, j| wd.at(i, j) - w_hat.at(i, j) as f64);
     Ok(ProxyError {
