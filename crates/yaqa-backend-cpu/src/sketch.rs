@@ -3,25 +3,8 @@
 
 use crate::gemm::{add_lower, gemm, gram_upper, mat, par, view, view_mut};
 use faer::Accum;
-use yaqa_core::{CoreError, Mat, Result, SymMat};
-
-fn check_cols(what: &str, acc: &SymMat, v: &Mat<f32>) -> Result<()> {
-    if acc.n != v.cols {
-        return Err(CoreError::shape(
-            what,
-            format!("{} columns", acc.n),
-            format!("{}×{}", v.rows, v.cols),
-        ));
-    }
-    Ok(())
-}
-
-fn check_tokens(x: &Mat<f32>, g: &Mat<f32>) -> Result<()> {
-    if x.rows != g.rows {
-        return Err(CoreError::shape("tokens in x and g", x.rows, g.rows));
-    }
-    Ok(())
-}
+use yaqa_core::backend::{check_factor_side as check_cols, check_same_tokens as check_tokens};
+use yaqa_core::{Mat, Result, SymMat};
 
 /// A column-major copy of a row-major matrix. faer's GEMM is fastest when the left operand's rows and the
 /// right operand's columns are contiguous (measured 2026-11-23: `G Gᵀ` from one layout ran at 87 GFLOP/s,

@@ -12,7 +12,8 @@
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
-use yaqa_core::{CoreError, Mat, Result, SymMat};
+use yaqa_core::backend::{check_factor_side as check_cols, check_same_tokens as check_tokens};
+use yaqa_core::{Mat, Result, SymMat};
 
 use crate::device::{Dev, elementwise, ll, transpose_config};
 use crate::error::CudaError;
@@ -26,24 +27,6 @@ pub enum SketchPrecision {
     Tf32x3,
     /// Plain f32 FMA on the SIMT cores (`gram_f32`): the cross-check.
     F32,
-}
-
-fn check_cols(what: &str, acc: &SymMat, v: &Mat<f32>) -> Result<()> {
-    if acc.n != v.cols {
-        return Err(CoreError::shape(
-            what,
-            format!("{} columns", acc.n),
-            format!("{}×{}", v.rows, v.cols),
-        ));
-    }
-    Ok(())
-}
-
-fn check_tokens(x: &Mat<f32>, g: &Mat<f32>) -> Result<()> {
-    if x.rows != g.rows {
-        return Err(CoreError::shape("tokens in x and g", x.rows, g.rows));
-    }
-    Ok(())
 }
 
 /// The operands of one `gram_*` launch: `C (p × q) = α · Aᵀ B (+ C)`, A `t × p`, B `t × q`, rows of A

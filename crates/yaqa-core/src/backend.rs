@@ -274,3 +274,28 @@ pub fn check_proxy_inputs(
     }
     Ok(())
 }
+
+/// Checks that `v` (`t × k`, one token per row) matches the order `k` of the factor `acc` it feeds
+/// (shared by every backend's sketch operations).
+pub fn check_factor_side(what: &str, acc: &SymMat, v: &Mat<f32>) -> Result<()> {
+    if acc.n != v.cols {
+        return Err(crate::error::CoreError::shape(
+            what,
+            format!("{} columns", acc.n),
+            format!("{}×{}", v.rows, v.cols),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that layer inputs and output gradients cover the same tokens.
+pub fn check_same_tokens(x: &Mat<f32>, g: &Mat<f32>) -> Result<()> {
+    if x.rows != g.rows {
+        return Err(crate::error::CoreError::shape(
+            "tokens in x and g",
+            x.rows,
+            g.rows,
+        ));
+    }
+    Ok(())
+}

@@ -1,19 +1,9 @@
 //! Reference factor accumulation (DESIGN.md §2), written as the explicit sums in f64.
 
+use crate::backend::check_factor_side as check;
 use crate::error::{CoreError, Result};
 use crate::mat::Mat;
 use crate::sym::SymMat;
-
-fn check(what: &str, acc: &SymMat, v: &Mat<f32>) -> Result<()> {
-    if acc.n != v.cols {
-        return Err(CoreError::shape(
-            what,
-            format!("{} columns", acc.n),
-            format!("{}×{}", v.rows, v.cols),
-        ));
-    }
-    Ok(())
-}
 
 /// `h_in[i][j] += Σ_t x[t][i]·x[t][j]`.
 pub(super) fn accumulate_xtx(h_in: &mut SymMat, x: &Mat<f32>) -> Result<()> {
