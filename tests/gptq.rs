@@ -7,10 +7,11 @@
 //! Data are structured (`yaqa_core::synthetic`): correlated activations with a decaying spectrum and
 //! outlier channels, `H = XᵀX`, and weights with uneven row scales.
 
+use yaqa::core::quant::Exact;
 use yaqa::core::quant::int::{AsymFitParams, IntAsymGroup, IntSym, search_sym_scale, sym_grid_rms};
 use yaqa::core::quant::round_to_nearest;
 use yaqa::core::reference::Reference;
-use yaqa::core::{Backend, CoreError, GptqParams, Mat, Rng, SymMat, TileQuantizer, synthetic};
+use yaqa::core::{Backend, CoreError, GptqParams, Mat, SymMat, TileQuantizer, synthetic};
 use yaqa::cpu::Cpu;
 
 /// Least fraction of codes the CPU backend must share with the reference. The brief asks for 99%; a
@@ -82,31 +83,6 @@ fn sym_grid(w: &Mat<f32>, bits: u32, c: f64) -> IntSym {
     let rms =
         (w.data.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / w.data.len() as f64).sqrt();
     IntSym::new(bits, (c * rms / sym_grid_rms(bits)) as f32).expect("valid grid")
-}
-
-/// A quantizer with infinite precision: returns its input.
-#[derive(Debug)]
-struct Exact;
-
-impl TileQuantizer for Exact {
-    fn name(&self) -> String {
-        "exact".into()
-    }
-    fn bits_per_weight(&self) -> f64 {
-        32.0
-    }
-    fn quantize_tile(
-        &self,
-        _row0: usize,
-        _col0: usize,
-        _rows: usize,
-        _cols: usize,
-        _values: &mut [f32],
-        codes: &mut [u16],
-        _dither: Option<&mut Rng>,
-    ) {
-        codes.fill(0);
-    }
 }
 
 #[test]

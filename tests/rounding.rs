@@ -5,35 +5,11 @@
 
 use yaqa::core::backend::{Backend, RoundOrder, RoundParams};
 use yaqa::core::conformance::synthetic_a;
+use yaqa::core::quant::Exact;
 use yaqa::core::quant::int::IntSym;
 use yaqa::core::reference::Reference;
-use yaqa::core::{Mat, Rng, TileQuantizer, synthetic};
+use yaqa::core::{Mat, TileQuantizer, synthetic};
 use yaqa::cpu::Cpu;
-
-/// A quantizer with infinite precision: returns its input, code 0.
-#[derive(Debug)]
-struct Exact;
-
-impl TileQuantizer for Exact {
-    fn name(&self) -> String {
-        "exact".into()
-    }
-    fn bits_per_weight(&self) -> f64 {
-        32.0
-    }
-    fn quantize_tile(
-        &self,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: &mut [f32],
-        codes: &mut [u16],
-        _: Option<&mut Rng>,
-    ) {
-        codes.iter_mut().for_each(|c| *c = 0);
-    }
-}
 
 fn params(tile_rows: usize, tile_cols: usize, order: RoundOrder) -> RoundParams {
     RoundParams {

@@ -33,61 +33,11 @@ use faer::{Accum, MatMut, MatRef, Par};
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 use yaqa_core::backend::{GptqParams, Rounded};
-use yaqa_core::error::check_finite;
 use yaqa_core::{CoreError, Mat, Result, Rng, SymMat, TileQuantizer};
 
 /// Fewest rows worth a separate parallel chunk in the block phase (below that, rayon's overhead per block
 /// is comparable to the work).
 const MIN_CHUNK_ROWS: usize = 256;
-
-/// Checks the inputs of a GPTQ run (the same contract as the reference, checked independently).
-fn check_inputs(
-    w: &Mat<f32>,
-    h: &SymMat,
-    quantizer: &dyn TileQuantizer,
-    params: &GptqParams,
-) -> Result<()> {
-    let (m, n) = w.shape();
-    if m == 0 || n == 0 {
-        return Err(CoreError::shape(
-            "gptq W",
-            "a non-empty matrix",
-            format!("{m}×{n}"),
-        ));
-    }
-    if h.n != n {
-        return Err(CoreError::shape(
-            "gptq H",
-            format!("{n}×{n} (W is {m}×{n})"),
-            format!("{0}×{0}", h.n),
-        ));
-    }
-    if quantizer.code_dim() != 1 {
-        return Err(CoreError::InvalidParameter {
-            name: "quantizer",
-            value: quantizer.name(),
-            why: "GPTQ rounds one column at a time and needs a scalar quantizer (code_dim 1)"
-                .into(),
-        });
-    }
-    if !(params.damp >= 0.0 && params.damp.is_finite()) {
-        return Err(CoreError::InvalidParameter {
-            name: "damp",
-            value: params.damp.to_string(),
-            why: "damping must be a finite number ≥ 0".into(),
-        });
-    }
-    if params.block_size == 0 {
-        return Err(CoreError::InvalidParameter {
-            name: "block_size",
-            value: "0".into(),
-            why: "the lazy-update block holds at least one column".into(),
-        });
-    }
-    check_finite("gptq W", &w.data)?;
-    check_finite("gptq H", &h.data)?;
-    Ok(())
-}
 
 /// The feedback coefficients `C` (`C_kt = V_kt/V_tt` for `k < t`, zero elsewhere; column-major `n × n`
 /// f32, so column `t` holds the coefficients feeding column `t`) and the pivots `d_t = V_tt²` in processing
@@ -321,7 +271,7 @@ pub(crate) fn gptq(
     quantizer: &dyn TileQuantizer,
     params: &GptqParams,
 ) -> Result<Rounded> {
-    check_inputs(w, h, quantizer, params)?;
+    yaqa_core::backend::check_gptq_inputs(w, h, quantizer, params)?;
     let (m, n) = w.shape();
 
     // Dead columns (zero diagonal): H_ii = 1 and zero weights, as GPTQ does; then λ = damp · mean diag.

@@ -299,3 +299,53 @@ pub fn check_same_tokens(x: &Mat<f32>, g: &Mat<f32>) -> Result<()> {
     }
     Ok(())
 }
+
+/// Checks the inputs of [`Backend::gptq`] (shared by every backend): `h` is `n × n` for a non-empty
+/// `m × n` `w`, both finite, a scalar quantizer, and a usable damping and block size.
+pub fn check_gptq_inputs(
+    w: &Mat<f32>,
+    h: &SymMat,
+    quantizer: &dyn TileQuantizer,
+    params: &GptqParams,
+) -> Result<()> {
+    let (m, n) = w.shape();
+    if m == 0 || n == 0 {
+        return Err(crate::error::CoreError::shape(
+            "gptq W",
+            "a non-empty matrix",
+            format!("{m}×{n}"),
+        ));
+    }
+    if h.n != n {
+        return Err(crate::error::CoreError::shape(
+            "gptq H",
+            format!("{n}×{n} (W is {m}×{n})"),
+            format!("{0}×{0}", h.n),
+        ));
+    }
+    if quantizer.code_dim() != 1 {
+        return Err(crate::error::CoreError::InvalidParameter {
+            name: "quantizer",
+            value: quantizer.name(),
+            why: "GPTQ rounds one column at a time and needs a scalar quantizer (code_dim 1)"
+                .into(),
+        });
+    }
+    if !(params.damp >= 0.0 && params.damp.is_finite()) {
+        return Err(crate::error::CoreError::InvalidParameter {
+            name: "damp",
+            value: params.damp.to_string(),
+            why: "damping must be a finite number ≥ 0".into(),
+        });
+    }
+    if params.block_size == 0 {
+        return Err(crate::error::CoreError::InvalidParameter {
+            name: "block_size",
+            value: "0".into(),
+            why: "the lazy-update block holds at least one column".into(),
+        });
+    }
+    crate::error::check_finite("gptq W", &w.data)?;
+    crate::error::check_finite("gptq H", &h.data)?;
+    Ok(())
+}

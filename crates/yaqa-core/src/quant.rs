@@ -63,3 +63,31 @@ pub fn round_to_nearest(
         pivots: Vec::new(),
     }
 }
+
+/// The quantizer with infinite precision: returns its input and writes code 0. Rounding with it must give
+/// back `W` exactly (DESIGN.md §4's special cases), which is what the identity tests check.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Exact;
+
+impl TileQuantizer for Exact {
+    fn name(&self) -> String {
+        "exact".into()
+    }
+
+    fn bits_per_weight(&self) -> f64 {
+        32.0
+    }
+
+    fn quantize_tile(
+        &self,
+        _row0: usize,
+        _col0: usize,
+        _rows: usize,
+        _cols: usize,
+        _values: &mut [f32],
+        codes: &mut [u16],
+        _dither: Option<&mut Rng>,
+    ) {
+        codes.fill(0);
+    }
+}

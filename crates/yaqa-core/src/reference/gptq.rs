@@ -13,7 +13,7 @@
 //! algorithm.
 
 use crate::backend::{GptqParams, Rounded};
-use crate::error::{CoreError, Result, check_finite};
+use crate::error::{CoreError, Result};
 use crate::mat::Mat;
 use crate::quant::TileQuantizer;
 use crate::rng::Rng;
@@ -38,56 +38,6 @@ pub(super) fn gptq(
     params: &GptqParams,
 ) -> Result<Rounded> {
     gptq_trace(w, h, quantizer, params).map(|trace| trace.rounded)
-}
-
-/// Checks the inputs of a GPTQ run: `h` is `n × n` for an `m × n` `w`, both finite, a scalar quantizer,
-/// and a usable damping and block size.
-fn check_inputs(
-    w: &Mat<f32>,
-    h: &SymMat,
-    quantizer: &dyn TileQuantizer,
-    params: &GptqParams,
-) -> Result<()> {
-    let (m, n) = w.shape();
-    if m == 0 || n == 0 {
-        return Err(CoreError::shape(
-            "gptq W",
-            "a non-empty matrix",
-            format!("{m}×{n}"),
-        ));
-    }
-    if h.n != n {
-        return Err(CoreError::shape(
-            "gptq H",
-            format!("{n}×{n} (W is {m}×{n})"),
-            format!("{0}×{0}", h.n),
-        ));
-    }
-    if quantizer.code_dim() != 1 {
-        return Err(CoreError::InvalidParameter {
-            name: "quantizer",
-            value: quantizer.name(),
-            why: "GPTQ rounds one column at a time and needs a scalar quantizer (code_dim 1)"
-                .into(),
-        });
-    }
-    if !(params.damp >= 0.0 && params.damp.is_finite()) {
-        return Err(CoreError::InvalidParameter {
-            name: "damp",
-            value: params.damp.to_string(),
-            why: "damping must be a finite number ≥ 0".into(),
-        });
-    }
-    if params.block_size == 0 {
-        return Err(CoreError::InvalidParameter {
-            name: "block_size",
-            value: "0".into(),
-            why: "the lazy-update block holds at least one column".into(),
-        });
-    }
-    check_finite("gptq W", &w.data)?;
-    check_finite("gptq H", &h.data)?;
-    Ok(())
 }
 
 /// Lower Cholesky `A = L Lᵀ` by the textbook column recurrence; the error names the failing pivot.
@@ -121,7 +71,7 @@ pub(crate) fn gptq_trace(
     quantizer: &dyn TileQuantizer,
     params: &GptqParams,
 ) -> Result<GptqTrace> {
-    check_inputs(w, h, quantizer, params)?;
+    crate::backend::check_gptq_inputs(w, h, quantizer, params)?;
     let (m, n) = w.shape();
     let mut hd = h.to_dense();
     let mut wd = w.to_f64();
@@ -217,6 +167,7 @@ pub(crate) fn gptq_trace(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::Exact;
     use crate::quant::int::IntSym;
 
     /// Tokens with correlated features and a decaying spectrum: a few latent directions with decaying
@@ -262,30 +213,6 @@ mod tests {
         Mat::from_fn(m, n, |i, _| {
             ((0.3 + (i % 5) as f64 * 0.4) * rng.normal()) as f32
         })
-    }
-
-    /// A quantizer that returns its input (infinite precision).
-    #[derive(Debug)]
-    struct Exact;
-    impl TileQuantizer for Exact {
-        fn name(&self) -> String {
-            "exact".into()
-        }
-        fn bits_per_weight(&self) -> f64 {
-            32.0
-        }
-        fn quantize_tile(
-            &self,
-            _: usize,
-            _: usize,
-            _: usize,
-            _: usize,
-            _: &mut [f32],
-            c: &mut [u16],
-            _: Option<&mut Rng>,
-        ) {
-            c.fill(0);
-        }
     }
 
     /// OPTQ identity (DESIGN.md §9): per row, `‖X(w−q)‖² + λ‖w−q‖² = Σ_t d_t ε_t²` with the run's own pivots
