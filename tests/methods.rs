@@ -4,7 +4,9 @@
 //! Run with `--nocapture` to see the table.
 
 use yaqa::core::backend::{Backend, Side};
-use yaqa::core::layer::{FittedQuantizer, LayerParams, Method, QuantizerSpec, quantize_layer};
+use yaqa::core::layer::{
+    FittedQuantizer, LayerFactors, LayerParams, Method, QuantizerSpec, quantize_layer,
+};
 use yaqa::core::{Mat, SymMat, synthetic};
 use yaqa::cpu::Cpu;
 
@@ -14,6 +16,15 @@ fn layer(m: usize, n: usize, seed: u64) -> (Mat<f32>, SymMat, SymMat) {
         synthetic::factor(n, 1.0, 1000 + seed),
         synthetic::factor(m, 0.9, 2000 + seed),
     )
+}
+
+/// Both sides for YAQA; LDLQ, GPTQ and RTN use `h_in` alone, and every method's scale is searched on `h_in`.
+fn two_sided<'a>(h_in: &'a SymMat, h_out: &'a SymMat) -> LayerFactors<'a> {
+    LayerFactors {
+        h_in,
+        h_out: Some(h_out),
+        xtx: None,
+    }
 }
 
 #[test]
@@ -31,8 +42,8 @@ fn yaqa_beats_ldlq_beats_rtn() {
                     seed,
                     ..LayerParams::default()
                 };
-                let q =
-                    quantize_layer(&cpu, "synthetic", &w, &h_in, Some(&h_out), &params).unwrap();
+                let q = quantize_layer(&cpu, "synthetic", &w, &two_sided(&h_in, &h_out), &params)
+                    .unwrap();
                 q.report.proxy_two_sided.unwrap()
             };
             let [rtn, gptq, ldlq, yaqa] =
@@ -63,7 +74,7 @@ fn rounding_in_the_rotated_basis_comes_back_to_the_original() {
             ..LayerParams::default()
         };
         let cpu = Cpu::default();
-        let q = quantize_layer(&cpu, "l", &w, &h_in, Some(&h_out), &params).unwrap();
+        let q = quantize_layer(&cpu, "l", &w, &two_sided(&h_in, &h_out), &params).unwrap();
         let (Some(s_in), Some(s_out)) = (&q.signs_in, &q.signs_out) else {
             panic!("signs not recorded")
         };
@@ -98,8 +109,7 @@ fn errors_name_the_layer() {
         &Cpu::default(),
         "model.layers.3.mlp.up_proj",
         &w,
-        &h_in,
-        None,
+        &LayerFactors::xtx(&h_in),
         &params,
     )
     .unwrap_err()
@@ -113,8 +123,7 @@ fn errors_name_the_layer() {
         &Cpu::default(),
         "q",
         &w,
-        &h_in,
-        None,
+        &LayerFactors::xtx(&h_in),
         &LayerParams::default(),
     )
     .unwrap_err()
@@ -167,4 +176,66 @@ fn ldlq_is_gptq_in_reverse_column_order() {
         let want = pivots[n - 1 - t];
         assert!((d - want).abs() <= 1e-6 * want, "pivot {t}: {d} vs {want}");
     }
+}
+
+/// DESIGN.md §5: the scale is searched on `Σ x xᵀ` whatever the method's own factors, so LDLQ and YAQA
+/// calibrated on the same tokens get the same grid; a given multiplier skips the search.
+#[test]
+fn every_method_gets_the_scale_of_the_shared_metric() {
+    let cpu = Cpu::default();
+    let params = |method, scale_c| LayerParams {
+        method,
+        quantizer: QuantizerSpec::IntSym { bits: 2 },
+        scale_c,
+        ..LayerParams::default()
+    };
+    let mut own_metric_differs = false;
+    for seed in 0..4 {
+        let (w, xtx, h_out) = layer(32, 64, seed);
+        // Sketch B's input side is another matrix than Σ x xᵀ: sharply decaying here.
+        let h_in_b = synthetic::factor(64, 3.0, 500 + seed);
+        let ldlq = quantize_layer(
+            &cpu,
+            "l",
+            &w,
+            &LayerFactors::xtx(&xtx),
+            &params(Method::Ldlq, None),
+        )
+        .unwrap();
+        let with_xtx = LayerFactors {
+            h_in: &h_in_b,
+            h_out: Some(&h_out),
+            xtx: Some(&xtx),
+        };
+        let yaqa = quantize_layer(&cpu, "l", &w, &with_xtx, &params(Method::Yaqa, None)).unwrap();
+        assert_eq!(ldlq.report.scale_c, yaqa.report.scale_c, "seed {seed}");
+        assert_eq!(ldlq.quantizer, yaqa.quantizer, "seed {seed}");
+        let own = LayerFactors {
+            xtx: None,
+            ..with_xtx
+        };
+        let own = quantize_layer(&cpu, "l", &w, &own, &params(Method::Yaqa, None)).unwrap();
+        own_metric_differs |= own.report.scale_c != yaqa.report.scale_c;
+
+        let c = ldlq.report.scale_c.unwrap() + 0.35;
+        let given =
+            quantize_layer(&cpu, "l", &w, &with_xtx, &params(Method::Yaqa, Some(c))).unwrap();
+        assert_eq!(given.report.scale_c, Some(c));
+        assert_ne!(given.quantizer, yaqa.quantizer);
+    }
+    assert!(
+        own_metric_differs,
+        "the test factors never move the search: it cannot tell which metric was used"
+    );
+    let (w, xtx, _) = layer(32, 64, 0);
+    let err = quantize_layer(
+        &cpu,
+        "l",
+        &w,
+        &LayerFactors::xtx(&xtx),
+        &params(Method::Rtn, Some(0.0)),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("scale"), "{err}");
 }

@@ -12,11 +12,13 @@ use yaqa_backend_cpu::Cpu;
 use yaqa_core::Mat;
 use yaqa_core::layer::{Method, quantize_layer};
 use yaqa_core::sketch::{Factors, SketchKind};
-use yaqa_model::calib::Shard;
+use yaqa_model::calib::{CalibSeq, Shard};
+use yaqa_model::calib_file::{LabelOrigin, RECORD_FILE, RecordHeader, merge_records, write_record};
 use yaqa_model::checkpoint::{self, Loaded};
 use yaqa_model::collect::{FactorSet, LayerId, collect, empty_factors};
-use yaqa_model::eval::{kl_divergence, perplexity};
-use yaqa_model::factor_file::{Provenance, factor_path, merge_into, read_factors, write_factors};
+use yaqa_model::factor_file::{
+    Provenance, factor_path, merge_into, read_factors, sketch_tag, write_factors,
+};
 use yaqa_model::hf::{RawTensor, SafetensorsFile, write_atomic, write_hf, write_safetensors};
 use yaqa_model::pipeline::{quantize_model, run_header};
 use yaqa_model::quant_file::{QuantFile, report_json};
@@ -24,23 +26,45 @@ use yaqa_model::transformer::Transformer;
 use yaqa_model::{Model, Tokenizer};
 
 use crate::util::{
-    backend, bar, calibration, factor_index, layer_params, load_model, pick_factor_file,
-    read_factor_checked,
+    Calibration, backend, bar, calibration_set, factor_index, layer_params, load_model,
+    pick_factor_file, read_factor_checked,
 };
 use crate::{
-    CalibArgs, ConvertArgs, EvalArgs, ExportArgs, HessianArgs, HessianCollect, HessianCommand,
-    QuantizeArgs, RoundArgs, SketchArg,
+    ConvertArgs, EvalArgs, ExportArgs, HessianArgs, HessianCollect, HessianCommand, QuantizeArgs,
+    RoundArgs, SketchArg,
 };
 
 /// Collects `kinds` for every layer over `seqs` with a progress bar; returns one factor per kind.
 pub fn collect_factors(
     cpu: &Cpu,
     model: &Model<f32>,
-    seqs: &[yaqa_model::calib::CalibSeq],
+    seqs: &[CalibSeq],
     seed: u64,
     start: Vec<BTreeMap<LayerId, Factors>>,
     what: &str,
 ) -> Result<Vec<BTreeMap<LayerId, Factors>>> {
+    collect_factors_labelled(cpu, model, seqs, seed, start, what).map(|c| c.sets)
+}
+
+/// What [`collect_factors_labelled`] returns.
+#[derive(Debug)]
+pub struct Collected {
+    /// One factor map per kind started, in order.
+    pub sets: Vec<BTreeMap<LayerId, Factors>>,
+    /// The Fisher labels each sequence's backward used, in `seqs` order (empty when every sketch is
+    /// forward-only).
+    pub labels: Vec<Vec<u32>>,
+}
+
+/// [`collect_factors`], also returning the Fisher labels the backward passes used.
+pub fn collect_factors_labelled(
+    cpu: &Cpu,
+    model: &Model<f32>,
+    seqs: &[CalibSeq],
+    seed: u64,
+    start: Vec<BTreeMap<LayerId, Factors>>,
+    what: &str,
+) -> Result<Collected> {
     let count = start.len();
     let mut set: FactorSet = BTreeMap::new();
     for map in start {
@@ -49,7 +73,7 @@ pub fn collect_factors(
         }
     }
     let pb = bar(seqs.len(), what);
-    collect(cpu, model, seqs, seed, &mut set, &mut |d| {
+    let labels = collect(cpu, model, seqs, seed, &mut set, &mut |d| {
         pb.set_position(d as u64)
     })
     .context("collecting factors")?;
@@ -60,14 +84,24 @@ pub fn collect_factors(
             out[k].insert(id, f);
         }
     }
-    Ok(out)
+    Ok(Collected { sets: out, labels })
 }
 
-/// Runs Sketch A's passes (pass 0 is `Σ x xᵀ`), returning the last pass.
+/// Puts the labels a collection used on their sequences.
+fn attach_labels(seqs: &mut [CalibSeq], labels: Vec<Vec<u32>>) {
+    for (s, l) in seqs.iter_mut().zip(labels) {
+        s.labels = Some(l);
+    }
+}
+
+/// Runs Sketch A's passes (pass 0 is `Σ x xᵀ`), returning the last pass. The labels pass 1 samples (or
+/// the ones the sequences came with) are put on `seqs` and used by every later pass, so the power
+/// iteration runs on one Fisher sample (resampling with the same seeds would draw the same labels, at
+/// the price of one more forward per sequence and pass) and the record holds one `labels` tensor.
 fn sketch_a(
     cpu: &Cpu,
     model: &Model<f32>,
-    seqs: &[yaqa_model::calib::CalibSeq],
+    seqs: &mut [CalibSeq],
     seed: u64,
     passes: u32,
 ) -> Result<BTreeMap<LayerId, Factors>> {
@@ -85,7 +119,13 @@ fn sketch_a(
                 .collect::<Result<_>>()?;
         }
         let label = format!("A pass {pass}");
-        current = collect_factors(cpu, model, seqs, seed, vec![current], &label)?
+        let mut collected =
+            collect_factors_labelled(cpu, model, seqs, seed, vec![current], &label)?;
+        if pass == 1 {
+            attach_labels(seqs, collected.labels);
+        }
+        current = collected
+            .sets
             .pop()
             .context("Sketch A pass produced no factors")?;
     }
@@ -114,13 +154,30 @@ fn hessian_collect(args: HessianCollect) -> Result<()> {
             "--shard with Sketch A is not supported: each pass needs the merged result of the previous one"
         );
     }
-    let (seqs, calib) = calibration(&loaded, &args.calib, args.shard, &cpu)?;
+    let Calibration {
+        mut seqs,
+        source,
+        seq_len,
+        n_seqs,
+        shards,
+        labels: given_labels,
+    } = calibration_set(
+        &loaded,
+        &args.calib,
+        args.calib_ids.calib_ids.as_deref(),
+        args.shard,
+        &cpu,
+    )?;
     eprintln!(
-        "collecting {:?} over {} sequences of {} tokens (shard {}, {calib})",
+        "collecting {:?} over {} sequences of {seq_len} tokens (shard {}, {source}{})",
         args.sketch,
         seqs.len(),
-        args.calib.seq_len,
-        args.shard
+        args.shard,
+        if given_labels.is_some() && args.sketch != SketchArg::Xtx {
+            ", labels from the file"
+        } else {
+            ""
+        }
     );
     let factors = match args.sketch {
         SketchArg::Xtx | SketchArg::B => {
@@ -130,29 +187,51 @@ fn hessian_collect(args: HessianCollect) -> Result<()> {
                 SketchKind::Xtx
             };
             let start = vec![empty_factors(&loaded.model, kind)];
-            collect_factors(
+            let mut collected = collect_factors_labelled(
                 &cpu,
                 &loaded.model,
                 &seqs,
                 args.calib.seed,
                 start,
                 "sequences",
-            )?
-            .pop()
-            .context("no factors collected")?
+            )?;
+            attach_labels(&mut seqs, collected.labels);
+            collected.sets.pop().context("no factors collected")?
         }
-        SketchArg::A => sketch_a(&cpu, &loaded.model, &seqs, args.calib.seed, args.passes)?,
+        SketchArg::A => sketch_a(&cpu, &loaded.model, &mut seqs, args.calib.seed, args.passes)?,
     };
     let prov = Provenance {
         seed: args.calib.seed,
-        seq_len: args.calib.seq_len,
-        calib,
-        shards: vec![args.shard.to_string()],
+        seq_len,
+        calib: source,
+        shards,
         model_fingerprint: loaded.fingerprint.clone(),
     };
     write_factor_dir(out, &loaded.model, &factors, &prov)?;
+    let sketch = match args.sketch {
+        SketchArg::Xtx => SketchKind::Xtx,
+        SketchArg::B => SketchKind::B,
+        SketchArg::A => SketchKind::A {
+            pass: args.passes - 1,
+        },
+    };
+    let record = RecordHeader {
+        seed: prov.seed,
+        seq_len,
+        n_seqs,
+        calib: prov.calib.clone(),
+        shards: prov.shards.clone(),
+        sketch: sketch_tag(sketch),
+        labels: sketch
+            .needs_gradients()
+            .then(|| given_labels.unwrap_or(LabelOrigin::Sampled)),
+        model_fingerprint: prov.model_fingerprint.clone(),
+    };
+    let path = out.join(RECORD_FILE);
+    write_record(&path, &seqs, &record)
+        .with_context(|| format!("writing the calibration record {}", path.display()))?;
     eprintln!(
-        "wrote {} factor files to {} in {:.1} s",
+        "wrote {} factor files and {RECORD_FILE} to {} in {:.1} s",
         factors.len(),
         out.display(),
         t0.elapsed().as_secs_f64()
@@ -180,7 +259,23 @@ pub fn write_factor_dir(
 fn merge(out: &Path, shards: &[PathBuf]) -> Result<()> {
     let first = &shards[0];
     let index = factor_index(first)?;
+    // The calibration records first: they refuse a repeated shard or sequence before any factor file
+    // is written. Folders from before records existed have none; a mixture is refused.
+    let records: Vec<PathBuf> = shards.iter().map(|d| d.join(RECORD_FILE)).collect();
+    let missing: Vec<&PathBuf> = records.iter().filter(|p| !p.is_file()).collect();
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    if missing.is_empty() {
+        let dest = out.join(RECORD_FILE);
+        merge_records(&records, &dest)
+            .with_context(|| format!("merging the calibration records into {}", dest.display()))?;
+    } else if missing.len() < records.len() {
+        bail!(
+            "{} is missing although other shards have one: every shard must come with its record",
+            missing[0].display()
+        );
+    } else {
+        eprintln!("no {RECORD_FILE} in the shards: merging the factors only");
+    }
     let mut written = 0;
     for files in index.values() {
         for path in files.values() {
@@ -214,14 +309,8 @@ fn merge(out: &Path, shards: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// What `quantize` produced (the demo reads it back).
-#[derive(Debug)]
-pub struct QuantizeSummary {
-    pub seconds: f64,
-}
-
 /// Quantizes with factors from a folder or collected on the fly.
-pub fn quantize(args: QuantizeArgs) -> Result<QuantizeSummary> {
+pub fn quantize(args: QuantizeArgs) -> Result<()> {
     let cpu = backend(args.device)?;
     let loaded = load_model(&args.model)?;
     let params = layer_params(
@@ -256,7 +345,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<QuantizeSummary> {
                 let path = &picks[&id];
                 let f = read_factor_checked(path, &fp)
                     .map_err(|e| yaqa_model::ModelError::Input(format!("{e:#}")))?;
-                Ok((f.factors.h_in, f.factors.h_out))
+                Ok(f.factors)
             };
             run_quantize(&cpu, &loaded, &params, factors_json, &mut load, &args)
         }
@@ -266,35 +355,38 @@ pub fn quantize(args: QuantizeArgs) -> Result<QuantizeSummary> {
             } else {
                 SketchKind::Xtx
             };
-            let (seqs, calib) = calibration(&loaded, &args.calib, Shard::default(), &cpu)?;
-            let start = vec![empty_factors(&loaded.model, kind)];
-            let factors = collect_factors(
+            let cal = calibration_set(
+                &loaded,
+                &args.calib,
+                args.calib_ids.calib_ids.as_deref(),
+                Shard::default(),
                 &cpu,
-                &loaded.model,
-                &seqs,
-                args.calib.seed,
-                start,
-                "factors",
-            )?
-            .pop()
-            .context("no factors collected")?;
-            let factors_json = collected_json(kind, &args.calib, &calib);
-            let mut load = |id: LayerId| {
-                let f = &factors[&id];
-                Ok((f.h_in.clone(), f.h_out.clone()))
-            };
+            )?;
+            let seqs = &cal.seqs;
+            let start = vec![empty_factors(&loaded.model, kind)];
+            let factors =
+                collect_factors(&cpu, &loaded.model, seqs, args.calib.seed, start, "factors")?
+                    .pop()
+                    .context("no factors collected")?;
+            let factors_json = collected_json(kind, args.calib.seed, &cal);
+            let mut load = |id: LayerId| Ok(factors[&id].clone());
             run_quantize(&cpu, &loaded, &params, factors_json, &mut load, &args)
         }
     }
 }
 
-/// The provenance of factors collected inside `quantize` or `demo`.
-pub fn collected_json(kind: SketchKind, calib: &CalibArgs, source: &str) -> Value {
-    json!({
+/// The provenance of factors collected inside `quantize`; `labels` says where the Fisher labels came
+/// from when a calibration file gave them.
+pub fn collected_json(kind: SketchKind, seed: u64, cal: &Calibration) -> Value {
+    let mut v = json!({
         "source": "collected",
-        "sketch": yaqa_model::factor_file::sketch_tag(kind),
-        "seed": calib.seed, "seq_len": calib.seq_len, "n_seqs": calib.n_seqs, "calib": source,
-    })
+        "sketch": sketch_tag(kind),
+        "seed": seed, "seq_len": cal.seq_len, "n_seqs": cal.seqs.len(), "calib": cal.source,
+    });
+    if let (Some(origin), true, Value::Object(o)) = (cal.labels, kind.needs_gradients(), &mut v) {
+        o.insert("labels".into(), json!(origin.as_str()));
+    }
+    v
 }
 
 fn run_quantize(
@@ -302,11 +394,9 @@ fn run_quantize(
     loaded: &Loaded,
     params: &yaqa_core::layer::LayerParams,
     factors_json: Value,
-    load: &mut dyn FnMut(
-        LayerId,
-    ) -> yaqa_model::Result<(yaqa_core::SymMat, Option<yaqa_core::SymMat>)>,
+    load: &mut dyn FnMut(LayerId) -> yaqa_model::Result<yaqa_core::sketch::Factors>,
     args: &QuantizeArgs,
-) -> Result<QuantizeSummary> {
+) -> Result<()> {
     let t0 = Instant::now();
     let run = run_header(params, &loaded.fingerprint, factors_json);
     let layers = LayerId::all(&loaded.model);
@@ -317,6 +407,7 @@ fn run_quantize(
         &layers,
         load,
         params,
+        None,
         &run,
         &args.out,
         args.stop_after_layers,
@@ -339,7 +430,7 @@ fn run_quantize(
             outcome.done.len()
         );
     }
-    Ok(QuantizeSummary { seconds })
+    Ok(())
 }
 
 /// The original model with every quantized layer of `file` replaced by its dequantized `Ŵ`.
@@ -442,7 +533,7 @@ pub struct EvalRow {
     pub ppl: f64,
 }
 
-/// KL to the original and perplexity of each model over the same windows.
+/// KL to the original and perplexity of each model over the same windows (the original runs once).
 pub fn eval_models(
     cpu: &Cpu,
     original: &Model<f32>,
@@ -452,24 +543,27 @@ pub fn eval_models(
 ) -> Result<(f64, Vec<EvalRow>)> {
     let batch = 2;
     let tf = Transformer::new(original, cpu);
-    let base = perplexity(&tf, tokens, window, batch).context("perplexity of the original")?;
-    let pb = bar(models.len(), "evaluating");
-    let mut rows = Vec::new();
-    for (name, m) in models {
-        let tq = Transformer::new(m, cpu);
-        let kl = kl_divergence(&tf, &tq, tokens, window, batch)
-            .with_context(|| format!("KL of {name}"))?;
-        let ppl = perplexity(&tq, tokens, window, batch)
-            .with_context(|| format!("perplexity of {name}"))?;
-        rows.push(EvalRow {
+    let tqs: Vec<_> = models
+        .iter()
+        .map(|(_, m)| Transformer::new(m, cpu))
+        .collect();
+    let refs: Vec<_> = tqs.iter().collect();
+    let pb = bar(tokens.len() / window, "evaluating");
+    let c = yaqa_model::eval::compare(&tf, &refs, tokens, window, batch, &mut |d| {
+        pb.set_position(d as u64)
+    })
+    .context("evaluating KL and perplexity")?;
+    pb.finish_and_clear();
+    let rows = models
+        .iter()
+        .zip(&c.models)
+        .map(|((name, _), (kl, ppl))| EvalRow {
             name: name.clone(),
             kl: kl.mean,
             ppl: ppl.ppl,
-        });
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
-    Ok((base.ppl, rows))
+        })
+        .collect();
+    Ok((c.original.ppl, rows))
 }
 
 /// The table as text, with the relative KL against the first row named `reference`.
@@ -599,8 +693,7 @@ pub fn round(args: RoundArgs) -> Result<()> {
         &cpu,
         &name,
         &w,
-        &f.factors.h_in,
-        f.factors.h_out.as_ref(),
+        &f.factors.for_method(params.method),
         &params,
     )
     .with_context(|| format!("rounding {name}"))?;
@@ -660,28 +753,26 @@ pub fn convert(args: ConvertArgs) -> Result<()> {
 pub fn export(args: ExportArgs) -> Result<()> {
     let cpu = backend(args.device)?;
     let loaded = load_model(&args.model)?;
-    let model = dequantized_model(&cpu, &loaded, &args.quantized)?;
+    match args.format {
+        crate::ExportFormat::Bf16 => export_bf16(&cpu, &loaded, &args)?,
+        crate::ExportFormat::Gptq => export_gptq(&loaded, &args)?,
+    }
+    if let Ok(tok) = checkpoint::tokenizer_for(&args.model, None) {
+        let tpath = args.out.join("tokenizer.json");
+        tok.save(&tpath)
+            .with_context(|| format!("writing {}", tpath.display()))?;
+    }
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// `export --format bf16`: the dequantized model, every tensor in bf16.
+fn export_bf16(cpu: &Cpu, loaded: &Loaded, args: &ExportArgs) -> Result<()> {
+    let model = dequantized_model(cpu, loaded, &args.quantized)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     // bf16 rounds Ŵ (exact values live in the quantized file); norms and embeddings are rounded too.
-    let tensors: Vec<(String, RawTensor)> = model
-        .hf_tensors()
-        .into_iter()
-        .map(|(name, shape, data)| {
-            let bytes = data
-                .iter()
-                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-                .collect();
-            (
-                name,
-                RawTensor {
-                    dtype: Dtype::BF16,
-                    shape,
-                    bytes,
-                },
-            )
-        })
-        .collect();
+    let tensors = yaqa_model::hf::half_tensors(&model, yaqa_model::hf::Half::Bf16, |_| false);
     let weights = args.out.join("model.safetensors");
     write_safetensors(&weights, &tensors, "format", "pt")
         .with_context(|| format!("writing {}", weights.display()))?;
@@ -689,12 +780,25 @@ pub fn export(args: ExportArgs) -> Result<()> {
     if let Value::Object(o) = &mut config {
         o.insert("torch_dtype".into(), json!("bfloat16"));
     }
-    write_json(&args.out.join("config.json"), &config)?;
-    if let Ok(tok) = checkpoint::tokenizer_for(&args.model, None) {
-        let tpath = args.out.join("tokenizer.json");
-        tok.save(&tpath)
-            .with_context(|| format!("writing {}", tpath.display()))?;
+    write_json(&args.out.join("config.json"), &config)
+}
+
+/// `export --format gptq`: the codes repacked for the GPTQ loaders (`yaqa_model::gptq_format`).
+fn export_gptq(loaded: &Loaded, args: &ExportArgs) -> Result<()> {
+    let file = &args.quantized;
+    let q = QuantFile::open(file).with_context(|| format!("opening {}", file.display()))?;
+    // Its errors name the quantized file and the layer already.
+    let s = yaqa_model::gptq_format::write_gptq(loaded, &q, &args.out)?;
+    eprintln!(
+        "GPTQ v1 checkpoint: {} layers, int{} groups of {}; float16 scales change the dequantized \
+         weights by at most {:.2e} relative ({})",
+        s.layers, s.bits, s.group_size, s.max_rel_change, s.worst_layer
+    );
+    if s.shifted_groups > 0 {
+        eprintln!(
+            "{} groups with zero-point 0 written as zero-point 1 with codes raised by one (same levels)",
+            s.shifted_groups
+        );
     }
-    eprintln!("wrote {}", args.out.display());
     Ok(())
 }

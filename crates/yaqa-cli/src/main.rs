@@ -6,6 +6,7 @@
 //! Every file and flag boundary is wrapped in `anyhow` context naming what was being read or written.
 
 mod commands;
+mod compare;
 mod demo;
 mod util;
 
@@ -34,7 +35,13 @@ pub enum Command {
     /// Convert a GGUF checkpoint into a Hugging Face safetensors folder (f32).
     Convert(ConvertArgs),
     /// Export a quantized model, dequantized, as a Hugging Face bf16 checkpoint.
+    ///
+    /// With `--format gptq`, export it instead as a GPTQ-packed Hugging Face checkpoint (int32 codes,
+    /// float16 scales) for the GPTQ loaders of transformers and vLLM.
     Export(ExportArgs),
+    /// Quantize one model with several methods and bit widths from one calibration set, and print the KL
+    /// table (resumable).
+    Compare(compare::CompareArgs),
     /// Quantize SmolLM2-135M with RTN, LDLQ and YAQA-B at INT3, data-free, and print the KL table.
     Demo(DemoArgs),
 }
@@ -106,6 +113,20 @@ pub struct CalibArgs {
     pub seed: u64,
 }
 
+/// Calibration sequences from a file of token ids (`hessian` and `quantize`).
+#[derive(Debug, Args, Clone)]
+pub struct CalibIdsArgs {
+    /// Calibration token ids instead of text or sampling: a safetensors file with `input_ids` (I32 or I64,
+    /// [sequences, tokens]) and optionally the Fisher `labels` to use instead of sampled ones (a
+    /// calibration.safetensors written by `yaqa hessian` replays that run)
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["calib", "tokenizer", "n_seqs", "seq_len"]
+    )]
+    pub calib_ids: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct HessianArgs {
@@ -141,10 +162,13 @@ pub struct HessianCollect {
     pub passes: u32,
     #[command(flatten)]
     pub calib: CalibArgs,
+    #[command(flatten)]
+    pub calib_ids: CalibIdsArgs,
     /// Collect only shard I of N (0-based) of the calibration sequences; merge shards afterwards.
     #[arg(long, value_name = "I/N", default_value = "0/1")]
     pub shard: yaqa_model::calib::Shard,
-    /// Output folder, one file per layer (required unless merging).
+    /// Output folder: one factor file per layer, and calibration.safetensors with the token ids and the
+    /// Fisher labels used (required unless merging).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
@@ -176,6 +200,8 @@ pub struct QuantizeArgs {
     pub factors: Option<PathBuf>,
     #[command(flatten)]
     pub calib: CalibArgs,
+    #[command(flatten)]
+    pub calib_ids: CalibIdsArgs,
     /// Output file (safetensors). Finished layers go to OUT.parts/ first; rerunning resumes.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
@@ -263,11 +289,24 @@ pub struct ExportArgs {
     /// Quantized model file.
     #[arg(long, value_name = "FILE")]
     pub quantized: PathBuf,
-    /// Output folder (config.json, bf16 model.safetensors, tokenizer.json).
+    /// Output folder (config.json, model.safetensors, tokenizer.json; quantize_config.json for gptq).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Checkpoint layout.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Bf16)]
+    pub format: ExportFormat,
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
+}
+
+/// The layout `export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// Every weight dequantized and rounded to bf16 (any quantized file).
+    Bf16,
+    /// GPTQ v1 packing of the codes with float16 scales (quantized with --group G --no-incoherence, 2, 4
+    /// or 8 bits).
+    Gptq,
 }
 
 #[derive(Debug, Args)]
@@ -298,11 +337,12 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Hessian(a) => commands::hessian(a),
-        Command::Quantize(a) => commands::quantize(a).map(|_| ()),
+        Command::Quantize(a) => commands::quantize(a),
         Command::Eval(a) => commands::eval(a),
         Command::Round(a) => commands::round(a),
         Command::Convert(a) => commands::convert(a),
         Command::Export(a) => commands::export(a),
+        Command::Compare(a) => compare::run(&a, None).map(|_| ()),
         Command::Demo(a) => demo::run(a),
     };
     match result {

@@ -11,6 +11,7 @@ use yaqa_backend_cpu::Cpu;
 use yaqa_core::layer::{LayerParams, Method, QuantizerSpec};
 use yaqa_core::sketch::SketchKind;
 use yaqa_model::calib::{CalibSeq, Shard, sample_sequences, text_tokens, text_windows};
+use yaqa_model::calib_file::{LabelOrigin, read_calib_file};
 use yaqa_model::checkpoint::{self, Loaded};
 use yaqa_model::collect::LayerId;
 use yaqa_model::factor_file::{FactorFile, parse_sketch_tag, read_factors};
@@ -48,16 +49,70 @@ pub fn load_model(path: &Path) -> Result<Loaded> {
     checkpoint::load(path).with_context(|| format!("loading the model {}", path.display()))
 }
 
-/// The calibration sequences of `shard`: windows of the text files, or sampled from the model.
+/// The calibration sequences of `shard`: windows of the text files, or sampled from the model, with
+/// their source (`text:<file names>` or `data-free`).
 pub fn calibration(
     loaded: &Loaded,
     args: &CalibArgs,
     shard: Shard,
     backend: &Cpu,
 ) -> Result<(Vec<CalibSeq>, String)> {
+    calibration_set(loaded, args, None, shard, backend).map(|c| (c.seqs, c.source))
+}
+
+/// The calibration sequences of one run and what its provenance records about them.
+#[derive(Debug)]
+pub struct Calibration {
+    pub seqs: Vec<CalibSeq>,
+    /// `data-free`, `text:<file names>`, `ids:<file name>`, or the source a calibration record carries.
+    pub source: String,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Sequences in the unsharded calibration set.
+    pub n_seqs: usize,
+    /// The shards of that set `seqs` are: `--shard`, or a record's own shards when it holds only some.
+    pub shards: Vec<String>,
+    /// Where the sequences' labels came from, when a calibration file gave them.
+    pub labels: Option<LabelOrigin>,
+}
+
+/// The calibration sequences of `shard`: from the ids file `ids` when given (its labels, if any, ride
+/// along on the sequences), otherwise as [`calibration`].
+pub fn calibration_set(
+    loaded: &Loaded,
+    args: &CalibArgs,
+    ids: Option<&Path>,
+    shard: Shard,
+    backend: &Cpu,
+) -> Result<Calibration> {
+    if let Some(path) = ids {
+        let file = read_calib_file(path, Some(loaded.model.config.vocab_size))
+            .with_context(|| format!("reading calibration ids {}", path.display()))?;
+        if file.seqs.is_empty() {
+            bail!("{}: no calibration sequences in input_ids", path.display());
+        }
+        // The errors of `select` name the file.
+        let selection = file.select(shard, &loaded.fingerprint, args.seed)?;
+        return Ok(Calibration {
+            seqs: selection.seqs,
+            source: selection.calib,
+            seq_len: file.seq_len,
+            n_seqs: selection.n_seqs,
+            shards: selection.shards,
+            labels: selection.labels,
+        });
+    }
     if args.n_seqs == 0 {
         bail!("--n-seqs must be at least 1");
     }
+    let from = |seqs: Vec<CalibSeq>, source: String| Calibration {
+        seqs,
+        source,
+        seq_len: args.seq_len,
+        n_seqs: args.n_seqs,
+        shards: vec![shard.to_string()],
+        labels: None,
+    };
     if !args.calib.is_empty() {
         let tok = checkpoint::tokenizer_for(&loaded.path, args.tokenizer.as_deref())
             .context("loading the tokenizer for the calibration text")?;
@@ -72,7 +127,7 @@ pub fn calibration(
                     .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
             })
             .collect();
-        return Ok((seqs, format!("text:{}", names.join(","))));
+        return Ok(from(seqs, format!("text:{}", names.join(","))));
     }
     let bos = loaded.model.config.bos_token_id.unwrap_or(1) as u32;
     let tf = Transformer::new(&loaded.model, backend);
@@ -90,7 +145,7 @@ pub fn calibration(
     )
     .context("sampling data-free calibration sequences from the model")?;
     pb.finish_and_clear();
-    Ok((seqs, "data-free".into()))
+    Ok(from(seqs, "data-free".into()))
 }
 
 /// The layer parameters for the quantization flags.

@@ -32,7 +32,7 @@ fn ok(args: &[&str]) -> String {
 fn help_texts() {
     insta::assert_snapshot!("help", ok(&["--help"]));
     for sub in [
-        "hessian", "quantize", "eval", "round", "convert", "export", "demo",
+        "hessian", "quantize", "eval", "round", "convert", "export", "compare", "demo",
     ] {
         insta::assert_snapshot!(format!("help_{sub}"), ok(&[sub, "--help"]));
     }
@@ -202,6 +202,29 @@ fn end_to_end_on_a_tiny_model() {
         .unwrap();
     assert_eq!(back.layers.len(), 2);
 
+    // A GPTQ export of a rotated (incoherence) file is refused, naming file and layer, writing nothing.
+    let gptq = dir.join("gptq");
+    let refused = yaqa(&[
+        "export",
+        "--format",
+        "gptq",
+        "--model",
+        m,
+        "--quantized",
+        s(&whole),
+        "--out",
+        s(&gptq),
+    ]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains("whole.safetensors")
+            && err.contains("model.layers.0.self_attn.q_proj")
+            && err.contains("incoherence"),
+        "{err}"
+    );
+    assert!(!gptq.join("model.safetensors").exists());
+
     // Errors name the file and the problem.
     let bytes = std::fs::read(&whole).unwrap();
     let cut = dir.join("cut.safetensors");
@@ -243,4 +266,88 @@ fn end_to_end_on_a_tiny_model() {
     ]);
     assert!(String::from_utf8_lossy(&shard.stderr).contains("0 ≤ I < N"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn compare_shares_scales_and_resumes() {
+    let dir = scratch("compare");
+    let model_dir = dir.join("model");
+    let model = Model::synthetic(tiny_config(Family::Llama, true), 8);
+    write_hf(&model, &model_dir).unwrap();
+    let work = dir.join("work");
+    let json = dir.join("table.json");
+    let args = [
+        "compare",
+        "--model",
+        s(&model_dir),
+        "--n-seqs",
+        "3",
+        "--seq-len",
+        "10",
+        "--passes",
+        "3",
+        "--bits",
+        "3",
+        "--methods",
+        "rtn,gptq,ldlq,yaqa-a,yaqa-b",
+        "--window",
+        "8",
+        "--n-windows",
+        "2",
+        "--work",
+        s(&work),
+        "--json",
+        s(&json),
+    ];
+    let table = ok(&args);
+    assert!(
+        table.contains("yaqa-b-int3") && table.contains("ldlq-int3"),
+        "{table}"
+    );
+    let first: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = first["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 5);
+    for r in rows {
+        let kl = r["kl"].as_f64().unwrap();
+        assert!(kl > 0.0 && kl.is_finite(), "{r}");
+    }
+
+    // Every method got RTN's scale for every layer.
+    let scales = |label: &str| {
+        yaqa_model::quant_file::QuantFile::open(&work.join(format!("{label}.safetensors")))
+            .unwrap()
+            .scale_multipliers()
+            .unwrap()
+    };
+    let rtn = scales("rtn-int3");
+    assert_eq!(rtn.len(), 14);
+    for label in ["gptq-int3", "ldlq-int3", "yaqa-a-int3", "yaqa-b-int3"] {
+        assert_eq!(scales(label), rtn, "{label}");
+    }
+
+    // Sketch B carries Σ x xᵀ over the same tokens as Sketch A's pass 0.
+    let layer = "model.layers.1.mlp.down_proj";
+    let read = |tag: &str| {
+        yaqa_model::factor_file::read_factors(
+            &work.join(format!("factors/{layer}.{tag}.safetensors")),
+        )
+        .unwrap()
+        .factors
+    };
+    let (b, a0, a2) = (read("b"), read("a-p0"), read("a-p2"));
+    let d = yaqa_core::mat::rel_diff_fro(&b.xtx.as_ref().unwrap().data, &a0.h_in.data);
+    assert!(d < 1e-10, "Sketch B's Σ x xᵀ vs pass 0: {d:e}");
+    assert_eq!(a2.xtx.as_ref(), Some(&a0.h_in));
+
+    // A rerun reuses every factor set and model and reproduces the table.
+    let out = yaqa(&args);
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(log.matches("reusing").count(), 3, "{log}");
+    assert_eq!(log.matches("reused").count(), 5, "{log}");
+    let second: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(first["rows"], second["rows"]);
+    let _ = std::fs::remove_dir_all(&dir);
 }

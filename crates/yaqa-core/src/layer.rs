@@ -2,7 +2,9 @@
 //! LDL) then §4 (round), for every method yaqa compares, with the per-layer report.
 //!
 //! All methods share the preparation and the quantizer's scale, so their proxy errors (and later the
-//! model's KL) differ only by the rounding — the comparison DESIGN.md §5 asks for.
+//! model's KL) differ only by the rounding — the comparison DESIGN.md §5 asks for. The scale of a
+//! symmetric grid is searched on round-to-nearest's output error `tr(Δ Σxxᵀ Δᵀ)` whatever the method's
+//! own factors are, so given the same calibration tokens every method gets the same scale.
 
 use crate::backend::{Backend, GptqParams, RoundParams, Rounded, Side};
 use crate::error::{CoreError, Result, check_finite};
@@ -11,6 +13,7 @@ use crate::ldl::{LdlParams, normalize_mean_diag};
 use crate::mat::Mat;
 use crate::quant::int::{AsymFitParams, IntAsymGroup, IntSym, search_sym_scale};
 use crate::quant::{TileQuantizer, round_to_nearest};
+use crate::sketch::Factors;
 use crate::sym::SymMat;
 
 /// The rounding method.
@@ -40,7 +43,7 @@ impl Method {
 /// Which quantizer to fit to the (rotated) weights.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum QuantizerSpec {
-    /// Symmetric half-integer grid, one scale per matrix searched on RTN's proxy error (DESIGN.md §5).
+    /// Symmetric half-integer grid, one scale per matrix searched on RTN's output error (DESIGN.md §5).
     IntSym { bits: u32 },
     /// Asymmetric with zero-points and per-group scales (GPTQ checkpoint layout), min/max fitted.
     IntAsym {
@@ -78,6 +81,9 @@ pub struct LayerParams {
     pub ldl: LdlParams,
     pub round: RoundParams,
     pub gptq: GptqParams,
+    /// The symmetric grid's scale multiplier `c` (`s = c·RMS(W_r)/RMS(grid)`), when it was chosen
+    /// elsewhere (for example once per layer for several methods); `None` searches it.
+    pub scale_c: Option<f64>,
 }
 
 impl Default for LayerParams {
@@ -98,6 +104,45 @@ impl Default for LayerParams {
                 ..RoundParams::default()
             },
             gptq: GptqParams::default(),
+            scale_c: None,
+        }
+    }
+}
+
+/// One layer's factors as [`quantize_layer`] takes them.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerFactors<'a> {
+    /// The method's input-side factor (`n × n`).
+    pub h_in: &'a SymMat,
+    /// The output-side factor (`m × m`); `None` means `I`.
+    pub h_out: Option<&'a SymMat>,
+    /// `Σ x xᵀ` over the calibration tokens, the metric of the scale search; `None` when `h_in` is
+    /// `Σ x xᵀ` itself (GPTQ/LDLQ factors).
+    pub xtx: Option<&'a SymMat>,
+}
+
+impl Factors {
+    /// The factors `method` rounds against: YAQA takes both sides (and `Σ x xᵀ` for the scale), every
+    /// other method `Σ x xᵀ` alone, which every sketch carries.
+    pub fn for_method(&self, method: Method) -> LayerFactors<'_> {
+        match method {
+            Method::Yaqa => LayerFactors {
+                h_in: &self.h_in,
+                h_out: self.h_out.as_ref(),
+                xtx: self.xtx.as_ref(),
+            },
+            _ => LayerFactors::xtx(self.xtx_sum()),
+        }
+    }
+}
+
+impl<'a> LayerFactors<'a> {
+    /// The GPTQ/LDLQ factors: `h_in = Σ x xᵀ`, `h_out = I`.
+    pub fn xtx(h: &'a SymMat) -> Self {
+        Self {
+            h_in: h,
+            h_out: None,
+            xtx: None,
         }
     }
 }
@@ -136,35 +181,50 @@ pub struct QuantizedLayer {
     pub report: LayerReport,
 }
 
-/// Quantizes one layer. `h_out = None` means `I` (then YAQA is refused: use LDLQ).
+/// Quantizes one layer. `factors.h_out = None` means `I` (then YAQA is refused: use LDLQ).
 ///
-/// **Shapes**: `w` is `m × n`, `h_in` `n × n`, `h_out` `m × m`.
+/// **Shapes**: `w` is `m × n`, `h_in` and `xtx` `n × n`, `h_out` `m × m`.
 /// **Errors**: shapes, non-finite inputs, dimensions without a Hadamard construction, factors that stay
-/// indefinite after damping, YAQA without `h_out`; every error names `name`.
+/// indefinite after damping, YAQA without `h_out`, a given scale multiplier that is not positive; every
+/// error names `name`.
 pub fn quantize_layer(
     backend: &dyn Backend,
     name: &str,
     w: &Mat<f32>,
-    h_in: &SymMat,
-    h_out: Option<&SymMat>,
+    factors: &LayerFactors<'_>,
     params: &LayerParams,
 ) -> Result<QuantizedLayer> {
-    quantize_layer_inner(backend, name, w, h_in, h_out, params).map_err(|e| e.in_layer(name))
+    quantize_layer_inner(backend, name, w, factors, params).map_err(|e| e.in_layer(name))
 }
 
 fn quantize_layer_inner(
     backend: &dyn Backend,
     name: &str,
     w: &Mat<f32>,
-    h_in: &SymMat,
-    h_out: Option<&SymMat>,
+    factors: &LayerFactors<'_>,
     params: &LayerParams,
 ) -> Result<QuantizedLayer> {
+    let LayerFactors { h_in, h_out, xtx } = *factors;
     let (m, n) = w.shape();
     check_finite("weights W", &w.data)?;
     check_finite("h_in", &h_in.data)?;
     if h_in.n != n {
         return Err(CoreError::shape("h_in vs W columns", n, h_in.n));
+    }
+    if let Some(h) = xtx {
+        check_finite("Σ x xᵀ", &h.data)?;
+        if h.n != n {
+            return Err(CoreError::shape("Σ x xᵀ vs W columns", n, h.n));
+        }
+    }
+    if let Some(c) = params.scale_c
+        && !(c > 0.0 && c.is_finite())
+    {
+        return Err(CoreError::InvalidParameter {
+            name: "scale_c",
+            value: c.to_string(),
+            why: "the scale multiplier must be positive and finite".into(),
+        });
     }
     if let Some(h) = h_out {
         check_finite("h_out", &h.data)?;
@@ -188,6 +248,17 @@ fn quantize_layer_inner(
     if let Some(h) = h_out.as_mut() {
         normalize_mean_diag("h_out", h)?;
     }
+    // The scale search's metric, only needed when the scale is searched here.
+    let searches =
+        params.scale_c.is_none() && matches!(params.quantizer, QuantizerSpec::IntSym { .. });
+    let mut metric = match xtx {
+        Some(h) if searches => {
+            let mut h = h.clone();
+            normalize_mean_diag("Σ x xᵀ", &mut h)?;
+            Some(h)
+        }
+        _ => None,
+    };
 
     // 2. Incoherence processing.
     let mut w_r = w.clone();
@@ -200,6 +271,9 @@ fn quantize_layer_inner(
         if let Some(h) = h_out.as_mut() {
             *h = backend.rotate_factor(h, &s_out)?;
         }
+        if let Some(h) = metric.as_mut() {
+            *h = backend.rotate_factor(h, &s_in)?;
+        }
         (Some(s_in), Some(s_out))
     } else {
         (None, None)
@@ -208,7 +282,12 @@ fn quantize_layer_inner(
     // The quantizer, fitted once and shared by every method.
     let (quantizer, scale_c) = match params.quantizer {
         QuantizerSpec::IntSym { bits } => {
-            let (q, c) = search_sym_scale(backend, &w_r, &h_in, h_out.as_ref(), bits)?;
+            let (q, c) = match params.scale_c {
+                Some(c) => (IntSym::for_multiplier(bits, &w_r, c)?, c),
+                None => {
+                    search_sym_scale(backend, &w_r, metric.as_ref().unwrap_or(&h_in), None, bits)?
+                }
+            };
             (FittedQuantizer::IntSym(q), Some(c))
         }
         QuantizerSpec::IntAsym { bits, group_size } => {

@@ -42,6 +42,11 @@ pub struct Factors {
     pub n_tokens: u64,
     /// For Sketch A passes ≥ 1: `1/‖fixed side‖_F²`, the normalisation of DESIGN.md §2.
     pub scale: f64,
+    /// `Σ x xᵀ` over the same tokens, carried by the two-sided sketches (accumulated alongside Sketch B,
+    /// kept from pass 0 by Sketch A): the metric of the scale search every method shares
+    /// ([`crate::layer::LayerFactors::xtx`]). `None` for [`SketchKind::Xtx`] and Sketch A pass 0, whose
+    /// `h_in` is that sum.
+    pub xtx: Option<SymMat>,
 }
 
 impl Factors {
@@ -54,6 +59,7 @@ impl Factors {
             n_seqs: 0,
             n_tokens: 0,
             scale: 1.0,
+            xtx: None,
         }
     }
 
@@ -66,7 +72,14 @@ impl Factors {
             n_seqs: 0,
             n_tokens: 0,
             scale: 1.0,
+            xtx: Some(SymMat::zeros(n)),
         }
+    }
+
+    /// `Σ x xᵀ` over the tokens of these factors: [`Factors::xtx`] for the two-sided sketches, `h_in`
+    /// for the others.
+    pub fn xtx_sum(&self) -> &SymMat {
+        self.xtx.as_ref().unwrap_or(&self.h_in)
     }
 
     /// Empty Sketch A pass-0 factors (`Σ x xᵀ`).
@@ -119,6 +132,7 @@ impl Factors {
             n_seqs: 0,
             n_tokens: 0,
             scale: 1.0 / (fixed_norm * fixed_norm),
+            xtx: Some(self.xtx_sum().clone()),
         })
     }
 
@@ -153,7 +167,10 @@ impl Factors {
                     .h_out
                     .as_mut()
                     .ok_or_else(|| missing_h_out(self.kind))?;
-                backend.accumulate_sketch_b(&mut self.h_in, h_out, x, g)?
+                backend.accumulate_sketch_b(&mut self.h_in, h_out, x, g)?;
+                if let Some(xtx) = self.xtx.as_mut() {
+                    backend.accumulate_xtx(xtx, x)?
+                }
             }
             SketchKind::A { pass } => {
                 let g = need_g()?;
@@ -217,6 +234,16 @@ impl Factors {
                 add_opt(&mut self.h_out, &other.h_out)?;
             }
         }
+        match self.kind {
+            // Sketch A carries pass 0's sum unchanged: shards must agree on it.
+            SketchKind::A { .. } if self.xtx != other.xtx => {
+                return Err(CoreError::IncompatibleShards {
+                    why: "Sketch A shards were started from different Σ x xᵀ".into(),
+                });
+            }
+            SketchKind::A { .. } => {}
+            _ => add_opt_named(&mut self.xtx, &other.xtx, "Σ x xᵀ")?,
+        }
         self.n_seqs += other.n_seqs;
         self.n_tokens += other.n_tokens;
         Ok(())
@@ -232,11 +259,15 @@ fn missing_h_out(kind: SketchKind) -> CoreError {
 }
 
 fn add_opt(a: &mut Option<SymMat>, b: &Option<SymMat>) -> Result<()> {
+    add_opt_named(a, b, "h_out")
+}
+
+fn add_opt_named(a: &mut Option<SymMat>, b: &Option<SymMat>, what: &str) -> Result<()> {
     match (a, b) {
         (Some(a), Some(b)) => a.add_assign(b),
         (None, None) => Ok(()),
         _ => Err(CoreError::IncompatibleShards {
-            why: "one shard has h_out and the other does not".into(),
+            why: format!("one shard has {what} and the other does not"),
         }),
     }
 }

@@ -78,6 +78,10 @@ impl FromStr for Shard {
 pub struct CalibSeq {
     pub index: usize,
     pub ids: Vec<u32>,
+    /// Fisher labels to take the gradients against, one per token, when they were given with the
+    /// sequence (a calibration file's `labels`); `None` means they are sampled from the model with
+    /// [`crate::collect::label_seed`].
+    pub labels: Option<Vec<u32>>,
 }
 
 /// Tokenizes the calibration files in order and concatenates their tokens.
@@ -130,6 +134,7 @@ pub fn text_windows(
         .map(|(index, &w)| CalibSeq {
             index,
             ids: tokens[w * seq_len..(w + 1) * seq_len].to_vec(),
+            labels: None,
         })
         .collect())
 }
@@ -374,12 +379,11 @@ pub fn sample_sequences<B: ModelOps<f32>>(
                 s.push(sample_softmax(logits.row(b), rng));
             }
         }
-        out.extend(
-            group
-                .iter()
-                .zip(seqs)
-                .map(|(&index, ids)| CalibSeq { index, ids }),
-        );
+        out.extend(group.iter().zip(seqs).map(|(&index, ids)| CalibSeq {
+            index,
+            ids,
+            labels: None,
+        }));
         progress(out.len());
     }
     Ok(out)

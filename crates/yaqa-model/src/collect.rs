@@ -5,8 +5,10 @@
 //! `x` as well). When no sketch needs gradients the model only runs forward and every block's linear
 //! inputs are accumulated as soon as the block has run; otherwise each sequence gets a Fisher backward
 //! ([`Transformer::fisher_backward`]) with labels sampled from the model's own softmax, seeded by
-//! [`label_seed`] from the run's seed and the sequence's number. Either way the visitor consumes one
-//! layer's `(x, g)` at a time, so no more than one block's activations are ever alive.
+//! [`label_seed`] from the run's seed and the sequence's number, or against the labels that came with
+//! the sequence ([`CalibSeq::labels`], from a calibration file). Either way the visitor consumes one
+//! layer's `(x, g)` at a time, so no more than one block's activations are ever alive. The labels each
+//! backward used are handed back, so a run can record them and be audited or replayed exactly.
 //!
 //! Sequences go through the model one at a time: Sketch B is per sequence, and this keeps each
 //! sequence's labels independent of how the set was sharded or batched.
@@ -103,8 +105,14 @@ pub fn label_seed(seed: u64, index: usize) -> u64 {
 /// Runs `seqs` through `model` and adds them to every list in `factors`. `progress(done)` is called after
 /// each sequence with the number done.
 ///
+/// When a sketch needs gradients, sequence `s` is backpropagated against `s.labels` if it has them and
+/// otherwise against labels sampled with `label_seed(seed, s.index)`. Returns the labels every backward
+/// used, one list per sequence in the order of `seqs` (empty when every sketch is forward-only); giving
+/// them back as `labels` in another call reproduces the same gradients without sampling.
+///
 /// **Errors**: a layer of the model missing from `factors` (or the other way round), factor shapes that
-/// do not match the weights, non-finite activations or gradients (named by layer), forward errors.
+/// do not match the weights, given labels of the wrong length or out of range, non-finite activations or
+/// gradients (named by layer), forward errors.
 pub fn collect<B: Backend + ModelOps<f32>>(
     backend: &B,
     model: &Model<f32>,
@@ -112,7 +120,7 @@ pub fn collect<B: Backend + ModelOps<f32>>(
     seed: u64,
     factors: &mut FactorSet,
     progress: &mut dyn FnMut(usize),
-) -> Result<()> {
+) -> Result<Vec<Vec<u32>>> {
     for id in LayerId::all(model) {
         let list = factors.get(&id).ok_or_else(|| {
             ModelError::Input(format!("no factors to accumulate for layer {}", id.name()))
@@ -137,20 +145,53 @@ pub fn collect<B: Backend + ModelOps<f32>>(
     let needs_gradients = factors.values().flatten().any(|f| f.kind.needs_gradients());
     let tf = Transformer::new(model, backend);
     let dyn_backend: &dyn Backend = backend;
+    let mut used = Vec::with_capacity(if needs_gradients { seqs.len() } else { 0 });
     for (done, seq) in seqs.iter().enumerate() {
         if needs_gradients {
-            tf.fisher_backward(
-                &seq.ids,
-                1,
-                label_seed(seed, seq.index),
-                &mut |block, kind, x, g| add_pair(dyn_backend, factors, block, kind, x, Some(g)),
-            )?;
+            let visit = &mut |block, kind, x: &Mat<f32>, g: &Mat<f32>| {
+                add_pair(dyn_backend, factors, block, kind, x, Some(g))
+            };
+            match &seq.labels {
+                Some(labels) => {
+                    check_given_labels(seq, model.config.vocab_size)?;
+                    tf.backward(&seq.ids, 1, labels, visit)?;
+                    used.push(labels.clone());
+                }
+                None => {
+                    let fisher =
+                        tf.fisher_backward(&seq.ids, 1, label_seed(seed, seq.index), visit)?;
+                    used.push(fisher.labels);
+                }
+            }
         } else {
             tf.forward_linear_inputs(&seq.ids, 1, &mut |block, kind, x| {
                 add_pair(dyn_backend, factors, block, kind, x, None)
             })?;
         }
         progress(done + 1);
+    }
+    Ok(used)
+}
+
+/// Refuses given labels that cannot belong to `seq`, naming the sequence (the backward would only say
+/// how many labels it got).
+fn check_given_labels(seq: &CalibSeq, vocab_size: usize) -> Result<()> {
+    let Some(labels) = &seq.labels else {
+        return Ok(());
+    };
+    if labels.len() != seq.ids.len() {
+        return Err(ModelError::Input(format!(
+            "calibration sequence {}: {} labels for {} tokens",
+            seq.index,
+            labels.len(),
+            seq.ids.len()
+        )));
+    }
+    if let Some(&bad) = labels.iter().find(|&&l| l as usize >= vocab_size) {
+        return Err(ModelError::Input(format!(
+            "calibration sequence {}: label {bad} ≥ vocab size {vocab_size}",
+            seq.index
+        )));
     }
     Ok(())
 }
@@ -196,6 +237,7 @@ mod tests {
                 ids: (0..9)
                     .map(|t| ((t * 7 + index * 13 + 1) as u32) % vocab)
                     .collect(),
+                labels: None,
             })
             .collect()
     }
@@ -300,6 +342,74 @@ mod tests {
             let d = rel_diff_fro(&list[0].h_in.data, &set[id][1].h_in.data);
             assert!(d < SUM_REL, "{}: {d:e}", id.name());
         }
+    }
+
+    fn sketch_b_set(model: &Model<f32>) -> FactorSet {
+        empty_factors(model, SketchKind::B)
+            .into_iter()
+            .map(|(id, f)| (id, vec![f]))
+            .collect()
+    }
+
+    #[test]
+    fn the_labels_used_are_handed_back_and_given_labels_replace_sampling() {
+        let model = Model::synthetic(tiny_config(Family::Llama, true), 6);
+        let mut seqs = seqs(model.config.vocab_size as u32);
+        let seed = 12;
+        let mut sampled = sketch_b_set(&model);
+        let used = collect(&Reference, &model, &seqs, seed, &mut sampled, &mut |_| {}).unwrap();
+        // One label per token, exactly the ones the Fisher backward samples for that sequence.
+        let tf = Transformer::new(&model, &Reference);
+        assert_eq!(used.len(), seqs.len());
+        for (s, labels) in seqs.iter().zip(&used) {
+            let fisher = tf
+                .fisher_backward(&s.ids, 1, label_seed(seed, s.index), &mut |_, _, _, _| {
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(&fisher.labels, labels);
+        }
+        // Given back, they replace sampling: the same factors bit for bit, whatever the seed.
+        for (s, labels) in seqs.iter_mut().zip(&used) {
+            s.labels = Some(labels.clone());
+        }
+        let mut given = sketch_b_set(&model);
+        let again = collect(&Reference, &model, &seqs, seed + 1, &mut given, &mut |_| {}).unwrap();
+        assert_eq!(again, used);
+        assert_eq!(given, sampled);
+        // Other labels give other gradients.
+        for s in &mut seqs {
+            let l = s.labels.as_mut().unwrap();
+            l[3] = (l[3] + 1) % model.config.vocab_size as u32;
+        }
+        let mut changed = sketch_b_set(&model);
+        collect(&Reference, &model, &seqs, seed, &mut changed, &mut |_| {}).unwrap();
+        for (id, list) in &changed {
+            assert_ne!(list[0].h_out, sampled[id][0].h_out, "{}", id.name());
+        }
+        // Forward-only collection uses no labels; bad given labels are refused with the sequence.
+        let mut fwd: FactorSet = empty_factors(&model, SketchKind::Xtx)
+            .into_iter()
+            .map(|(id, f)| (id, vec![f]))
+            .collect();
+        assert!(
+            collect(&Reference, &model, &seqs, seed, &mut fwd, &mut |_| {})
+                .unwrap()
+                .is_empty()
+        );
+        seqs[1].labels.as_mut().unwrap().pop();
+        let err = collect(&Reference, &model, &seqs, seed, &mut changed, &mut |_| {}).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("sequence 5: 8 labels for 9 tokens"),
+            "{err}"
+        );
+        seqs[1].labels = Some(vec![37; 9]);
+        let err = collect(&Reference, &model, &seqs, seed, &mut changed, &mut |_| {}).unwrap_err();
+        assert!(
+            err.to_string().contains("label 37 ≥ vocab size 37"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -57,6 +57,15 @@ pub enum ModelError {
     /// The tokenizer library refused the file or the text.
     #[error("{path}: tokenizer: {why}")]
     Tokenizer { path: PathBuf, why: String },
+    /// A layer or tensor that a file is valid for but an export format cannot hold (a rotated layer
+    /// for GPTQ, a zero-point it has no encoding for).
+    #[error("{path}: {layer} cannot be written as {format}: {why}")]
+    NotExportable {
+        path: PathBuf,
+        layer: String,
+        format: &'static str,
+        why: String,
+    },
     /// Bad arguments to a model computation (token ids out of range, ragged batches).
     #[error("invalid input: {0}")]
     Input(String),

@@ -129,39 +129,116 @@ pub fn kl_divergence<T: Real, B: ModelOps<T>>(
     window: usize,
     batch_windows: usize,
 ) -> Result<KlReport> {
-    if original.model.config.vocab_size != quantized.model.config.vocab_size {
+    let mut c = compare(
+        original,
+        &[quantized],
+        tokens,
+        window,
+        batch_windows,
+        &mut |_| {},
+    )?;
+    Ok(c.models.remove(0).0)
+}
+
+/// [`compare`]'s result: the original's perplexity and, per quantized model, its KL and perplexity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comparison {
+    pub original: Perplexity,
+    pub models: Vec<(KlReport, Perplexity)>,
+}
+
+/// KL to the original and perplexity of several models over the same windows, running the original once
+/// per window and each model once (the KL and the perplexity come from the same logits).
+/// `progress(windows_done)` is called after each group of windows.
+///
+/// **Errors**: a model whose vocabulary differs from the original's, or any forward error.
+pub fn compare<T: Real, B: ModelOps<T>>(
+    original: &Transformer<'_, T, B>,
+    quantized: &[&Transformer<'_, T, B>],
+    tokens: &[u32],
+    window: usize,
+    batch_windows: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Comparison> {
+    if quantized
+        .iter()
+        .any(|q| q.model.config.vocab_size != original.model.config.vocab_size)
+    {
         return Err(ModelError::Input(
-            "the two models have different vocabularies".into(),
+            "the models have different vocabularies".into(),
         ));
     }
     let wins = windows(tokens, window)?;
-    let mut per_position = Vec::with_capacity(wins.len() * window);
+    let mut kl: Vec<Vec<f64>> = vec![Vec::with_capacity(tokens.len()); quantized.len()];
+    // Next-token NLL per window and model; index 0 is the original.
+    let mut nll: Vec<Vec<f64>> = vec![Vec::with_capacity(wins.len()); quantized.len() + 1];
+    let ops = original.ops;
     for group in wins.chunks(batch_windows.max(1)) {
         let ids: Vec<u32> = group.concat();
         let h_orig = original.forward(&ids, group.len(), &mut |_, _| {})?;
-        let h_quant = quantized.forward(&ids, group.len(), &mut |_, _| {})?;
+        let h_quant = quantized
+            .iter()
+            .map(|q| q.forward(&ids, group.len(), &mut |_, _| {}))
+            .collect::<Result<Vec<_>>>()?;
+        // Summed NLL of each window of this group, per model.
+        let mut sums = vec![vec![0.0; group.len()]; quantized.len() + 1];
         let mut start = 0;
         while start < h_orig.rows {
             let end = (start + crate::transformer::HEAD_CHUNK).min(h_orig.rows);
-            let ops = original.ops;
-            let lp = ops.linear(
-                &crate::transformer::rows_of(&h_orig, start, end),
-                original.model.head(),
-                None,
-            )?;
-            let lq = ops.linear(
-                &crate::transformer::rows_of(&h_quant, start, end),
-                quantized.model.head(),
-                None,
-            )?;
+            let head = |tf: &Transformer<'_, T, B>, h: &Mat<T>| {
+                ops.linear(
+                    &crate::transformer::rows_of(h, start, end),
+                    tf.model.head(),
+                    None,
+                )
+                .map_err(ModelError::from)
+            };
+            let lp = head(original, &h_orig)?;
+            let lq = quantized
+                .iter()
+                .zip(&h_quant)
+                .map(|(q, h)| head(q, h))
+                .collect::<Result<Vec<_>>>()?;
             for r in 0..lp.rows {
-                per_position.push(kl_row(lp.row(r), lq.row(r)));
+                let row = start + r;
+                let (w, t) = (row / window, row % window);
+                let target = (t + 1 < window).then(|| ids[row + 1] as usize);
+                if let Some(y) = target {
+                    sums[0][w] += logsumexp(lp.row(r)) - lp.row(r)[y].to_f64();
+                }
+                for (k, l) in lq.iter().enumerate() {
+                    kl[k].push(kl_row(lp.row(r), l.row(r)));
+                    if let Some(y) = target {
+                        sums[k + 1][w] += logsumexp(l.row(r)) - l.row(r)[y].to_f64();
+                    }
+                }
             }
             start = end;
         }
+        for (all, s) in nll.iter_mut().zip(&sums) {
+            all.extend(s.iter().map(|v| v / (window - 1) as f64));
+        }
+        progress(nll[0].len());
     }
-    let mean = per_position.iter().sum::<f64>() / per_position.len() as f64;
-    Ok(KlReport { per_position, mean })
+    let ppl = |window_nll: Vec<f64>| {
+        let mean_nll = window_nll.iter().sum::<f64>() / window_nll.len() as f64;
+        Perplexity {
+            window_nll,
+            mean_nll,
+            ppl: mean_nll.exp(),
+        }
+    };
+    let mut nll = nll.into_iter();
+    let original = ppl(nll.next().unwrap_or_default());
+    let models = kl
+        .into_iter()
+        .zip(nll)
+        .map(|(per_position, window_nll)| {
+            let mean = per_position.iter().sum::<f64>() / per_position.len() as f64;
+            (KlReport { per_position, mean }, ppl(window_nll))
+        })
+        .collect();
+    Ok(Comparison { original, models })
 }
 
 #[cfg(test)]
@@ -223,5 +300,13 @@ mod tests {
         assert!((p.window_nll[0] - mean0).abs() < 1e-6);
         assert!((p.ppl - p.mean_nll.exp()).abs() < 1e-9);
         assert!(windows(&tokens, 100).is_err());
+        // One comparison of several models gives each model's own KL and perplexity.
+        let c = compare(&tf, &[&tq, &tf], &tokens, 8, 4, &mut |_| {}).unwrap();
+        assert!((c.original.mean_nll - p.mean_nll).abs() < 1e-9);
+        assert_eq!(c.models[0].0, kl);
+        let pq = perplexity(&tq, &tokens, 8, 4).unwrap();
+        assert!((c.models[0].1.mean_nll - pq.mean_nll).abs() < 1e-9);
+        assert!(c.models[1].0.mean.abs() < 1e-6);
+        assert!((c.models[1].1.mean_nll - p.mean_nll).abs() < 1e-9);
     }
 }

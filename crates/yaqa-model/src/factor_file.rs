@@ -21,7 +21,7 @@ pub const META_KEY: &str = "yaqa";
 /// The `format` field of a factor file.
 pub const FORMAT: &str = "yaqa-factors";
 /// The version written (and the only one read).
-pub const VERSION: u64 = 1;
+pub const VERSION: u64 = 2;
 
 /// How the factors were collected: recorded in every file, checked on merge.
 #[derive(Clone, Debug, PartialEq)]
@@ -76,6 +76,9 @@ pub fn write_factors(
     let mut tensors = vec![("h_in".to_string(), RawTensor::f64s(&f.h_in.data))];
     if let Some(h) = &f.h_out {
         tensors.push(("h_out".to_string(), RawTensor::f64s(&h.data)));
+    }
+    if let Some(h) = &f.xtx {
+        tensors.push(("xtx".to_string(), RawTensor::f64s(&h.data)));
     }
     let header = json!({
         "format": FORMAT,
@@ -169,8 +172,20 @@ pub fn read_factors(path: &Path) -> Result<FactorFile> {
     } else {
         None
     };
-    if matches!(kind, SketchKind::B | SketchKind::A { pass: 1.. }) && h_out.is_none() {
+    let xtx = if file.tensors.contains_key("xtx") {
+        Some(packed(&file, "xtx", n)?)
+    } else {
+        None
+    };
+    let two_sided = matches!(kind, SketchKind::B | SketchKind::A { pass: 1.. });
+    if two_sided && h_out.is_none() {
         return Err(bad(format!("sketch {sketch} needs an h_out tensor")));
+    }
+    if two_sided != xtx.is_some() {
+        return Err(bad(format!(
+            "sketch {sketch} {} an xtx tensor",
+            if two_sided { "needs" } else { "must not have" }
+        )));
     }
     let shards = h["shards"]
         .as_array()
@@ -192,6 +207,7 @@ pub fn read_factors(path: &Path) -> Result<FactorFile> {
             scale: h["scale"]
                 .as_f64()
                 .ok_or_else(|| bad("header field \"scale\" is not a number".into()))?,
+            xtx,
         },
         provenance: Provenance {
             seed: num("seed")?,
@@ -248,6 +264,7 @@ mod tests {
         let mut f = Factors::sketch_b(3, 2);
         f.h_in = SymMat::from_packed(2, vec![1.0 + seed, 0.5, 2.0]).unwrap();
         f.h_out = Some(SymMat::from_packed(3, vec![1.0, 0.1, 2.0, 0.2, 0.3, 3.0 + seed]).unwrap());
+        f.xtx = Some(SymMat::from_packed(2, vec![4.0, 0.25 + seed, 5.0]).unwrap());
         f.n_seqs = 2;
         f.n_tokens = 20;
         f
@@ -282,6 +299,7 @@ mod tests {
         merge_into(&mut a, &b, &p1).unwrap();
         assert_eq!(a.factors.n_seqs, 4);
         assert_eq!(a.factors.h_in.data, vec![3.0, 1.0, 4.0]);
+        assert_eq!(a.factors.xtx.as_ref().unwrap().data, vec![8.0, 1.5, 10.0]);
         assert_eq!(a.provenance.shards, vec!["0/2", "1/2"]);
         // The same shard twice is refused.
         let err = merge_into(&mut a, &b, &p1).unwrap_err().to_string();

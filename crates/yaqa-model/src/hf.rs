@@ -360,6 +360,55 @@ impl RawTensor {
             bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         }
     }
+
+    /// A tensor of `shape` rounded to a 16-bit float type (to nearest, ties to even).
+    pub fn half(shape: Vec<usize>, values: &[f32], half: Half) -> Self {
+        let (dtype, bytes) = match half {
+            Half::Bf16 => (
+                Dtype::BF16,
+                values
+                    .iter()
+                    .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                    .collect(),
+            ),
+            Half::F16 => (
+                Dtype::F16,
+                values
+                    .iter()
+                    .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+                    .collect(),
+            ),
+        };
+        Self {
+            dtype,
+            shape,
+            bytes,
+        }
+    }
+}
+
+/// The 16-bit float types exported checkpoints store their tensors in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Half {
+    /// bfloat16: f32's exponent range, 8 significant bits.
+    Bf16,
+    /// IEEE float16: 11 significant bits, `|x| ≤ 65504`.
+    F16,
+}
+
+/// Every tensor of `model` under its Hugging Face name ([`Model::hf_tensors`]), rounded to `half`, except
+/// those whose name `skip` accepts (the exports that replace the quantized linear layers skip them).
+pub fn half_tensors(
+    model: &Model<f32>,
+    half: Half,
+    skip: impl Fn(&str) -> bool,
+) -> Vec<(String, RawTensor)> {
+    model
+        .hf_tensors()
+        .into_iter()
+        .filter(|(name, _, _)| !skip(name))
+        .map(|(name, shape, data)| (name, RawTensor::half(shape, data, half)))
+        .collect()
 }
 
 impl View for &RawTensor {

@@ -1,13 +1,15 @@
 //! `yaqa-model`: checkpoints, the transformer forward and backward, calibration and evaluation.
 //!
 //! Checkpoints come in as GGUF ([`gguf`]) or Hugging Face safetensors folders ([`hf`]) and become a
-//! [`Model`] under Hugging Face tensor names; [`hf::write_hf`] writes one back out. The transformer
+//! [`Model`] under Hugging Face tensor names; [`hf::write_hf`] writes one back out, and
+//! [`gptq_format::write_gptq`] writes a quantized model as a GPTQ-packed checkpoint. The transformer
 //! ([`transformer`]) runs Llama-family decoders through the layer-level operations of
 //! [`yaqa_core::model_ops::ModelOps`], so the f64 reference and the CPU backend run the same code.
 //! Its backward produces the `(x, g)` pairs of every linear layer under the Fisher loss of DESIGN.md §1,
 //! and [`eval`] computes KL to the original model and perplexity (DESIGN.md §6).
 
 pub mod calib;
+pub mod calib_file;
 pub mod checkpoint;
 pub mod collect;
 pub mod config;
@@ -15,6 +17,7 @@ pub mod error;
 pub mod eval;
 pub mod factor_file;
 pub mod gguf;
+pub mod gptq_format;
 pub mod hf;
 pub mod pipeline;
 pub mod quant_file;

@@ -5,12 +5,13 @@
 //! The per-layer work is [`yaqa_core::layer::quantize_layer`] (DESIGN.md §3–4); factors are loaded one
 //! layer at a time through a callback, so a model's factors never have to fit in memory together.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use yaqa_core::SymMat;
 use yaqa_core::backend::Backend;
 use yaqa_core::layer::{LayerParams, QuantizedLayer, QuantizerSpec, quantize_layer};
+use yaqa_core::sketch::Factors;
 
 use crate::collect::LayerId;
 use crate::error::{ModelError, Result};
@@ -42,6 +43,8 @@ pub fn run_header(params: &LayerParams, model_fingerprint: &str, factors: Value)
         "sign_seed": params.seed,
         "tile": [params.round.tile_rows, params.round.tile_cols],
         "damp": params.ldl.damp,
+        // null: searched per matrix on round-to-nearest's tr(Δ Σxxᵀ Δᵀ) (DESIGN.md §5).
+        "scale_c": params.scale_c,
         "gptq": {
             "block_size": params.gptq.block_size,
             "damp": params.gptq.damp,
@@ -71,9 +74,11 @@ pub struct Outcome {
     pub finished: bool,
 }
 
-/// Quantizes `layers` of `model` into `out`. `factors(id)` loads one layer's `(h_in, h_out)`.
-/// `stop_after = Some(k)` returns after quantizing `k` layers in this call without assembling (used to
-/// test resumption). `progress(id, done, total)` is called after each layer.
+/// Quantizes `layers` of `model` into `out`. `factors(id)` loads one layer's factors; the method takes
+/// what it needs from them ([`Factors::for_method`]).
+/// `scales` gives layers a scale multiplier chosen elsewhere (overriding `params.scale_c`; the caller
+/// records where it came from in `run`). `stop_after = Some(k)` returns after quantizing `k` layers in
+/// this call without assembling (used to test resumption). `progress(id, done, total)` is called after each layer.
 ///
 /// **Errors**: parts left by a run with different arguments (naming the folder), factor loading,
 /// [`quantize_layer`] errors (naming the layer), I/O.
@@ -81,8 +86,9 @@ pub fn quantize_model(
     backend: &dyn Backend,
     model: &Model<f32>,
     layers: &[LayerId],
-    factors: &mut dyn FnMut(LayerId) -> Result<(SymMat, Option<SymMat>)>,
+    factors: &mut dyn FnMut(LayerId) -> Result<Factors>,
     params: &LayerParams,
+    scales: Option<&BTreeMap<LayerId, f64>>,
     run: &Value,
     out: &Path,
     stop_after: Option<usize>,
@@ -123,8 +129,18 @@ pub fn quantize_model(
             return Ok(outcome);
         }
         let w = model.layers[id.block].linear(id.kind);
-        let (h_in, h_out) = factors(id)?;
-        let q = quantize_layer(backend, &id.name(), w, &h_in, h_out.as_ref(), params)?;
+        let f = factors(id)?;
+        let layer_params = LayerParams {
+            scale_c: scales.and_then(|s| s.get(&id).copied()).or(params.scale_c),
+            ..*params
+        };
+        let q = quantize_layer(
+            backend,
+            &id.name(),
+            w,
+            &f.for_method(params.method),
+            &layer_params,
+        )?;
         write_part(&part, id, &q, run)?;
         outcome.done.push((id, q));
         progress(id, i + 1, layers.len());

@@ -229,6 +229,29 @@ impl QuantFile {
         Ok(ids)
     }
 
+    /// The run header the file was made with (the header without `format`, `version` and `layers`), to
+    /// compare with [`crate::pipeline::run_header`] before reusing a finished file.
+    pub fn run(&self) -> Value {
+        let mut run = self.header.clone();
+        if let Value::Object(o) = &mut run {
+            for key in ["format", "version", "layers"] {
+                o.remove(key);
+            }
+        }
+        run
+    }
+
+    /// The scale multiplier `c` each layer's symmetric grid was given (layers without one are left out).
+    pub fn scale_multipliers(&self) -> Result<std::collections::BTreeMap<LayerId, f64>> {
+        let mut out = std::collections::BTreeMap::new();
+        for id in self.layers()? {
+            if let Some(c) = self.header["layers"][id.name()]["report"]["scale_c"].as_f64() {
+                out.insert(id, c);
+            }
+        }
+        Ok(out)
+    }
+
     fn bad(&self, why: String) -> ModelError {
         ModelError::format(self.file.path(), why)
     }
@@ -248,7 +271,7 @@ impl QuantFile {
             .collect()
     }
 
-    fn f32s(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    pub(crate) fn f32s(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let (info, bytes) = self.file.raw(name, "F32")?;
         if info.shape != shape {
             return Err(self.bad(format!(
@@ -262,7 +285,7 @@ impl QuantFile {
             .collect())
     }
 
-    fn u8s(&self, name: &str, shape: &[usize]) -> Result<Vec<u8>> {
+    pub(crate) fn u8s(&self, name: &str, shape: &[usize]) -> Result<Vec<u8>> {
         let (info, bytes) = self.file.raw(name, "U8")?;
         if info.shape != shape {
             return Err(self.bad(format!(

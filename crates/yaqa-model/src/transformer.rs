@@ -23,6 +23,14 @@ pub type PairVisitor<'v, T> = dyn FnMut(usize, LinearKind, &Mat<T>, &Mat<T>) -> 
 /// Receives `(layer, kind, x)` for every linear layer during a forward pass.
 pub type InputVisitor<'v, T> = dyn FnMut(usize, LinearKind, &Mat<T>) -> Result<()> + 'v;
 
+/// What [`Transformer::fisher_backward`] returns: the mean cross-entropy and the sampled labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FisherBackward {
+    pub loss: f64,
+    /// One label per position (`batch · seq`, row order).
+    pub labels: Vec<u32>,
+}
+
 /// Rows of logits materialised at a time (bounds memory at `HEAD_CHUNK × vocab` values).
 pub const HEAD_CHUNK: usize = 128;
 
@@ -458,16 +466,19 @@ impl<'a, T: Real, B: ModelOps<T>> Transformer<'a, T, B> {
     }
 
     /// The Fisher backward of DESIGN.md §1: forward, sample labels from the model's own softmax with
-    /// `seed`, then [`Transformer::backward`]. Returns the loss.
+    /// `seed`, then [`Transformer::backward`]. Returns the loss and the labels it sampled (one per
+    /// position, in row order), so a run can record exactly what its gradients were taken against; the
+    /// labels exist anyway, so handing them back costs nothing.
     pub fn fisher_backward(
         &self,
         ids: &[u32],
         batch: usize,
         seed: u64,
         visit: &mut PairVisitor<'_, T>,
-    ) -> Result<f64> {
+    ) -> Result<FisherBackward> {
         let hidden = self.forward(ids, batch, &mut |_, _| {})?;
         let labels = self.sample_labels(&hidden, seed)?;
-        self.backward(ids, batch, &labels, visit)
+        let loss = self.backward(ids, batch, &labels, visit)?;
+        Ok(FisherBackward { loss, labels })
     }
 }

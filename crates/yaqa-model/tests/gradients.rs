@@ -166,13 +166,17 @@ fn cpu_backward_matches_reference_and_labels_replay() {
         );
         // fisher_backward is forward + sample + backward with the same seed.
         let mut n = 0;
-        let loss = fast
+        let fisher = fast
             .fisher_backward(&ids, batch, 99, &mut |_, _, _, _| {
                 n += 1;
                 Ok(())
             })
             .unwrap();
         assert_eq!(n, 14);
-        assert!((loss - loss_f).abs() < 1e-12);
+        assert!((fisher.loss - loss_f).abs() < 1e-12);
+        assert_eq!(
+            fisher.labels, labels,
+            "the labels handed back are the ones used"
+        );
     }
 }

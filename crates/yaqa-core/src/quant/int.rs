@@ -114,6 +114,25 @@ impl IntSym {
         Ok(Self { bits, scale })
     }
 
+    /// The grid of DESIGN.md §5's scale rule for `w`: `s = c·RMS(W)/RMS(grid)`.
+    ///
+    /// **Errors**: unsupported `bits`; non-finite or all-zero `w`; a `c` that gives no positive finite step.
+    pub fn for_multiplier(bits: u32, w: &Mat<f32>, c: f64) -> Result<Self> {
+        validate_bits(bits)?;
+        check_finite("IntSym::for_multiplier W", &w.data)?;
+        let rms = (w.data.iter().map(|&v| v as f64 * v as f64).sum::<f64>()
+            / w.data.len().max(1) as f64)
+            .sqrt();
+        if rms == 0.0 {
+            return Err(CoreError::InvalidParameter {
+                name: "w",
+                value: "all zeros".into(),
+                why: "an all-zero matrix has no RMS to scale the grid to".into(),
+            });
+        }
+        Self::new(bits, (c * rms / sym_grid_rms(bits)) as f32)
+    }
+
     pub fn bits(&self) -> u32 {
         self.bits
     }
@@ -464,20 +483,10 @@ pub fn search_sym_scale(
         ));
     }
     check_finite("search_sym_scale W", &w.data)?;
-    let mean_square =
-        w.data.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / w.data.len() as f64;
-    let rms = mean_square.sqrt();
-    if rms == 0.0 {
-        return Err(CoreError::InvalidParameter {
-            name: "w",
-            value: "all zeros".into(),
-            why: "an all-zero matrix has no RMS to scale the grid to".into(),
-        });
-    }
     let mut best: Option<(IntSym, f64, f64)> = None;
     for tenths in SCALE_SEARCH_TENTHS {
         let c = tenths as f64 / 10.0;
-        let grid = IntSym::new(bits, (c * rms / sym_grid_rms(bits)) as f32)?;
+        let grid = IntSym::for_multiplier(bits, w, c)?;
         let rounded = round_to_nearest(w, &grid);
         let err = backend.proxy_error(w, &rounded.w_hat, h_in, h_out)?.error;
         if !err.is_finite() {

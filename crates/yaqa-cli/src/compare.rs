@@ -1,0 +1,432 @@
+//! `yaqa compare`: the KL table. One calibration set feeds every method: a forward pass for `Σ x xᵀ`
+//! (Sketch A's pass 0), backward passes for Sketch A's later passes and Sketch B (pass 1 collects both from
+//! the same gradients). Every bit width is quantized with each method against the same scale: round to
+//! nearest searches it per matrix on `tr(Δ Σxxᵀ Δᵀ)` and the other methods take RTN's choice (DESIGN.md
+//! §5). Then every model is evaluated on the same windows (KL to the original, perplexity).
+//!
+//! Everything lands in `--work`: factor files after each pass and each quantized model. A rerun with the
+//! same arguments reuses what is finished (factor sets whose provenance matches, quantized files whose
+//! run header matches, part files of an interrupted layer loop), so a killed run continues where it
+//! stopped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use serde_json::{Value, json};
+use yaqa_backend_cpu::Cpu;
+use yaqa_core::sketch::{Factors, SketchKind};
+use yaqa_model::calib::Shard;
+use yaqa_model::collect::{LayerId, empty_factors};
+use yaqa_model::factor_file::{Provenance, factor_path, read_factors, sketch_tag};
+use yaqa_model::pipeline::{quantize_model, run_header};
+use yaqa_model::quant_file::QuantFile;
+use yaqa_model::weights::Model;
+
+use crate::commands::{
+    EvalRow, collect_factors, dequantized_model, eval_models, eval_tokens, render_table,
+    write_factor_dir, write_json,
+};
+use crate::util::{backend, bar, calibration, layer_params, load_model};
+use crate::{CalibArgs, Device, MethodArg, QuantizerArg};
+
+/// A row of the table: a rounding method and the factors it uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum CompareMethod {
+    Rtn,
+    Gptq,
+    Ldlq,
+    /// YAQA with Sketch A factors.
+    YaqaA,
+    /// YAQA with Sketch B factors.
+    YaqaB,
+}
+
+impl CompareMethod {
+    fn label(self) -> &'static str {
+        match self {
+            CompareMethod::Rtn => "rtn",
+            CompareMethod::Gptq => "gptq",
+            CompareMethod::Ldlq => "ldlq",
+            CompareMethod::YaqaA => "yaqa-a",
+            CompareMethod::YaqaB => "yaqa-b",
+        }
+    }
+
+    fn method(self) -> MethodArg {
+        match self {
+            CompareMethod::Rtn => MethodArg::Rtn,
+            CompareMethod::Gptq => MethodArg::Gptq,
+            CompareMethod::Ldlq => MethodArg::Ldlq,
+            CompareMethod::YaqaA | CompareMethod::YaqaB => MethodArg::Yaqa,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The model: a GGUF file or a Hugging Face folder.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub calib: CalibArgs,
+    /// Passes of Sketch A for YAQA-A (at least 2; the reference uses 6).
+    #[arg(long, default_value_t = 2)]
+    pub passes: u32,
+    /// Bit widths of the symmetric INT grid (incoherence processing on).
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4")]
+    pub bits: Vec<u32>,
+    /// Methods to compare (RTN always runs: it chooses the shared scales).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "rtn,gptq,ldlq,yaqa-a,yaqa-b"
+    )]
+    pub methods: Vec<CompareMethod>,
+    /// Evaluation text (default: sequences sampled from the model).
+    #[arg(long, value_name = "FILE")]
+    pub text: Option<PathBuf>,
+    /// Tokens per evaluation window.
+    #[arg(long, default_value_t = 512)]
+    pub window: usize,
+    /// Evaluation windows (the first ones of the text).
+    #[arg(long, default_value_t = 8)]
+    pub n_windows: usize,
+    /// Seed of the sign vectors of the rotations (recorded).
+    #[arg(long, default_value_t = 0)]
+    pub sign_seed: u64,
+    /// Folder for factors and quantized models; a rerun reuses what is finished.
+    #[arg(long, value_name = "DIR")]
+    pub work: PathBuf,
+    /// Also write the table as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
+}
+
+/// The factor sets of one calibration run.
+struct FactorSets {
+    /// Sketch A's last pass (YAQA-A).
+    a: Option<BTreeMap<LayerId, Factors>>,
+    /// Sketch B (YAQA-B).
+    b: Option<BTreeMap<LayerId, Factors>>,
+    /// `Σ x xᵀ` when neither sketch was asked for.
+    xtx: Option<BTreeMap<LayerId, Factors>>,
+}
+
+impl FactorSets {
+    /// The factors of a row; the one-sided methods read `Σ x xᵀ` from whichever set there is.
+    fn for_row(&self, row: CompareMethod) -> Option<&BTreeMap<LayerId, Factors>> {
+        match row {
+            CompareMethod::YaqaA => self.a.as_ref(),
+            CompareMethod::YaqaB => self.b.as_ref(),
+            _ => self.xtx.as_ref().or(self.b.as_ref()).or(self.a.as_ref()),
+        }
+    }
+}
+
+/// Runs the comparison, prints one table per bit width and returns the JSON report. `tokenizer` is the
+/// evaluation text's tokenizer (default: the model folder's, or rebuilt from the GGUF).
+pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Result<Value> {
+    let t0 = Instant::now();
+    if args.passes < 2 && args.methods.contains(&CompareMethod::YaqaA) {
+        bail!("--passes: Sketch A needs at least 2 passes (the reference uses 6)");
+    }
+    if let Some(&b) = args.bits.iter().find(|b| ![2, 3, 4, 8].contains(*b)) {
+        bail!("--bits: {b} is not one of 2, 3, 4, 8");
+    }
+    let cpu = backend(args.device)?;
+    let loaded = load_model(&args.model)?;
+    std::fs::create_dir_all(&args.work)
+        .with_context(|| format!("creating {}", args.work.display()))?;
+
+    let t = Instant::now();
+    let (seqs, source) = calibration(&loaded, &args.calib, Shard::default(), &cpu)?;
+    let prov = Provenance {
+        seed: args.calib.seed,
+        seq_len: args.calib.seq_len,
+        calib: source.clone(),
+        shards: vec![Shard::default().to_string()],
+        model_fingerprint: loaded.fingerprint.clone(),
+    };
+    eprintln!(
+        "calibration: {} sequences × {} tokens ({source}, seed {})",
+        seqs.len(),
+        args.calib.seq_len,
+        args.calib.seed
+    );
+    let sets = factor_sets(&cpu, &loaded.model, &seqs, args, &prov)?;
+    let factor_s = t.elapsed().as_secs_f64();
+    eprintln!("factors: {factor_s:.1} s");
+
+    let own_tokenizer = match (tokenizer, &args.text, &args.calib.tokenizer) {
+        (None, Some(_), Some(path)) => Some(
+            yaqa_model::Tokenizer::from_file(path)
+                .with_context(|| format!("loading {}", path.display()))?,
+        ),
+        _ => None,
+    };
+    let (tokens, text_name) = eval_tokens(
+        &cpu,
+        &loaded,
+        args.text.as_deref(),
+        tokenizer.or(own_tokenizer.as_ref()),
+        args.window,
+        args.n_windows,
+        args.calib.seed,
+    )?;
+
+    let mut rows_json = Vec::new();
+    let mut tables = String::new();
+    let mut base_ppl = 0.0;
+    let mut rows_all: Vec<EvalRow> = Vec::new();
+    for &bits in &args.bits {
+        let mut files = Vec::new();
+        let mut scales: Option<BTreeMap<LayerId, f64>> = None;
+        // RTN first: its search chooses the scales every other method takes.
+        let mut rows: Vec<CompareMethod> = vec![CompareMethod::Rtn];
+        rows.extend(args.methods.iter().filter(|&&m| m != CompareMethod::Rtn));
+        for row in rows {
+            let label = format!("{}-int{bits}", row.label());
+            let factors = sets
+                .for_row(row)
+                .with_context(|| format!("no factors were collected for {label}"))?;
+            let out = args.work.join(format!("{label}.safetensors"));
+            let params = layer_params(
+                row.method(),
+                quantizer_arg(bits),
+                None,
+                false,
+                args.sign_seed,
+            );
+            let mut factors_json = json!({
+                "source": "compare",
+                "sketch": factors.values().next().map(|f| sketch_tag(f.kind)),
+                "seed": prov.seed, "seq_len": prov.seq_len, "n_seqs": seqs.len(), "calib": prov.calib,
+            });
+            if scales.is_some() {
+                factors_json["scale_c_from"] = json!(format!("rtn-int{bits}.safetensors"));
+            }
+            let run = run_header(&params, &loaded.fingerprint, factors_json);
+            let t = Instant::now();
+            let reused = finished(&out, &run);
+            if !reused {
+                let layers = LayerId::all(&loaded.model);
+                let pb = bar(layers.len(), &label);
+                quantize_model(
+                    &cpu,
+                    &loaded.model,
+                    &layers,
+                    &mut |id| {
+                        factors.get(&id).cloned().ok_or_else(|| {
+                            yaqa_model::ModelError::Input(format!("no factors for {}", id.name()))
+                        })
+                    },
+                    &params,
+                    scales.as_ref(),
+                    &run,
+                    &out,
+                    None,
+                    &mut |_, d, _| pb.set_position(d as u64),
+                )
+                .with_context(|| format!("quantizing {label} into {}", out.display()))?;
+                pb.finish_and_clear();
+            }
+            eprintln!(
+                "{label}: {}",
+                if reused {
+                    "reused".to_string()
+                } else {
+                    format!("quantized in {:.1} s", t.elapsed().as_secs_f64())
+                }
+            );
+            if row == CompareMethod::Rtn {
+                let q =
+                    QuantFile::open(&out).with_context(|| format!("opening {}", out.display()))?;
+                scales = Some(q.scale_multipliers()?);
+            }
+            if row == CompareMethod::Rtn && !args.methods.contains(&CompareMethod::Rtn) {
+                continue;
+            }
+            files.push((label, out));
+        }
+        let models = files
+            .iter()
+            .map(|(label, out)| Ok((label.clone(), dequantized_model(&cpu, &loaded, out)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let (base, rows) = eval_models(&cpu, &loaded.model, &models, &tokens, args.window)?;
+        base_ppl = base;
+        let reference = format!("ldlq-int{bits}");
+        let text = render_table(base, &rows, Some(&reference));
+        println!("INT{bits}, KL vs {reference}:\n{text}");
+        tables += &format!("INT{bits}, KL vs {reference}:\n{text}\n");
+        for r in &rows {
+            rows_json.push(json!({"model": r.name, "bits": bits, "kl": r.kl, "ppl": r.ppl}));
+        }
+        rows_all.extend(rows);
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    println!("total wall time: {wall:.1} s");
+    let report = json!({
+        "original_ppl": base_ppl,
+        "rows": rows_json,
+        "setup": {
+            "model": args.model.display().to_string(),
+            "calibration": {
+                "source": source, "n_seqs": seqs.len(), "seq_len": args.calib.seq_len,
+                "seed": args.calib.seed, "sketch_a_passes": args.passes,
+            },
+            "eval": {"text": text_name, "window": args.window, "n_windows": args.n_windows},
+            "quantizer": "int symmetric, one scale per matrix searched on RTN's tr(Δ Σxxᵀ Δᵀ) and shared by every method, randomized Hadamard both sides",
+            "factors_s": factor_s,
+            "wall_s": wall,
+        },
+    });
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    Ok(report)
+}
+
+fn quantizer_arg(bits: u32) -> QuantizerArg {
+    match bits {
+        2 => QuantizerArg::Int2,
+        3 => QuantizerArg::Int3,
+        4 => QuantizerArg::Int4,
+        _ => QuantizerArg::Int8,
+    }
+}
+
+/// Whether `out` is a finished quantized file made with `run`.
+fn finished(out: &Path, run: &Value) -> bool {
+    out.is_file() && QuantFile::open(out).is_ok_and(|q| &q.run() == run)
+}
+
+/// Collects (or reloads from `args.work/factors`) what the rows need: pass 0 forward (`Σ x xᵀ`, which
+/// is Sketch A's pass 0), pass 1 backward for Sketch A pass 1 and Sketch B together, then Sketch A's
+/// remaining passes.
+fn factor_sets(
+    cpu: &Cpu,
+    model: &Model<f32>,
+    seqs: &[yaqa_model::calib::CalibSeq],
+    args: &CompareArgs,
+    prov: &Provenance,
+) -> Result<FactorSets> {
+    let dir = args.work.join("factors");
+    let need_a = args.methods.contains(&CompareMethod::YaqaA);
+    let need_b = args.methods.contains(&CompareMethod::YaqaB);
+    let seed = args.calib.seed;
+    let n = seqs.len() as u64;
+    let stage = |kinds: &[SketchKind],
+                 start: &dyn Fn() -> Result<Vec<BTreeMap<LayerId, Factors>>>,
+                 label: &str|
+     -> Result<Vec<BTreeMap<LayerId, Factors>>> {
+        let cached: Option<Vec<_>> = kinds
+            .iter()
+            .map(|&k| load_set(&dir, model, k, prov, n))
+            .collect();
+        if let Some(sets) = cached {
+            eprintln!("{label}: reusing {}", dir.display());
+            return Ok(sets);
+        }
+        let sets = collect_factors(cpu, model, seqs, seed, start()?, label)?;
+        for s in &sets {
+            write_factor_dir(&dir, model, s, prov)?;
+        }
+        Ok(sets)
+    };
+
+    let mut out = FactorSets {
+        a: None,
+        b: None,
+        xtx: None,
+    };
+    if !need_a && !need_b {
+        out.xtx = stage(
+            &[SketchKind::Xtx],
+            &|| Ok(vec![empty_factors(model, SketchKind::Xtx)]),
+            "Σ x xᵀ",
+        )?
+        .pop();
+        return Ok(out);
+    }
+    let mut a = if need_a {
+        stage(
+            &[SketchKind::A { pass: 0 }],
+            &|| Ok(vec![empty_factors(model, SketchKind::A { pass: 0 })]),
+            "A pass 0",
+        )?
+        .pop()
+    } else {
+        None
+    };
+    let next = |prev: &BTreeMap<LayerId, Factors>| -> Result<BTreeMap<LayerId, Factors>> {
+        prev.iter()
+            .map(|(id, f)| {
+                let m = model.layers[id.block].linear(id.kind).rows;
+                Ok((*id, f.next_sketch_a_pass(m)?))
+            })
+            .collect()
+    };
+    // Pass 1: Sketch A pass 1 and Sketch B from the same backward passes.
+    let mut kinds = Vec::new();
+    if need_a {
+        kinds.push(SketchKind::A { pass: 1 });
+    }
+    if need_b {
+        kinds.push(SketchKind::B);
+    }
+    let mut sets = stage(
+        &kinds,
+        &|| {
+            let mut start = Vec::new();
+            if let Some(a0) = &a {
+                start.push(next(a0)?);
+            }
+            if need_b {
+                start.push(empty_factors(model, SketchKind::B));
+            }
+            Ok(start)
+        },
+        if need_a { "A pass 1 + B" } else { "B" },
+    )?;
+    if need_b {
+        out.b = sets.pop();
+    }
+    if need_a {
+        a = sets.pop();
+        for pass in 2..args.passes {
+            let prev = a.take().context("Sketch A lost its previous pass")?;
+            a = stage(
+                &[SketchKind::A { pass }],
+                &|| Ok(vec![next(&prev)?]),
+                &format!("A pass {pass}"),
+            )?
+            .pop();
+        }
+        out.a = a;
+    }
+    Ok(out)
+}
+
+/// Every layer's factors of `kind` from `dir`, if all are there and were made from the same calibration.
+fn load_set(
+    dir: &Path,
+    model: &Model<f32>,
+    kind: SketchKind,
+    prov: &Provenance,
+    n_seqs: u64,
+) -> Option<BTreeMap<LayerId, Factors>> {
+    LayerId::all(model)
+        .into_iter()
+        .map(|id| {
+            let f = read_factors(&factor_path(dir, id, kind)).ok()?;
+            (f.provenance == *prov && f.factors.n_seqs == n_seqs && f.layer == id)
+                .then_some((id, f.factors))
+        })
+        .collect()
+}
