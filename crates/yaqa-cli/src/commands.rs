@@ -25,6 +25,7 @@ use yaqa_model::quant_file::{QuantFile, report_json};
 use yaqa_model::transformer::Transformer;
 use yaqa_model::{Model, Tokenizer};
 
+use crate::sketch_a::{self, Plan};
 use crate::util::{
     Calibration, backend, bar, calibration_set, factor_index, layer_params, load_model,
     pick_factor_file, read_factor_checked,
@@ -88,7 +89,7 @@ pub fn collect_factors_labelled(
 }
 
 /// Puts the labels a collection used on their sequences.
-fn attach_labels(seqs: &mut [CalibSeq], labels: Vec<Vec<u32>>) {
+pub fn attach_labels(seqs: &mut [CalibSeq], labels: Vec<Vec<u32>>) {
     for (s, l) in seqs.iter_mut().zip(labels) {
         s.labels = Some(l);
     }
@@ -143,17 +144,22 @@ fn hessian_collect(args: HessianCollect) -> Result<()> {
     let (Some(model), Some(out)) = (&args.model, &args.out) else {
         bail!("yaqa hessian needs --model and --out (or the merge subcommand)");
     };
+    // Sketch A runs every pass here (`--passes`), or one pass of a sharded run (`sketch_a` module).
+    let plan = sketch_a::plan(&args)?;
+    let passes = match plan {
+        Some(Plan::FromStart(passes)) => {
+            sketch_a::check_out(out, passes - 1)?;
+            passes
+        }
+        _ => 0,
+    };
     let cpu = backend(args.device)?;
     let t0 = Instant::now();
     let loaded = load_model(model)?;
-    if args.sketch == SketchArg::A && args.passes < 2 {
-        bail!("--passes: Sketch A needs at least 2 passes (the reference uses 6)");
+    if let Some(Plan::After(from)) = plan {
+        return sketch_a::next_pass(&cpu, &loaded, &args, from, out, t0);
     }
-    if args.sketch == SketchArg::A && args.shard.count > 1 {
-        bail!(
-            "--shard with Sketch A is not supported: each pass needs the merged result of the previous one"
-        );
-    }
+    let shard = args.shard.unwrap_or_default();
     let Calibration {
         mut seqs,
         source,
@@ -165,14 +171,13 @@ fn hessian_collect(args: HessianCollect) -> Result<()> {
         &loaded,
         &args.calib,
         args.calib_ids.calib_ids.as_deref(),
-        args.shard,
+        shard,
         &cpu,
     )?;
     eprintln!(
-        "collecting {:?} over {} sequences of {seq_len} tokens (shard {}, {source}{})",
+        "collecting {:?} over {} sequences of {seq_len} tokens (shard {shard}, {source}{})",
         args.sketch,
         seqs.len(),
-        args.shard,
         if given_labels.is_some() && args.sketch != SketchArg::Xtx {
             ", labels from the file"
         } else {
@@ -198,7 +203,7 @@ fn hessian_collect(args: HessianCollect) -> Result<()> {
             attach_labels(&mut seqs, collected.labels);
             collected.sets.pop().context("no factors collected")?
         }
-        SketchArg::A => sketch_a(&cpu, &loaded.model, &mut seqs, args.calib.seed, args.passes)?,
+        SketchArg::A => sketch_a(&cpu, &loaded.model, &mut seqs, args.calib.seed, passes)?,
     };
     let prov = Provenance {
         seed: args.calib.seed,
@@ -211,9 +216,7 @@ fn hessian_collect(args: HessianCollect) -> Result<()> {
     let sketch = match args.sketch {
         SketchArg::Xtx => SketchKind::Xtx,
         SketchArg::B => SketchKind::B,
-        SketchArg::A => SketchKind::A {
-            pass: args.passes - 1,
-        },
+        SketchArg::A => SketchKind::A { pass: passes - 1 },
     };
     let record = RecordHeader {
         seed: prov.seed,
@@ -222,9 +225,13 @@ fn hessian_collect(args: HessianCollect) -> Result<()> {
         calib: prov.calib.clone(),
         shards: prov.shards.clone(),
         sketch: sketch_tag(sketch),
-        labels: sketch
-            .needs_gradients()
-            .then(|| given_labels.unwrap_or(LabelOrigin::Sampled)),
+        labels: match sketch {
+            // A sharded pass 0 keeps the labels a calibration file gave, for the passes that follow.
+            SketchKind::A { pass: 0 } => given_labels,
+            _ => sketch
+                .needs_gradients()
+                .then(|| given_labels.unwrap_or(LabelOrigin::Sampled)),
+        },
         model_fingerprint: prov.model_fingerprint.clone(),
     };
     let path = out.join(RECORD_FILE);
@@ -236,6 +243,9 @@ fn hessian_collect(args: HessianCollect) -> Result<()> {
         out.display(),
         t0.elapsed().as_secs_f64()
     );
+    if let SketchKind::A { pass: 0 } = sketch {
+        sketch_a::next_steps(0, shard, out);
+    }
     Ok(())
 }
 

@@ -18,7 +18,9 @@ use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 use yaqa_backend_cpu::Cpu;
 use yaqa_core::sketch::{Factors, SketchKind};
+use yaqa_model::calib::CalibSeq;
 use yaqa_model::calib::Shard;
+use yaqa_model::calib_file::{LabelOrigin, RECORD_FILE, RecordHeader, write_record};
 use yaqa_model::collect::{LayerId, empty_factors};
 use yaqa_model::factor_file::{Provenance, factor_path, read_factors, sketch_tag};
 use yaqa_model::pipeline::{quantize_model, run_header};
@@ -26,11 +28,11 @@ use yaqa_model::quant_file::QuantFile;
 use yaqa_model::weights::Model;
 
 use crate::commands::{
-    EvalRow, collect_factors, dequantized_model, eval_models, eval_tokens, render_table,
-    write_factor_dir, write_json,
+    EvalRow, attach_labels, collect_factors_labelled, dequantized_model, eval_models, eval_tokens,
+    render_table, write_factor_dir, write_json,
 };
-use crate::util::{backend, bar, calibration, layer_params, load_model};
-use crate::{CalibArgs, Device, MethodArg, QuantizerArg};
+use crate::util::{Calibration, backend, bar, calibration_set, layer_params, load_model};
+use crate::{CalibArgs, CalibIdsArgs, Device, MethodArg, QuantizerArg};
 
 /// A row of the table: a rounding method and the factors it uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -72,6 +74,8 @@ pub struct CompareArgs {
     pub model: PathBuf,
     #[command(flatten)]
     pub calib: CalibArgs,
+    #[command(flatten)]
+    pub calib_ids: CalibIdsArgs,
     /// Passes of Sketch A for YAQA-A (at least 2; the reference uses 6).
     #[arg(long, default_value_t = 2)]
     pub passes: u32,
@@ -145,21 +149,29 @@ pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Res
         .with_context(|| format!("creating {}", args.work.display()))?;
 
     let t = Instant::now();
-    let (seqs, source) = calibration(&loaded, &args.calib, Shard::default(), &cpu)?;
+    let mut calib = calibration_set(
+        &loaded,
+        &args.calib,
+        args.calib_ids.calib_ids.as_deref(),
+        Shard::default(),
+        &cpu,
+    )?;
     let prov = Provenance {
         seed: args.calib.seed,
-        seq_len: args.calib.seq_len,
-        calib: source.clone(),
-        shards: vec![Shard::default().to_string()],
+        seq_len: calib.seq_len,
+        calib: calib.source.clone(),
+        shards: calib.shards.clone(),
         model_fingerprint: loaded.fingerprint.clone(),
     };
+    let source = calib.source.clone();
     eprintln!(
         "calibration: {} sequences × {} tokens ({source}, seed {})",
-        seqs.len(),
-        args.calib.seq_len,
+        calib.seqs.len(),
+        calib.seq_len,
         args.calib.seed
     );
-    let sets = factor_sets(&cpu, &loaded.model, &seqs, args, &prov)?;
+    let sets = factor_sets(&cpu, &loaded.model, &mut calib, args, &prov)?;
+    let seqs = &calib.seqs;
     let factor_s = t.elapsed().as_secs_f64();
     eprintln!("factors: {factor_s:.1} s");
 
@@ -277,7 +289,7 @@ pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Res
         "setup": {
             "model": args.model.display().to_string(),
             "calibration": {
-                "source": source, "n_seqs": seqs.len(), "seq_len": args.calib.seq_len,
+                "source": source, "n_seqs": seqs.len(), "seq_len": calib.seq_len,
                 "seed": args.calib.seed, "sketch_a_passes": args.passes,
             },
             "eval": {"text": text_name, "window": args.window, "n_windows": args.n_windows},
@@ -308,20 +320,36 @@ fn finished(out: &Path, run: &Value) -> bool {
 
 /// Collects (or reloads from `args.work/factors`) what the rows need: pass 0 forward (`Σ x xᵀ`, which
 /// is Sketch A's pass 0), pass 1 backward for Sketch A pass 1 and Sketch B together, then Sketch A's
-/// remaining passes.
+/// remaining passes on the labels pass 1 used. The calibration record (`calibration.safetensors`, with
+/// those labels) is written next to the factors.
 fn factor_sets(
     cpu: &Cpu,
     model: &Model<f32>,
-    seqs: &[yaqa_model::calib::CalibSeq],
+    calib: &mut Calibration,
     args: &CompareArgs,
     prov: &Provenance,
 ) -> Result<FactorSets> {
     let dir = args.work.join("factors");
+    let record = RecordHeader {
+        seed: prov.seed,
+        seq_len: calib.seq_len,
+        n_seqs: calib.n_seqs,
+        calib: prov.calib.clone(),
+        shards: prov.shards.clone(),
+        sketch: "compare".into(),
+        labels: None,
+        model_fingerprint: prov.model_fingerprint.clone(),
+    };
+    let given_labels = calib.labels;
+    let seqs = &mut calib.seqs;
     let need_a = args.methods.contains(&CompareMethod::YaqaA);
     let need_b = args.methods.contains(&CompareMethod::YaqaB);
     let seed = args.calib.seed;
     let n = seqs.len() as u64;
-    let stage = |kinds: &[SketchKind],
+    // One pass: reload its sets if a previous run finished them, otherwise collect and write them (and
+    // the record, labels included once a backward has run).
+    let stage = |seqs: &mut Vec<CalibSeq>,
+                 kinds: &[SketchKind],
                  start: &dyn Fn() -> Result<Vec<BTreeMap<LayerId, Factors>>>,
                  label: &str|
      -> Result<Vec<BTreeMap<LayerId, Factors>>> {
@@ -333,11 +361,29 @@ fn factor_sets(
             eprintln!("{label}: reusing {}", dir.display());
             return Ok(sets);
         }
-        let sets = collect_factors(cpu, model, seqs, seed, start()?, label)?;
-        for s in &sets {
+        let collected = collect_factors_labelled(cpu, model, seqs, seed, start()?, label)?;
+        let backward = !collected.labels.is_empty();
+        if backward {
+            attach_labels(seqs, collected.labels);
+        }
+        for s in &collected.sets {
             write_factor_dir(&dir, model, s, prov)?;
         }
-        Ok(sets)
+        let header = RecordHeader {
+            sketch: kinds
+                .iter()
+                .map(|&k| sketch_tag(k))
+                .collect::<Vec<_>>()
+                .join("+"),
+            labels: backward.then(|| given_labels.unwrap_or(LabelOrigin::Sampled)),
+            ..record.clone()
+        };
+        let path = dir.join(RECORD_FILE);
+        if backward || !path.exists() {
+            write_record(&path, seqs, &header)
+                .with_context(|| format!("writing the calibration record {}", path.display()))?;
+        }
+        Ok(collected.sets)
     };
 
     let mut out = FactorSets {
@@ -347,6 +393,7 @@ fn factor_sets(
     };
     if !need_a && !need_b {
         out.xtx = stage(
+            seqs,
             &[SketchKind::Xtx],
             &|| Ok(vec![empty_factors(model, SketchKind::Xtx)]),
             "Σ x xᵀ",
@@ -356,6 +403,7 @@ fn factor_sets(
     }
     let mut a = if need_a {
         stage(
+            seqs,
             &[SketchKind::A { pass: 0 }],
             &|| Ok(vec![empty_factors(model, SketchKind::A { pass: 0 })]),
             "A pass 0",
@@ -381,6 +429,7 @@ fn factor_sets(
         kinds.push(SketchKind::B);
     }
     let mut sets = stage(
+        seqs,
         &kinds,
         &|| {
             let mut start = Vec::new();
@@ -402,6 +451,7 @@ fn factor_sets(
         for pass in 2..args.passes {
             let prev = a.take().context("Sketch A lost its previous pass")?;
             a = stage(
+                seqs,
                 &[SketchKind::A { pass }],
                 &|| Ok(vec![next(&prev)?]),
                 &format!("A pass {pass}"),

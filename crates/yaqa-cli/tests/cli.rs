@@ -349,5 +349,37 @@ fn compare_shares_scales_and_resumes() {
     let second: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(first["rows"], second["rows"]);
+
+    // The calibration record holds the sequences and the labels every backward used; replaying it in a
+    // fresh folder reproduces the table.
+    let record = work.join("factors/calibration.safetensors");
+    let rec = yaqa_model::calib_file::read_calib_file(&record, None).unwrap();
+    assert_eq!(rec.seqs.len(), 3);
+    assert!(
+        rec.seqs
+            .iter()
+            .all(|q| q.labels.as_ref().is_some_and(|l| l.len() == 10))
+    );
+    let replay_work = dir.join("replay");
+    // The same arguments without the sequence count and length, which the record fixes.
+    let mut replay: Vec<&str> = Vec::new();
+    let mut it = args.iter().copied();
+    while let Some(a) = it.next() {
+        if a == "--n-seqs" || a == "--seq-len" {
+            it.next();
+        } else {
+            replay.push(a);
+        }
+    }
+    let w = replay.iter().position(|a| *a == "--work").unwrap();
+    replay[w + 1] = s(&replay_work);
+    let replay_json = dir.join("replay.json");
+    let j = replay.iter().position(|a| *a == "--json").unwrap();
+    replay[j + 1] = s(&replay_json);
+    replay.extend(["--calib-ids", s(&record)]);
+    ok(&replay);
+    let third: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&replay_json).unwrap()).unwrap();
+    assert_eq!(first["rows"], third["rows"]);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -98,9 +98,9 @@ fn from_word(word: i32) -> u32 {
 /// Packs the codes of `W` into GPTQ's `qweight`: the codes of `Wᵀ`, `p = 32/k` consecutive input features
 /// per int32 word, input `i` in field `i mod p` (bits `k·(i mod p)` up).
 ///
-/// **Shapes**: `codes` is `m × n` row-major (one code per weight, as in the quantized file); the result is
-/// `[n/p, m]` row-major. **Errors**: unsupported `bits`, a length that is not `m·n`, `n` not a multiple of
-/// `p`, a code above `2^k − 1`.
+/// **Shapes**: `codes` is `m × n` row-major, one byte per code (as [`QuantFile::codes`] returns them);
+/// the result is `[n/p, m]` row-major. **Errors**: unsupported `bits`, a length that is not `m·n`, `n` not
+/// a multiple of `p`, a code above `2^k − 1`.
 pub fn pack_qweight(codes: &[u8], m: usize, n: usize, bits: u32) -> Result<Vec<i32>> {
     let p = codes_per_word(bits)?;
     check_len("GPTQ qweight codes", codes.len(), m * n)?;
@@ -216,7 +216,7 @@ struct LayerCodes<'a> {
     n: usize,
     bits: u32,
     group_size: usize,
-    /// `m × n`.
+    /// `m × n`, one byte per code (unpacked by [`QuantFile::codes`]).
     codes: &'a [u8],
     /// `m × n/g`.
     scales: &'a [f32],
@@ -408,7 +408,8 @@ impl GptqLayer {
             )));
         }
         let groups = n / group_size;
-        let codes = quant.u8s(&format!("{name}.codes"), &[m, n])?;
+        // Unpacked from the file's bit-packed rows, checked against m, n and the code width.
+        let codes = quant.codes(id)?;
         let scales = quant.f32s(&format!("{name}.scales"), &[m, groups])?;
         let zeros = quant.u8s(&format!("{name}.zeros"), &[m, groups])?;
         pack_layer(&LayerCodes {

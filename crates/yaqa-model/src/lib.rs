@@ -8,6 +8,7 @@
 //! Its backward produces the `(x, g)` pairs of every linear layer under the Fisher loss of DESIGN.md §1,
 //! and [`eval`] computes KL to the original model and perplexity (DESIGN.md §6).
 
+pub mod bitpack;
 pub mod calib;
 pub mod calib_file;
 pub mod checkpoint;

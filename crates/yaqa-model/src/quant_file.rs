@@ -1,6 +1,7 @@
 //! Quantized-model files: codes, quantizer parameters and sign vectors of every quantized linear layer,
 //! plus a JSON header (quantizer, rotation, seeds, method, per-layer report), enough to rebuild every
-//! `Ŵ` bit for bit ([`QuantFile::dequantize`]). The layout is in docs/FORMAT.md.
+//! `Ŵ` bit for bit ([`QuantFile::dequantize`]). The layout is in docs/FORMAT.md; the codes are
+//! bit-packed row by row ([`crate::bitpack`]), and every reader takes them through [`QuantFile::codes`].
 //!
 //! A run writes one *part* file per layer as soon as the layer is finished ([`write_part`]) and
 //! [`assemble`] joins the parts into the final file. Both go through the same serialisation, and the
@@ -16,6 +17,7 @@ use yaqa_core::backend::{Backend, Side};
 use yaqa_core::layer::{FittedQuantizer, LayerReport, QuantizedLayer};
 use yaqa_core::quant::int::{IntAsymGroup, IntSym};
 
+use crate::bitpack;
 use crate::collect::LayerId;
 use crate::error::{ModelError, Result};
 use crate::hf::{RawTensor, SafetensorsFile, write_safetensors};
@@ -25,7 +27,8 @@ pub const META_KEY: &str = "yaqa";
 /// The `format` field of a final file and of a part.
 pub const FORMAT: &str = "yaqa-quantized";
 pub const PART_FORMAT: &str = "yaqa-quantized-part";
-pub const VERSION: u64 = 1;
+/// Version 2 bit-packs the codes (`code_bits` per layer); version 1 stored one byte per code.
+pub const VERSION: u64 = 2;
 
 fn u8_tensor(shape: Vec<usize>, values: &[u16], what: &str) -> Result<RawTensor> {
     let bytes = values
@@ -68,9 +71,21 @@ pub fn report_json(r: &LayerReport) -> Value {
 fn layer_tensors(id: LayerId, q: &QuantizedLayer) -> Result<(Vec<(String, RawTensor)>, Value)> {
     let name = id.name();
     let (m, n) = q.w_hat.shape();
+    let code_bits = match &q.quantizer {
+        FittedQuantizer::IntSym(s) => s.bits(),
+        FittedQuantizer::IntAsym(a) => a.bits(),
+    };
+    let packed = bitpack::pack_rows(&q.codes, m, n, code_bits).map_err(|e| match e {
+        ModelError::Input(why) => ModelError::Input(format!("{name} codes: {why}")),
+        other => other,
+    })?;
     let mut t = vec![(
         format!("{name}.codes"),
-        u8_tensor(vec![m, n], &q.codes, &format!("{name} codes"))?,
+        RawTensor {
+            dtype: Dtype::U8,
+            shape: vec![m, bitpack::packed_len(n, code_bits)],
+            bytes: packed,
+        },
     )];
     let quantizer = match &q.quantizer {
         FittedQuantizer::IntSym(s) => {
@@ -101,6 +116,7 @@ fn layer_tensors(id: LayerId, q: &QuantizedLayer) -> Result<(Vec<(String, RawTen
     let entry = json!({
         "m": m,
         "n": n,
+        "code_bits": code_bits,
         "quantizer": quantizer,
         "incoherence": q.signs_in.is_some(),
         "report": report_json(&q.report),
@@ -129,6 +145,16 @@ fn header_of(file: &SafetensorsFile, want: &str) -> Result<Value> {
     })?;
     let h: Value = serde_json::from_str(text)
         .map_err(|e| ModelError::format(path, format!("header is not JSON: {e}")))?;
+    if h["format"] == want && h["version"].as_u64().is_some_and(|v| v < VERSION) {
+        return Err(ModelError::format(
+            path,
+            format!(
+                "{want} version {} was made by an older yaqa (one byte per code; version {VERSION} \
+                 bit-packs them); re-run quantize",
+                h["version"]
+            ),
+        ));
+    }
     if h["format"] != want || h["version"] != VERSION {
         return Err(ModelError::format(
             path,
@@ -296,12 +322,58 @@ impl QuantFile {
         Ok(bytes.to_vec())
     }
 
+    /// The codes of layer `id`, unpacked: `m × n` row-major, one byte per code, each below `2^k`.
+    ///
+    /// The tensor `L.codes` must be U8 `[m, ⌈n·k/8⌉]` for the layer entry's `m`, `n` and `code_bits` `k`,
+    /// every row packed as in [`bitpack::pack_rows`] with zero padding bits, and `code_bits` must be the
+    /// quantizer's `bits` (the INT grids have one code per weight of exactly that width).
+    ///
+    /// **Errors** (naming the file and the tensor or header field): a missing layer entry or field, a
+    /// `code_bits` outside `1..=8` or different from the quantizer's bits, a missing tensor, another dtype,
+    /// a shape that is not the packed size (a truncated or unpacked tensor), nonzero padding bits.
+    pub fn codes(&self, id: LayerId) -> Result<Vec<u8>> {
+        let name = id.name();
+        let e = &self.header["layers"][&name];
+        let field = |k: &str| {
+            e[k].as_u64()
+                .ok_or_else(|| self.bad(format!("{name}: header field {k:?} missing")))
+        };
+        let (m, n) = (field("m")? as usize, field("n")? as usize);
+        let code_bits = field("code_bits")?;
+        let grid_bits = e["quantizer"]["bits"]
+            .as_u64()
+            .ok_or_else(|| self.bad(format!("{name}: quantizer bits missing")))?;
+        if code_bits != grid_bits || !(1..=u64::from(bitpack::MAX_BITS)).contains(&code_bits) {
+            return Err(self.bad(format!(
+                "{name}: code_bits {code_bits} with a {grid_bits}-bit quantizer; expected code_bits = \
+                 bits, at most {}",
+                bitpack::MAX_BITS
+            )));
+        }
+        // At most 8, checked above.
+        let bits = code_bits as u32;
+        let tensor = format!("{name}.codes");
+        let (info, bytes) = self.file.raw(&tensor, "U8")?;
+        let expected = [m, bitpack::packed_len(n, bits)];
+        if info.shape != expected {
+            return Err(self.bad(format!(
+                "{tensor}: shape {:?}, expected {expected:?}: {m} rows of {n} {bits}-bit codes, each row \
+                 packed into ⌈{n}·{bits}/8⌉ bytes",
+                info.shape
+            )));
+        }
+        bitpack::unpack_rows(bytes, m, n, bits).map_err(|e| match e {
+            ModelError::Input(why) => self.bad(format!("{tensor}: {why}")),
+            other => other,
+        })
+    }
+
     /// Rebuilds `Ŵ` of one layer: the quantizer's levels of the stored codes (the rotated `Ŵ_r`), then the
     /// inverse rotations the pipeline applied (`R_mᵀ` with `s_out`, then `R_nᵀ` with `s_in`), on `backend`.
     /// With the backend the pipeline used, the result equals its `w_hat` bit for bit.
     ///
-    /// **Errors**: missing or malformed tensors and header fields (naming the file), codes outside the
-    /// grid.
+    /// **Errors**: missing or malformed tensors and header fields (naming the file), codes that are not
+    /// the packed size ([`QuantFile::codes`]), zero-points outside the grid.
     pub fn dequantize(&self, backend: &dyn Backend, id: LayerId) -> Result<Mat<f32>> {
         let name = id.name();
         let e = &self.header["layers"][&name];
@@ -339,11 +411,8 @@ impl QuantFile {
             }
             other => return Err(self.bad(format!("{name}: unknown quantizer {other:?}"))),
         };
-        let codes = self.u8s(&format!("{name}.codes"), &[m, n])?;
-        let max_code = (1u32 << bits) - 1;
-        if let Some(&c) = codes.iter().find(|&&c| c as u32 > max_code) {
-            return Err(self.bad(format!("{name}: code {c} outside the {bits}-bit grid")));
-        }
+        // Below 2^bits by construction of the unpacking.
+        let codes = self.codes(id)?;
         // The reconstruction formulas of the quantizers' `quantize_tile`, evaluated in the same order,
         // so every level is the f32 value the rounding wrote.
         let mut w = Mat::<f32>::zeros(m, n);
@@ -366,5 +435,276 @@ impl QuantFile {
             backend.hadamard_rotate(&mut w, Side::Cols, &s_in, true)?;
         }
         Ok(w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use yaqa_backend_cpu::Cpu;
+    use yaqa_core::layer::Method;
+
+    use super::*;
+    use crate::weights::LinearKind;
+
+    const ID: LayerId = LayerId {
+        block: 0,
+        kind: LinearKind::Up,
+    };
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("yaqa-quant-file-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A layer with random codes on a `bits`-bit grid (symmetric, or asymmetric with groups of `n`),
+    /// no rotation, and `w_hat` the grid's levels of the codes, as the pipeline would hand it over.
+    fn layer(bits: u32, m: usize, n: usize, asym: bool, seed: u64) -> QuantizedLayer {
+        let mut rng = yaqa_core::Rng::derive(seed, "quant-file-test");
+        let codes: Vec<u16> = (0..m * n).map(|_| rng.below(1u64 << bits) as u16).collect();
+        let quantizer = if asym {
+            let scales = (0..m).map(|i| 0.01 * (i + 1) as f32).collect();
+            let zeros = (0..m).map(|i| (i as u16) % (1 << bits)).collect();
+            FittedQuantizer::IntAsym(
+                IntAsymGroup::from_parts(
+                    bits,
+                    n,
+                    Mat::from_vec(m, 1, scales).unwrap(),
+                    Mat::from_vec(m, 1, zeros).unwrap(),
+                )
+                .unwrap(),
+            )
+        } else {
+            FittedQuantizer::IntSym(IntSym::new(bits, 0.125).unwrap())
+        };
+        let mut w_hat = Mat::<f32>::zeros(m, n);
+        for i in 0..m {
+            for j in 0..n {
+                let c = codes[i * n + j];
+                *w_hat.at_mut(i, j) = match &quantizer {
+                    FittedQuantizer::IntSym(s) => s.level(c),
+                    FittedQuantizer::IntAsym(a) => {
+                        a.scales().at(i, 0) * (c as f32 - a.zeros().at(i, 0) as f32)
+                    }
+                };
+            }
+        }
+        QuantizedLayer {
+            w_hat,
+            codes,
+            quantizer,
+            signs_in: None,
+            signs_out: None,
+            pivots: Vec::new(),
+            report: LayerReport {
+                method: Method::Rtn,
+                proxy_two_sided: None,
+                proxy_one_sided: 0.0,
+                damp_in: 0.0,
+                damp_out: None,
+                scale_c: None,
+                bits_per_weight: f64::from(bits),
+            },
+        }
+    }
+
+    /// Writes `q` as a part and assembles it into `dir/name`.
+    fn write_file(dir: &Path, name: &str, q: &QuantizedLayer) -> PathBuf {
+        let run = json!({"method": "rtn"});
+        let part = dir.join(format!("{name}.part"));
+        write_part(&part, ID, q, &run).unwrap();
+        let out = dir.join(name);
+        assemble(&[(ID, part)], &run, &out).unwrap();
+        out
+    }
+
+    /// Copies the safetensors file `src` to `dst` with every tensor and the header passed through `edit`.
+    fn rewrite(
+        src: &Path,
+        dst: &Path,
+        edit_tensor: impl Fn(&str, &mut RawTensor),
+        edit_header: impl Fn(&mut Value),
+    ) {
+        let file = SafetensorsFile::open(src).unwrap();
+        let mut tensors = Vec::new();
+        for (name, info) in &file.tensors {
+            let (_, bytes) = file.raw(name, &info.dtype).unwrap();
+            let dtype = match info.dtype.as_str() {
+                "U8" => Dtype::U8,
+                "I8" => Dtype::I8,
+                _ => Dtype::F32,
+            };
+            let mut t = RawTensor {
+                dtype,
+                shape: info.shape.clone(),
+                bytes: bytes.to_vec(),
+            };
+            edit_tensor(name, &mut t);
+            tensors.push((name.clone(), t));
+        }
+        let mut header: Value = serde_json::from_str(&file.metadata[META_KEY]).unwrap();
+        edit_header(&mut header);
+        write_safetensors(dst, &tensors, META_KEY, &header.to_string()).unwrap();
+    }
+
+    #[test]
+    fn codes_are_stored_packed_and_dequantize_exactly() {
+        let dir = scratch("packed");
+        let cpu = Cpu::default();
+        // n = 5: 5·k bits per row is not a whole number of bytes for k = 3 (15 bits → 2 bytes).
+        for (bits, asym) in [(2, false), (3, false), (4, true), (8, true), (3, true)] {
+            let (m, n) = (3, 5);
+            let q = layer(bits, m, n, asym, u64::from(bits));
+            let path = write_file(&dir, &format!("q{bits}-{asym}.safetensors"), &q);
+            let file = QuantFile::open(&path).unwrap();
+            let name = ID.name();
+            let info = &file.file.tensors[&format!("{name}.codes")];
+            assert_eq!(info.dtype, "U8");
+            assert_eq!(
+                info.shape,
+                [m, (n * bits as usize).div_ceil(8)],
+                "{bits} bits"
+            );
+            assert_eq!(file.header["layers"][&name]["code_bits"], bits);
+            let (_, bytes) = file.file.raw(&format!("{name}.codes"), "U8").unwrap();
+            let row_bytes = info.shape[1];
+            for i in 0..m {
+                assert_eq!(
+                    bytes[i * row_bytes..(i + 1) * row_bytes],
+                    bitpack::pack(&q.codes[i * n..(i + 1) * n], bits).unwrap(),
+                    "{bits} bits: row {i} is its own stream"
+                );
+            }
+            let codes = file.codes(ID).unwrap();
+            assert!(codes.iter().zip(&q.codes).all(|(&a, &b)| u16::from(a) == b));
+            let w = file.dequantize(&cpu, ID).unwrap();
+            assert!(
+                w.data
+                    .iter()
+                    .zip(&q.w_hat.data)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{bits} bits, asym {asym}: dequantized levels differ"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn codes_of_the_wrong_size_are_refused_naming_the_tensor() {
+        let dir = scratch("short");
+        let cpu = Cpu::default();
+        let (m, n) = (4, 6);
+        let good = write_file(&dir, "good.safetensors", &layer(3, m, n, false, 5));
+        let codes_name = format!("{}.codes", ID.name());
+        // The packed codes are [4, 3]. Too short as a flat stream, a row short, and the version 1 layout (one
+        // byte per code) under a version 2 header; the bytes follow the shape (cut, or padded with zeros).
+        let cases = [
+            ("short", vec![m * 3 - 1]),
+            ("short-row", vec![m, 2]),
+            ("unpacked", vec![m, n]),
+        ];
+        for (tag, shape) in cases {
+            let bad = dir.join(format!("{tag}.safetensors"));
+            rewrite(
+                &good,
+                &bad,
+                |name, t| {
+                    if name == codes_name {
+                        t.shape = shape.clone();
+                        t.bytes.resize(shape.iter().product(), 0);
+                    }
+                },
+                |_| {},
+            );
+            let file = QuantFile::open(&bad).unwrap();
+            for err in [
+                file.codes(ID).unwrap_err().to_string(),
+                file.dequantize(&cpu, ID).unwrap_err().to_string(),
+            ] {
+                assert!(
+                    err.contains(&format!("{tag}.safetensors"))
+                        && err.contains(&codes_name)
+                        && err.contains("expected [4, 3]"),
+                    "{tag}: {err}"
+                );
+            }
+        }
+
+        // Nonzero padding bits: row 0 holds 18 bits in 3 bytes, the top 6 bits of its byte 2 are padding.
+        let dirty = dir.join("dirty.safetensors");
+        rewrite(
+            &good,
+            &dirty,
+            |name, t| {
+                if name == codes_name {
+                    t.bytes[2] |= 0x80;
+                }
+            },
+            |_| {},
+        );
+        let err = QuantFile::open(&dirty)
+            .unwrap()
+            .codes(ID)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("dirty.safetensors")
+                && err.contains(&codes_name)
+                && err.contains("padding"),
+            "{err}"
+        );
+
+        // code_bits that disagree with the grid, or are missing.
+        for (tag, value) in [("bits-differ", json!(4)), ("bits-missing", Value::Null)] {
+            let bad = dir.join(format!("{tag}.safetensors"));
+            rewrite(
+                &good,
+                &bad,
+                |_, _| {},
+                |h| h["layers"][ID.name()]["code_bits"] = value.clone(),
+            );
+            let err = QuantFile::open(&bad)
+                .unwrap()
+                .codes(ID)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("{tag}.safetensors")) && err.contains("code_bits"),
+                "{tag}: {err}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn version_1_files_are_refused() {
+        let dir = scratch("v1");
+        let good = write_file(&dir, "good.safetensors", &layer(4, 2, 8, false, 9));
+        let old = dir.join("old.safetensors");
+        rewrite(&good, &old, |_, _| {}, |h| h["version"] = json!(1));
+        let err = QuantFile::open(&old).unwrap_err().to_string();
+        assert!(
+            err.contains("old.safetensors")
+                && err.contains("made by an older yaqa")
+                && err.contains("re-run quantize"),
+            "{err}"
+        );
+
+        // A version-1 part is unreadable to a resumed run, which then quantizes that layer again.
+        let run = json!({"method": "rtn"});
+        let part = dir.join("part.safetensors");
+        write_part(&part, ID, &layer(4, 2, 8, false, 9), &run).unwrap();
+        assert_eq!(part_run(&part), Some(run.clone()));
+        let old_part = dir.join("old-part.safetensors");
+        rewrite(&part, &old_part, |_, _| {}, |h| h["version"] = json!(1));
+        assert_eq!(part_run(&old_part), None);
+        let err = assemble(&[(ID, old_part)], &run, &dir.join("out.safetensors"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("older yaqa"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

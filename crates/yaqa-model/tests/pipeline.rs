@@ -174,3 +174,65 @@ fn resumed_run_gives_identical_bytes_and_exact_dequantization() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Bytes of the `L.codes` tensors of a quantized file, over all layers.
+fn code_bytes(file: &QuantFile) -> usize {
+    file.file
+        .tensors
+        .iter()
+        .filter(|(name, _)| name.ends_with(".codes"))
+        .map(|(_, info)| info.end - info.start)
+        .sum()
+}
+
+#[test]
+fn int2_codes_take_a_quarter_of_the_int8_bytes() {
+    let model = Model::synthetic(tiny_config(Family::Llama, true), 11);
+    let f = factors(&model);
+    let dir = scratch("sizes");
+    let mut sizes = Vec::new();
+    for bits in [2, 8] {
+        let params = LayerParams {
+            method: Method::Rtn,
+            quantizer: QuantizerSpec::IntSym { bits },
+            ..LayerParams::default()
+        };
+        let out = dir.join(format!("int{bits}.safetensors"));
+        let o = run(&model, &f, &params, &out, None);
+        let file = QuantFile::open(&out).unwrap();
+        // Packed codes still rebuild Ŵ bit for bit at both widths.
+        for (id, q) in &o.done {
+            let w_hat = file.dequantize(&Cpu::default(), *id).unwrap();
+            assert!(
+                w_hat
+                    .data
+                    .iter()
+                    .zip(&q.w_hat.data)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "int{bits}: {} dequantizes differently",
+                id.name()
+            );
+        }
+        sizes.push((
+            code_bytes(&file),
+            std::fs::metadata(&out).unwrap().len() as usize,
+        ));
+    }
+    let weights: usize = LayerId::all(&model)
+        .iter()
+        .map(|id| {
+            let (m, n) = model.layers[id.block].linear(id.kind).shape();
+            m * n
+        })
+        .sum();
+    let ((int2_codes, int2_file), (int8_codes, int8_file)) = (sizes[0], sizes[1]);
+    // Every input dimension of the tiny model is a multiple of 4, so 2-bit rows need no padding.
+    assert_eq!(int8_codes, weights, "INT8: one byte per weight");
+    assert_eq!(
+        int2_codes * 4,
+        int8_codes,
+        "INT2: a quarter of a byte per weight"
+    );
+    assert!(int2_file < int8_file, "{int2_file} vs {int8_file} bytes");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

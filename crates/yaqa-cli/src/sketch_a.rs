@@ -1,0 +1,503 @@
+//! Sketch A one pass at a time, so that each pass can be spread over machines (DESIGN.md §2 and §9,
+//! "Scale-out").
+//!
+//! Sketch A is a power iteration: pass `K + 1` starts from the merged result of pass `K` over *every*
+//! calibration sequence. A cluster therefore runs each pass as a job array of `--shard I/N` jobs and
+//! merges between passes with `yaqa hessian merge`. `yaqa hessian --sketch a --shard I/N` runs pass 0
+//! (`Σ x xᵀ`, forward only), and `--from DIR` runs the pass after the one stored in `DIR`; `--passes P`
+//! keeps running every pass in one process and goes with neither.
+//!
+//! A folder is a valid start only when it is one complete, merged pass of this run: one `a-pK` file for
+//! every layer of the model, all of the same pass, model and calibration, next to a calibration record
+//! that holds every sequence of the calibration set. Anything else is refused before any work, naming the
+//! folder and what differs: a power iteration started from a partial sum or from another run's factors
+//! gives factors that look plausible and are wrong.
+//!
+//! The next pass runs over the sequences of the folder's record, not over sequences made again from the
+//! flags. They are the tokens pass 0 used (sampling data-free sequences again would cost more than the
+//! pass itself), and from pass 1 on the record also holds the Fisher labels, which every later pass
+//! reuses as the one-process run does (`commands::sketch_a`), so a pass split into shards sums exactly the
+//! terms the one-process pass sums. The calibration flags must still describe the same calibration set
+//! (seed, sequence length, number of sequences, source): one job script with the same flags on every pass
+//! cannot then mix two runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use yaqa_backend_cpu::Cpu;
+use yaqa_core::sketch::{Factors, SketchKind};
+use yaqa_model::calib::{CalibSeq, Shard};
+use yaqa_model::calib_file::{
+    LabelOrigin, RECORD_FILE, RecordHeader, read_calib_file, write_record,
+};
+use yaqa_model::checkpoint::Loaded;
+use yaqa_model::collect::LayerId;
+use yaqa_model::factor_file::{Provenance, parse_sketch_tag, sketch_tag};
+
+use crate::commands::{collect_factors_labelled, write_factor_dir};
+use crate::util::{calibration_set, factor_index, read_factor_checked};
+use crate::{HessianCollect, SketchArg};
+
+/// What a `hessian --sketch a` run does, from its flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan<'a> {
+    /// Passes `0..P` in one process over this run's sequences: `--passes P`, or `P = 1` (pass 0 only)
+    /// for a sharded run without `--from`.
+    FromStart(u32),
+    /// Exactly the pass after the one stored in this folder (`--from`).
+    After(&'a Path),
+}
+
+/// Checks the flags that shape Sketch A (before the model is loaded) and says what the run does; `None`
+/// for the other sketches.
+///
+/// **Errors**: `--from` without `--sketch a`; `--passes` next to `--from` or `--shard` (those runs do
+/// one pass each); fewer than 2 passes.
+pub fn plan(args: &HessianCollect) -> Result<Option<Plan<'_>>> {
+    if args.sketch != SketchArg::A {
+        if let Some(from) = &args.from {
+            bail!(
+                "--from {}: --from continues Sketch A from a finished pass and needs --sketch a",
+                from.display()
+            );
+        }
+        if let Some(p) = args.passes {
+            let sketch = if args.sketch == SketchArg::B {
+                "b"
+            } else {
+                "xtx"
+            };
+            bail!("--passes {p}: passes are Sketch A's, and this run collects --sketch {sketch}");
+        }
+        return Ok(None);
+    }
+    let one_pass = |why: &str, p: u32| {
+        anyhow::anyhow!(
+            "--passes {p} with {why}: --passes runs every pass in one process, while a run with --shard \
+             or --from runs exactly one pass (pass 0 without --from, otherwise the pass after --from's); \
+             drop --passes and loop over the passes, merging the shards in between"
+        )
+    };
+    match (&args.from, args.shard, args.passes) {
+        (Some(from), _, Some(p)) => Err(one_pass(&format!("--from {}", from.display()), p)),
+        (None, Some(shard), Some(p)) => Err(one_pass(&format!("--shard {shard}"), p)),
+        (Some(from), _, None) => Ok(Some(Plan::After(from))),
+        (None, Some(_), None) => Ok(Some(Plan::FromStart(1))),
+        (None, None, Some(p)) if p < 2 => {
+            bail!("--passes: Sketch A needs at least 2 passes (the reference uses 6)")
+        }
+        (None, None, p) => Ok(Some(Plan::FromStart(p.unwrap_or(DEFAULT_PASSES)))),
+    }
+}
+
+/// Sketch A's passes in one process when `--passes` is not given.
+pub const DEFAULT_PASSES: u32 = 2;
+
+/// Refuses an output folder that already holds factor files of another Sketch A pass than `pass`: a
+/// folder of mixed passes cannot start the next pass, and the record written last would describe only
+/// one of them. This also refuses `--out` equal to `--from`.
+///
+/// **Errors**: such a file (named), or an unreadable folder.
+pub fn check_out(out: &Path, pass: u32) -> Result<()> {
+    if !out.exists() {
+        return Ok(());
+    }
+    let entries = std::fs::read_dir(out)
+        .with_context(|| format!("reading the output folder {}", out.display()))?;
+    for entry in entries {
+        let entry =
+            entry.with_context(|| format!("reading the output folder {}", out.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let other = name
+            .strip_suffix(".safetensors")
+            .and_then(|stem| stem.rsplit_once('.'))
+            .and_then(|(_, tag)| parse_sketch_tag(tag));
+        if let Some(SketchKind::A { pass: found }) = other
+            && found != pass
+        {
+            bail!(
+                "--out {} already holds Sketch A pass {found} factors ({name}), and this run writes pass \
+                 {pass}: write each pass to its own folder",
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One finished Sketch A pass read back from its folder and checked (see the module docs).
+#[derive(Debug)]
+pub struct PassDir {
+    pub dir: PathBuf,
+    /// The pass the folder holds (`K` of its `a-pK` files).
+    pub pass: u32,
+    /// Every layer's factors after that pass.
+    pub factors: BTreeMap<LayerId, Factors>,
+    /// The folder's calibration record: its header, and every sequence of the calibration set.
+    pub record: RecordHeader,
+    pub seqs: Vec<CalibSeq>,
+}
+
+/// A factor file's provenance in words, for messages.
+fn describe(p: &Provenance, n_seqs: u64) -> String {
+    format!(
+        "seed {}, seq_len {}, calib {}, shards {:?}, {n_seqs} sequences",
+        p.seed, p.seq_len, p.calib, p.shards
+    )
+}
+
+/// Reads the folder of a finished Sketch A pass for a run on `loaded`, checking that it is one complete
+/// merged pass of one run on this model (module docs).
+///
+/// **Errors**, each naming the folder or the file: no Sketch A files, files of several passes, a layer
+/// missing, factors of another model or shape, layers collected differently, no record or a record of
+/// another run, and a pass not merged over every shard.
+pub fn read_pass_dir(dir: &Path, loaded: &Loaded) -> Result<PassDir> {
+    let shown = dir.display();
+    let index = factor_index(dir)?;
+    let passes: BTreeSet<u32> = index
+        .values()
+        .flat_map(|files| files.keys())
+        .filter_map(|tag| match parse_sketch_tag(tag) {
+            Some(SketchKind::A { pass }) => Some(pass),
+            _ => None,
+        })
+        .collect();
+    let pass = match passes.iter().collect::<Vec<_>>()[..] {
+        [] => bail!(
+            "--from {shown}: no Sketch A factors (a-pK files) in the folder; --from takes the folder of a \
+             finished Sketch A pass"
+        ),
+        [&one] => one,
+        ref several => bail!(
+            "--from {shown} mixes Sketch A passes {}: --from takes the merged folder of one pass",
+            several
+                .iter()
+                .map(|p| format!("a-p{p}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let tag = sketch_tag(SketchKind::A { pass });
+    let layers = LayerId::all(&loaded.model);
+    if let Some((id, _)) = index
+        .iter()
+        .find(|(id, files)| files.contains_key(&tag) && !layers.contains(id))
+    {
+        bail!(
+            "--from {shown}: {tag} factors for {}, a layer the model {} does not have",
+            id.name(),
+            loaded.path.display()
+        );
+    }
+    let mut factors = BTreeMap::new();
+    let mut first: Option<(PathBuf, Provenance, u64)> = None;
+    for id in layers {
+        let path = index.get(&id).and_then(|f| f.get(&tag)).with_context(|| {
+            format!(
+                "--from {shown}: no {tag} factors for {}; every layer of the model must be in the folder",
+                id.name()
+            )
+        })?;
+        // Names the file when the model differs.
+        let file = read_factor_checked(path, &loaded.fingerprint)?;
+        let (m, n) = loaded.model.layers[id.block].linear(id.kind).shape();
+        if file.layer != id || (file.m, file.factors.h_in.n) != (m, n) {
+            bail!(
+                "{}: factors of {} ({}×{}), but the model's {} is {m}×{n}",
+                path.display(),
+                file.layer.name(),
+                file.m,
+                file.factors.h_in.n,
+                id.name()
+            );
+        }
+        match &first {
+            None => first = Some((path.clone(), file.provenance.clone(), file.factors.n_seqs)),
+            Some((first_path, prov, n_seqs))
+                if (prov, *n_seqs) != (&file.provenance, file.factors.n_seqs) =>
+            {
+                bail!(
+                    "--from {shown} mixes runs: {} was collected with {}, {} with {}",
+                    path.display(),
+                    describe(&file.provenance, file.factors.n_seqs),
+                    first_path.display(),
+                    describe(prov, *n_seqs)
+                );
+            }
+            Some(_) => {}
+        }
+        factors.insert(id, file.factors);
+    }
+    let (_, prov, summed) = first.context("a model with no linear layers")?;
+
+    let path = dir.join(RECORD_FILE);
+    if !path.is_file() {
+        bail!(
+            "--from {shown} has no {RECORD_FILE}: --from needs a folder written by `yaqa hessian` or \
+             `yaqa hessian merge`, whose record holds the sequences of the pass"
+        );
+    }
+    let file = read_calib_file(&path, Some(loaded.model.config.vocab_size))
+        .with_context(|| format!("reading the calibration record {}", path.display()))?;
+    let shown_record = path.display();
+    let Some(record) = file.header else {
+        bail!("{shown_record}: not a yaqa calibration record (no \"yaqa\" header)");
+    };
+    if record.sketch != tag {
+        bail!(
+            "{shown_record} records sketch {}, but the factors are {tag}: the folder mixes runs",
+            record.sketch
+        );
+    }
+    if record.model_fingerprint != loaded.fingerprint {
+        bail!(
+            "{shown_record} was recorded on a different model than {} (fingerprint {}…, model {}…)",
+            loaded.path.display(),
+            record.model_fingerprint.get(..12).unwrap_or(""),
+            loaded.fingerprint.get(..12).unwrap_or("")
+        );
+    }
+    let mut record_shards = record.shards.clone();
+    record_shards.sort();
+    let mut factor_shards = prov.shards.clone();
+    factor_shards.sort();
+    if (record.seed, record.seq_len, &record.calib, &record_shards)
+        != (prov.seed, prov.seq_len, &prov.calib, &factor_shards)
+    {
+        bail!(
+            "--from {shown} mixes runs: {RECORD_FILE} has seed {}, seq_len {}, calib {}, shards {:?}, \
+             the factors {}",
+            record.seed,
+            record.seq_len,
+            record.calib,
+            record.shards,
+            describe(&prov, summed)
+        );
+    }
+    if file.seqs.len() != record.n_seqs {
+        bail!(
+            "--from {shown} holds pass {pass} of {} of the {} calibration sequences (shards {:?}): merge \
+             the folders of every shard of pass {pass} first (yaqa hessian merge --out DIR SHARD_DIRS...) \
+             and run pass {} --from the merged folder",
+            file.seqs.len(),
+            record.n_seqs,
+            record.shards,
+            pass + 1
+        );
+    }
+    if summed != file.seqs.len() as u64 {
+        bail!(
+            "--from {shown} mixes runs: the factors sum {summed} sequences, {RECORD_FILE} holds {}",
+            file.seqs.len()
+        );
+    }
+    Ok(PassDir {
+        dir: dir.to_path_buf(),
+        pass,
+        factors,
+        record,
+        seqs: file.seqs,
+    })
+}
+
+/// The sequences of `shard` for the pass after `from`'s, with the origin of their labels when they
+/// have any. They come from the folder's record (module docs); the flags must describe the same
+/// calibration set, and when they name text or an ids file, the sequences made from it must be the
+/// recorded ones.
+///
+/// **Errors**: a different seed, sequence length, number of sequences or source than the folder's
+/// (naming the folder and both values), recorded sequences or labels that the text or ids file no
+/// longer gives, and the errors of reading the calibration.
+pub fn pass_sequences(
+    from: &PassDir,
+    loaded: &Loaded,
+    args: &HessianCollect,
+    shard: Shard,
+    cpu: &Cpu,
+) -> Result<(Vec<CalibSeq>, Option<LabelOrigin>)> {
+    let (shown, rec) = (from.dir.display(), &from.record);
+    let seed = args.calib.seed;
+    if seed != rec.seed {
+        bail!(
+            "--from {shown} was collected with --seed {}, this run has --seed {seed}",
+            rec.seed
+        );
+    }
+    let mut seqs: Vec<CalibSeq> = from
+        .seqs
+        .iter()
+        .filter(|s| shard.contains(s.index))
+        .cloned()
+        .collect();
+    let ids = args.calib_ids.calib_ids.as_deref();
+    let data_free = ids.is_none() && args.calib.calib.is_empty();
+    let (source, seq_len, n_seqs, made) = if data_free {
+        // Sampling again would cost more than the pass; the record holds the samples.
+        let (seq_len, n_seqs) = (args.calib.seq_len, args.calib.n_seqs);
+        ("data-free".to_string(), seq_len, n_seqs, None)
+    } else {
+        let cal = calibration_set(loaded, &args.calib, ids, shard, cpu)?;
+        (
+            cal.source,
+            cal.seq_len,
+            cal.n_seqs,
+            Some((cal.seqs, cal.labels)),
+        )
+    };
+    if source != rec.calib {
+        bail!(
+            "--from {shown} was collected from {}, this run's calibration flags give {source}",
+            rec.calib
+        );
+    }
+    if seq_len != rec.seq_len {
+        bail!(
+            "--from {shown} has sequences of {} tokens, this run has --seq-len {seq_len}",
+            rec.seq_len
+        );
+    }
+    if n_seqs != rec.n_seqs {
+        bail!(
+            "--from {shown} has {} calibration sequences, this run has --n-seqs {n_seqs}",
+            rec.n_seqs
+        );
+    }
+    let mut origin = rec.labels;
+    if let Some((made, given)) = made {
+        let recorded: Vec<usize> = seqs.iter().map(|s| s.index).collect();
+        let again: Vec<usize> = made.iter().map(|s| s.index).collect();
+        if let Some(k) =
+            (0..recorded.len().max(again.len())).find(|&k| recorded.get(k) != again.get(k))
+        {
+            let at = |v: &[usize]| {
+                v.get(k)
+                    .map_or("none".to_string(), |i| format!("sequence {i}"))
+            };
+            bail!(
+                "--from {shown}: for shard {shard} the calibration flags give {} sequences, the record \
+                 {} (the {}th: {} from the flags, {} in the record)",
+                again.len(),
+                recorded.len(),
+                k + 1,
+                at(&again),
+                at(&recorded)
+            );
+        }
+        for (s, m) in seqs.iter_mut().zip(made) {
+            if s.ids != m.ids {
+                bail!(
+                    "--from {shown}: calibration sequence {} differs from the one recorded in {RECORD_FILE} \
+                     (did the calibration file change since pass 0?)",
+                    s.index
+                );
+            }
+            match (&s.labels, m.labels) {
+                (Some(a), Some(b)) if *a != b => bail!(
+                    "--from {shown}: the labels of calibration sequence {} differ from the recorded ones",
+                    s.index
+                ),
+                (None, Some(b)) => s.labels = Some(b),
+                _ => {}
+            }
+        }
+        origin = origin.or(given);
+    }
+    Ok((seqs, origin))
+}
+
+/// `yaqa hessian --sketch a --from DIR`: the pass after `DIR`'s over this run's shard, written to `out`
+/// as `a-p<K+1>` factor files and a calibration record of the shard.
+pub fn next_pass(
+    cpu: &Cpu,
+    loaded: &Loaded,
+    args: &HessianCollect,
+    from: &Path,
+    out: &Path,
+    t0: Instant,
+) -> Result<()> {
+    let shard = args.shard.unwrap_or_default();
+    let prev = read_pass_dir(from, loaded)?;
+    let pass = prev.pass + 1;
+    check_out(out, pass)?;
+    let (mut seqs, origin) = pass_sequences(&prev, loaded, args, shard, cpu)?;
+    let start = prev
+        .factors
+        .iter()
+        .map(|(id, f)| {
+            let m = loaded.model.layers[id.block].linear(id.kind).rows;
+            f.next_sketch_a_pass(m)
+                .map(|next| (*id, next))
+                .with_context(|| format!("starting Sketch A pass {pass} of {}", id.name()))
+        })
+        .collect::<Result<BTreeMap<_, _>>>()?;
+    eprintln!(
+        "Sketch A pass {pass} from {} over {} sequences (shard {shard}, {}{})",
+        from.display(),
+        seqs.len(),
+        prev.record.calib,
+        if seqs.iter().any(|s| s.labels.is_some()) {
+            ", labels from the record"
+        } else {
+            ""
+        }
+    );
+    let label = format!("A pass {pass}");
+    let mut collected = collect_factors_labelled(
+        cpu,
+        &loaded.model,
+        &seqs,
+        prev.record.seed,
+        vec![start],
+        &label,
+    )?;
+    for (s, l) in seqs.iter_mut().zip(collected.labels) {
+        s.labels = Some(l);
+    }
+    let factors = collected
+        .sets
+        .pop()
+        .context("Sketch A pass produced no factors")?;
+    let rec = &prev.record;
+    let shards = vec![shard.to_string()];
+    let prov = Provenance {
+        seed: rec.seed,
+        seq_len: rec.seq_len,
+        calib: rec.calib.clone(),
+        shards: shards.clone(),
+        model_fingerprint: loaded.fingerprint.clone(),
+    };
+    write_factor_dir(out, &loaded.model, &factors, &prov)?;
+    let header = RecordHeader {
+        shards,
+        sketch: sketch_tag(SketchKind::A { pass }),
+        labels: Some(origin.unwrap_or(LabelOrigin::Sampled)),
+        ..rec.clone()
+    };
+    let path = out.join(RECORD_FILE);
+    write_record(&path, &seqs, &header)
+        .with_context(|| format!("writing the calibration record {}", path.display()))?;
+    eprintln!(
+        "wrote {} a-p{pass} factor files and {RECORD_FILE} to {} in {:.1} s",
+        factors.len(),
+        out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    next_steps(pass, shard, out);
+    Ok(())
+}
+
+/// Says what to run after one pass written to `out` by shard `shard`.
+pub fn next_steps(pass: u32, shard: Shard, out: &Path) {
+    if shard.count > 1 {
+        eprintln!(
+            "next: once every shard of pass {pass} is done, `yaqa hessian merge` their folders, then run \
+             pass {} with --from the merged folder",
+            pass + 1
+        );
+    } else {
+        eprintln!("next: pass {} with --from {}", pass + 1, out.display());
+    }
+}

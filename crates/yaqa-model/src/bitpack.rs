@@ -1,0 +1,298 @@
+//! Bit-packing of quantization codes, the layout of `L.codes` in quantized-model files (docs/FORMAT.md).
+//!
+//! `k`-bit codes (`1 ≤ k ≤ 8`) are stored back to back in a little-endian bit stream: code `i` occupies
+//! bits `k·i .. k·i + k` of the stream, least significant bit first, and bit `b` of the stream is bit
+//! `b mod 8` of byte `b / 8`. The last byte's unused high bits are zero. `k = 8` is one byte per code.
+//!
+//! Quantized files pack every row of a layer's `m × n` codes as its own stream ([`pack_rows`]), so each
+//! row starts on a byte and a reader can seek to row `i` at `i·⌈n·k/8⌉` bytes; at the widths that divide
+//! 8 and with `n` a multiple of 8 (every real model) this is byte for byte the single stream of all
+//! `m·n` codes.
+//!
+//! Eight `k`-bit codes fill exactly `k` bytes, so both directions work on groups of eight codes through
+//! one `u64` (at most 64 bits), with the width a constant of each instantiation; only the last group of
+//! a stream is handled separately.
+
+use crate::error::{ModelError, Result};
+
+/// The widest code packed here (codes come back as bytes).
+pub const MAX_BITS: u32 = 8;
+
+/// Bytes holding `len` codes of `bits` bits: `⌈len·k/8⌉`.
+pub fn packed_len(len: usize, bits: u32) -> usize {
+    (len * bits as usize).div_ceil(8)
+}
+
+fn check_bits(bits: u32) -> Result<()> {
+    if (1..=MAX_BITS).contains(&bits) {
+        Ok(())
+    } else {
+        Err(ModelError::Input(format!(
+            "bit-packing {bits}-bit codes: widths 1..={MAX_BITS} are supported"
+        )))
+    }
+}
+
+/// Packs `codes` into `out` (exactly `packed_len(codes.len(), K)` bytes); codes are below `2^K`.
+fn pack_stream<const K: usize>(codes: &[u16], out: &mut [u8]) {
+    let full = codes.len() / 8;
+    let (body, tail) = out.split_at_mut(full * K);
+    for (group, bytes) in codes.chunks_exact(8).zip(body.chunks_exact_mut(K)) {
+        let mut word = 0u64;
+        for (i, &c) in group.iter().enumerate() {
+            word |= u64::from(c) << (K * i);
+        }
+        bytes.copy_from_slice(&word.to_le_bytes()[..K]);
+    }
+    let rest = &codes[full * 8..];
+    if !rest.is_empty() {
+        let mut word = 0u64;
+        for (i, &c) in rest.iter().enumerate() {
+            word |= u64::from(c) << (K * i);
+        }
+        let n_bytes = tail.len();
+        tail.copy_from_slice(&word.to_le_bytes()[..n_bytes]);
+    }
+}
+
+/// Unpacks `out.len()` codes from `bytes` (exactly `packed_len(out.len(), K)` bytes). Returns whether
+/// the padding bits after the last code are zero.
+fn unpack_stream<const K: usize>(bytes: &[u8], out: &mut [u8]) -> bool {
+    let mask = (1u64 << K) - 1;
+    let full = out.len() / 8;
+    let (body, tail) = bytes.split_at(full * K);
+    for (group, src) in out.chunks_exact_mut(8).zip(body.chunks_exact(K)) {
+        let mut buf = [0u8; 8];
+        buf[..K].copy_from_slice(src);
+        let word = u64::from_le_bytes(buf);
+        for (i, c) in group.iter_mut().enumerate() {
+            // Masked to K ≤ 8 bits.
+            *c = ((word >> (K * i)) & mask) as u8;
+        }
+    }
+    let rest = &mut out[full * 8..];
+    let mut buf = [0u8; 8];
+    buf[..tail.len()].copy_from_slice(tail);
+    let word = u64::from_le_bytes(buf);
+    for (i, c) in rest.iter_mut().enumerate() {
+        *c = ((word >> (K * i)) & mask) as u8;
+    }
+    // `rest.len() < 8`, so the shift is below 64.
+    word >> (K * rest.len()) == 0
+}
+
+/// The instantiation of `$f::<K>` for a runtime width (checked to be in `1..=8` beforehand).
+macro_rules! by_width {
+    ($bits:expr, $f:ident($($arg:expr),*)) => {
+        match $bits {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            8 => $f::<8>($($arg),*),
+            _ => unreachable!("bit width checked by check_bits"),
+        }
+    };
+}
+
+/// Packs `rows × cols` codes (row-major), each row as its own stream of `⌈cols·k/8⌉` bytes.
+///
+/// **Shapes**: `codes` has `rows·cols` entries; the result has `rows·⌈cols·k/8⌉` bytes, row `i` at
+/// `i·⌈cols·k/8⌉`. **Errors**: `bits` outside `1..=8`, a length that is not `rows·cols`, a code of
+/// `2^k` or more (named by row and column).
+pub fn pack_rows(codes: &[u16], rows: usize, cols: usize, bits: u32) -> Result<Vec<u8>> {
+    check_bits(bits)?;
+    if codes.len() != rows * cols {
+        return Err(ModelError::Input(format!(
+            "bit-packing {rows} × {cols} codes: {} given",
+            codes.len()
+        )));
+    }
+    let max_code = (1u16 << bits) - 1;
+    if let Some(at) = codes.iter().position(|&c| c > max_code) {
+        return Err(ModelError::Input(format!(
+            "bit-packing: code {} at row {}, column {} does not fit {bits} bits",
+            codes[at],
+            at / cols,
+            at % cols
+        )));
+    }
+    let row_bytes = packed_len(cols, bits);
+    let mut out = vec![0u8; rows * row_bytes];
+    if row_bytes > 0 {
+        for (row, dst) in codes
+            .chunks_exact(cols)
+            .zip(out.chunks_exact_mut(row_bytes))
+        {
+            by_width!(bits, pack_stream(row, dst));
+        }
+    }
+    Ok(out)
+}
+
+/// Inverse of [`pack_rows`]: the `rows × cols` codes, row-major, one byte each.
+///
+/// **Errors**: `bits` outside `1..=8`, a length that is not `rows·⌈cols·k/8⌉`, a row whose padding bits
+/// (after its last code) are not zero, as [`pack_rows`] never writes them.
+pub fn unpack_rows(bytes: &[u8], rows: usize, cols: usize, bits: u32) -> Result<Vec<u8>> {
+    check_bits(bits)?;
+    let row_bytes = packed_len(cols, bits);
+    if bytes.len() != rows * row_bytes {
+        return Err(ModelError::Input(format!(
+            "{} bytes do not hold {rows} × {cols} {bits}-bit codes packed row by row \
+             ({rows} × {row_bytes} bytes)",
+            bytes.len()
+        )));
+    }
+    let mut out = vec![0u8; rows * cols];
+    if row_bytes > 0 {
+        for (i, (src, dst)) in bytes
+            .chunks_exact(row_bytes)
+            .zip(out.chunks_exact_mut(cols))
+            .enumerate()
+        {
+            if !by_width!(bits, unpack_stream(src, dst)) {
+                return Err(ModelError::Input(format!(
+                    "row {i} of {bits}-bit codes has nonzero padding bits after its last code"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Packs `codes` as one stream: [`pack_rows`] with a single row.
+pub fn pack(codes: &[u16], bits: u32) -> Result<Vec<u8>> {
+    pack_rows(codes, 1, codes.len(), bits)
+}
+
+/// Unpacks `len` codes from one stream: [`unpack_rows`] with a single row.
+pub fn unpack(bytes: &[u8], len: usize, bits: u32) -> Result<Vec<u8>> {
+    unpack_rows(bytes, 1, len, bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout read bit by bit straight from its definition: bit `b` of the stream is bit `b mod 8`
+    /// of byte `b / 8`, and code `i` is bits `k·i .. k·i + k`, least significant first.
+    fn spec_pack(codes: &[u16], bits: u32) -> Vec<u8> {
+        let k = bits as usize;
+        let mut out = vec![0u8; (codes.len() * k).div_ceil(8)];
+        for (i, &c) in codes.iter().enumerate() {
+            for j in 0..k {
+                if (c >> j) & 1 == 1 {
+                    let b = k * i + j;
+                    out[b / 8] |= 1 << (b % 8);
+                }
+            }
+        }
+        out
+    }
+
+    fn random_codes(seed: u64, len: usize, bits: u32) -> Vec<u16> {
+        let mut rng = yaqa_core::Rng::derive(seed, "bitpack-test");
+        (0..len).map(|_| rng.below(1u64 << bits) as u16).collect()
+    }
+
+    #[test]
+    fn hand_computed_bytes() {
+        // k = 3, codes 1, 2, ..., 7, 0: the 24-bit number Σ c_i·2^(3i) is, most significant code first,
+        // 000 111 110 101 100 011 010 001 = 0x1F58D1, stored little-endian.
+        let codes = [1, 2, 3, 4, 5, 6, 7, 0];
+        assert_eq!(pack(&codes, 3).unwrap(), vec![0xD1, 0x58, 0x1F]);
+        assert_eq!(
+            unpack(&[0xD1, 0x58, 0x1F], 8, 3).unwrap(),
+            vec![1, 2, 3, 4, 5, 6, 7, 0]
+        );
+        // k = 2: four codes per byte, the first in the low bits.
+        assert_eq!(
+            pack(&[0, 1, 2, 3, 3], 2).unwrap(),
+            vec![0b11_10_01_00, 0b11]
+        );
+        // k = 4: the first code in the low nibble.
+        assert_eq!(pack(&[0xA, 0x5, 0xF], 4).unwrap(), vec![0x5A, 0x0F]);
+        // k = 8 is the plain byte layout.
+        assert_eq!(pack(&[7, 255, 0], 8).unwrap(), vec![7, 255, 0]);
+        // k = 3, one code: the padding bits above it are zero.
+        assert_eq!(pack(&[5], 3).unwrap(), vec![5]);
+    }
+
+    #[test]
+    fn round_trip_and_spec_agree_on_random_codes() {
+        for bits in 1..=MAX_BITS {
+            // Lengths around the eight-code groups, odd ones where n·k is not a multiple of 8.
+            for len in [0, 1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1001] {
+                let codes = random_codes(u64::from(bits) * 10_000 + len as u64, len, bits);
+                let bytes = pack(&codes, bits).unwrap();
+                assert_eq!(
+                    bytes.len(),
+                    packed_len(len, bits),
+                    "{bits} bits, {len} codes"
+                );
+                assert_eq!(bytes, spec_pack(&codes, bits), "{bits} bits, {len} codes");
+                let back = unpack(&bytes, len, bits).unwrap();
+                assert!(
+                    back.iter().zip(&codes).all(|(&b, &c)| u16::from(b) == c) && back.len() == len,
+                    "{bits} bits, {len} codes"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rows_are_packed_separately() {
+        for (bits, rows, cols) in [
+            (2, 5, 7),
+            (3, 4, 5),
+            (3, 3, 8),
+            (4, 6, 9),
+            (8, 2, 3),
+            (3, 3, 0),
+        ] {
+            let codes = random_codes(u64::from(bits) + 77, rows * cols, bits);
+            let bytes = pack_rows(&codes, rows, cols, bits).unwrap();
+            let row_bytes = packed_len(cols, bits);
+            assert_eq!(bytes.len(), rows * row_bytes);
+            for i in 0..rows {
+                assert_eq!(
+                    bytes[i * row_bytes..(i + 1) * row_bytes],
+                    spec_pack(&codes[i * cols..(i + 1) * cols], bits),
+                    "{bits} bits, row {i}"
+                );
+            }
+            let back = unpack_rows(&bytes, rows, cols, bits).unwrap();
+            assert!(back.iter().zip(&codes).all(|(&b, &c)| u16::from(b) == c));
+        }
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        let err = pack_rows(&[1, 2, 8, 0], 2, 2, 3).unwrap_err().to_string();
+        assert!(err.contains("code 8 at row 1, column 0"), "{err}");
+        assert!(pack(&[0], 0).is_err());
+        assert!(pack(&[0], 9).is_err());
+        assert!(
+            pack_rows(&[0; 5], 2, 3, 4).is_err(),
+            "length is not rows·cols"
+        );
+
+        let bytes = pack_rows(&[1, 2, 3, 4, 5, 6], 2, 3, 3).unwrap();
+        assert_eq!(bytes.len(), 4);
+        let err = unpack_rows(&bytes[..3], 2, 3, 3).unwrap_err().to_string();
+        assert!(
+            err.contains("3 bytes do not hold 2 × 3 3-bit codes"),
+            "{err}"
+        );
+        assert!(unpack_rows(&[bytes.clone(), vec![0]].concat(), 2, 3, 3).is_err());
+        // Row 1 is bytes 2..4: 9 bits of codes, so bits 1 to 7 of byte 3 are padding.
+        let mut dirty = bytes.clone();
+        dirty[3] |= 0x80;
+        let err = unpack_rows(&dirty, 2, 3, 3).unwrap_err().to_string();
+        assert!(err.contains("row 1") && err.contains("padding"), "{err}");
+    }
+}
