@@ -17,7 +17,7 @@ use yaqa_model::calib_file::{LabelOrigin, RECORD_FILE, RecordHeader, merge_recor
 use yaqa_model::checkpoint::{self, Loaded};
 use yaqa_model::collect::{FactorSet, LayerId, collect, empty_factors};
 use yaqa_model::factor_file::{
-    Provenance, factor_path, merge_into, read_factors, sketch_tag, write_factors,
+    Provenance, factor_path, merge_into, parse_sketch_tag, read_factors, sketch_tag, write_factors,
 };
 use yaqa_model::hf::{RawTensor, SafetensorsFile, write_atomic, write_hf, write_safetensors};
 use yaqa_model::pipeline::{quantize_model, run_header};
@@ -269,6 +269,12 @@ pub fn write_factor_dir(
 fn merge(out: &Path, shards: &[PathBuf]) -> Result<()> {
     let first = &shards[0];
     let index = factor_index(first)?;
+    // A merged Sketch A pass is the start of the next one: it must not land among another pass's files.
+    for tag in index.values().flat_map(|files| files.keys()) {
+        if let Some(SketchKind::A { pass }) = parse_sketch_tag(tag) {
+            sketch_a::check_out(out, pass)?;
+        }
+    }
     // The calibration records first: they refuse a repeated shard or sequence before any factor file
     // is written. Folders from before records existed have none; a mixture is refused.
     let records: Vec<PathBuf> = shards.iter().map(|d| d.join(RECORD_FILE)).collect();

@@ -127,33 +127,29 @@ pub fn check_out(out: &Path, pass: u32) -> Result<()> {
     Ok(())
 }
 
-/// One finished Sketch A pass read back from its folder and checked (see the module docs).
+/// The folder of one finished Sketch A pass, its names and record checked (see the module docs); the
+/// factors are read by [`read_pass_factors`], after the cheap checks, because a large model's factors
+/// take gigabytes.
 #[derive(Debug)]
 pub struct PassDir {
     pub dir: PathBuf,
     /// The pass the folder holds (`K` of its `a-pK` files).
     pub pass: u32,
-    /// Every layer's factors after that pass.
-    pub factors: BTreeMap<LayerId, Factors>,
-    /// The folder's calibration record: its header, and every sequence of the calibration set.
+    /// Every layer's `a-pK` file.
+    pub files: BTreeMap<LayerId, PathBuf>,
+    /// The header of the folder's calibration record.
     pub record: RecordHeader,
+    /// Every sequence of the calibration set, from the record.
     pub seqs: Vec<CalibSeq>,
 }
 
-/// A factor file's provenance in words, for messages.
-fn describe(p: &Provenance, n_seqs: u64) -> String {
-    format!(
-        "seed {}, seq_len {}, calib {}, shards {:?}, {n_seqs} sequences",
-        p.seed, p.seq_len, p.calib, p.shards
-    )
-}
-
-/// Reads the folder of a finished Sketch A pass for a run on `loaded`, checking that it is one complete
-/// merged pass of one run on this model (module docs).
+/// Finds the folder of a finished Sketch A pass for a run on `loaded` and reads its record, checking
+/// that the folder holds one pass, a file for every layer of the model, and a record of that pass on
+/// this model holding every sequence of the calibration set (module docs).
 ///
 /// **Errors**, each naming the folder or the file: no Sketch A files, files of several passes, a layer
-/// missing, factors of another model or shape, layers collected differently, no record or a record of
-/// another run, and a pass not merged over every shard.
+/// missing or one the model does not have, no record, a record of another pass or model, and a pass not
+/// merged over every shard.
 pub fn read_pass_dir(dir: &Path, loaded: &Loaded) -> Result<PassDir> {
     let shown = dir.display();
     let index = factor_index(dir)?;
@@ -192,8 +188,7 @@ pub fn read_pass_dir(dir: &Path, loaded: &Loaded) -> Result<PassDir> {
             loaded.path.display()
         );
     }
-    let mut factors = BTreeMap::new();
-    let mut first: Option<(PathBuf, Provenance, u64)> = None;
+    let mut files = BTreeMap::new();
     for id in layers {
         let path = index.get(&id).and_then(|f| f.get(&tag)).with_context(|| {
             format!(
@@ -201,37 +196,8 @@ pub fn read_pass_dir(dir: &Path, loaded: &Loaded) -> Result<PassDir> {
                 id.name()
             )
         })?;
-        // Names the file when the model differs.
-        let file = read_factor_checked(path, &loaded.fingerprint)?;
-        let (m, n) = loaded.model.layers[id.block].linear(id.kind).shape();
-        if file.layer != id || (file.m, file.factors.h_in.n) != (m, n) {
-            bail!(
-                "{}: factors of {} ({}×{}), but the model's {} is {m}×{n}",
-                path.display(),
-                file.layer.name(),
-                file.m,
-                file.factors.h_in.n,
-                id.name()
-            );
-        }
-        match &first {
-            None => first = Some((path.clone(), file.provenance.clone(), file.factors.n_seqs)),
-            Some((first_path, prov, n_seqs))
-                if (prov, *n_seqs) != (&file.provenance, file.factors.n_seqs) =>
-            {
-                bail!(
-                    "--from {shown} mixes runs: {} was collected with {}, {} with {}",
-                    path.display(),
-                    describe(&file.provenance, file.factors.n_seqs),
-                    first_path.display(),
-                    describe(prov, *n_seqs)
-                );
-            }
-            Some(_) => {}
-        }
-        factors.insert(id, file.factors);
+        files.insert(id, path.clone());
     }
-    let (_, prov, summed) = first.context("a model with no linear layers")?;
 
     let path = dir.join(RECORD_FILE);
     if !path.is_file() {
@@ -260,23 +226,8 @@ pub fn read_pass_dir(dir: &Path, loaded: &Loaded) -> Result<PassDir> {
             loaded.fingerprint.get(..12).unwrap_or("")
         );
     }
-    let mut record_shards = record.shards.clone();
-    record_shards.sort();
-    let mut factor_shards = prov.shards.clone();
-    factor_shards.sort();
-    if (record.seed, record.seq_len, &record.calib, &record_shards)
-        != (prov.seed, prov.seq_len, &prov.calib, &factor_shards)
-    {
-        bail!(
-            "--from {shown} mixes runs: {RECORD_FILE} has seed {}, seq_len {}, calib {}, shards {:?}, \
-             the factors {}",
-            record.seed,
-            record.seq_len,
-            record.calib,
-            record.shards,
-            describe(&prov, summed)
-        );
-    }
+    // The record's sequence numbers are distinct and below `n_seqs` (`read_calib_file` checks), so
+    // holding `n_seqs` of them is holding all.
     if file.seqs.len() != record.n_seqs {
         bail!(
             "--from {shown} holds pass {pass} of {} of the {} calibration sequences (shards {:?}): merge \
@@ -288,19 +239,73 @@ pub fn read_pass_dir(dir: &Path, loaded: &Loaded) -> Result<PassDir> {
             pass + 1
         );
     }
-    if summed != file.seqs.len() as u64 {
-        bail!(
-            "--from {shown} mixes runs: the factors sum {summed} sequences, {RECORD_FILE} holds {}",
-            file.seqs.len()
-        );
-    }
     Ok(PassDir {
         dir: dir.to_path_buf(),
         pass,
-        factors,
+        files,
         record,
         seqs: file.seqs,
     })
+}
+
+/// Reads every layer's factors of `from`, checking each against the model and the folder's record: the
+/// model's fingerprint and the layer's shape, the record's seed, sequence length, calibration source and
+/// shards, and all of the record's sequences summed in.
+///
+/// **Errors**: a file that is unreadable, of another model or shape, or of another run than the record
+/// (each naming the file).
+pub fn read_pass_factors(from: &PassDir, loaded: &Loaded) -> Result<BTreeMap<LayerId, Factors>> {
+    let rec = &from.record;
+    let mut rec_shards = rec.shards.clone();
+    rec_shards.sort();
+    let mut factors = BTreeMap::new();
+    for (&id, path) in &from.files {
+        // Names the file when the model differs.
+        let file = read_factor_checked(path, &loaded.fingerprint)?;
+        let (m, n) = loaded.model.layers[id.block].linear(id.kind).shape();
+        if file.layer != id || (file.m, file.factors.h_in.n) != (m, n) {
+            bail!(
+                "{}: factors of {} ({}×{}), but the model's {} is {m}×{n}",
+                path.display(),
+                file.layer.name(),
+                file.m,
+                file.factors.h_in.n,
+                id.name()
+            );
+        }
+        let p = &file.provenance;
+        let mut shards = p.shards.clone();
+        shards.sort();
+        if (p.seed, p.seq_len, &p.calib, &shards, file.factors.n_seqs)
+            != (
+                rec.seed,
+                rec.seq_len,
+                &rec.calib,
+                &rec_shards,
+                rec.n_seqs as u64,
+            )
+        {
+            bail!(
+                "--from {} mixes runs: {} was collected with seed {}, seq_len {}, calib {}, shards {:?} \
+                 over {} sequences, but {RECORD_FILE} has seed {}, seq_len {}, calib {}, shards {:?} and \
+                 {} sequences",
+                from.dir.display(),
+                path.display(),
+                p.seed,
+                p.seq_len,
+                p.calib,
+                p.shards,
+                file.factors.n_seqs,
+                rec.seed,
+                rec.seq_len,
+                rec.calib,
+                rec.shards,
+                rec.n_seqs
+            );
+        }
+        factors.insert(id, file.factors);
+    }
+    Ok(factors)
 }
 
 /// The sequences of `shard` for the pass after `from`'s, with the origin of their labels when they
@@ -353,16 +358,23 @@ pub fn pass_sequences(
             rec.calib
         );
     }
+    // Where this run's numbers come from, for the messages.
+    let this = |flag: &str, value: usize| match ids {
+        Some(file) => format!("{} has {value}", file.display()),
+        None => format!("this run has {flag} {value}"),
+    };
     if seq_len != rec.seq_len {
         bail!(
-            "--from {shown} has sequences of {} tokens, this run has --seq-len {seq_len}",
-            rec.seq_len
+            "--from {shown} has sequences of {} tokens, {}",
+            rec.seq_len,
+            this("--seq-len", seq_len)
         );
     }
     if n_seqs != rec.n_seqs {
         bail!(
-            "--from {shown} has {} calibration sequences, this run has --n-seqs {n_seqs}",
-            rec.n_seqs
+            "--from {shown} has {} calibration sequences, {}",
+            rec.n_seqs,
+            this("--n-seqs", n_seqs)
         );
     }
     let mut origin = rec.labels;
@@ -378,10 +390,9 @@ pub fn pass_sequences(
             };
             bail!(
                 "--from {shown}: for shard {shard} the calibration flags give {} sequences, the record \
-                 {} (the {}th: {} from the flags, {} in the record)",
+                 {} (at position {k}: {} from the flags, {} in the record)",
                 again.len(),
                 recorded.len(),
-                k + 1,
                 at(&again),
                 at(&recorded)
             );
@@ -423,8 +434,7 @@ pub fn next_pass(
     let pass = prev.pass + 1;
     check_out(out, pass)?;
     let (mut seqs, origin) = pass_sequences(&prev, loaded, args, shard, cpu)?;
-    let start = prev
-        .factors
+    let start = read_pass_factors(&prev, loaded)?
         .iter()
         .map(|(id, f)| {
             let m = loaded.model.layers[id.block].linear(id.kind).rows;

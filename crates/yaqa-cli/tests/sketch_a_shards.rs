@@ -252,28 +252,31 @@ fn labels_from_an_ids_file_carry_through_sharded_passes() {
     let dir = scratch("ids");
     let model = tiny_model(&dir, "model", true, 6);
     let (n, t) = (3, 8);
-    let ids: Vec<i64> = (0..n * t).map(|k| ((k * 7 + 3) % 37) as i64).collect();
+    let mut ids: Vec<i64> = (0..n * t).map(|k| ((k * 7 + 3) % 37) as i64).collect();
     let labels: Vec<i32> = (0..n * t).map(|k| ((k * 5 + 1) % 37) as i32).collect();
     let file = dir.join("ids.safetensors");
-    let tensors = vec![
-        (
-            "input_ids".to_string(),
-            RawTensor {
-                dtype: Dtype::I64,
-                shape: vec![n, t],
-                bytes: ids.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            },
-        ),
-        (
-            "labels".to_string(),
-            RawTensor {
-                dtype: Dtype::I32,
-                shape: vec![n, t],
-                bytes: labels.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            },
-        ),
-    ];
-    write_safetensors(&file, &tensors, "format", "pt").unwrap();
+    let write = |ids: &[i64]| {
+        let tensors = vec![
+            (
+                "input_ids".to_string(),
+                RawTensor {
+                    dtype: Dtype::I64,
+                    shape: vec![n, t],
+                    bytes: ids.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                },
+            ),
+            (
+                "labels".to_string(),
+                RawTensor {
+                    dtype: Dtype::I32,
+                    shape: vec![n, t],
+                    bytes: labels.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                },
+            ),
+        ];
+        write_safetensors(&file, &tensors, "format", "pt").unwrap();
+    };
+    write(&ids);
     let calib = ["--calib-ids", s(&file), "--seed", "2"];
     let whole = dir.join("whole");
     run_ok(&sketch_a(
@@ -293,6 +296,22 @@ fn labels_from_an_ids_file_carry_through_sharded_passes() {
         .map(|l| l as i32)
         .collect();
     assert_eq!(used, labels);
+
+    // An ids file that changed since pass 0 no longer gives the recorded sequences: refused.
+    ids[t + 2] = (ids[t + 2] + 1) % 37;
+    write(&ids);
+    let out = dir.join("changed");
+    let p0 = dir.join("p0");
+    let err = run_fails(&sketch_a(
+        &model,
+        &out,
+        &[&calib[..], &["--from", s(&p0), "--shard", "1/2"]].concat(),
+    ));
+    assert!(
+        err.contains(s(&p0)) && err.contains("calibration sequence 1 differs"),
+        "{err}"
+    );
+    assert!(!out.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -378,7 +397,8 @@ fn misused_flags_and_folders_are_refused() {
     a.extend(["--from", p0_name]);
     refused(sketch_a(&other, &out, &a), &[p0_name, "different model"]);
 
-    // Folders: a shard not merged, passes mixed, a layer missing, no record, the output folder itself.
+    // Folders: a shard not merged, passes mixed, a layer missing, a layer of one shard among merged
+    // ones, no record, a record of another pass, the output folder itself.
     refused(
         from(&dir.join("p0-s0"), &[]),
         &["p0-s0", "2 of the 4 calibration sequences", "hessian merge"],
@@ -415,6 +435,20 @@ fn misused_flags_and_folders_are_refused() {
         from(&missing, &[]),
         &["missing", &format!("no a-p0 factors for {layer}")],
     );
+    let stale = copy("stale-layer");
+    std::fs::copy(
+        dir.join(format!("p0-s0/{layer}.a-p0.safetensors")),
+        stale.join(format!("{layer}.a-p0.safetensors")),
+    )
+    .unwrap();
+    refused(
+        from(&stale, &[]),
+        &[
+            "stale-layer",
+            "mixes runs",
+            "shards [\"0/2\"] over 2 sequences",
+        ],
+    );
     let no_record = copy("no-record");
     std::fs::remove_file(no_record.join(RECORD_FILE)).unwrap();
     refused(from(&no_record, &[]), &["no-record", RECORD_FILE]);
@@ -433,6 +467,11 @@ fn misused_flags_and_folders_are_refused() {
         "a-p0",
         "--from untouched"
     );
+
+    // Pass-1 shards merged into the pass-0 folder would mix passes there: refused.
+    let err = fails(&["hessian", "merge", "--out", p0_name, s(&p1)]);
+    assert!(err.contains("already holds Sketch A pass 0"), "{err}");
+    assert_eq!(record(&p0).header.unwrap().sketch, "a-p0");
 
     // Shards of different passes do not merge.
     let err = fails(&[
