@@ -3,9 +3,11 @@
 //! path), labels in an ids file are the ones the gradients use, shard records merge into the unsharded
 //! record, and bad files are refused naming the file and the tensor.
 
+mod common;
+use common::{fails, ok, s, scratch};
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use safetensors::Dtype;
 use yaqa_model::calib_file::{CalibFile, LabelOrigin, RECORD_FILE, read_calib_file};
@@ -13,41 +15,6 @@ use yaqa_model::factor_file::read_factors;
 use yaqa_model::hf::{RawTensor, write_hf, write_safetensors};
 use yaqa_model::weights::tiny_config;
 use yaqa_model::{Family, Model};
-
-fn yaqa(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_yaqa"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run the yaqa binary")
-}
-
-fn ok(args: &[&str]) {
-    let out = yaqa(args);
-    assert!(
-        out.status.success(),
-        "yaqa {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs `args`, expects failure, returns stderr.
-fn fails(args: &[&str]) -> String {
-    let out = yaqa(args);
-    assert!(!out.status.success(), "yaqa {args:?} should have failed");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("yaqa-calib-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// Every file of a folder by name, with its bytes.
 fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -110,7 +77,7 @@ fn flat(f: &CalibFile) -> (Vec<u32>, Vec<u32>) {
 
 #[test]
 fn a_run_replayed_from_its_record_writes_identical_files() {
-    let dir = scratch("replay");
+    let dir = scratch("calib-replay");
     let model = dir.join("model");
     write_hf(
         &Model::synthetic(tiny_config(Family::Llama, true), 5),
@@ -182,7 +149,7 @@ fn a_run_replayed_from_its_record_writes_identical_files() {
 
 #[test]
 fn labels_in_an_ids_file_are_the_ones_used() {
-    let dir = scratch("labels");
+    let dir = scratch("calib-labels");
     let model = dir.join("model");
     write_hf(
         &Model::synthetic(tiny_config(Family::Llama, true), 6),
@@ -277,7 +244,7 @@ fn labels_in_an_ids_file_are_the_ones_used() {
 
 #[test]
 fn shard_records_merge_into_the_unsharded_record() {
-    let dir = scratch("shards");
+    let dir = scratch("calib-shards");
     let model = dir.join("model");
     write_hf(
         &Model::synthetic(tiny_config(Family::Llama, true), 7),
@@ -350,7 +317,7 @@ fn shard_records_merge_into_the_unsharded_record() {
 
 #[test]
 fn bad_ids_files_and_flags_are_refused() {
-    let dir = scratch("bad");
+    let dir = scratch("calib-bad");
     let model = dir.join("model");
     write_hf(
         &Model::synthetic(tiny_config(Family::Llama, true), 8),

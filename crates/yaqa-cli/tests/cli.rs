@@ -3,30 +3,12 @@
 //! eval → export path on a tiny synthetic model in a Hugging Face folder, including an interrupted and
 //! resumed `quantize` whose output must equal an uninterrupted run's byte for byte.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::{ok, s, scratch, yaqa};
 
 use yaqa_model::hf::write_hf;
 use yaqa_model::weights::tiny_config;
 use yaqa_model::{Family, Model};
-
-fn yaqa(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_yaqa"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run the yaqa binary")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = yaqa(args);
-    assert!(
-        out.status.success(),
-        "yaqa {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[test]
 fn help_texts() {
@@ -39,20 +21,9 @@ fn help_texts() {
     insta::assert_snapshot!("help_hessian_merge", ok(&["hessian", "merge", "--help"]));
 }
 
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("yaqa-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 #[test]
 fn end_to_end_on_a_tiny_model() {
-    let dir = scratch("e2e");
+    let dir = scratch("cli-e2e");
     let model_dir = dir.join("model");
     let model = Model::synthetic(tiny_config(Family::Llama, true), 5);
     write_hf(&model, &model_dir).unwrap();
@@ -270,7 +241,7 @@ fn end_to_end_on_a_tiny_model() {
 
 #[test]
 fn compare_shares_scales_and_resumes() {
-    let dir = scratch("compare");
+    let dir = scratch("cli-compare");
     let model_dir = dir.join("model");
     let model = Model::synthetic(tiny_config(Family::Llama, true), 8);
     write_hf(&model, &model_dir).unwrap();

@@ -4,8 +4,10 @@
 //! folder or with the wrong flags is refused, naming the folder and what differs, before anything is
 //! written.
 
+mod common;
+use common::{fails, ok, s, scratch};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use safetensors::Dtype;
 use yaqa_core::mat::rel_diff_fro;
@@ -21,41 +23,6 @@ use yaqa_model::{Family, Model};
 /// way. Measured 2026-11-23 on these models: 0, bit-identical, because each sequence adds an f32 GEMM
 /// result and a handful of f32 values sum exactly in f64, in any order.
 const MERGE_REL: f64 = 1e-12;
-
-fn yaqa(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_yaqa"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run the yaqa binary")
-}
-
-fn ok(args: &[&str]) {
-    let out = yaqa(args);
-    assert!(
-        out.status.success(),
-        "yaqa {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs `args`, expects failure, returns stderr.
-fn fails(args: &[&str]) -> String {
-    let out = yaqa(args);
-    assert!(!out.status.success(), "yaqa {args:?} should have failed");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("yaqa-sketch-a-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A tiny Llama in `dir/name`; `tied` embeddings or not (the fingerprint hashes the configuration and
 /// the tensor headers, not the weights, so another model must differ in those).
@@ -192,7 +159,7 @@ fn assert_same_run(whole: &Path, merged: &Path, shards: &[&str]) -> f64 {
 
 #[test]
 fn three_passes_on_two_shards_each_equal_one_process() {
-    let dir = scratch("equal");
+    let dir = scratch("sketch-a-equal");
     let model = tiny_model(&dir, "model", true, 5);
     let calib = ["--n-seqs", "5", "--seq-len", "10", "--seed", "3"];
     let whole = dir.join("whole");
@@ -249,7 +216,7 @@ fn three_passes_on_two_shards_each_equal_one_process() {
 
 #[test]
 fn labels_from_an_ids_file_carry_through_sharded_passes() {
-    let dir = scratch("ids");
+    let dir = scratch("sketch-a-ids");
     let model = tiny_model(&dir, "model", true, 6);
     let (n, t) = (3, 8);
     let mut ids: Vec<i64> = (0..n * t).map(|k| ((k * 7 + 3) % 37) as i64).collect();
@@ -317,7 +284,7 @@ fn labels_from_an_ids_file_carry_through_sharded_passes() {
 
 #[test]
 fn misused_flags_and_folders_are_refused() {
-    let dir = scratch("refused");
+    let dir = scratch("sketch-a-refused");
     let model = tiny_model(&dir, "model", true, 7);
     let calib = ["--n-seqs", "4", "--seq-len", "8", "--seed", "4"];
     let p0 = sharded_passes(&model, &dir, 1, 2, &calib);

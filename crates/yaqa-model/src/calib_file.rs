@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use crate::calib::{CalibSeq, Shard};
 use crate::error::{ModelError, Result};
 use crate::factor_file::META_KEY;
+use crate::header::Header;
 use crate::hf::{RawTensor, SafetensorsFile, write_safetensors};
 
 /// The record's file name inside a `yaqa hessian` output folder.
@@ -102,32 +103,11 @@ impl RecordHeader {
     }
 
     fn from_json(path: &Path, h: &Value) -> Result<Self> {
-        let bad = |why: String| ModelError::format(path, why);
-        if h["format"] != FORMAT || h["version"] != VERSION {
-            return Err(bad(format!(
-                "format {} version {}: expected {FORMAT} version {VERSION}",
-                h["format"], h["version"]
-            )));
-        }
-        let num = |key: &str| {
-            h[key]
-                .as_u64()
-                .ok_or_else(|| bad(format!("header field {key:?} is missing or not an integer")))
-        };
-        let string = |key: &str| {
-            h[key]
-                .as_str()
-                .map(str::to_string)
-                .ok_or_else(|| bad(format!("header field {key:?} is missing or not a string")))
-        };
-        let shards = h["shards"]
-            .as_array()
-            .and_then(|a| {
-                a.iter()
-                    .map(|s| s.as_str().map(str::to_string))
-                    .collect::<Option<Vec<_>>>()
-            })
-            .ok_or_else(|| bad("header field \"shards\" is not a list of strings".into()))?;
+        let header = Header::new(path, h, FORMAT, VERSION)?;
+        let bad = |why: String| header.bad(why);
+        let num = |key: &str| header.u64(key);
+        let string = |key: &str| header.string(key);
+        let shards = header.strings("shards")?;
         let labels = match &h["labels"] {
             Value::Null => None,
             v => Some(v.as_str().and_then(LabelOrigin::parse).ok_or_else(|| {

@@ -14,6 +14,7 @@ use yaqa_core::sketch::{Factors, SketchKind};
 
 use crate::collect::LayerId;
 use crate::error::{ModelError, Result};
+use crate::header::Header;
 use crate::hf::{RawTensor, SafetensorsFile, write_safetensors};
 
 /// The metadata key that holds a factor file's JSON header.
@@ -142,23 +143,9 @@ pub fn read_factors(path: &Path) -> Result<FactorFile> {
         .ok_or_else(|| bad(format!("no {META_KEY:?} metadata: not a yaqa factor file")))?;
     let h: Value =
         serde_json::from_str(text).map_err(|e| bad(format!("factor header is not JSON: {e}")))?;
-    if h["format"] != FORMAT || h["version"] != VERSION {
-        return Err(bad(format!(
-            "format {} version {}: expected {FORMAT} version {VERSION}",
-            h["format"], h["version"]
-        )));
-    }
-    let num = |key: &str| {
-        h[key]
-            .as_u64()
-            .ok_or_else(|| bad(format!("header field {key:?} is missing or not an integer")))
-    };
-    let string = |key: &str| {
-        h[key]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| bad(format!("header field {key:?} is missing or not a string")))
-    };
+    let header = Header::new(path, &h, FORMAT, VERSION)?;
+    let num = |key: &str| header.u64(key);
+    let string = |key: &str| header.string(key);
     let layer_name = string("layer")?;
     let layer = LayerId::parse(&layer_name)
         .ok_or_else(|| bad(format!("unknown layer name {layer_name:?}")))?;
@@ -187,14 +174,7 @@ pub fn read_factors(path: &Path) -> Result<FactorFile> {
             if two_sided { "needs" } else { "must not have" }
         )));
     }
-    let shards = h["shards"]
-        .as_array()
-        .and_then(|a| {
-            a.iter()
-                .map(|s| s.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>()
-        })
-        .ok_or_else(|| bad("header field \"shards\" is not a list of strings".into()))?;
+    let shards = header.strings("shards")?;
     Ok(FactorFile {
         layer,
         m,

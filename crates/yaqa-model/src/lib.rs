@@ -19,6 +19,7 @@ pub mod eval;
 pub mod factor_file;
 pub mod gguf;
 pub mod gptq_format;
+mod header;
 pub mod hf;
 pub mod pipeline;
 pub mod quant_file;
