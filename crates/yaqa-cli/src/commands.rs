@@ -427,7 +427,12 @@ fn run_quantize(
         &run,
         &args.out,
         args.stop_after_layers,
-        &mut |_, done, _| pb.set_position(done as u64),
+        &mut |l| {
+            if let Some(q) = l.result {
+                pb.suspend(|| eprintln!("{}", layer_line(&l.id.name(), &q.report, l.seconds)));
+            }
+            pb.set_position(l.done as u64)
+        },
     )
     .with_context(|| format!("quantizing into {}", args.out.display()))?;
     pb.finish_and_clear();
@@ -447,6 +452,19 @@ fn run_quantize(
         );
     }
     Ok(())
+}
+
+/// One line of the per-layer report `quantize` prints: proxy errors, damping, scale and time.
+fn layer_line(name: &str, r: &yaqa_core::layer::LayerReport, seconds: f64) -> String {
+    let two = r
+        .proxy_two_sided
+        .map_or_else(String::new, |p| format!(" two-sided {p:.3e}"));
+    let damp_out = r.damp_out.map_or_else(String::new, |d| format!("/{d:.3}"));
+    let scale = r.scale_c.map_or_else(String::new, |c| format!(" c {c:.1}"));
+    format!(
+        "{name:<36} proxy {:.3e}{two} damp {:.3}{damp_out}{scale} {seconds:.2} s",
+        r.proxy_one_sided, r.damp_in
+    )
 }
 
 /// The original model with every quantized layer of `file` replaced by its dequantized `Ŵ`.

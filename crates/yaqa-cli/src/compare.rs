@@ -243,7 +243,7 @@ pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Res
                     &run,
                     &out,
                     None,
-                    &mut |_, d, _| pb.set_position(d as u64),
+                    &mut |l| pb.set_position(l.done as u64),
                 )
                 .with_context(|| format!("quantizing {label} into {}", out.display()))?;
                 pb.finish_and_clear();

@@ -63,6 +63,20 @@ pub fn parts_dir(out: &Path) -> PathBuf {
     out.with_file_name(format!("{name}.parts"))
 }
 
+/// One layer finished (or found finished), as [`quantize_model`] reports it.
+#[derive(Debug)]
+pub struct LayerDone<'a> {
+    pub id: LayerId,
+    /// The layer's result; `None` when a previous run had finished it.
+    pub result: Option<&'a QuantizedLayer>,
+    /// Wall time of this layer: loading its factors, quantizing, writing its part. Not stored in any
+    /// file, so an interrupted and resumed run still writes the same bytes.
+    pub seconds: f64,
+    /// Layers finished so far, this one included, and in all.
+    pub done: usize,
+    pub total: usize,
+}
+
 /// What a call of [`quantize_model`] did.
 #[derive(Debug)]
 pub struct Outcome {
@@ -78,7 +92,7 @@ pub struct Outcome {
 /// what it needs from them ([`Factors::for_method`]).
 /// `scales` gives layers a scale multiplier chosen elsewhere (overriding `params.scale_c`; the caller
 /// records where it came from in `run`). `stop_after = Some(k)` returns after quantizing `k` layers in
-/// this call without assembling (used to test resumption). `progress(id, done, total)` is called after each layer.
+/// this call without assembling (used to test resumption). `progress` is called after each layer with [`LayerDone`].
 ///
 /// **Errors**: parts left by a run with different arguments (naming the folder), factor loading,
 /// [`quantize_layer`] errors (naming the layer), I/O.
@@ -92,7 +106,7 @@ pub fn quantize_model(
     run: &Value,
     out: &Path,
     stop_after: Option<usize>,
-    progress: &mut dyn FnMut(LayerId, usize, usize),
+    progress: &mut dyn FnMut(&LayerDone<'_>),
 ) -> Result<Outcome> {
     let dir = parts_dir(out);
     std::fs::create_dir_all(&dir).map_err(|e| ModelError::io(&dir, e))?;
@@ -109,7 +123,13 @@ pub fn quantize_model(
             match part_run(&part) {
                 Some(r) if &r == run => {
                     outcome.resumed.push(id);
-                    progress(id, i + 1, layers.len());
+                    progress(&LayerDone {
+                        id,
+                        result: None,
+                        seconds: 0.0,
+                        done: i + 1,
+                        total: layers.len(),
+                    });
                     continue;
                 }
                 Some(_) => {
@@ -128,6 +148,7 @@ pub fn quantize_model(
         if stop_after.is_some_and(|k| outcome.done.len() >= k) {
             return Ok(outcome);
         }
+        let started = std::time::Instant::now();
         let w = model.layers[id.block].linear(id.kind);
         let f = factors(id)?;
         let layer_params = LayerParams {
@@ -142,8 +163,14 @@ pub fn quantize_model(
             &layer_params,
         )?;
         write_part(&part, id, &q, run)?;
+        progress(&LayerDone {
+            id,
+            result: Some(&q),
+            seconds: started.elapsed().as_secs_f64(),
+            done: i + 1,
+            total: layers.len(),
+        });
         outcome.done.push((id, q));
-        progress(id, i + 1, layers.len());
     }
     assemble(&parts, run, out)?;
     std::fs::remove_dir_all(&dir).map_err(|e| ModelError::io(&dir, e))?;

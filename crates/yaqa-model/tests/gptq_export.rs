@@ -85,7 +85,7 @@ fn quantize(loaded: &Loaded, params: &LayerParams, out: &Path) -> QuantFile {
         &header,
         out,
         None,
-        &mut |_, _, _| {},
+        &mut |_| {},
     )
     .unwrap();
     assert!(o.finished);

@@ -57,7 +57,7 @@ fn run(
         &header,
         out,
         stop,
-        &mut |_, _, _| {},
+        &mut |_| {},
     )
     .unwrap()
 }
@@ -153,7 +153,7 @@ fn resumed_run_gives_identical_bytes_and_exact_dequantization() {
             &header,
             &other,
             None,
-            &mut |_, _, _| {},
+            &mut |_| {},
         )
         .unwrap_err()
         .to_string();
