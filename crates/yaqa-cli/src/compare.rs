@@ -28,7 +28,7 @@ use yaqa_model::quant_file::QuantFile;
 use yaqa_model::weights::Model;
 
 use crate::commands::{
-    EvalRow, attach_labels, collect_factors_labelled, dequantized_model, eval_models, eval_tokens,
+    attach_labels, collect_factors_labelled, dequantized_model, eval_models, eval_tokens,
     render_table, write_factor_dir, write_json,
 };
 use crate::util::{Calibration, backend, bar, calibration_set, layer_params, load_model};
@@ -193,9 +193,7 @@ pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Res
     )?;
 
     let mut rows_json = Vec::new();
-    let mut tables = String::new();
     let mut base_ppl = 0.0;
-    let mut rows_all: Vec<EvalRow> = Vec::new();
     for &bits in &args.bits {
         let mut files = Vec::new();
         let mut scales: Option<BTreeMap<LayerId, f64>> = None;
@@ -275,11 +273,9 @@ pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Res
         let reference = format!("ldlq-int{bits}");
         let text = render_table(base, &rows, Some(&reference));
         println!("INT{bits}, KL vs {reference}:\n{text}");
-        tables += &format!("INT{bits}, KL vs {reference}:\n{text}\n");
         for r in &rows {
             rows_json.push(json!({"model": r.name, "bits": bits, "kl": r.kl, "ppl": r.ppl}));
         }
-        rows_all.extend(rows);
     }
     let wall = t0.elapsed().as_secs_f64();
     println!("total wall time: {wall:.1} s");
