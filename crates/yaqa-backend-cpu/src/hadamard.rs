@@ -467,21 +467,6 @@ fn mix_tile<T: Real, S: Simd, const RA: usize, const RV: usize>(
     }
 }
 
-/// Checks that `signs` has length `n` and holds only ±1.
-fn check_signs(signs: &[f32], n: usize) -> Result<()> {
-    if signs.len() != n {
-        return Err(CoreError::shape("Hadamard sign vector", n, signs.len()));
-    }
-    if let Some(i) = signs.iter().position(|&s| s != 1.0 && s != -1.0) {
-        return Err(CoreError::InvalidParameter {
-            name: "signs",
-            value: format!("signs[{i}] = {}", signs[i]),
-            why: "a Hadamard sign vector holds only +1 and −1".into(),
-        });
-    }
-    Ok(())
-}
-
 /// Rotates every row (length `cols`) of the row-major `rows × cols` matrix `data`: `v ← R (s ⊙ v)`, or
 /// `v ← s ⊙ (Rᵀ v)` for the inverse.
 fn rotate_rows<T: Real>(t: &Transform<T>, data: &mut [T], cols: usize) {
@@ -658,19 +643,8 @@ pub(crate) fn rotate(
     signs: &[f32],
     inverse: bool,
 ) -> Result<()> {
-    let (m, n) = (w.rows, w.cols);
-    if w.data.len() != m * n {
-        return Err(CoreError::shape(
-            "hadamard_rotate: W data",
-            m * n,
-            w.data.len(),
-        ));
-    }
-    let dim = match side {
-        Side::Cols => n,
-        Side::Rows => m,
-    };
-    check_signs(signs, dim)?;
+    let (m, n) = w.shape();
+    let dim = yaqa_core::backend::check_rotate_inputs(w, side, signs)?;
     let plan = HadamardPlan::cached(dim)?;
     let t = Transform::<f32>::new(&plan, signs, inverse, simd);
     match side {
@@ -695,7 +669,7 @@ pub(crate) fn rotate_factor(simd: bool, h: &SymMat, signs: &[f32]) -> Result<Sym
             h.data.len(),
         ));
     }
-    check_signs(signs, n)?;
+    yaqa_core::backend::check_signs(signs, n)?;
     let plan = HadamardPlan::cached(n)?;
     let t = Transform::<f64>::new(&plan, signs, false, simd);
     let mut dense = h.to_dense();

@@ -4,21 +4,6 @@
 use rayon::prelude::*;
 use yaqa_core::{BlockLdl, CoreError, LdlParams, Mat, Result, SymMat};
 
-/// Inverse of a small lower-triangular block (row-major `b × b`).
-fn lower_inverse(c: &[f64], b: usize) -> Vec<f64> {
-    let mut inv = vec![0.0; b * b];
-    for col in 0..b {
-        for i in col..b {
-            let mut s = if i == col { 1.0 } else { 0.0 };
-            for k in col..i {
-                s -= c[i * b + k] * inv[k * b + col];
-            }
-            inv[i * b + col] = s / c[i * b + i];
-        }
-    }
-    inv
-}
-
 pub(crate) fn block_ldl(h: &SymMat, params: &LdlParams) -> Result<BlockLdl> {
     params.validate(h.n)?;
     yaqa_core::error::check_finite("factor passed to block_ldl", &h.data)?;
@@ -44,7 +29,7 @@ pub(crate) fn block_ldl(h: &SymMat, params: &LdlParams) -> Result<BlockLdl> {
                                 (0..b).map(|k| ckk[i * b + k] * ckk[j * b + k]).sum::<f64>();
                         }
                     }
-                    inverses.push(lower_inverse(&ckk, b));
+                    inverses.push(yaqa_core::ldl::lower_block_inverse(&ckk, b));
                 }
                 let mut l = Mat::<f64>::zeros(n, n);
                 l.data.par_chunks_mut(n).enumerate().for_each(|(i, row)| {

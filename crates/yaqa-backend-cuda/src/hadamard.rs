@@ -21,20 +21,6 @@ const FWHT_THREADS: u32 = 256;
 /// Shared memory a block may use without opting in.
 const DEFAULT_SMEM: usize = 48 * 1024;
 
-fn check_signs(signs: &[f32], dim: usize) -> Result<()> {
-    if signs.len() != dim {
-        return Err(CoreError::shape("hadamard: sign vector", dim, signs.len()));
-    }
-    if let Some(at) = signs.iter().position(|&s| s != 1.0 && s != -1.0) {
-        return Err(CoreError::InvalidParameter {
-            name: "signs",
-            value: format!("{} at index {at}", signs[at]),
-            why: "a sign vector holds only +1 and −1".into(),
-        });
-    }
-    Ok(())
-}
-
 /// Element types of the rotation kernels.
 trait Elem: DeviceRepr + ValidAsZeroBits + Copy {
     const SUFFIX: &'static str;
@@ -195,18 +181,7 @@ pub(crate) fn rotate(
     inverse: bool,
 ) -> Result<()> {
     let (m, n) = w.shape();
-    if w.data.len() != m * n {
-        return Err(CoreError::shape(
-            "hadamard_rotate: W data",
-            m * n,
-            w.data.len(),
-        ));
-    }
-    let dim = match side {
-        Side::Cols => n,
-        Side::Rows => m,
-    };
-    check_signs(signs, dim)?;
+    let dim = yaqa_core::backend::check_rotate_inputs(w, side, signs)?;
     let plan = HadamardPlan::cached(dim)?;
     let run = || -> Result<Vec<f32>, CudaError> {
         let wd = dev.upload("W", &w.data)?;
@@ -241,7 +216,7 @@ pub(crate) fn rotate_factor(dev: &Dev<'_>, h: &SymMat, signs: &[f32]) -> Result<
             h.data.len(),
         ));
     }
-    check_signs(signs, n)?;
+    yaqa_core::backend::check_signs(signs, n)?;
     let plan = HadamardPlan::cached(n)?;
     let run = || -> Result<Vec<f64>, CudaError> {
         let packed = dev.upload("the factor", &h.data)?;

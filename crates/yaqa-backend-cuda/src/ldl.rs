@@ -127,21 +127,6 @@ fn cholesky_in_place(a: &mut [f64], n: usize) -> std::result::Result<(), usize> 
     Ok(())
 }
 
-/// Inverse of a small lower-triangular block (row-major `b × b`).
-fn lower_inverse(c: &[f64], b: usize) -> Vec<f64> {
-    let mut inv = vec![0.0; b * b];
-    for col in 0..b {
-        for i in col..b {
-            let mut s = if i == col { 1.0 } else { 0.0 };
-            for k in col..i {
-                s -= c[i * b + k] * inv[k * b + col];
-            }
-            inv[i * b + col] = s / c[i * b + i];
-        }
-    }
-    inv
-}
-
 /// [`yaqa_core::Backend::block_ldl`]: damping loop (σ doubled on every failed attempt) and block LDL.
 ///
 /// **Shapes**: `h` is `n × n` packed; `params.block` divides `n`. **Errors**: invalid parameters,
@@ -193,7 +178,7 @@ fn assemble(c: &[f64], n: usize, b: usize, damp: f64, tries: usize) -> BlockLdl 
                 d[kb * b * b + i * b + j] = (0..b).map(|k| ckk[i * b + k] * ckk[j * b + k]).sum();
             }
         }
-        inverses.push(lower_inverse(&ckk, b));
+        inverses.push(yaqa_core::ldl::lower_block_inverse(&ckk, b));
     }
     let mut l = vec![0.0; n * n];
     let chunk = n.div_ceil(threads()).max(1);

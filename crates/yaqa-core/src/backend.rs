@@ -275,6 +275,44 @@ pub fn check_proxy_inputs(
     Ok(())
 }
 
+/// Checks that `signs` has length `n` and holds only ±1 (shared by every backend's rotations).
+pub fn check_signs(signs: &[f32], n: usize) -> Result<()> {
+    if signs.len() != n {
+        return Err(crate::error::CoreError::shape(
+            "Hadamard sign vector",
+            n,
+            signs.len(),
+        ));
+    }
+    if let Some(i) = signs.iter().position(|&s| s != 1.0 && s != -1.0) {
+        return Err(crate::error::CoreError::InvalidParameter {
+            name: "signs",
+            value: format!("signs[{i}] = {}", signs[i]),
+            why: "a Hadamard sign vector holds only +1 and −1".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the inputs of [`Backend::hadamard_rotate`] and returns the rotated dimension (`n` for
+/// `Cols`, `m` for `Rows`).
+pub fn check_rotate_inputs(w: &Mat<f32>, side: Side, signs: &[f32]) -> Result<usize> {
+    let (m, n) = (w.rows, w.cols);
+    if w.data.len() != m * n {
+        return Err(crate::error::CoreError::shape(
+            "hadamard_rotate: W data",
+            m * n,
+            w.data.len(),
+        ));
+    }
+    let dim = match side {
+        Side::Cols => n,
+        Side::Rows => m,
+    };
+    check_signs(signs, dim)?;
+    Ok(dim)
+}
+
 /// Checks that `v` (`t × k`, one token per row) matches the order `k` of the factor `acc` it feeds
 /// (shared by every backend's sketch operations).
 pub fn check_factor_side(what: &str, acc: &SymMat, v: &Mat<f32>) -> Result<()> {

@@ -132,3 +132,19 @@ pub fn normalize_mean_diag(what: &str, h: &mut SymMat) -> Result<f64> {
     h.scale(1.0 / mean);
     Ok(mean)
 }
+
+/// Inverse of a small lower-triangular block (row-major `b × b`) by forward substitution: the
+/// `C_kk⁻¹` of the block LDL (DESIGN.md §3.4), shared by the backends.
+pub fn lower_block_inverse(c: &[f64], b: usize) -> Vec<f64> {
+    let mut inv = vec![0.0; b * b];
+    for col in 0..b {
+        for i in col..b {
+            let mut s = if i == col { 1.0 } else { 0.0 };
+            for k in col..i {
+                s -= c[i * b + k] * inv[k * b + col];
+            }
+            inv[i * b + col] = s / c[i * b + i];
+        }
+    }
+    inv
+}
