@@ -7,7 +7,9 @@
 //! a 40 × 56 result), while faer's own `Mat` pads its columns. So products land in a `faer::Mat` and are
 //! copied or added into place; the copy is `O(rows·cols)` against the product's `O(rows·cols·k)`.
 
-use faer::{Accum, MatRef, Par};
+use std::cell::RefCell;
+
+use faer::{Accum, MatMut, MatRef, Par};
 use yaqa_core::{Mat, SymMat};
 
 /// The parallelism used for large products.
@@ -49,29 +51,116 @@ pub(crate) fn view_mut(
     }
 }
 
-/// Column bands of [`gram_upper`]: the triangle is computed as this many rectangular GEMMs of growing
-/// height, wasting about `1/(2·GRAM_BANDS)` extra flops but running at faer's rectangular-GEMM speed
-/// (faer's triangular-destination matmul ran at about half of it here, 2026-11-23).
-const GRAM_BANDS: usize = 8;
+/// Diagonal blocks of [`gram_upper`] at or below this order are computed whole (half of each is wasted);
+/// larger ones are split in two around a full off-diagonal GEMM. At 4096 that wastes `1/32` of the
+/// triangle's flops, and every other flop runs in a GEMM of at least 128 × 128 × `inner` (measured at 4096
+/// with inner 2048, 2026-11-23: leaves of 128 / 256 / 512 / 1024 ran at 122 / 120 / 95 / 95 GFLOP/s of
+/// useful flops against 145 for the full square GEMM).
+const GRAM_LEAF: usize = 128;
 
 /// The upper triangle (rows `0..=j` of every column `j`) of a symmetric product `lhs · rhs` (`k × k`), in
-/// a column-major faer matrix, band of columns by band of columns. Column `j` of the upper triangle is row
-/// `j` of the lower one, so [`add_lower`] reads each packed row as one contiguous column slice.
+/// a column-major faer matrix; entries below the diagonal are unspecified. Column `j` of the upper
+/// triangle is row `j` of the lower one, so [`add_lower`] reads each packed row as one contiguous column
+/// slice. The triangle is split recursively: `[T₁ R; · T₂]` with `R` one rectangular GEMM, so most flops
+/// run at faer's GEMM speed (faer's triangular-destination matmul ran at about half of it here,
+/// 2026-11-23). The result comes from [`scratch`]: hand it back with [`recycle`].
 pub(crate) fn gram_upper(k: usize, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) -> faer::Mat<f32> {
-    let mut dst = faer::Mat::<f32>::zeros(k, k);
-    let band = k.div_ceil(GRAM_BANDS).max(1);
-    let mut c0 = 0;
-    while c0 < k {
-        let c1 = (c0 + band).min(k);
-        faer::linalg::matmul::matmul(
-            dst.as_mut().submatrix_mut(0, c0, c1, c1 - c0),
-            Accum::Replace,
-            lhs.subrows(0, c1),
-            rhs.subcols(c0, c1 - c0),
-            1.0,
-            par(),
-        );
-        c0 = c1;
+    let mut dst = scratch(k, k);
+    upper_into(dst.as_mut(), lhs, rhs);
+    dst
+}
+
+fn upper_into(dst: MatMut<'_, f32>, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) {
+    let k = dst.nrows();
+    if k <= GRAM_LEAF {
+        faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, 1.0, par());
+        return;
+    }
+    // Split on a multiple of 64 so the GEMM blocks stay aligned with faer's micro-kernel tiles.
+    let h = (k / 2).next_multiple_of(64).min(k - 1);
+    let (top_left, top_right, _, bottom_right) = dst.split_at_mut(h, h);
+    faer::linalg::matmul::matmul(
+        top_right,
+        Accum::Replace,
+        lhs.subrows(0, h),
+        rhs.subcols(h, k - h),
+        1.0,
+        par(),
+    );
+    upper_into(top_left, lhs.subrows(0, h), rhs.subcols(0, h));
+    upper_into(bottom_right, lhs.subrows(h, k - h), rhs.subcols(h, k - h));
+}
+
+/// Copies the upper triangle of a square matrix onto its lower one, making it fully symmetric.
+pub(crate) fn mirror_upper(a: &mut faer::Mat<f32>) {
+    let k = a.nrows();
+    for j in 0..k {
+        for i in 0..j {
+            a[(j, i)] = a[(i, j)];
+        }
+    }
+}
+
+/// Bytes of spare buffers one thread keeps for [`scratch`]: enough for the products of one 4096 × 4096
+/// Sketch B step, small next to the factors being accumulated.
+const SPARE_BYTES: usize = 256 << 20;
+
+thread_local! {
+    /// Buffers handed back by [`recycle`], most recent last.
+    static SPARE: RefCell<Vec<faer::Mat<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A `rows × cols` matrix with unspecified contents: a spare of that shape from this thread when there is
+/// one, otherwise a fresh one. Fresh 64 MB buffers cost 45–60 ms of page faults and zeroing here
+/// (2026-11-23), a tenth of a 4096 × 4096 Sketch B step, so the per-sequence products reuse theirs.
+pub(crate) fn scratch(rows: usize, cols: usize) -> faer::Mat<f32> {
+    SPARE
+        .with_borrow_mut(|spare| {
+            let i = spare
+                .iter()
+                .rposition(|m| m.nrows() == rows && m.ncols() == cols)?;
+            Some(spare.remove(i))
+        })
+        .unwrap_or_else(|| faer::Mat::zeros(rows, cols))
+}
+
+/// Hands a buffer back for [`scratch`]; the oldest spares are dropped beyond [`SPARE_BYTES`].
+pub(crate) fn recycle(m: faer::Mat<f32>) {
+    let bytes = |m: &faer::Mat<f32>| m.col_stride().unsigned_abs() * m.ncols() * 4;
+    if bytes(&m) > SPARE_BYTES {
+        return;
+    }
+    SPARE.with_borrow_mut(|spare| {
+        spare.push(m);
+        while spare.iter().map(bytes).sum::<usize>() > SPARE_BYTES {
+            spare.remove(0);
+        }
+    });
+}
+
+/// A column-major copy of a row-major `rows × cols` matrix, in cache blocks (faer's element-wise copy
+/// of a transposed layout took 106–128 ms for 2048 × 4096 here, 2026-11-23). From [`scratch`].
+pub(crate) fn col_major(m: &Mat<f32>) -> faer::Mat<f32> {
+    blocked_copy(m.rows, m.cols, |i, j| m.data[i * m.cols + j])
+}
+
+/// The transpose of a column-major matrix, column-major: `m` read as row-major. From [`scratch`].
+pub(crate) fn transposed(m: &faer::Mat<f32>) -> faer::Mat<f32> {
+    blocked_copy(m.ncols(), m.nrows(), |i, j| m.col_as_slice(i)[j])
+}
+
+fn blocked_copy(rows: usize, cols: usize, get: impl Fn(usize, usize) -> f32) -> faer::Mat<f32> {
+    const B: usize = 32;
+    let mut dst = scratch(rows, cols);
+    for i0 in (0..rows).step_by(B) {
+        for j0 in (0..cols).step_by(B) {
+            for j in j0..(j0 + B).min(cols) {
+                let col = dst.col_as_slice_mut(j);
+                for (i, d) in col.iter_mut().enumerate().take((i0 + B).min(rows)).skip(i0) {
+                    *d = get(i, j);
+                }
+            }
+        }
     }
     dst
 }

@@ -47,16 +47,46 @@ pub fn check_sketch(backend: &dyn Backend) {
     Reference.accumulate_xtx(&mut b, &x).expect("reference xtx");
     assert_close("accumulate_xtx", backend, &a.data, &b.data, SKETCH_REL);
 
-    let (mut ai, mut ao) = (start_in.clone(), start_out.clone());
-    let (mut bi, mut bo) = (start_in.clone(), start_out.clone());
-    backend
-        .accumulate_sketch_b(&mut ai, &mut ao, &x, &g)
-        .expect("backend sketch B");
-    Reference
-        .accumulate_sketch_b(&mut bi, &mut bo, &x, &g)
-        .expect("reference sketch B");
-    assert_close("sketch B h_in", backend, &ai.data, &bi.data, SKETCH_REL);
-    assert_close("sketch B h_out", backend, &ao.data, &bo.data, SKETCH_REL);
+    // Sketch B on top of a factor, and alone: long sequences (t > m, n) and short ones (t < m, n), so a
+    // backend that picks its formulation by shape is checked on both; the larger shapes exceed the CPU
+    // backend's whole-block size (128) for its Gram triangles.
+    for (t, m, n, on_top) in [
+        (t, m, n, true),
+        (24, m, n, false),
+        (160, 300, 272, false),
+        (600, 136, 200, false),
+    ] {
+        let x = synthetic::activations(t, n, 0.7, 21);
+        let g = synthetic::activations(t, m, 1.1, 22);
+        let (start_in, start_out) = if on_top {
+            (start_in.clone(), start_out.clone())
+        } else {
+            (SymMat::zeros(n), SymMat::zeros(m))
+        };
+        let (mut ai, mut ao) = (start_in.clone(), start_out.clone());
+        let (mut bi, mut bo) = (start_in, start_out);
+        backend
+            .accumulate_sketch_b(&mut ai, &mut ao, &x, &g)
+            .expect("backend sketch B");
+        Reference
+            .accumulate_sketch_b(&mut bi, &mut bo, &x, &g)
+            .expect("reference sketch B");
+        let what = format!("sketch B ({t} tokens, {m} × {n})");
+        assert_close(
+            &format!("{what} h_in"),
+            backend,
+            &ai.data,
+            &bi.data,
+            SKETCH_REL,
+        );
+        assert_close(
+            &format!("{what} h_out"),
+            backend,
+            &ao.data,
+            &bo.data,
+            SKETCH_REL,
+        );
+    }
 
     let scale = 1.0 / start_in.norm_fro().powi(2);
     let (mut a, mut b) = (start_out.clone(), start_out.clone());
