@@ -20,8 +20,10 @@ use yaqa_backend_cpu::Cpu;
 use yaqa_core::sketch::{Factors, SketchKind};
 use yaqa_model::calib::CalibSeq;
 use yaqa_model::calib::Shard;
-use yaqa_model::calib_file::{LabelOrigin, RECORD_FILE, RecordHeader, write_record};
-use yaqa_model::collect::{LayerId, empty_factors};
+use yaqa_model::calib_file::{
+    LabelOrigin, RECORD_FILE, RecordHeader, read_calib_file, write_record,
+};
+use yaqa_model::collect::{LayerId, empty_factors, sampled_labels};
 use yaqa_model::factor_file::{Provenance, factor_path, read_factors, sketch_tag};
 use yaqa_model::pipeline::{quantize_model, run_header};
 use yaqa_model::quant_file::QuantFile;
@@ -79,6 +81,12 @@ pub struct CompareArgs {
     /// Passes of Sketch A for YAQA-A (at least 2; the reference uses 6).
     #[arg(long, default_value_t = 2)]
     pub passes: u32,
+    /// Sequences for Sketch B (default: --n-seqs). Sketch B costs one backward pass per sequence and
+    /// improves with more of them; its first --n-seqs sequences are the ones every other factor uses (a
+    /// calibration set's first k sequences are the same whatever its size), so raising it later only
+    /// collects the new ones.
+    #[arg(long, value_name = "N", conflicts_with = "calib_ids")]
+    pub b_seqs: Option<usize>,
     /// Bit widths of the symmetric INT grid (incoherence processing on).
     #[arg(long, value_delimiter = ',', default_value = "2,3,4")]
     pub bits: Vec<u32>,
@@ -118,17 +126,18 @@ struct FactorSets {
     a: Option<BTreeMap<LayerId, Factors>>,
     /// Sketch B (YAQA-B).
     b: Option<BTreeMap<LayerId, Factors>>,
-    /// `Σ x xᵀ` when neither sketch was asked for.
+    /// `Σ x xᵀ` when no Sketch A set carries it over the first `--n-seqs` sequences.
     xtx: Option<BTreeMap<LayerId, Factors>>,
 }
 
 impl FactorSets {
-    /// The factors of a row; the one-sided methods read `Σ x xᵀ` from whichever set there is.
+    /// The factors of a row; the one-sided methods read `Σ x xᵀ` over the first `--n-seqs` sequences
+    /// from whichever set carries it (Sketch B only when it has no more sequences than that).
     fn for_row(&self, row: CompareMethod) -> Option<&BTreeMap<LayerId, Factors>> {
         match row {
             CompareMethod::YaqaA => self.a.as_ref(),
             CompareMethod::YaqaB => self.b.as_ref(),
-            _ => self.xtx.as_ref().or(self.b.as_ref()).or(self.a.as_ref()),
+            _ => self.xtx.as_ref().or(self.a.as_ref()).or(self.b.as_ref()),
         }
     }
 }
@@ -149,13 +158,30 @@ pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Res
         .with_context(|| format!("creating {}", args.work.display()))?;
 
     let t = Instant::now();
+    let b_seqs = args.b_seqs.unwrap_or(args.calib.n_seqs);
+    if b_seqs < args.calib.n_seqs {
+        bail!(
+            "--b-seqs {b_seqs} is below --n-seqs {}: Sketch B uses the first --n-seqs sequences and more",
+            args.calib.n_seqs
+        );
+    }
+    let drawn = CalibArgs {
+        n_seqs: b_seqs,
+        ..args.calib.clone()
+    };
     let mut calib = calibration_set(
         &loaded,
-        &args.calib,
+        &drawn,
         args.calib_ids.calib_ids.as_deref(),
         Shard::default(),
         &cpu,
     )?;
+    // Sequences of Sketch A and `Σ x xᵀ`: --n-seqs, or every sequence of a --calib-ids file.
+    let n_main = if args.calib_ids.calib_ids.is_some() {
+        calib.seqs.len()
+    } else {
+        args.calib.n_seqs
+    };
     let prov = Provenance {
         seed: args.calib.seed,
         seq_len: calib.seq_len,
@@ -164,13 +190,16 @@ pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Res
         model_fingerprint: loaded.fingerprint.clone(),
     };
     let source = calib.source.clone();
+    let b_note = if calib.seqs.len() > n_main {
+        format!(", Sketch B on {}", calib.seqs.len())
+    } else {
+        String::new()
+    };
     eprintln!(
-        "calibration: {} sequences × {} tokens ({source}, seed {})",
-        calib.seqs.len(),
-        calib.seq_len,
-        args.calib.seed
+        "calibration: {n_main} sequences × {} tokens{b_note} ({source}, seed {})",
+        calib.seq_len, args.calib.seed
     );
-    let sets = factor_sets(&cpu, &loaded.model, &mut calib, args, &prov)?;
+    let sets = factor_sets(&cpu, &loaded.model, &mut calib, n_main, args, &prov)?;
     let seqs = &calib.seqs;
     let factor_s = t.elapsed().as_secs_f64();
     eprintln!("factors: {factor_s:.1} s");
@@ -213,10 +242,15 @@ pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Res
                 false,
                 args.sign_seed,
             );
+            let row_seqs = if row == CompareMethod::YaqaB {
+                seqs.len()
+            } else {
+                n_main
+            };
             let mut factors_json = json!({
                 "source": "compare",
                 "sketch": factors.values().next().map(|f| sketch_tag(f.kind)),
-                "seed": prov.seed, "seq_len": prov.seq_len, "n_seqs": seqs.len(), "calib": prov.calib,
+                "seed": prov.seed, "seq_len": prov.seq_len, "n_seqs": row_seqs, "calib": prov.calib,
             });
             if scales.is_some() {
                 factors_json["scale_c_from"] = json!(format!("rtn-int{bits}.safetensors"));
@@ -285,8 +319,8 @@ pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Res
         "setup": {
             "model": args.model.display().to_string(),
             "calibration": {
-                "source": source, "n_seqs": seqs.len(), "seq_len": calib.seq_len,
-                "seed": args.calib.seed, "sketch_a_passes": args.passes,
+                "source": source, "n_seqs": n_main, "sketch_b_seqs": seqs.len(),
+                "seq_len": calib.seq_len, "seed": args.calib.seed, "sketch_a_passes": args.passes,
             },
             "eval": {"text": text_name, "window": args.window, "n_windows": args.n_windows},
             "quantizer": "int symmetric, one scale per matrix searched on RTN's tr(Δ Σxxᵀ Δᵀ) and shared by every method, randomized Hadamard both sides",
@@ -316,12 +350,14 @@ fn finished(out: &Path, run: &Value) -> bool {
 
 /// Collects (or reloads from `args.work/factors`) what the rows need: pass 0 forward (`Σ x xᵀ`, which
 /// is Sketch A's pass 0), pass 1 backward for Sketch A pass 1 and Sketch B together, then Sketch A's
-/// remaining passes on the labels pass 1 used. The calibration record (`calibration.safetensors`, with
-/// those labels) is written next to the factors.
+/// remaining passes on the labels pass 1 used. All of that runs on the first `n_main` sequences; Sketch
+/// B then goes on alone over the rest of `calib` (`--b-seqs`). The calibration record
+/// (`calibration.safetensors`, with the labels of every backward pass) is written next to the factors.
 fn factor_sets(
     cpu: &Cpu,
     model: &Model<f32>,
     calib: &mut Calibration,
+    n_main: usize,
     args: &CompareArgs,
     prov: &Provenance,
 ) -> Result<FactorSets> {
@@ -341,27 +377,37 @@ fn factor_sets(
     let need_a = args.methods.contains(&CompareMethod::YaqaA);
     let need_b = args.methods.contains(&CompareMethod::YaqaB);
     let seed = args.calib.seed;
-    let n = seqs.len() as u64;
-    // One pass: reload its sets if a previous run finished them, otherwise collect and write them (and
-    // the record, labels included once a backward has run).
+    let n_all = seqs.len();
+    // One pass over the sequences `from..to`: reload its sets if a previous run finished them (with `to`
+    // sequences), otherwise collect and write them (and the record of sequences `..to`, labels included
+    // once a backward has run).
     let stage = |seqs: &mut Vec<CalibSeq>,
+                 (from, to): (usize, usize),
                  kinds: &[SketchKind],
                  start: &dyn Fn() -> Result<Vec<BTreeMap<LayerId, Factors>>>,
                  label: &str|
      -> Result<Vec<BTreeMap<LayerId, Factors>>> {
         let cached: Option<Vec<_>> = kinds
             .iter()
-            .map(|&k| load_set(&dir, model, k, prov, n))
+            .map(|&k| load_set(&dir, model, k, prov, to as u64))
             .collect();
         if let Some(sets) = cached {
             eprintln!("{label}: reusing {}", dir.display());
             return Ok(sets);
         }
-        let collected = collect_factors_labelled(cpu, model, seqs, seed, start()?, label)?;
+        let part = &mut seqs[from..to];
+        let collected = collect_factors_labelled(cpu, model, part, seed, start()?, label)?;
         let backward = !collected.labels.is_empty();
         if backward {
-            attach_labels(seqs, collected.labels);
+            attach_labels(part, collected.labels);
+            // Sequences before `from` went through an earlier backward, perhaps in an earlier run: their
+            // labels are in the record that run wrote.
+            labels_from_record(&dir.join(RECORD_FILE), &mut seqs[..from], &|s| {
+                sampled_labels(cpu, model, s, seed)
+                    .with_context(|| format!("resampling the labels of sequence {}", s.index))
+            })?;
         }
+        let seqs = &seqs[..to];
         for s in &collected.sets {
             write_factor_dir(&dir, model, s, prov)?;
         }
@@ -372,6 +418,7 @@ fn factor_sets(
                 .collect::<Vec<_>>()
                 .join("+"),
             labels: backward.then(|| given_labels.unwrap_or(LabelOrigin::Sampled)),
+            n_seqs: to,
             ..record.clone()
         };
         let path = dir.join(RECORD_FILE);
@@ -387,19 +434,24 @@ fn factor_sets(
         b: None,
         xtx: None,
     };
-    if !need_a && !need_b {
+    // `Σ x xᵀ` on its own when no Sketch A set will carry it over the first `n_main` sequences.
+    if !need_a && (!need_b || n_all > n_main) {
         out.xtx = stage(
             seqs,
+            (0, n_main),
             &[SketchKind::Xtx],
             &|| Ok(vec![empty_factors(model, SketchKind::Xtx)]),
             "Σ x xᵀ",
         )?
         .pop();
-        return Ok(out);
+        if !need_b {
+            return Ok(out);
+        }
     }
     let mut a = if need_a {
         stage(
             seqs,
+            (0, n_main),
             &[SketchKind::A { pass: 0 }],
             &|| Ok(vec![empty_factors(model, SketchKind::A { pass: 0 })]),
             "A pass 0",
@@ -416,31 +468,58 @@ fn factor_sets(
             })
             .collect()
     };
-    // Pass 1: Sketch A pass 1 and Sketch B from the same backward passes.
+    // Pass 1: Sketch A pass 1 and Sketch B from the same backward passes (Sketch B only while it is not
+    // finished over all its sequences).
+    let b_done = if need_b {
+        load_set(&dir, model, SketchKind::B, prov, n_all as u64)
+    } else {
+        None
+    };
+    let b_in_pass_1 = need_b && b_done.is_none();
     let mut kinds = Vec::new();
     if need_a {
         kinds.push(SketchKind::A { pass: 1 });
     }
-    if need_b {
+    if b_in_pass_1 {
         kinds.push(SketchKind::B);
     }
-    let mut sets = stage(
-        seqs,
-        &kinds,
-        &|| {
-            let mut start = Vec::new();
-            if let Some(a0) = &a {
-                start.push(next(a0)?);
-            }
-            if need_b {
-                start.push(empty_factors(model, SketchKind::B));
-            }
-            Ok(start)
-        },
-        if need_a { "A pass 1 + B" } else { "B" },
-    )?;
-    if need_b {
-        out.b = sets.pop();
+    let mut sets = if kinds.is_empty() {
+        Vec::new()
+    } else {
+        stage(
+            seqs,
+            (0, n_main),
+            &kinds,
+            &|| {
+                let mut start = Vec::new();
+                if let Some(a0) = &a {
+                    start.push(next(a0)?);
+                }
+                if b_in_pass_1 {
+                    start.push(empty_factors(model, SketchKind::B));
+                }
+                Ok(start)
+            },
+            if need_a { "A pass 1 + B" } else { "B" },
+        )?
+    };
+    if b_in_pass_1 {
+        let first = sets.pop().context("Sketch B lost its first pass")?;
+        out.b = Some(if n_all > n_main {
+            stage(
+                seqs,
+                (n_main, n_all),
+                &[SketchKind::B],
+                &|| Ok(vec![first.clone()]),
+                "B, more sequences",
+            )?
+            .pop()
+            .context("Sketch B lost its sequences")?
+        } else {
+            first
+        });
+    } else {
+        out.b = b_done;
     }
     if need_a {
         a = sets.pop();
@@ -448,6 +527,7 @@ fn factor_sets(
             let prev = a.take().context("Sketch A lost its previous pass")?;
             a = stage(
                 seqs,
+                (0, n_main),
                 &[SketchKind::A { pass }],
                 &|| Ok(vec![next(&prev)?]),
                 &format!("A pass {pass}"),
@@ -475,4 +555,32 @@ fn load_set(
                 .then_some((id, f.factors))
         })
         .collect()
+}
+
+/// Puts labels on those of `seqs` that have none (sequences whose backward ran in an earlier run): the
+/// ones in `record` when it has them, matched by sequence number, otherwise `resample` (the seeded draw
+/// [`collect`](yaqa_model::collect::collect) made, for records written before labels were kept).
+fn labels_from_record(
+    record: &Path,
+    seqs: &mut [CalibSeq],
+    resample: &dyn Fn(&CalibSeq) -> Result<Vec<u32>>,
+) -> Result<()> {
+    if seqs.iter().all(|s| s.labels.is_some()) {
+        return Ok(());
+    }
+    let mut recorded: BTreeMap<usize, Vec<u32>> = match read_calib_file(record, None) {
+        Ok(file) => file
+            .seqs
+            .into_iter()
+            .filter_map(|s| Some((s.index, s.labels?)))
+            .collect(),
+        Err(_) => BTreeMap::new(),
+    };
+    for s in seqs.iter_mut().filter(|s| s.labels.is_none()) {
+        s.labels = Some(match recorded.remove(&s.index) {
+            Some(l) => l,
+            None => resample(s)?,
+        });
+    }
+    Ok(())
 }

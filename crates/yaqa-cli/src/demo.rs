@@ -119,6 +119,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         args.seed
     );
     let compare = CompareArgs {
+        b_seqs: None,
         model,
         calib: CalibArgs {
             calib: Vec::new(),

@@ -4,7 +4,8 @@
 //! resumed `quantize` whose output must equal an uninterrupted run's byte for byte.
 
 mod common;
-use common::{ok, s, scratch, yaqa};
+use common::{fails, ok, s, scratch, yaqa};
+use std::path::Path;
 
 use yaqa_model::hf::write_hf;
 use yaqa_model::weights::tiny_config;
@@ -352,5 +353,118 @@ fn compare_shares_scales_and_resumes() {
     let third: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&replay_json).unwrap()).unwrap();
     assert_eq!(first["rows"], third["rows"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn compare_b_seqs_extends_sketch_b_and_nothing_else() {
+    let dir = scratch("cli-compare-b-seqs");
+    let model_dir = dir.join("model");
+    let model = Model::synthetic(tiny_config(Family::Llama, true), 9);
+    write_hf(&model, &model_dir).unwrap();
+    let work = dir.join("work");
+    let run = |b_seqs: &str| {
+        let out = yaqa(&[
+            "compare",
+            "--model",
+            s(&model_dir),
+            "--n-seqs",
+            "2",
+            "--b-seqs",
+            b_seqs,
+            "--seq-len",
+            "10",
+            "--bits",
+            "3",
+            "--methods",
+            "rtn,ldlq,yaqa-b",
+            "--window",
+            "8",
+            "--n-windows",
+            "2",
+            "--work",
+            s(&work),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let first = run("2");
+    assert!(!first.contains("B, more sequences"), "{first}");
+    // Raising --b-seqs collects only the new sequences, for Sketch B alone. Without the record of the
+    // first run, the labels of its sequences are drawn again from their seeds.
+    std::fs::remove_file(work.join("factors/calibration.safetensors")).unwrap();
+    let second = run("4");
+    assert!(second.contains("B, more sequences"), "{second}");
+    assert!(!second.contains("yaqa-b-int3: reused"), "{second}");
+
+    // The extended Sketch B equals one collection over all four sequences, bit for bit; Σ x xᵀ for the
+    // one-sided methods stays on the first two.
+    let single = dir.join("single");
+    ok(&[
+        "hessian",
+        "--model",
+        s(&model_dir),
+        "--sketch",
+        "b",
+        "--n-seqs",
+        "4",
+        "--seq-len",
+        "10",
+        "--out",
+        s(&single),
+    ]);
+    let read = |d: &Path, tag: &str| {
+        yaqa_model::factor_file::read_factors(
+            &d.join(format!("model.layers.1.self_attn.v_proj.{tag}.safetensors")),
+        )
+        .unwrap()
+        .factors
+    };
+    let (extended, once) = (read(&work.join("factors"), "b"), read(&single, "b"));
+    assert_eq!(extended.n_seqs, 4);
+    assert_eq!(extended, once);
+    assert_eq!(read(&work.join("factors"), "xtx").n_seqs, 2);
+
+    // The record holds all four sequences with the labels their backward used.
+    let rec = yaqa_model::calib_file::read_calib_file(
+        &work.join("factors/calibration.safetensors"),
+        None,
+    )
+    .unwrap();
+    let single_rec =
+        yaqa_model::calib_file::read_calib_file(&single.join("calibration.safetensors"), None)
+            .unwrap();
+    assert_eq!(rec.seqs.len(), 4);
+    assert_eq!(rec.seqs, single_rec.seqs);
+    // Once more, now reading the earlier labels from the record: its first four sequences stay.
+    run("5");
+    let rec = yaqa_model::calib_file::read_calib_file(
+        &work.join("factors/calibration.safetensors"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(rec.seqs.len(), 5);
+    assert_eq!(rec.seqs[..4], single_rec.seqs[..]);
+    assert_eq!(read(&work.join("factors"), "b").n_seqs, 5);
+
+    // Fewer Sketch B sequences than --n-seqs is refused.
+    assert!(
+        fails(&[
+            "compare",
+            "--model",
+            s(&model_dir),
+            "--n-seqs",
+            "3",
+            "--b-seqs",
+            "2",
+            "--work",
+            s(&work)
+        ])
+        .contains("--b-seqs 2 is below --n-seqs 3")
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

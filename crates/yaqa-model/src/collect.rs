@@ -173,6 +173,21 @@ pub fn collect<B: Backend + ModelOps<f32>>(
     Ok(used)
 }
 
+/// The Fisher labels [`collect`] samples for `seq` with `seed` (one forward pass and the seeded draw),
+/// for a sequence whose backward ran in an earlier run that kept no record of them.
+///
+/// **Errors**: forward errors.
+pub fn sampled_labels<B: Backend + ModelOps<f32>>(
+    backend: &B,
+    model: &Model<f32>,
+    seq: &CalibSeq,
+    seed: u64,
+) -> Result<Vec<u32>> {
+    let tf = Transformer::new(model, backend);
+    let hidden = tf.forward(&seq.ids, 1, &mut |_, _| {})?;
+    tf.sample_labels(&hidden, label_seed(seed, seq.index))
+}
+
 /// Refuses given labels that cannot belong to `seq`, naming the sequence (the backward would only say
 /// how many labels it got).
 fn check_given_labels(seq: &CalibSeq, vocab_size: usize) -> Result<()> {
@@ -368,6 +383,10 @@ mod tests {
                 })
                 .unwrap();
             assert_eq!(&fisher.labels, labels);
+            assert_eq!(
+                &sampled_labels(&Reference, &model, s, seed).unwrap(),
+                labels
+            );
         }
         // Given back, they replace sampling: the same factors bit for bit, whatever the seed.
         for (s, labels) in seqs.iter_mut().zip(&used) {
