@@ -81,10 +81,10 @@ pub struct CompareArgs {
     /// Passes of Sketch A for YAQA-A (at least 2; the reference uses 6).
     #[arg(long, default_value_t = 2)]
     pub passes: u32,
-    /// Sequences for Sketch B (default: --n-seqs). Sketch B costs one backward pass per sequence and
-    /// improves with more of them; its first --n-seqs sequences are the ones every other factor uses (a
-    /// calibration set's first k sequences are the same whatever its size), so raising it later only
-    /// collects the new ones.
+    /// Sequences for Sketch B and for the `Σ x xᵀ` of RTN, GPTQ and LDLQ (default: --n-seqs); Sketch A
+    /// keeps the first --n-seqs, its passes being the expensive part. Sketch B improves with more
+    /// sequences; a calibration set's first k sequences are the same whatever its size, so raising this
+    /// later only collects the new ones.
     #[arg(long, value_name = "N", conflicts_with = "calib_ids")]
     pub b_seqs: Option<usize>,
     /// Bit widths of the symmetric INT grid (incoherence processing on).
@@ -126,18 +126,18 @@ struct FactorSets {
     a: Option<BTreeMap<LayerId, Factors>>,
     /// Sketch B (YAQA-B).
     b: Option<BTreeMap<LayerId, Factors>>,
-    /// `Σ x xᵀ` when no Sketch A set carries it over the first `--n-seqs` sequences.
+    /// `Σ x xᵀ` when neither sketch was asked for.
     xtx: Option<BTreeMap<LayerId, Factors>>,
 }
 
 impl FactorSets {
-    /// The factors of a row; the one-sided methods read `Σ x xᵀ` over the first `--n-seqs` sequences
-    /// from whichever set carries it (Sketch B only when it has no more sequences than that).
+    /// The factors of a row; the one-sided methods read `Σ x xᵀ` from whichever set there is, Sketch B's
+    /// first: it spans every sequence, Sketch A only the first `--n-seqs`.
     fn for_row(&self, row: CompareMethod) -> Option<&BTreeMap<LayerId, Factors>> {
         match row {
             CompareMethod::YaqaA => self.a.as_ref(),
             CompareMethod::YaqaB => self.b.as_ref(),
-            _ => self.xtx.as_ref().or(self.a.as_ref()).or(self.b.as_ref()),
+            _ => self.xtx.as_ref().or(self.b.as_ref()).or(self.a.as_ref()),
         }
     }
 }
@@ -190,14 +190,16 @@ pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Res
         model_fingerprint: loaded.fingerprint.clone(),
     };
     let source = calib.source.clone();
-    let b_note = if calib.seqs.len() > n_main {
-        format!(", Sketch B on {}", calib.seqs.len())
+    let a_note = if calib.seqs.len() > n_main {
+        format!(", Sketch A on the first {n_main}")
     } else {
         String::new()
     };
     eprintln!(
-        "calibration: {n_main} sequences × {} tokens{b_note} ({source}, seed {})",
-        calib.seq_len, args.calib.seed
+        "calibration: {} sequences × {} tokens{a_note} ({source}, seed {})",
+        calib.seqs.len(),
+        calib.seq_len,
+        args.calib.seed
     );
     let sets = factor_sets(&cpu, &loaded.model, &mut calib, n_main, args, &prov)?;
     let seqs = &calib.seqs;
@@ -242,10 +244,10 @@ pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Res
                 false,
                 args.sign_seed,
             );
-            let row_seqs = if row == CompareMethod::YaqaB {
-                seqs.len()
-            } else {
+            let row_seqs = if row == CompareMethod::YaqaA {
                 n_main
+            } else {
+                seqs.len()
             };
             let mut factors_json = json!({
                 "source": "compare",
@@ -319,7 +321,7 @@ pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Res
         "setup": {
             "model": args.model.display().to_string(),
             "calibration": {
-                "source": source, "n_seqs": n_main, "sketch_b_seqs": seqs.len(),
+                "source": source, "n_seqs": seqs.len(), "sketch_a_seqs": n_main,
                 "seq_len": calib.seq_len, "seed": args.calib.seed, "sketch_a_passes": args.passes,
             },
             "eval": {"text": text_name, "window": args.window, "n_windows": args.n_windows},
@@ -351,7 +353,7 @@ fn finished(out: &Path, run: &Value) -> bool {
 /// Collects (or reloads from `args.work/factors`) what the rows need: pass 0 forward (`Σ x xᵀ`, which
 /// is Sketch A's pass 0), pass 1 backward for Sketch A pass 1 and Sketch B together, then Sketch A's
 /// remaining passes on the labels pass 1 used. All of that runs on the first `n_main` sequences; Sketch
-/// B then goes on alone over the rest of `calib` (`--b-seqs`). The calibration record
+/// B (with its `Σ x xᵀ`) then goes on alone over the rest of `calib` (`--b-seqs`). The calibration record
 /// (`calibration.safetensors`, with the labels of every backward pass) is written next to the factors.
 fn factor_sets(
     cpu: &Cpu,
@@ -434,8 +436,7 @@ fn factor_sets(
         b: None,
         xtx: None,
     };
-    // `Σ x xᵀ` on its own when no Sketch A set will carry it over the first `n_main` sequences.
-    if !need_a && (!need_b || n_all > n_main) {
+    if !need_a && !need_b {
         out.xtx = stage(
             seqs,
             (0, n_main),
@@ -444,9 +445,7 @@ fn factor_sets(
             "Σ x xᵀ",
         )?
         .pop();
-        if !need_b {
-            return Ok(out);
-        }
+        return Ok(out);
     }
     let mut a = if need_a {
         stage(
@@ -559,7 +558,8 @@ fn load_set(
 
 /// Puts labels on those of `seqs` that have none (sequences whose backward ran in an earlier run): the
 /// ones in `record` when it has them, matched by sequence number, otherwise `resample` (the seeded draw
-/// [`collect`](yaqa_model::collect::collect) made, for records written before labels were kept).
+/// [`collect`](yaqa_model::collect::collect) made, for records written before labels were kept; one
+/// forward pass each, with a progress bar).
 fn labels_from_record(
     record: &Path,
     seqs: &mut [CalibSeq],
@@ -576,11 +576,25 @@ fn labels_from_record(
             .collect(),
         Err(_) => BTreeMap::new(),
     };
+    let missing = seqs
+        .iter()
+        .filter(|s| s.labels.is_none() && !recorded.contains_key(&s.index))
+        .count();
+    let pb = (missing > 0).then(|| bar(missing, "redrawing earlier labels"));
     for s in seqs.iter_mut().filter(|s| s.labels.is_none()) {
         s.labels = Some(match recorded.remove(&s.index) {
             Some(l) => l,
-            None => resample(s)?,
+            None => {
+                let l = resample(s)?;
+                if let Some(pb) = &pb {
+                    pb.inc(1);
+                }
+                l
+            }
         });
+    }
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
     }
     Ok(())
 }
