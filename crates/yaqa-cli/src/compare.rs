@@ -397,6 +397,7 @@ fn factor_sets(
             eprintln!("{label}: reusing {}", dir.display());
             return Ok(sets);
         }
+        eprintln!("{label}: collecting sequences {from}..{to}");
         let part = &mut seqs[from..to];
         let collected = collect_factors_labelled(cpu, model, part, seed, start()?, label)?;
         let backward = !collected.labels.is_empty();
@@ -467,14 +468,21 @@ fn factor_sets(
             })
             .collect()
     };
-    // Pass 1: Sketch A pass 1 and Sketch B from the same backward passes (Sketch B only while it is not
-    // finished over all its sequences).
-    let b_done = if need_b {
-        load_set(&dir, model, SketchKind::B, prov, n_all as u64)
+    // Pass 1: Sketch A pass 1 and Sketch B from the same backward passes. A Sketch B set that already
+    // covers at least the first `n_main` sequences (from an earlier, smaller --b-seqs) is extended
+    // instead.
+    let b_prev = if need_b {
+        // The count in the first layer's file; `load_set` then checks every layer against it.
+        let first = LayerId::all(model).into_iter().next();
+        first
+            .and_then(|id| read_factors(&factor_path(&dir, id, SketchKind::B)).ok())
+            .map(|f| f.factors.n_seqs as usize)
+            .filter(|k| (n_main..=n_all).contains(k))
+            .and_then(|k| Some((k, load_set(&dir, model, SketchKind::B, prov, k as u64)?)))
     } else {
         None
     };
-    let b_in_pass_1 = need_b && b_done.is_none();
+    let b_in_pass_1 = need_b && b_prev.is_none();
     let mut kinds = Vec::new();
     if need_a {
         kinds.push(SketchKind::A { pass: 1 });
@@ -499,27 +507,32 @@ fn factor_sets(
                 }
                 Ok(start)
             },
-            if need_a { "A pass 1 + B" } else { "B" },
+            match (need_a, b_in_pass_1) {
+                (true, true) => "A pass 1 + B",
+                (true, false) => "A pass 1",
+                _ => "B",
+            },
         )?
     };
-    if b_in_pass_1 {
-        let first = sets.pop().context("Sketch B lost its first pass")?;
-        out.b = Some(if n_all > n_main {
+    let b_so_far = if b_in_pass_1 {
+        Some((n_main, sets.pop().context("Sketch B lost its first pass")?))
+    } else {
+        b_prev
+    };
+    out.b = match b_so_far {
+        Some((done, set)) if done < n_all => Some(
             stage(
                 seqs,
-                (n_main, n_all),
+                (done, n_all),
                 &[SketchKind::B],
-                &|| Ok(vec![first.clone()]),
+                &|| Ok(vec![set.clone()]),
                 "B, more sequences",
             )?
             .pop()
-            .context("Sketch B lost its sequences")?
-        } else {
-            first
-        });
-    } else {
-        out.b = b_done;
-    }
+            .context("Sketch B lost its sequences")?,
+        ),
+        other => other.map(|(_, set)| set),
+    };
     if need_a {
         a = sets.pop();
         for pass in 2..args.passes {

@@ -398,7 +398,10 @@ fn compare_b_seqs_extends_sketch_b() {
     // first run, the labels of its sequences are drawn again from their seeds.
     std::fs::remove_file(work.join("factors/calibration.safetensors")).unwrap();
     let second = run("4");
-    assert!(second.contains("B, more sequences"), "{second}");
+    assert!(
+        second.contains("B, more sequences: collecting sequences 2..4"),
+        "{second}"
+    );
     assert!(!second.contains("yaqa-b-int3: reused"), "{second}");
 
     // The one-sided methods take Σ x xᵀ from Sketch B, now over four sequences.
@@ -440,8 +443,13 @@ fn compare_b_seqs_extends_sketch_b() {
             .unwrap();
     assert_eq!(rec.seqs.len(), 4);
     assert_eq!(rec.seqs, single_rec.seqs);
-    // Once more, now reading the earlier labels from the record: its first four sequences stay.
-    run("5");
+    // Once more, now reading the earlier labels from the record: its first four sequences stay, and only
+    // the fifth is collected.
+    let third = run("5");
+    assert!(
+        third.contains("B, more sequences: collecting sequences 4..5") && !third.contains("0..2"),
+        "{third}"
+    );
     let rec = yaqa_model::calib_file::read_calib_file(
         &work.join("factors/calibration.safetensors"),
         None,
