@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The KL table of README.md: SmolLM2-135M, calibration on the five calibration novels, evaluation on
 # prideprejudice.txt, INT2/3/4 with incoherence processing, RTN / GPTQ / LDLQ / YAQA-A / YAQA-B with
-# shared scales. Needs ../shared (the fixtures); about 75 minutes on two CPU cores. Rerunning continues
+# shared scales; Sketch A on 256 sequences, Sketch B (and Σ x xᵀ) on 512. Needs ../shared (the fixtures);
+# about 1 h 45 min on two CPU cores. Rerunning continues
 # where a killed run stopped (everything lands in WORK, default .yaqa-cache/kl-table).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ exec cargo run --release -p yaqa-cli -- compare \
   --tokenizer "$fixture/tokenizer.json" \
   --calib "$data/emma.txt" "$data/mansfieldpark.txt" "$data/northangerabbey.txt" \
           "$data/persuasion.txt" "$data/sensesensibility.txt" \
-  --n-seqs 256 --seq-len 256 --seed 0 --passes 2 --bits 2,3,4 \
+  --n-seqs 256 --b-seqs 512 --seq-len 256 --seed 0 --passes 2 --bits 2,3,4 \
   --methods rtn,gptq,ldlq,yaqa-a,yaqa-b \
   --text "$data/prideprejudice.txt" --window 512 --n-windows 8 \
   --work "$work" --json "$work/table.json"
