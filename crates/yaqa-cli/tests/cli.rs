@@ -4,12 +4,8 @@
 //! resumed `quantize` whose output must equal an uninterrupted run's byte for byte.
 
 mod common;
-use common::{fails, ok, s, scratch, yaqa};
+use common::{fails, ok, s, scratch, tiny_model, yaqa};
 use std::path::Path;
-
-use yaqa_model::hf::write_hf;
-use yaqa_model::weights::tiny_config;
-use yaqa_model::{Family, Model};
 
 #[test]
 fn help_texts() {
@@ -25,9 +21,7 @@ fn help_texts() {
 #[test]
 fn end_to_end_on_a_tiny_model() {
     let dir = scratch("cli-e2e");
-    let model_dir = dir.join("model");
-    let model = Model::synthetic(tiny_config(Family::Llama, true), 5);
-    write_hf(&model, &model_dir).unwrap();
+    let model_dir = tiny_model(&dir, 5);
     let m = s(&model_dir);
     let calib = ["--n-seqs", "4", "--seq-len", "12", "--seed", "3"];
 
@@ -243,9 +237,7 @@ fn end_to_end_on_a_tiny_model() {
 #[test]
 fn compare_shares_scales_and_resumes() {
     let dir = scratch("cli-compare");
-    let model_dir = dir.join("model");
-    let model = Model::synthetic(tiny_config(Family::Llama, true), 8);
-    write_hf(&model, &model_dir).unwrap();
+    let model_dir = tiny_model(&dir, 8);
     let work = dir.join("work");
     let json = dir.join("table.json");
     let args = [
@@ -359,9 +351,7 @@ fn compare_shares_scales_and_resumes() {
 #[test]
 fn compare_b_seqs_extends_sketch_b() {
     let dir = scratch("cli-compare-b-seqs");
-    let model_dir = dir.join("model");
-    let model = Model::synthetic(tiny_config(Family::Llama, true), 9);
-    write_hf(&model, &model_dir).unwrap();
+    let model_dir = tiny_model(&dir, 9);
     let work = dir.join("work");
     let run = |b_seqs: &str| {
         let out = yaqa(&[

@@ -45,3 +45,15 @@ pub fn scratch(tag: &str) -> PathBuf {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// A tiny synthetic Llama (weights from `seed`) written as a Hugging Face folder `dir/model`, which is
+/// returned.
+pub fn tiny_model(dir: &Path, seed: u64) -> PathBuf {
+    let model_dir = dir.join("model");
+    let model = yaqa_model::Model::synthetic(
+        yaqa_model::weights::tiny_config(yaqa_model::Family::Llama, true),
+        seed,
+    );
+    yaqa_model::hf::write_hf(&model, &model_dir).unwrap();
+    model_dir
+}
