@@ -5,7 +5,7 @@
 //! no Kronecker tricks and no blocking: `O(n²)` per vector and `O(n³)` per factor. Use it on small shapes
 //! (hundreds to a couple of thousand).
 
-use crate::backend::Side;
+use crate::backend::{Side, check_rotate_inputs, check_signs};
 use crate::error::{CoreError, Result};
 use crate::hadamard::HadamardPlan;
 use crate::mat::Mat;
@@ -20,26 +20,6 @@ pub fn dense_rotation(n: usize) -> Result<Mat<f64>> {
     Ok(Mat::from_fn(n, n, |i, j| plan.entry(i, j) as f64 * scale))
 }
 
-/// Checks that `signs` has length `n` and holds only ±1 (anything else would make `R diag(s)` not
-/// orthogonal, and the inverse would not undo the forward rotation).
-fn check_signs(signs: &[f32], n: usize) -> Result<()> {
-    if signs.len() != n {
-        return Err(CoreError::shape("Hadamard sign vector", n, signs.len()));
-    }
-    if let Some((i, &s)) = signs
-        .iter()
-        .enumerate()
-        .find(|(_, s)| **s != 1.0 && **s != -1.0)
-    {
-        return Err(CoreError::InvalidParameter {
-            name: "signs",
-            value: format!("signs[{i}] = {s}"),
-            why: "a Hadamard sign vector holds only +1 and −1".into(),
-        });
-    }
-    Ok(())
-}
-
 /// Reference for [`crate::Backend::hadamard_rotate`]. Forward: every row vector (`Side::Cols`,
 /// `W ← W diag(s) R_nᵀ`) or column vector (`Side::Rows`, `W ← R_m diag(s) W`) becomes `v ← R (s ⊙ v)`;
 /// `inverse` applies `v ← s ⊙ (Rᵀ v)`. Computed in f64, rounded to f32 once at the end.
@@ -48,18 +28,7 @@ fn check_signs(signs: &[f32], n: usize) -> Result<()> {
 /// **Errors**: shape mismatch, a sign that is not ±1, a dimension with no Hadamard plan.
 pub(super) fn rotate(w: &mut Mat<f32>, side: Side, signs: &[f32], inverse: bool) -> Result<()> {
     let (m, n) = (w.rows, w.cols);
-    if w.data.len() != m * n {
-        return Err(CoreError::shape(
-            "hadamard_rotate: W data",
-            m * n,
-            w.data.len(),
-        ));
-    }
-    let dim = match side {
-        Side::Cols => n,
-        Side::Rows => m,
-    };
-    check_signs(signs, dim)?;
+    let dim = check_rotate_inputs(w, side, signs)?;
     let r = dense_rotation(dim)?;
     let s: Vec<f64> = signs.iter().map(|&v| v as f64).collect();
 
