@@ -13,7 +13,7 @@ mod proxy;
 mod round;
 mod sketch;
 
-use yaqa_core::backend::{Backend, GptqParams, ProxyError, RoundParams, Rounded, Side};
+use yaqa_core::backend::{Backend, GptqParams, RoundParams, Rounded, Side};
 use yaqa_core::{BlockLdl, LdlParams, Mat, Result, SymMat, TileQuantizer};
 
 /// The CPU backend.
@@ -120,13 +120,7 @@ impl Backend for Cpu {
         gptq::gptq(self.simd, w, h, quantizer, params)
     }
 
-    fn proxy_error(
-        &self,
-        w: &Mat<f32>,
-        w_hat: &Mat<f32>,
-        h_in: &SymMat,
-        h_out: Option<&SymMat>,
-    ) -> Result<ProxyError> {
-        proxy::proxy_error(w, w_hat, h_in, h_out)
+    fn weighted_error(&self, d: &Mat<f32>, h_in: &SymMat, h_out: Option<&SymMat>) -> Result<f64> {
+        proxy::weighted_error(d, h_in, h_out)
     }
 }

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaStream};
-use yaqa_core::backend::{Backend, GptqParams, ProxyError, RoundParams, Rounded, Side};
+use yaqa_core::backend::{Backend, GptqParams, RoundParams, Rounded, Side};
 use yaqa_core::{BlockLdl, LdlParams, Mat, Result, SymMat, TileQuantizer};
 
 pub use error::CudaError;
@@ -268,14 +268,8 @@ impl Backend for Cuda {
         Err(CudaError::NotYetOnCuda { operation: "gptq" }.into_core("gptq"))
     }
 
-    fn proxy_error(
-        &self,
-        w: &Mat<f32>,
-        w_hat: &Mat<f32>,
-        h_in: &SymMat,
-        h_out: Option<&SymMat>,
-    ) -> Result<ProxyError> {
+    fn weighted_error(&self, d: &Mat<f32>, h_in: &SymMat, h_out: Option<&SymMat>) -> Result<f64> {
         let _g = self.guard();
-        proxy::proxy_error(&self.dev(), w, w_hat, h_in, h_out)
+        proxy::weighted_error(&self.dev(), d, h_in, h_out)
     }
 }

@@ -1,5 +1,5 @@
-//! Proxy errors on the device (DESIGN.md §4): `tr(Δ h_in Δᵀ h_out)` and the same for `Δ = W`, with two
-//! cuBLAS DGEMMs per quantity and `cuda/proxy.cu`'s deterministic f64 dot.
+//! The weighted norm behind the proxy errors on the device (DESIGN.md §4): `tr(D h_in Dᵀ h_out)` with one
+//! or two cuBLAS DGEMMs and `cuda/proxy.cu`'s deterministic f64 dot.
 //!
 //! f64 rather than SGEMM: differences between rounding methods are small fractions of the baseline, and
 //! on an H100 f64 costs little here, so the device keeps far inside `PROXY_REL` (the CPU backend, where
@@ -8,7 +8,6 @@
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
-use yaqa_core::backend::ProxyError;
 use yaqa_core::{Mat, Result, SymMat};
 
 use crate::device::{Dev, elementwise, ll};
@@ -39,26 +38,16 @@ fn dense(dev: &Dev<'_>, h: &SymMat) -> Result<CudaSlice<f64>, CudaError> {
     Ok(out)
 }
 
-/// `f64(a) − f64(b)` (or `f64(a)`), `len` values.
-fn widen(
-    dev: &Dev<'_>,
-    a: &CudaSlice<f32>,
-    b: Option<&CudaSlice<f32>>,
-    len: usize,
-) -> Result<CudaSlice<f64>, CudaError> {
-    let mut out = dev.zeros::<f64>("a widened difference", len)?;
+/// `f64(a)`, `len` values (`diff_widen` with no `b`).
+fn widen(dev: &Dev<'_>, a: &CudaSlice<f32>, len: usize) -> Result<CudaSlice<f64>, CudaError> {
+    let mut out = dev.zeros::<f64>("a widened matrix", len)?;
     let f = dev.func("diff_widen")?;
     let null: u64 = 0;
     let l = ll(len);
     let mut launch = dev.stream.launch_builder(f);
-    launch.arg(a);
-    match b {
-        Some(b) => launch.arg(b),
-        None => launch.arg(&null),
-    };
-    launch.arg(&mut out).arg(&l);
-    // SAFETY: `diff_widen(const float* a, const float* b_or_null, double* d, long long len)`: a, b and
-    // d hold len values.
+    launch.arg(a).arg(&null).arg(&mut out).arg(&l);
+    // SAFETY: `diff_widen(const float* a, const float* b_or_null, double* d, long long len)`: a and d
+    // hold len values, b is null.
     unsafe { launch.launch(elementwise(len)?) }
         .map_err(|e| CudaError::driver("launching diff_widen", e))?;
     Ok(out)
@@ -147,30 +136,24 @@ fn weighted(
     }
 }
 
-pub(crate) fn proxy_error(
+pub(crate) fn weighted_error(
     dev: &Dev<'_>,
-    w: &Mat<f32>,
-    w_hat: &Mat<f32>,
+    d: &Mat<f32>,
     h_in: &SymMat,
     h_out: Option<&SymMat>,
-) -> Result<ProxyError> {
-    yaqa_core::backend::check_proxy_inputs(w, w_hat, h_in, h_out)?;
-    let (m, n) = w.shape();
-    let run = || -> Result<ProxyError, CudaError> {
-        let wd = dev.upload("W", &w.data)?;
-        let w_hat_d = dev.upload("Ŵ", &w_hat.data)?;
-        let delta = widen(dev, &wd, Some(&w_hat_d), m * n)?;
-        let w64 = widen(dev, &wd, None, m * n)?;
-        drop((wd, w_hat_d));
+) -> Result<f64> {
+    yaqa_core::backend::check_weighted_inputs(d, h_in, h_out)?;
+    let (m, n) = d.shape();
+    let run = || -> Result<f64, CudaError> {
+        let narrow = dev.upload("the weighted matrix", &d.data)?;
+        let d64 = widen(dev, &narrow, m * n)?;
+        drop(narrow);
         let h_in_d = dense(dev, h_in)?;
         let h_out_d = match h_out {
             Some(h) => Some(dense(dev, h)?),
             None => None,
         };
-        Ok(ProxyError {
-            error: weighted(dev, &delta, m, n, &h_in_d, h_out_d.as_ref())?,
-            baseline: weighted(dev, &w64, m, n, &h_in_d, h_out_d.as_ref())?,
-        })
+        weighted(dev, &d64, m, n, &h_in_d, h_out_d.as_ref())
     };
-    run().map_err(|e| e.into_core("proxy_error"))
+    run().map_err(|e| e.into_core("weighted_error"))
 }

@@ -170,15 +170,35 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         params: &GptqParams,
     ) -> Result<Rounded>;
 
-    /// The weighted error `tr(Δ h_in Δᵀ h_out)` for `Δ = W − Ŵ` (`h_out = None` means `I`), and the
-    /// same quantity for `Δ = W`, so the caller can form DESIGN.md §4's relative proxy errors.
+    /// The weighted norm `tr(D h_in Dᵀ h_out)` of an `m × n` matrix `D` (`h_out = None` means `I`),
+    /// accumulated in f64. The scale search calls it once per candidate grid.
+    ///
+    /// **Errors**: `h_in` not `n × n`, `h_out` not `m × m` ([`check_weighted_inputs`]).
+    fn weighted_error(&self, d: &Mat<f32>, h_in: &SymMat, h_out: Option<&SymMat>) -> Result<f64>;
+
+    /// DESIGN.md §4's proxy error of `Ŵ`: [`Self::weighted_error`] of `Δ = W − Ŵ` (formed in f32), and
+    /// of `W` itself as the baseline.
+    ///
+    /// **Errors**: `w_hat` not shaped like `W`, and those of [`Self::weighted_error`].
     fn proxy_error(
         &self,
         w: &Mat<f32>,
         w_hat: &Mat<f32>,
         h_in: &SymMat,
         h_out: Option<&SymMat>,
-    ) -> Result<ProxyError>;
+    ) -> Result<ProxyError> {
+        w_hat.expect_shape("proxy_error: w_hat vs W", w.rows, w.cols)?;
+        check_weighted_inputs(w, h_in, h_out)?;
+        let delta = Mat {
+            rows: w.rows,
+            cols: w.cols,
+            data: w.data.iter().zip(&w_hat.data).map(|(a, b)| a - b).collect(),
+        };
+        Ok(ProxyError {
+            error: self.weighted_error(&delta, h_in, h_out)?,
+            baseline: self.weighted_error(w, h_in, h_out)?,
+        })
+    }
 }
 
 /// Numerator and denominator of a proxy error.
@@ -245,30 +265,24 @@ pub fn check_round_inputs(
     Ok(())
 }
 
-/// Checks the inputs of [`Backend::proxy_error`] (shared by every backend).
+/// Checks the inputs of [`Backend::weighted_error`] (shared by every backend).
 ///
-/// **Errors**: `w_hat` not shaped like `W`, `h_in` not `n × n`, `h_out` not `m × m`.
-pub fn check_proxy_inputs(
-    w: &Mat<f32>,
-    w_hat: &Mat<f32>,
-    h_in: &SymMat,
-    h_out: Option<&SymMat>,
-) -> Result<()> {
+/// **Errors**: `h_in` not `n × n`, `h_out` not `m × m` for an `m × n` matrix `d`.
+pub fn check_weighted_inputs(d: &Mat<f32>, h_in: &SymMat, h_out: Option<&SymMat>) -> Result<()> {
     use crate::error::CoreError;
-    w_hat.expect_shape("proxy_error: w_hat vs w", w.rows, w.cols)?;
-    if h_in.n != w.cols {
+    if h_in.n != d.cols {
         return Err(CoreError::shape(
-            "proxy_error: h_in vs W columns",
-            w.cols,
+            "weighted_error: h_in vs the matrix's columns",
+            d.cols,
             h_in.n,
         ));
     }
     if let Some(h) = h_out
-        && h.n != w.rows
+        && h.n != d.rows
     {
         return Err(CoreError::shape(
-            "proxy_error: h_out vs W rows",
-            w.rows,
+            "weighted_error: h_out vs the matrix's rows",
+            d.rows,
             h.n,
         ));
     }

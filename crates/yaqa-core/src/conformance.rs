@@ -193,7 +193,25 @@ pub fn check_proxy(backend: &dyn Backend) {
             &[want.error, want.baseline],
             PROXY_REL,
         );
+        let norm = backend
+            .weighted_error(&w_hat, &h_in, h_out)
+            .expect("backend weighted norm");
+        let want = Reference
+            .weighted_error(&w_hat, &h_in, h_out)
+            .expect("reference weighted norm");
+        assert_close("weighted norm", backend, &[norm], &[want], PROXY_REL);
     }
+    let wide = synthetic::weights(m, n + 1, 35);
+    assert!(
+        backend.weighted_error(&wide, &h_in, None).is_err(),
+        "{}: h_in of the wrong size accepted",
+        backend.name()
+    );
+    assert!(
+        backend.weighted_error(&w, &h_in, Some(&h_in)).is_err(),
+        "{}: h_out of the wrong size accepted",
+        backend.name()
+    );
 }
 
 /// The strictly block-lower `a` of a synthetic factor.

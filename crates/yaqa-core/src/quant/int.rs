@@ -449,7 +449,7 @@ impl TileQuantizer for IntAsymGroup {
 ///
 /// **Shapes**: `w` is `m × n`, `h_in` `n × n`, `h_out` `m × m`. **Errors**: unsupported `bits`; a shape
 /// mismatch; non-finite `W` ([`CoreError::NonFinite`] naming it); an all-zero `W` (no RMS to scale to);
-/// whatever `backend.proxy_error` reports, or a non-finite proxy error.
+/// whatever `backend.weighted_error` reports, or a non-finite proxy error.
 pub fn search_sym_scale(
     backend: &dyn Backend,
     w: &Mat<f32>,
@@ -487,8 +487,11 @@ pub fn search_sym_scale(
     for tenths in SCALE_SEARCH_TENTHS {
         let c = tenths as f64 / 10.0;
         let grid = IntSym::for_multiplier(bits, w, c)?;
-        let rounded = round_to_nearest(w, &grid);
-        let err = backend.proxy_error(w, &rounded.w_hat, h_in, h_out)?.error;
+        let mut delta = round_to_nearest(w, &grid).w_hat;
+        for (d, &x) in delta.data.iter_mut().zip(&w.data) {
+            *d = x - *d;
+        }
+        let err = backend.weighted_error(&delta, h_in, h_out)?;
         if !err.is_finite() {
             return Err(CoreError::NonFinite {
                 what: format!("search_sym_scale proxy error at c = {c}"),

@@ -15,7 +15,7 @@ mod sketch;
 pub use hadamard::dense_rotation;
 pub use round::round_adaptive_order;
 
-use crate::backend::{Backend, GptqParams, ProxyError, RoundParams, Rounded, Side};
+use crate::backend::{Backend, GptqParams, RoundParams, Rounded, Side};
 use crate::error::Result;
 use crate::ldl::{BlockLdl, LdlParams};
 use crate::mat::Mat;
@@ -106,13 +106,7 @@ impl Backend for Reference {
         gptq::gptq(w, h, quantizer, params)
     }
 
-    fn proxy_error(
-        &self,
-        w: &Mat<f32>,
-        w_hat: &Mat<f32>,
-        h_in: &SymMat,
-        h_out: Option<&SymMat>,
-    ) -> Result<ProxyError> {
-        proxy::proxy_error(w, w_hat, h_in, h_out)
+    fn weighted_error(&self, d: &Mat<f32>, h_in: &SymMat, h_out: Option<&SymMat>) -> Result<f64> {
+        proxy::weighted_error(d, h_in, h_out)
     }
 }

@@ -1,6 +1,5 @@
 //! Reference proxy error `tr(Δ h_in Δᵀ h_out)` by explicit f64 sums (DESIGN.md §4).
 
-use crate::backend::ProxyError;
 use crate::error::Result;
 use crate::mat::Mat;
 use crate::sym::SymMat;
@@ -32,17 +31,7 @@ fn weighted(d: &Mat<f64>, h_in: &SymMat, h_out: Option<&SymMat>) -> f64 {
     total
 }
 
-pub(super) fn proxy_error(
-    w: &Mat<f32>,
-    w_hat: &Mat<f32>,
-    h_in: &SymMat,
-    h_out: Option<&SymMat>,
-) -> Result<ProxyError> {
-    crate::backend::check_proxy_inputs(w, w_hat, h_in, h_out)?;
-    let wd = w.to_f64();
-    let delta = Mat::from_fn(w.rows, w.cols, |i, j| wd.at(i, j) - w_hat.at(i, j) as f64);
-    Ok(ProxyError {
-        error: weighted(&delta, h_in, h_out),
-        baseline: weighted(&wd, h_in, h_out),
-    })
+pub(super) fn weighted_error(d: &Mat<f32>, h_in: &SymMat, h_out: Option<&SymMat>) -> Result<f64> {
+    crate::backend::check_weighted_inputs(d, h_in, h_out)?;
+    Ok(weighted(&d.to_f64(), h_in, h_out))
 }
