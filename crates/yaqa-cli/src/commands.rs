@@ -335,6 +335,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
         args.group,
         args.no_incoherence,
         args.sign_seed,
+        &args.damp,
     );
     match &args.factors {
         Some(dir) => {
@@ -722,6 +723,7 @@ pub fn round(args: RoundArgs) -> Result<()> {
         args.group,
         args.no_incoherence,
         args.sign_seed,
+        &args.damp,
     );
     let q = quantize_layer(
         &cpu,

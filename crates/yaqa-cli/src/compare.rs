@@ -34,7 +34,7 @@ use crate::commands::{
     render_table, write_factor_dir, write_json,
 };
 use crate::util::{Calibration, backend, bar, calibration_set, layer_params, load_model};
-use crate::{CalibArgs, CalibIdsArgs, Device, MethodArg, QuantizerArg};
+use crate::{CalibArgs, CalibIdsArgs, DampArgs, Device, MethodArg, QuantizerArg};
 
 /// A row of the table: a rounding method and the factors it uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -110,6 +110,8 @@ pub struct CompareArgs {
     /// Seed of the sign vectors of the rotations (recorded).
     #[arg(long, default_value_t = 0)]
     pub sign_seed: u64,
+    #[command(flatten)]
+    pub damp: DampArgs,
     /// Folder for factors and quantized models; a rerun reuses what is finished.
     #[arg(long, value_name = "DIR")]
     pub work: PathBuf,
@@ -243,6 +245,7 @@ pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Res
                 None,
                 false,
                 args.sign_seed,
+                &args.damp,
             );
             let row_seqs = if row == CompareMethod::YaqaA {
                 n_main

@@ -119,6 +119,35 @@ pub struct CalibArgs {
     pub seed: u64,
 }
 
+/// Damping of the factors before their LDL (DESIGN.md §3), as multiples of the mean diagonal.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct DampArgs {
+    /// First damping σ of h_in, doubled until the Cholesky succeeds (GPTQ's percdamp for --method gptq)
+    #[arg(long, value_name = "σ", value_parser = damping, default_value_t = yaqa_core::LdlParams::default().damp)]
+    pub damp: f64,
+    /// First damping σ of h_out (YAQA): larger than h_in's, because Sketch B's h_out is noisy beyond its
+    /// strongest directions at small calibration sets
+    #[arg(long, value_name = "σ", value_parser = damping, default_value_t = yaqa_core::layer::DEFAULT_DAMP_OUT)]
+    pub damp_out: f64,
+}
+
+/// A damping flag's value: a finite number ≥ 0.
+fn damping(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a finite number ≥ 0")),
+    }
+}
+
+impl Default for DampArgs {
+    fn default() -> Self {
+        Self {
+            damp: yaqa_core::LdlParams::default().damp,
+            damp_out: yaqa_core::layer::DEFAULT_DAMP_OUT,
+        }
+    }
+}
+
 /// Calibration sequences from a file of token ids (`hessian` and `quantize`).
 #[derive(Debug, Args, Clone)]
 pub struct CalibIdsArgs {
@@ -208,6 +237,8 @@ pub struct QuantizeArgs {
     /// Seed of the sign vectors of the rotations (recorded).
     #[arg(long, default_value_t = 0)]
     pub sign_seed: u64,
+    #[command(flatten)]
+    pub damp: DampArgs,
     /// Factor folder from `yaqa hessian`; without it the factors are collected first (Sketch B for YAQA,
     /// Σ x xᵀ otherwise) with the calibration options below.
     #[arg(long, value_name = "DIR")]
@@ -278,6 +309,8 @@ pub struct RoundArgs {
     pub no_incoherence: bool,
     #[arg(long, default_value_t = 0)]
     pub sign_seed: u64,
+    #[command(flatten)]
+    pub damp: DampArgs,
     /// Output safetensors: `w_hat` (F32) and `codes` (U8) plus the report.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,

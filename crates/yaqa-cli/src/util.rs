@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle, T
 use yaqa_backend_cpu::Cpu;
 use yaqa_core::layer::{LayerParams, Method, QuantizerSpec};
 use yaqa_core::sketch::SketchKind;
+use yaqa_core::{GptqParams, LdlParams};
 use yaqa_model::calib::{CalibSeq, Shard, sample_sequences, text_tokens, text_windows};
 use yaqa_model::calib_file::{LabelOrigin, read_calib_file};
 use yaqa_model::checkpoint::{self, Loaded};
@@ -19,7 +20,7 @@ use yaqa_model::collect::LayerId;
 use yaqa_model::factor_file::{FactorFile, parse_sketch_tag, read_factors};
 use yaqa_model::transformer::Transformer;
 
-use crate::{CalibArgs, Device, MethodArg, QuantizerArg};
+use crate::{CalibArgs, DampArgs, Device, MethodArg, QuantizerArg};
 
 /// The backend for `--device`. CUDA is refused with a clear message until the CUDA backend is wired in.
 pub fn backend(device: Device) -> Result<Cpu> {
@@ -219,6 +220,7 @@ pub fn layer_params(
     group: Option<usize>,
     no_incoherence: bool,
     sign_seed: u64,
+    damp: &DampArgs,
 ) -> LayerParams {
     let bits = quantizer.bits();
     let quantizer = match (group, no_incoherence) {
@@ -242,6 +244,15 @@ pub fn layer_params(
         quantizer,
         incoherence: !no_incoherence,
         seed: sign_seed,
+        ldl: LdlParams {
+            damp: damp.damp,
+            ..LdlParams::default()
+        },
+        damp_out: damp.damp_out,
+        gptq: GptqParams {
+            damp: damp.damp,
+            ..GptqParams::default()
+        },
         ..LayerParams::default()
     }
 }

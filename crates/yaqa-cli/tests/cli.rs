@@ -91,6 +91,36 @@ fn end_to_end_on_a_tiny_model() {
         std::fs::read(&resumed).unwrap()
     );
 
+    // --damp-out reaches h_out's LDL and is recorded; the default is DEFAULT_DAMP_OUT.
+    let light = dir.join("light.safetensors");
+    let mut a = base.to_vec();
+    a.extend(["--damp-out", "0.01", "--out", s(&light)]);
+    ok(&a);
+    let open = |p: &std::path::Path| yaqa_model::quant_file::QuantFile::open(p).unwrap();
+    let (whole_q, light_q) = (open(&whole), open(&light));
+    assert_eq!(
+        whole_q.run()["damp_out"].as_f64(),
+        Some(yaqa_core::layer::DEFAULT_DAMP_OUT)
+    );
+    assert_eq!(light_q.run()["damp_out"].as_f64(), Some(0.01));
+    let q_proj = |q: &yaqa_model::quant_file::QuantFile| {
+        q.header["layers"]["model.layers.0.self_attn.q_proj"]["report"]["damp_out"].as_f64()
+    };
+    assert_eq!(q_proj(&light_q), Some(0.01));
+    assert_eq!(q_proj(&whole_q), Some(yaqa_core::layer::DEFAULT_DAMP_OUT));
+    assert_ne!(
+        std::fs::read(&whole).unwrap(),
+        std::fs::read(&light).unwrap()
+    );
+    let mut a = base.to_vec();
+    a.extend(["--damp-out=-1", "--out", s(&light)]);
+    let refused = yaqa(&a);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("--damp-out"),
+        "{err}"
+    );
+
     // RTN collecting its own Σ x xᵀ factors from text.
     let text = dir.join("calib.txt");
     std::fs::write(&text, "abc ".repeat(10)).unwrap();

@@ -43,6 +43,7 @@ pub fn run_header(params: &LayerParams, model_fingerprint: &str, factors: Value)
         "sign_seed": params.seed,
         "tile": [params.round.tile_rows, params.round.tile_cols],
         "damp": params.ldl.damp,
+        "damp_out": params.damp_out,
         // null: searched per matrix on round-to-nearest's tr(Δ Σxxᵀ Δᵀ) (DESIGN.md §5).
         "scale_c": params.scale_c,
         "gptq": {
