@@ -329,6 +329,8 @@ pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Res
             },
             "eval": {"text": text_name, "window": args.window, "n_windows": args.n_windows},
             "quantizer": "int symmetric, one scale per matrix searched on RTN's tr(Δ Σxxᵀ Δᵀ) and shared by every method, randomized Hadamard both sides",
+            "damp": args.damp.damp,
+            "damp_out": args.damp.damp_out,
             "factors_s": factor_s,
             "wall_s": wall,
         },

@@ -306,6 +306,11 @@ fn compare_shares_scales_and_resumes() {
         let kl = r["kl"].as_f64().unwrap();
         assert!(kl > 0.0 && kl.is_finite(), "{r}");
     }
+    assert_eq!(first["setup"]["damp"].as_f64(), Some(0.01));
+    assert_eq!(
+        first["setup"]["damp_out"].as_f64(),
+        Some(yaqa_core::layer::DEFAULT_DAMP_OUT)
+    );
 
     // Every method got RTN's scale for every layer.
     let scales = |label: &str| {
