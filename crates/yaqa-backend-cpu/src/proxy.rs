@@ -1,8 +1,9 @@
-//! CPU weighted norm `tr(D h_in Dᵀ h_out)` behind the proxy errors (DESIGN.md §4): one or two f32 GEMMs, reduced in f64.
+//! CPU weighted norm `tr(D h_in Dᵀ h_out)` behind the proxy errors (DESIGN.md §4): one or two f32 GEMMs,
+//! reduced in f64.
 //!
-//! The products dominate the scale search (one per candidate grid, 14 per matrix), so they run in f32 at faer's
-//! full speed (about 4× its f64 rate here); the final reductions are f64. The relative error this costs,
-//! measured against the f64 reference, is in `yaqa_core::conformance::PROXY_REL`.
+//! The products dominate the scale search (one per candidate grid, 14 per matrix), so they run in f32 at
+//! faer's full speed (about 4× its f64 rate here); the final reductions are f64. The relative error this
+//! costs, measured against the f64 reference, is in `yaqa_core::conformance::PROXY_REL`.
 
 use faer::{Accum, Mat as FMat, Par};
 use yaqa_core::{Mat, Result, SymMat};
