@@ -188,7 +188,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         h_out: Option<&SymMat>,
     ) -> Result<ProxyError> {
         w_hat.expect_shape("proxy_error: w_hat vs W", w.rows, w.cols)?;
-        check_weighted_inputs(w, h_in, h_out)?;
+        // `weighted_error` checks the factors' sizes against `Δ`, which has `W`'s shape.
         let delta = Mat {
             rows: w.rows,
             cols: w.cols,
