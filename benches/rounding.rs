@@ -6,6 +6,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use std::time::Duration;
 use yaqa::core::backend::{Backend, RoundParams};
 use yaqa::core::quant::int::IntSym;
+use yaqa::core::quant::round_to_nearest;
+use yaqa::core::refine::refine_coordinate;
 use yaqa::core::sketch::Factors;
 use yaqa::core::{LdlParams, Mat, ldl::normalize_mean_diag, synthetic};
 use yaqa::cpu::Cpu;
@@ -68,5 +70,33 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// One coordinate-descent sweep after round-to-nearest (`yaqa_core::refine`, single-threaded, `O(mn²)`),
+/// two-sided and one-sided, at SmolLM2's largest shape and at 1024².
+fn bench_refine(c: &mut Criterion) {
+    let mut group = c.benchmark_group("refine");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(20));
+    for (m, n) in [(576, 1536), (1024, 1024)] {
+        let w = synthetic::weights(m, n, 1);
+        let q = IntSym::for_multiplier(2, &w, 1.2).expect("grid");
+        let rtn = round_to_nearest(&w, &q);
+        let mut h_in = factor(n, 2);
+        h_in.add_diag(0.01);
+        let mut h_out = factor(m, 3);
+        h_out.add_diag(1.0);
+        for (name, h_out) in [("two-sided", Some(&h_out)), ("one-sided", None)] {
+            group.bench_function(format!("{name} {m}x{n} int2, 1 sweep"), |b| {
+                b.iter(|| {
+                    let mut r = rtn.clone();
+                    refine_coordinate(&w, &mut r, &h_in, h_out, &q, 1).expect("refine")
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_refine);
 criterion_main!(benches);

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The KL table of README.md: SmolLM2-135M, calibration on the five calibration novels, evaluation on
 # prideprejudice.txt, INT2/3/4 with incoherence processing, RTN / GPTQ / LDLQ / YAQA-A / YAQA-B with
-# shared scales; Sketch A on 256 sequences, Sketch B (and Σ x xᵀ) on 512. Needs ../shared (the fixtures);
-# about 1 h 45 min on two CPU cores. Rerunning continues
-# where a killed run stopped (everything lands in WORK, default .yaqa-cache/kl-table).
+# shared scales; Sketch A on 256 sequences, Sketch B (and Σ x xᵀ) on 512. Then the same LDLQ and YAQA-B
+# rows again with 3 sweeps of coordinate descent after the rounding (`--refine 3`, rows `*-cd3-*`,
+# table-cd3.json), reusing the factors and RTN's scales. Needs ../shared (the fixtures); about 2 h 15 min
+# on two CPU cores. Rerunning continues where a killed run stopped (everything lands in WORK, default
+# .yaqa-cache/kl-table).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${SHARED:-../shared}
@@ -13,12 +15,17 @@ fixture="$shared/fixtures/smollm2-135m"
 for f in "$fixture/SmolLM2-135M-Instruct.Q4_1.gguf" "$data/prideprejudice.txt"; do
   [[ -f $f ]] || { echo "missing $f (set SHARED=path/to/shared)" >&2; exit 1; }
 done
-exec cargo run --release -p yaqa-cli -- compare \
-  --model "$fixture/SmolLM2-135M-Instruct.Q4_1.gguf" \
-  --tokenizer "$fixture/tokenizer.json" \
-  --calib "$data/emma.txt" "$data/mansfieldpark.txt" "$data/northangerabbey.txt" \
-          "$data/persuasion.txt" "$data/sensesensibility.txt" \
-  --n-seqs 256 --b-seqs 512 --seq-len 256 --seed 0 --passes 2 --bits 2,3,4 \
-  --methods rtn,gptq,ldlq,yaqa-a,yaqa-b \
-  --text "$data/prideprejudice.txt" --window 512 --n-windows 8 \
-  --work "$work" --json "$work/table.json"
+yaqa() { cargo run --release -p yaqa-cli -- "$@"; }
+common=(
+  --model "$fixture/SmolLM2-135M-Instruct.Q4_1.gguf"
+  --tokenizer "$fixture/tokenizer.json"
+  --calib "$data/emma.txt" "$data/mansfieldpark.txt" "$data/northangerabbey.txt"
+          "$data/persuasion.txt" "$data/sensesensibility.txt"
+  --n-seqs 256 --b-seqs 512 --seq-len 256 --seed 0 --passes 2 --bits 2,3,4
+  --text "$data/prideprejudice.txt" --window 512 --n-windows 8
+  --work "$work"
+)
+yaqa compare "${common[@]}" --methods rtn,gptq,ldlq,yaqa-a,yaqa-b \
+  --json "$work/table.json"
+yaqa compare "${common[@]}" --methods ldlq,yaqa-b --refine 3 \
+  --json "$work/table-cd3.json"

@@ -239,3 +239,55 @@ fn every_method_gets_the_scale_of_the_shared_metric() {
     .to_string();
     assert!(err.contains("scale"), "{err}");
 }
+
+#[test]
+fn refinement_lowers_the_proxy_each_method_minimises() {
+    // Coordinate descent after the rounding, on the method's own (damped) proxy: LDLQ's one-sided proxy
+    // and YAQA's two-sided one must both go down, and YAQA must stay ahead of LDLQ.
+    let (m, n) = (64, 128);
+    let cpu = Cpu::default();
+    println!("bits seed   ldlq ldlq+cd   yaqa yaqa+cd");
+    for bits in [2, 3] {
+        for seed in 0..2 {
+            let (w, h_in, h_out) = layer(m, n, seed);
+            let run = |method, refine_sweeps| {
+                let params = LayerParams {
+                    method,
+                    quantizer: QuantizerSpec::IntSym { bits },
+                    seed,
+                    refine_sweeps,
+                    ..LayerParams::default()
+                };
+                quantize_layer(&cpu, "synthetic", &w, &two_sided(&h_in, &h_out), &params).unwrap()
+            };
+            let ldlq = run(Method::Ldlq, 0).report;
+            let ldlq_cd = run(Method::Ldlq, 3).report;
+            let yaqa = run(Method::Yaqa, 0).report;
+            let yaqa_cd = run(Method::Yaqa, 3).report;
+            let two = |r: &yaqa::core::layer::LayerReport| r.proxy_two_sided.unwrap();
+            println!(
+                "{bits:>4} {seed:>4} {:.5} {:.5} {:.5} {:.5}",
+                ldlq.proxy_one_sided,
+                ldlq_cd.proxy_one_sided,
+                two(&yaqa),
+                two(&yaqa_cd)
+            );
+            assert!(ldlq.refine.is_none() && yaqa.refine.is_none());
+            let moved = |r: &yaqa::core::layer::LayerReport| r.refine.unwrap().moves;
+            assert!(moved(&ldlq_cd) > 0 && moved(&yaqa_cd) > 0);
+            assert!(
+                ldlq_cd.proxy_one_sided < ldlq.proxy_one_sided,
+                "{bits} bits, seed {seed}: LDLQ one-sided {} → {}",
+                ldlq.proxy_one_sided,
+                ldlq_cd.proxy_one_sided
+            );
+            assert!(
+                two(&yaqa_cd) < two(&yaqa) && two(&yaqa_cd) < two(&ldlq_cd),
+                "{bits} bits, seed {seed}: YAQA two-sided {} → {}, LDLQ+cd {}",
+                two(&yaqa),
+                two(&yaqa_cd),
+                two(&ldlq_cd)
+            );
+        }
+    }
+}

@@ -336,6 +336,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
         args.no_incoherence,
         args.sign_seed,
         &args.damp,
+        args.refine.refine,
     );
     match &args.factors {
         Some(dir) => {
@@ -462,8 +463,11 @@ fn layer_line(name: &str, r: &yaqa_core::layer::LayerReport, seconds: f64) -> St
         .map_or_else(String::new, |p| format!(" two-sided {p:.3e}"));
     let damp_out = r.damp_out.map_or_else(String::new, |d| format!("/{d:.3}"));
     let scale = r.scale_c.map_or_else(String::new, |c| format!(" c {c:.1}"));
+    let refine = r.refine.map_or_else(String::new, |s| {
+        format!(" cd {} sweeps/{} moves", s.sweeps, s.moves)
+    });
     format!(
-        "{name:<36} proxy {:.3e}{two} damp {:.3}{damp_out}{scale} {seconds:.2} s",
+        "{name:<36} proxy {:.3e}{two} damp {:.3}{damp_out}{scale}{refine} {seconds:.2} s",
         r.proxy_one_sided, r.damp_in
     )
 }
@@ -724,6 +728,7 @@ pub fn round(args: RoundArgs) -> Result<()> {
         args.no_incoherence,
         args.sign_seed,
         &args.damp,
+        args.refine.refine,
     );
     let q = quantize_layer(
         &cpu,

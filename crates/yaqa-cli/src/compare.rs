@@ -112,6 +112,10 @@ pub struct CompareArgs {
     pub sign_seed: u64,
     #[command(flatten)]
     pub damp: DampArgs,
+    /// Coordinate-descent sweeps after every method but RTN (0: none); the rows are labelled
+    /// `<method>-cd<SWEEPS>`, so they share a --work folder with the unrefined ones
+    #[arg(long, value_name = "SWEEPS", default_value_t = 0)]
+    pub refine: usize,
     /// Folder for factors and quantized models; a rerun reuses what is finished.
     #[arg(long, value_name = "DIR")]
     pub work: PathBuf,
@@ -230,11 +234,16 @@ pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Res
     for &bits in &args.bits {
         let mut files = Vec::new();
         let mut scales: Option<BTreeMap<LayerId, f64>> = None;
-        // RTN first: its search chooses the scales every other method takes.
-        let mut rows: Vec<CompareMethod> = vec![CompareMethod::Rtn];
-        rows.extend(args.methods.iter().filter(|&&m| m != CompareMethod::Rtn));
-        for row in rows {
-            let label = format!("{}-int{bits}", row.label());
+        // RTN first: its search chooses the scales every other method takes. It is never refined.
+        let mut rows: Vec<(CompareMethod, usize)> = vec![(CompareMethod::Rtn, 0)];
+        rows.extend(
+            args.methods
+                .iter()
+                .filter(|&&m| m != CompareMethod::Rtn)
+                .map(|&m| (m, args.refine)),
+        );
+        for (row, refine) in rows {
+            let label = row_label(row, refine, bits);
             let factors = sets
                 .for_row(row)
                 .with_context(|| format!("no factors were collected for {label}"))?;
@@ -246,6 +255,7 @@ pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Res
                 false,
                 args.sign_seed,
                 &args.damp,
+                refine,
             );
             let row_seqs = if row == CompareMethod::YaqaA {
                 n_main
@@ -309,7 +319,7 @@ pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Res
             .collect::<Result<Vec<_>>>()?;
         let (base, rows) = eval_models(&cpu, &loaded.model, &models, &tokens, args.window)?;
         base_ppl = base;
-        let reference = format!("ldlq-int{bits}");
+        let reference = row_label(CompareMethod::Ldlq, args.refine, bits);
         let text = render_table(base, &rows, Some(&reference));
         println!("INT{bits}, KL vs {reference}:\n{text}");
         for r in &rows {
@@ -331,6 +341,7 @@ pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Res
             "quantizer": "int symmetric, one scale per matrix searched on RTN's tr(Δ Σxxᵀ Δᵀ) and shared by every method, randomized Hadamard both sides",
             "damp": args.damp.damp,
             "damp_out": args.damp.damp_out,
+            "refine_sweeps": args.refine,
             "factors_s": factor_s,
             "wall_s": wall,
         },
@@ -339,6 +350,14 @@ pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Res
         write_json(path, &report)?;
     }
     Ok(report)
+}
+
+/// A row's name and file stem: `ldlq-int2`, or `ldlq-cd3-int2` after 3 coordinate-descent sweeps.
+fn row_label(row: CompareMethod, refine: usize, bits: u32) -> String {
+    match refine {
+        0 => format!("{}-int{bits}", row.label()),
+        k => format!("{}-cd{k}-int{bits}", row.label()),
+    }
 }
 
 fn quantizer_arg(bits: u32) -> QuantizerArg {

@@ -141,6 +141,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         n_windows: args.n_windows,
         sign_seed: args.seed,
         damp: DampArgs::default(),
+        refine: 0,
         work: args.cache.join("demo"),
         json: args.json.clone(),
         device: Device::Cpu,

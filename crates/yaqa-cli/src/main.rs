@@ -131,6 +131,15 @@ pub struct DampArgs {
     pub damp_out: f64,
 }
 
+/// Coordinate descent after the rounding ([`yaqa_core::refine`]).
+#[derive(Debug, Args, Clone, Copy, Default)]
+pub struct RefineArgs {
+    /// Coordinate-descent sweeps on the method's own proxy after the rounding (0: none); each sweep
+    /// revisits every weight and costs about one rounding pass
+    #[arg(long, value_name = "SWEEPS", default_value_t = 0)]
+    pub refine: usize,
+}
+
 /// A damping flag's value: a finite number ≥ 0.
 fn damping(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -239,6 +248,8 @@ pub struct QuantizeArgs {
     pub sign_seed: u64,
     #[command(flatten)]
     pub damp: DampArgs,
+    #[command(flatten)]
+    pub refine: RefineArgs,
     /// Factor folder from `yaqa hessian`; without it the factors are collected first (Sketch B for YAQA,
     /// Σ x xᵀ otherwise) with the calibration options below.
     #[arg(long, value_name = "DIR")]
@@ -311,6 +322,8 @@ pub struct RoundArgs {
     pub sign_seed: u64,
     #[command(flatten)]
     pub damp: DampArgs,
+    #[command(flatten)]
+    pub refine: RefineArgs,
     /// Output safetensors: `w_hat` (F32) and `codes` (U8) plus the report.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,

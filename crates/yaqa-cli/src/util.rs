@@ -221,6 +221,7 @@ pub fn layer_params(
     no_incoherence: bool,
     sign_seed: u64,
     damp: &DampArgs,
+    refine_sweeps: usize,
 ) -> LayerParams {
     let bits = quantizer.bits();
     let quantizer = match (group, no_incoherence) {
@@ -253,6 +254,7 @@ pub fn layer_params(
             damp: damp.damp,
             ..GptqParams::default()
         },
+        refine_sweeps,
         ..LayerParams::default()
     }
 }

@@ -121,6 +121,33 @@ fn end_to_end_on_a_tiny_model() {
         "{err}"
     );
 
+    // --refine runs coordinate descent after the rounding: recorded in the run header and per layer, and
+    // it lowers the two-sided proxy summed over the layers.
+    let refined = dir.join("refined.safetensors");
+    let mut a = base.to_vec();
+    a.extend(["--refine", "2", "--out", s(&refined)]);
+    ok(&a);
+    let refined_q = open(&refined);
+    assert_eq!(refined_q.run()["refine_sweeps"].as_u64(), Some(2));
+    assert!(whole_q.run().get("refine_sweeps").is_none());
+    let layers =
+        |q: &yaqa_model::quant_file::QuantFile| q.header["layers"].as_object().unwrap().clone();
+    let total_two_sided = |q: &yaqa_model::quant_file::QuantFile| -> f64 {
+        layers(q)
+            .values()
+            .map(|l| l["report"]["proxy_two_sided"].as_f64().unwrap())
+            .sum()
+    };
+    for (name, l) in layers(&refined_q) {
+        let sweeps = l["report"]["refine"]["sweeps"].as_u64();
+        assert!(matches!(sweeps, Some(1..=2)), "{name}: {sweeps:?}");
+    }
+    let (plain, cd) = (total_two_sided(&whole_q), total_two_sided(&refined_q));
+    assert!(
+        cd < plain,
+        "two-sided proxy summed over layers: {plain} → {cd}"
+    );
+
     // RTN collecting its own Σ x xᵀ factors from text.
     let text = dir.join("calib.txt");
     std::fs::write(&text, "abc ".repeat(10)).unwrap();
@@ -348,6 +375,38 @@ fn compare_shares_scales_and_resumes() {
     let second: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(first["rows"], second["rows"]);
+    assert_eq!(first["setup"]["refine_sweeps"].as_u64(), Some(0));
+
+    // --refine in the same folder adds `-cd2` rows beside the plain ones: the factors and RTN's scales are
+    // reused, the refined models have the same scales and their own files.
+    let refined_json = dir.join("refined.json");
+    let mut refined = args.to_vec();
+    let j = refined.iter().position(|a| *a == "--json").unwrap();
+    refined[j + 1] = s(&refined_json);
+    let methods = refined.iter().position(|a| *a == "--methods").unwrap();
+    refined[methods + 1] = "ldlq,yaqa-b";
+    refined.extend(["--refine", "2"]);
+    let out = yaqa(&refined);
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("rtn-int3: reused"), "{log}");
+    let cd: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&refined_json).unwrap()).unwrap();
+    let names: Vec<&str> = cd["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ldlq-cd2-int3", "yaqa-b-cd2-int3"]);
+    assert_eq!(cd["setup"]["refine_sweeps"].as_u64(), Some(2));
+    for label in ["ldlq-cd2-int3", "yaqa-b-cd2-int3"] {
+        assert_eq!(scales(label), rtn, "{label}");
+    }
+    assert_ne!(
+        std::fs::read(work.join("ldlq-int3.safetensors")).unwrap(),
+        std::fs::read(work.join("ldlq-cd2-int3.safetensors")).unwrap()
+    );
 
     // The calibration record holds the sequences and the labels every backward used; replaying it in a
     // fresh folder reproduces the table.

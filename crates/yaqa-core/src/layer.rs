@@ -13,6 +13,7 @@ use crate::ldl::{LdlParams, normalize_mean_diag};
 use crate::mat::Mat;
 use crate::quant::int::{AsymFitParams, IntAsymGroup, IntSym, search_sym_scale};
 use crate::quant::{TileQuantizer, round_to_nearest};
+use crate::refine::{RefineStats, refine_coordinate};
 use crate::sketch::Factors;
 use crate::sym::SymMat;
 
@@ -86,6 +87,9 @@ pub struct LayerParams {
     /// The symmetric grid's scale multiplier `c` (`s = c·RMS(W_r)/RMS(grid)`), when it was chosen
     /// elsewhere (for example once per layer for several methods); `None` searches it.
     pub scale_c: Option<f64>,
+    /// Coordinate-descent sweeps on the method's own proxy after the rounding ([`crate::refine`]); 0 runs
+    /// none.
+    pub refine_sweeps: usize,
 }
 
 /// The first damping of `h_out`, above `h_in`'s 0.01 (DESIGN.md §3 gives one σ for both).
@@ -124,6 +128,7 @@ impl Default for LayerParams {
             },
             gptq: GptqParams::default(),
             scale_c: None,
+            refine_sweeps: 0,
         }
     }
 }
@@ -181,6 +186,8 @@ pub struct LayerReport {
     /// The scale multiplier `c` chosen by the search (symmetric grids).
     pub scale_c: Option<f64>,
     pub bits_per_weight: f64,
+    /// What the coordinate-descent refinement did, when it ran.
+    pub refine: Option<RefineStats>,
 }
 
 /// A rounded layer: the dequantized weights in the original basis and what reproduces them.
@@ -386,6 +393,31 @@ fn quantize_layer_inner(
             }
         };
 
+    let mut rounded = rounded;
+    let refine = if params.refine_sweeps > 0 {
+        // The proxy the rounding minimised: the same normalised, rotated and damped factors.
+        let mut hi = h_in.clone();
+        hi.add_diag(damp_in);
+        let ho = match (h_out.as_ref(), damp_out) {
+            (Some(h), Some(d)) if params.method == Method::Yaqa => {
+                let mut h = h.clone();
+                h.add_diag(d);
+                Some(h)
+            }
+            _ => None,
+        };
+        Some(refine_coordinate(
+            &w_r,
+            &mut rounded,
+            &hi,
+            ho.as_ref(),
+            q,
+            params.refine_sweeps,
+        )?)
+    } else {
+        None
+    };
+
     let one = backend.proxy_error(&w_r, &rounded.w_hat, &h_in, None)?;
     let two = match h_out.as_ref() {
         Some(h) => Some(
@@ -417,6 +449,7 @@ fn quantize_layer_inner(
             damp_out,
             scale_c,
             bits_per_weight,
+            refine,
         },
         quantizer,
     })

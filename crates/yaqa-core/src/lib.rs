@@ -15,6 +15,7 @@ pub mod mat;
 pub mod model_ops;
 pub mod quant;
 pub mod reference;
+pub mod refine;
 pub mod rng;
 pub mod sketch;
 pub mod sym;

@@ -31,7 +31,7 @@ pub fn quantizer_json(q: &QuantizerSpec) -> Value {
 /// The run header: everything that decides the output, so a resumed run can check its parts.
 /// `factors` describes where the factors came from (written as given).
 pub fn run_header(params: &LayerParams, model_fingerprint: &str, factors: Value) -> Value {
-    json!({
+    let mut header = json!({
         "method": params.method.name(),
         "quantizer": quantizer_json(&params.quantizer),
         "incoherence": params.incoherence,
@@ -53,7 +53,12 @@ pub fn run_header(params: &LayerParams, model_fingerprint: &str, factors: Value)
         },
         "model_fingerprint": model_fingerprint,
         "factors": factors,
-    })
+    });
+    // Written only when sweeps ran, so files made before the refinement existed still resume and reuse.
+    if params.refine_sweeps > 0 {
+        header["refine_sweeps"] = json!(params.refine_sweeps);
+    }
+    header
 }
 
 /// The folder of part files that goes with the output file `out`.

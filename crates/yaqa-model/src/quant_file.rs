@@ -64,6 +64,7 @@ pub fn report_json(r: &LayerReport) -> Value {
         "damp_out": r.damp_out,
         "scale_c": r.scale_c,
         "bits_per_weight": r.bits_per_weight,
+        "refine": r.refine.map(|s| json!({"sweeps": s.sweeps, "moves": s.moves})),
     })
 }
 
@@ -507,6 +508,7 @@ mod tests {
                 damp_out: None,
                 scale_c: None,
                 bits_per_weight: f64::from(bits),
+                refine: None,
             },
         }
     }
