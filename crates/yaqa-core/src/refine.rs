@@ -8,8 +8,8 @@
 //! `f` strictly, so the sweeps never undo progress and stop when no weight moves.
 //!
 //! Rows are visited in order and a row's gradient `g = (h_out Δ)_i·h_in` is formed once per visit
-//! (`O(n²)`), then kept current through the row's own moves (`O(n)` each); `P = h_out Δ` is kept current
-//! through every move (`O(m)` each). One sweep is `O(mn²)` plus `O(m + n)` per move, the cost of one
+//! (`O(n²)`), then kept current through the row's own moves (`O(n)` each); `P = h_out Δ`, stored by
+//! columns, is kept current through every move (`O(m)` each, contiguous). One sweep is `O(mn²)` plus `O(m + n)` per move, the cost of one
 //! rounding pass. With `h_out = I` the rows decouple and this is the one-sided (LDLQ/GPTQ) proxy.
 //!
 //! Only scalar quantizers (one code per weight) can move a single weight; others are refused.
@@ -84,14 +84,15 @@ pub fn refine_coordinate(
         }
     }
 
-    // P = h_out Δ, built row by row as Σ_k h_out[i,k] Δ_k.
+    // P = h_out Δ, built row by row as Σ_k h_out[i,k] Δ_k, then stored transposed (`pt[j·m + i]`): a
+    // move updates one column of P, read once per row visit.
     let delta: Vec<f64> = w
         .data
         .iter()
         .zip(&rounded.w_hat.data)
         .map(|(&a, &b)| a as f64 - b as f64)
         .collect();
-    let mut p = match &ho {
+    let p = match &ho {
         None => delta,
         Some(ho) => {
             let mut p = vec![0.0f64; m * n];
@@ -106,23 +107,31 @@ pub fn refine_coordinate(
             p
         }
     };
+    let mut pt = vec![0.0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            pt[j * m + i] = p[i * n + j];
+        }
+    }
+    drop(p);
 
     let mut stats = RefineStats {
         sweeps: 0,
         moves: 0,
     };
     let mut g = vec![0.0f64; n];
+    let mut pi = vec![0.0f64; n];
     let mut code = [0u16; 1];
     for _ in 0..sweeps {
         stats.sweeps += 1;
         let mut moved = 0usize;
         for i in 0..m {
             let ho_ii = ho.as_ref().map_or(1.0, |h| h.at(i, i));
-            {
-                let pi = &p[i * n..(i + 1) * n];
-                for (j, gj) in g.iter_mut().enumerate() {
-                    *gj = dot(pi, hi.row(j));
-                }
+            for (j, v) in pi.iter_mut().enumerate() {
+                *v = pt[j * m + i];
+            }
+            for (j, gj) in g.iter_mut().enumerate() {
+                *gj = dot(&pi, hi.row(j));
             }
             for j in 0..n {
                 let curv = ho_ii * hi.at(j, j);
@@ -140,12 +149,8 @@ pub fn refine_coordinate(
                 rounded.codes[i * n + j] = code[0];
                 axpy(&mut g, t * ho_ii, hi.row(j));
                 match &ho {
-                    None => p[i * n + j] += t,
-                    Some(ho) => {
-                        for (k, &hki) in ho.row(i).iter().enumerate() {
-                            p[k * n + j] += t * hki;
-                        }
-                    }
+                    None => pt[j * m + i] += t,
+                    Some(ho) => axpy(&mut pt[j * m..(j + 1) * m], t, ho.row(i)),
                 }
                 moved += 1;
             }
