@@ -35,13 +35,22 @@ fn a_strict(n: usize, block: usize, seed: u64) -> Mat<f32> {
         .a_strict()
 }
 
-fn bench(c: &mut Criterion) {
-    let cpu = Cpu::default();
-    let mut group = c.benchmark_group("round");
+/// A group for runs of a second or more: 10 samples over 20 s.
+fn slow_group<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group(name);
     group
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(20));
+    group
+}
+
+fn bench(c: &mut Criterion) {
+    let cpu = Cpu::default();
+    let mut group = slow_group(c, "round");
     for (m, n) in [(576, 1536), (4096, 4096)] {
         let w = synthetic::weights(m, n, 1);
         let q = IntSym::new(4, 0.004).expect("grid");
@@ -73,11 +82,7 @@ fn bench(c: &mut Criterion) {
 /// One coordinate-descent sweep after round-to-nearest (`yaqa_core::refine`, single-threaded, `O(mn²)`),
 /// two-sided and one-sided, at SmolLM2's largest shape and at 1024².
 fn bench_refine(c: &mut Criterion) {
-    let mut group = c.benchmark_group("refine");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(20));
+    let mut group = slow_group(c, "refine");
     for (m, n) in [(576, 1536), (1024, 1024)] {
         let w = synthetic::weights(m, n, 1);
         let q = IntSym::for_multiplier(2, &w, 1.2).expect("grid");
