@@ -25,6 +25,7 @@ use yaqa_model::quant_file::{QuantFile, report_json};
 use yaqa_model::transformer::Transformer;
 use yaqa_model::{Model, Tokenizer};
 
+use crate::resume;
 use crate::sketch_a::{self, Plan};
 use crate::util::{
     Calibration, backend, bar, calibration_set, factor_index, layer_params, load_model,
@@ -184,26 +185,10 @@ fn hessian_collect(args: HessianCollect) -> Result<()> {
             ""
         }
     );
-    let factors = match args.sketch {
-        SketchArg::Xtx | SketchArg::B => {
-            let kind = if args.sketch == SketchArg::B {
-                SketchKind::B
-            } else {
-                SketchKind::Xtx
-            };
-            let start = vec![empty_factors(&loaded.model, kind)];
-            let mut collected = collect_factors_labelled(
-                &cpu,
-                &loaded.model,
-                &seqs,
-                args.calib.seed,
-                start,
-                "sequences",
-            )?;
-            attach_labels(&mut seqs, collected.labels);
-            collected.sets.pop().context("no factors collected")?
-        }
-        SketchArg::A => sketch_a(&cpu, &loaded.model, &mut seqs, args.calib.seed, passes)?,
+    let sketch = match args.sketch {
+        SketchArg::Xtx => SketchKind::Xtx,
+        SketchArg::B => SketchKind::B,
+        SketchArg::A => SketchKind::A { pass: passes - 1 },
     };
     let prov = Provenance {
         seed: args.calib.seed,
@@ -211,12 +196,6 @@ fn hessian_collect(args: HessianCollect) -> Result<()> {
         calib: source,
         shards,
         model_fingerprint: loaded.fingerprint.clone(),
-    };
-    write_factor_dir(out, &loaded.model, &factors, &prov)?;
-    let sketch = match args.sketch {
-        SketchArg::Xtx => SketchKind::Xtx,
-        SketchArg::B => SketchKind::B,
-        SketchArg::A => SketchKind::A { pass: passes - 1 },
     };
     let record = RecordHeader {
         seed: prov.seed,
@@ -234,9 +213,34 @@ fn hessian_collect(args: HessianCollect) -> Result<()> {
         },
         model_fingerprint: prov.model_fingerprint.clone(),
     };
+    let factors = match args.sketch {
+        SketchArg::Xtx | SketchArg::B => {
+            let job = resume::Job {
+                kind: sketch,
+                seed: args.calib.seed,
+                prov: &prov,
+                record: &record,
+                out,
+                every: args.checkpoint_every,
+                stop_after: args.stop_after_seqs,
+            };
+            match resume::collect(&cpu, &loaded.model, &mut seqs, &job)? {
+                resume::Outcome::Finished(f) => f,
+                resume::Outcome::Stopped(done) => {
+                    eprintln!(
+                        "stopped after {done} sequences as asked; rerun the same command to resume"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        SketchArg::A => sketch_a(&cpu, &loaded.model, &mut seqs, args.calib.seed, passes)?,
+    };
+    write_factor_dir(out, &loaded.model, &factors, &prov)?;
     let path = out.join(RECORD_FILE);
     write_record(&path, &seqs, &record)
         .with_context(|| format!("writing the calibration record {}", path.display()))?;
+    resume::finish(out)?;
     eprintln!(
         "wrote {} factor files and {RECORD_FILE} to {} in {:.1} s",
         factors.len(),

@@ -576,7 +576,7 @@ fn factor_sets(
 }
 
 /// Every layer's factors of `kind` from `dir`, if all are there and were made from the same calibration.
-fn load_set(
+pub(crate) fn load_set(
     dir: &Path,
     model: &Model<f32>,
     kind: SketchKind,
@@ -597,7 +597,7 @@ fn load_set(
 /// ones in `record` when it has them, matched by sequence number, otherwise `resample` (the seeded draw
 /// [`collect`](yaqa_model::collect::collect) made, for records written before labels were kept; one
 /// forward pass each, with a progress bar).
-fn labels_from_record(
+pub(crate) fn labels_from_record(
     record: &Path,
     seqs: &mut [CalibSeq],
     resample: &dyn Fn(&CalibSeq) -> Result<Vec<u32>>,

@@ -8,6 +8,7 @@
 mod commands;
 mod compare;
 mod demo;
+mod resume;
 mod sketch_a;
 mod util;
 
@@ -223,6 +224,13 @@ pub struct HessianCollect {
     /// Fisher labels used (required unless merging).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Sketch B and Σ x xᵀ: write the factors so far to OUT.partial/ every N sequences; rerunning the same
+    /// command resumes from there
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub checkpoint_every: usize,
+    /// Stop after K sequences, as if interrupted (for testing resumption).
+    #[arg(long, hide = true, value_name = "K")]
+    pub stop_after_seqs: Option<usize>,
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
 }

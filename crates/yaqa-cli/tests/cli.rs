@@ -560,3 +560,71 @@ fn compare_b_seqs_extends_sketch_b() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn hessian_resumes_from_its_checkpoint() {
+    let dir = scratch("cli-hessian-resume");
+    let model_dir = tiny_model(&dir, 6);
+    let m = s(&model_dir);
+    let run = |out: &Path, seed: &str, extra: &[&str]| {
+        let mut a = vec![
+            "hessian",
+            "--model",
+            m,
+            "--sketch",
+            "b",
+            "--n-seqs",
+            "5",
+            "--seq-len",
+            "12",
+            "--seed",
+            seed,
+            "--checkpoint-every",
+            "2",
+            "--out",
+            s(out),
+        ];
+        a.extend(extra);
+        let out = yaqa(&a);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        err
+    };
+    let whole = dir.join("whole");
+    run(&whole, "4", &[]);
+    assert!(!dir.join("whole.partial").exists());
+
+    // Killed after 3 of 5 sequences (checkpoints at 2 and 3), then rerun: byte-identical files, and the
+    // checkpoint is gone.
+    let resumed = dir.join("resumed");
+    let partial = dir.join("resumed.partial");
+    let err = run(&resumed, "4", &["--stop-after-seqs", "3"]);
+    assert!(err.contains("stopped after 3 sequences"), "{err}");
+    assert!(!resumed.exists() && partial.join("calibration.safetensors").is_file());
+    let err = run(&resumed, "4", &[]);
+    assert!(err.contains("resuming after 3 of 5 sequences"), "{err}");
+    assert!(!partial.exists());
+    let mut files = 0;
+    for entry in std::fs::read_dir(&whole).unwrap() {
+        let name = entry.unwrap().file_name();
+        assert_eq!(
+            std::fs::read(whole.join(&name)).unwrap(),
+            std::fs::read(resumed.join(&name)).unwrap(),
+            "{name:?}"
+        );
+        files += 1;
+    }
+    assert_eq!(files, std::fs::read_dir(&resumed).unwrap().count());
+
+    // A checkpoint of another run (another seed) is set aside, not mixed in.
+    let other = dir.join("other");
+    run(&other, "9", &["--stop-after-seqs", "2"]);
+    let err = run(&other, "4", &[]);
+    assert!(err.contains("not a checkpoint of this run"), "{err}");
+    assert!(dir.join("other.partial.stale").is_dir());
+    assert_eq!(
+        std::fs::read(whole.join("calibration.safetensors")).unwrap(),
+        std::fs::read(other.join("calibration.safetensors")).unwrap()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
