@@ -20,9 +20,7 @@ use yaqa_backend_cpu::Cpu;
 use yaqa_core::sketch::{Factors, SketchKind};
 use yaqa_model::calib::CalibSeq;
 use yaqa_model::calib::Shard;
-use yaqa_model::calib_file::{
-    LabelOrigin, RECORD_FILE, RecordHeader, read_calib_file, write_record,
-};
+use yaqa_model::calib_file::{LabelOrigin, RECORD_FILE, RecordHeader, write_record};
 use yaqa_model::collect::{LayerId, empty_factors, sampled_labels};
 use yaqa_model::factor_file::{Provenance, factor_path, read_factors, sketch_tag};
 use yaqa_model::pipeline::{quantize_model, run_header};
@@ -33,6 +31,7 @@ use crate::commands::{
     attach_labels, collect_factors_labelled, dequantized_model, eval_models, eval_tokens,
     render_table, write_factor_dir, write_json,
 };
+use crate::resume::{labels_from_record, load_set};
 use crate::util::{Calibration, backend, bar, calibration_set, layer_params, load_model};
 use crate::{CalibArgs, CalibIdsArgs, DampArgs, Device, MethodArg, QuantizerArg};
 
@@ -573,65 +572,4 @@ fn factor_sets(
         out.a = a;
     }
     Ok(out)
-}
-
-/// Every layer's factors of `kind` from `dir`, if all are there and were made from the same calibration.
-pub(crate) fn load_set(
-    dir: &Path,
-    model: &Model<f32>,
-    kind: SketchKind,
-    prov: &Provenance,
-    n_seqs: u64,
-) -> Option<BTreeMap<LayerId, Factors>> {
-    LayerId::all(model)
-        .into_iter()
-        .map(|id| {
-            let f = read_factors(&factor_path(dir, id, kind)).ok()?;
-            (f.provenance == *prov && f.factors.n_seqs == n_seqs && f.layer == id)
-                .then_some((id, f.factors))
-        })
-        .collect()
-}
-
-/// Puts labels on those of `seqs` that have none (sequences whose backward ran in an earlier run): the
-/// ones in `record` when it has them, matched by sequence number, otherwise `resample` (the seeded draw
-/// [`collect`](yaqa_model::collect::collect) made, for records written before labels were kept; one
-/// forward pass each, with a progress bar).
-pub(crate) fn labels_from_record(
-    record: &Path,
-    seqs: &mut [CalibSeq],
-    resample: &dyn Fn(&CalibSeq) -> Result<Vec<u32>>,
-) -> Result<()> {
-    if seqs.iter().all(|s| s.labels.is_some()) {
-        return Ok(());
-    }
-    let mut recorded: BTreeMap<usize, Vec<u32>> = match read_calib_file(record, None) {
-        Ok(file) => file
-            .seqs
-            .into_iter()
-            .filter_map(|s| Some((s.index, s.labels?)))
-            .collect(),
-        Err(_) => BTreeMap::new(),
-    };
-    let missing = seqs
-        .iter()
-        .filter(|s| s.labels.is_none() && !recorded.contains_key(&s.index))
-        .count();
-    let pb = (missing > 0).then(|| bar(missing, "redrawing earlier labels"));
-    for s in seqs.iter_mut().filter(|s| s.labels.is_none()) {
-        s.labels = Some(match recorded.remove(&s.index) {
-            Some(l) => l,
-            None => {
-                let l = resample(s)?;
-                if let Some(pb) = &pb {
-                    pb.inc(1);
-                }
-                l
-            }
-        });
-    }
-    if let Some(pb) = pb {
-        pb.finish_and_clear();
-    }
-    Ok(())
 }

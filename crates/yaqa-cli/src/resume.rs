@@ -1,5 +1,7 @@
-//! `hessian`'s one-pass collection (Sketch B, `Σ x xᵀ`) in checkpointed chunks, so a killed run restarted
-//! with the same arguments goes on from its last checkpoint instead of from the first sequence.
+//! Continuing factor collections: `hessian`'s one-pass collection (Sketch B, `Σ x xᵀ`) in checkpointed
+//! chunks, so a killed run restarted with the same arguments goes on from its last checkpoint instead of
+//! from the first sequence, and the reloading of a finished set and its labels that this and `compare`'s
+//! reuse and `--b-seqs` extension share ([`load_set`], [`labels_from_record`]).
 //!
 //! Every `--checkpoint-every` sequences the factors so far and the calibration record of the sequences
 //! done (with the Fisher labels their backward passes drew) go to `OUT.partial/`, written as a whole
@@ -16,12 +18,12 @@ use yaqa_backend_cpu::Cpu;
 use yaqa_core::sketch::{Factors, SketchKind};
 use yaqa_model::Model;
 use yaqa_model::calib::CalibSeq;
-use yaqa_model::calib_file::{RECORD_FILE, RecordHeader, write_record};
+use yaqa_model::calib_file::{RECORD_FILE, RecordHeader, read_calib_file, write_record};
 use yaqa_model::collect::{LayerId, empty_factors, sampled_labels};
 use yaqa_model::factor_file::{Provenance, factor_path, read_factors};
 
 use crate::commands::{attach_labels, collect_factors_labelled, write_factor_dir};
-use crate::compare::{labels_from_record, load_set};
+use crate::util::bar;
 
 /// The checkpoint folder that goes with the output folder `out`.
 pub fn partial_dir(out: &Path) -> PathBuf {
@@ -192,6 +194,67 @@ fn write_checkpoint(
         .with_context(|| format!("renaming {} to {}", tmp.display(), partial.display()))?;
     if old.exists() {
         std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+    }
+    Ok(())
+}
+
+/// Every layer's factors of `kind` from `dir`, if all are there and were made from the same calibration.
+pub(crate) fn load_set(
+    dir: &Path,
+    model: &Model<f32>,
+    kind: SketchKind,
+    prov: &Provenance,
+    n_seqs: u64,
+) -> Option<BTreeMap<LayerId, Factors>> {
+    LayerId::all(model)
+        .into_iter()
+        .map(|id| {
+            let f = read_factors(&factor_path(dir, id, kind)).ok()?;
+            (f.provenance == *prov && f.factors.n_seqs == n_seqs && f.layer == id)
+                .then_some((id, f.factors))
+        })
+        .collect()
+}
+
+/// Puts labels on those of `seqs` that have none (sequences whose backward ran in an earlier run): the
+/// ones in `record` when it has them, matched by sequence number, otherwise `resample` (the seeded draw
+/// [`collect`](yaqa_model::collect::collect) made, for records written before labels were kept; one
+/// forward pass each, with a progress bar).
+pub(crate) fn labels_from_record(
+    record: &Path,
+    seqs: &mut [CalibSeq],
+    resample: &dyn Fn(&CalibSeq) -> Result<Vec<u32>>,
+) -> Result<()> {
+    if seqs.iter().all(|s| s.labels.is_some()) {
+        return Ok(());
+    }
+    let mut recorded: BTreeMap<usize, Vec<u32>> = match read_calib_file(record, None) {
+        Ok(file) => file
+            .seqs
+            .into_iter()
+            .filter_map(|s| Some((s.index, s.labels?)))
+            .collect(),
+        Err(_) => BTreeMap::new(),
+    };
+    let missing = seqs
+        .iter()
+        .filter(|s| s.labels.is_none() && !recorded.contains_key(&s.index))
+        .count();
+    let pb = (missing > 0).then(|| bar(missing, "redrawing earlier labels"));
+    for s in seqs.iter_mut().filter(|s| s.labels.is_none()) {
+        s.labels = Some(match recorded.remove(&s.index) {
+            Some(l) => l,
+            None => {
+                let l = resample(s)?;
+                if let Some(pb) = &pb {
+                    pb.inc(1);
+                }
+                l
+            }
+        });
+    }
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
     }
     Ok(())
 }

@@ -339,7 +339,7 @@ fn quantize_layer_inner(
             },
         )
     };
-    let (rounded, damp_in, damp_out, pivots): (Rounded, f64, Option<f64>, Vec<f64>) =
+    let (mut rounded, damp_in, damp_out, pivots): (Rounded, f64, Option<f64>, Vec<f64>) =
         match params.method {
             Method::Rtn => (round_to_nearest(&w_r, q), 0.0, None, Vec::new()),
             Method::Gptq => {
@@ -393,7 +393,6 @@ fn quantize_layer_inner(
             }
         };
 
-    let mut rounded = rounded;
     let refine = if params.refine_sweeps > 0 {
         // The proxy the rounding minimised: the same normalised, rotated and damped factors.
         let mut hi = h_in.clone();
