@@ -9,8 +9,9 @@
 //!
 //! Rows are visited in order and a row's gradient `g = (h_out Δ)_i·h_in` is formed once per visit
 //! (`O(n²)`), then kept current through the row's own moves (`O(n)` each); `P = h_out Δ`, stored by
-//! columns, is kept current through every move (`O(m)` each, contiguous). One sweep is `O(mn²)` plus `O(m + n)` per move, the cost of one
-//! rounding pass. With `h_out = I` the rows decouple and this is the one-sided (LDLQ/GPTQ) proxy.
+//! columns, is kept current through every move (`O(m)` each, contiguous). One sweep is `O(mn²)` plus
+//! `O(m + n)` per move, the order of one rounding pass, on one thread. With `h_out = I` the rows decouple
+//! and this is the one-sided (LDLQ/GPTQ) proxy.
 //!
 //! Only scalar quantizers (one code per weight) can move a single weight; others are refused.
 
