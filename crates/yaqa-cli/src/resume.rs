@@ -26,8 +26,16 @@ use crate::commands::{attach_labels, collect_factors_labelled, write_factor_dir}
 use crate::util::bar;
 
 /// The checkpoint folder that goes with the output folder `out`.
-pub fn partial_dir(out: &Path) -> PathBuf {
+fn partial_dir(out: &Path) -> PathBuf {
     sibling(out, "partial")
+}
+
+/// Removes `dir` and everything in it, if it is there.
+fn remove_dir_if_present(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 fn sibling(out: &Path, suffix: &str) -> PathBuf {
@@ -108,13 +116,8 @@ pub fn collect(
 
 /// Removes the checkpoint of a finished run.
 pub fn finish(out: &Path) -> Result<()> {
-    for dir in [partial_dir(out), sibling(out, "partial.old")] {
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("removing the checkpoint {}", dir.display()))?;
-        }
-    }
-    Ok(())
+    remove_dir_if_present(&partial_dir(out))?;
+    remove_dir_if_present(&sibling(out, "partial.old"))
 }
 
 /// The factors and sequence count of a usable checkpoint, if there is one. A checkpoint that a crash
@@ -126,9 +129,10 @@ fn resume_point(
 ) -> Result<Option<(BTreeMap<LayerId, Factors>, usize)>> {
     let partial = partial_dir(job.out);
     let old = sibling(job.out, "partial.old");
-    let dir = if partial.is_dir() {
-        partial.clone()
-    } else if old.is_dir() {
+    if !partial.is_dir() {
+        if !old.is_dir() {
+            return Ok(None);
+        }
         std::fs::rename(&old, &partial).with_context(|| {
             format!(
                 "restoring the checkpoint {} as {}",
@@ -136,10 +140,8 @@ fn resume_point(
                 partial.display()
             )
         })?;
-        partial.clone()
-    } else {
-        return Ok(None);
-    };
+    }
+    let dir = partial;
     let first = LayerId::all(model)[0];
     let done = read_factors(&factor_path(&dir, first, job.kind))
         .ok()
@@ -149,10 +151,7 @@ fn resume_point(
         Some((set, d)) if d > 0 && d < n_all => Ok(Some((set, d))),
         _ => {
             let aside = sibling(job.out, "partial.stale");
-            if aside.exists() {
-                std::fs::remove_dir_all(&aside)
-                    .with_context(|| format!("removing {}", aside.display()))?;
-            }
+            remove_dir_if_present(&aside)?;
             std::fs::rename(&dir, &aside)
                 .with_context(|| format!("setting aside {}", dir.display()))?;
             eprintln!(
@@ -177,11 +176,8 @@ fn write_checkpoint(
 ) -> Result<()> {
     let tmp = sibling(job.out, "partial.tmp");
     let old = sibling(job.out, "partial.old");
-    for d in [&tmp, &old] {
-        if d.exists() {
-            std::fs::remove_dir_all(d).with_context(|| format!("removing {}", d.display()))?;
-        }
-    }
+    remove_dir_if_present(&tmp)?;
+    remove_dir_if_present(&old)?;
     write_factor_dir(&tmp, model, set, job.prov)
         .with_context(|| format!("writing the checkpoint {}", tmp.display()))?;
     write_record(&tmp.join(RECORD_FILE), seqs, job.record)
@@ -192,10 +188,7 @@ fn write_checkpoint(
     }
     std::fs::rename(&tmp, partial)
         .with_context(|| format!("renaming {} to {}", tmp.display(), partial.display()))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
-    }
-    Ok(())
+    remove_dir_if_present(&old)
 }
 
 /// Every layer's factors of `kind` from `dir`, if all are there and were made from the same calibration.

@@ -397,14 +397,12 @@ fn quantize_layer_inner(
         // The proxy the rounding minimised: the same normalised, rotated and damped factors.
         let mut hi = h_in.clone();
         hi.add_diag(damp_in);
-        let ho = match (h_out.as_ref(), damp_out) {
-            (Some(h), Some(d)) if params.method == Method::Yaqa => {
-                let mut h = h.clone();
-                h.add_diag(d);
-                Some(h)
-            }
-            _ => None,
-        };
+        // Only YAQA damps (and rounds against) h_out; every other method's proxy has h_out = I.
+        let ho = h_out.as_ref().zip(damp_out).map(|(h, d)| {
+            let mut h = h.clone();
+            h.add_diag(d);
+            h
+        });
         Some(refine_coordinate(
             &w_r,
             &mut rounded,

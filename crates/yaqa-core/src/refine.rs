@@ -85,43 +85,39 @@ pub fn refine_coordinate(
         }
     }
 
-    // P = h_out Δ, built row by row as Σ_k h_out[i,k] Δ_k, then stored transposed (`pt[j·m + i]`): a
-    // move updates one column of P, read once per row visit.
+    // P = h_out Δ, stored transposed (`pt[j·m + i]`): a move updates one column of P, which is read once
+    // per row visit. Row i is Σ_k h_out[i,k] Δ_k, formed in `pi` and scattered into its column slots.
     let delta: Vec<f64> = w
         .data
         .iter()
         .zip(&rounded.w_hat.data)
         .map(|(&a, &b)| a as f64 - b as f64)
         .collect();
-    let p = match &ho {
-        None => delta,
-        Some(ho) => {
-            let mut p = vec![0.0f64; m * n];
-            for i in 0..m {
-                let pi = &mut p[i * n..(i + 1) * n];
+    let mut pt = vec![0.0f64; m * n];
+    let mut pi = vec![0.0f64; n];
+    for i in 0..m {
+        match &ho {
+            None => pi.copy_from_slice(&delta[i * n..(i + 1) * n]),
+            Some(ho) => {
+                pi.fill(0.0);
                 for (k, &hik) in ho.row(i).iter().enumerate() {
                     if hik != 0.0 {
-                        axpy(pi, hik, &delta[k * n..(k + 1) * n]);
+                        axpy(&mut pi, hik, &delta[k * n..(k + 1) * n]);
                     }
                 }
             }
-            p
         }
-    };
-    let mut pt = vec![0.0f64; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            pt[j * m + i] = p[i * n + j];
+        for (j, &v) in pi.iter().enumerate() {
+            pt[j * m + i] = v;
         }
     }
-    drop(p);
+    drop(delta);
 
     let mut stats = RefineStats {
         sweeps: 0,
         moves: 0,
     };
     let mut g = vec![0.0f64; n];
-    let mut pi = vec![0.0f64; n];
     let mut code = [0u16; 1];
     for _ in 0..sweeps {
         stats.sweeps += 1;
