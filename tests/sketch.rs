@@ -157,3 +157,56 @@ fn bad_sequences_are_rejected() {
     );
     assert_eq!(f.n_seqs, 0, "a rejected sequence must not be counted");
 }
+
+#[test]
+fn a_partial_sum_continues_from_its_pass_start() {
+    // What a checkpointed collection relies on: a partial sum carries its own start, so continuing it
+    // from there over the remaining sequences gives the sum over all of them, bit for bit.
+    let (m, n) = (24, 32);
+    let seqs = sequences(m, n, 4);
+    let cpu = Cpu::default();
+    let mut p0 = Factors::sketch_a_start(n);
+    for (x, _) in &seqs {
+        p0.add_sequence(&cpu, x, None).unwrap();
+    }
+    let p1 = p0.next_sketch_a_pass(m).unwrap();
+    let mut p1_done = p1.clone();
+    for (x, g) in &seqs {
+        p1_done.add_sequence(&cpu, x, Some(g)).unwrap();
+    }
+    let p2 = p1_done.next_sketch_a_pass(m).unwrap();
+    for start in [
+        Factors::sketch_b(m, n),
+        Factors::xtx(n),
+        p0.pass_start(),
+        p1,
+        p2,
+    ] {
+        let mut whole = start.clone();
+        let mut part = start.clone();
+        for (i, (x, g)) in seqs.iter().enumerate() {
+            whole.add_sequence(&cpu, x, Some(g)).unwrap();
+            if i < 2 {
+                part.add_sequence(&cpu, x, Some(g)).unwrap();
+            }
+        }
+        assert!(
+            part.same_start(&start) && whole.same_start(&part),
+            "{:?}",
+            start.kind
+        );
+        assert_eq!(part.pass_start(), start, "{:?}", start.kind);
+        let mut resumed = part.clone();
+        for (x, g) in &seqs[2..] {
+            resumed.add_sequence(&cpu, x, Some(g)).unwrap();
+        }
+        assert_eq!(resumed, whole, "{:?}", start.kind);
+    }
+    // Another fixed side, another pass or another sketch is not the same start.
+    let p1 = p0.next_sketch_a_pass(m).unwrap();
+    let mut other = p1.clone();
+    other.h_in = SymMat::identity(n);
+    assert!(!p1.same_start(&other));
+    assert!(!p1.same_start(&p1_done.next_sketch_a_pass(m).unwrap()));
+    assert!(!Factors::sketch_b(m, n).same_start(&Factors::xtx(n)));
+}

@@ -45,28 +45,24 @@ pub fn collect_factors(
     start: Vec<BTreeMap<LayerId, Factors>>,
     what: &str,
 ) -> Result<Vec<BTreeMap<LayerId, Factors>>> {
-    collect_factors_labelled(cpu, model, seqs, seed, start, what).map(|c| c.sets)
+    let pb = bar(seqs.len(), what);
+    let (sets, _) = collect_sets(cpu, model, seqs, seed, start, &mut |d| {
+        pb.set_position(d as u64)
+    })?;
+    pb.finish_and_clear();
+    Ok(sets)
 }
 
-/// What [`collect_factors_labelled`] returns.
-#[derive(Debug)]
-pub struct Collected {
-    /// One factor map per kind started, in order.
-    pub sets: Vec<BTreeMap<LayerId, Factors>>,
-    /// The Fisher labels each sequence's backward used, in `seqs` order (empty when every sketch is
-    /// forward-only).
-    pub labels: Vec<Vec<u32>>,
-}
-
-/// [`collect_factors`], also returning the Fisher labels the backward passes used.
-pub fn collect_factors_labelled(
+/// Accumulates `seqs` into the factor maps `start` (one per sketch), reporting the sequences done to
+/// `progress`; returns the maps and the Fisher labels the backward passes used.
+pub fn collect_sets(
     cpu: &Cpu,
     model: &Model<f32>,
     seqs: &[CalibSeq],
     seed: u64,
     start: Vec<BTreeMap<LayerId, Factors>>,
-    what: &str,
-) -> Result<Collected> {
+    progress: &mut dyn FnMut(usize),
+) -> Result<(Vec<resume::Set>, Vec<Vec<u32>>)> {
     let count = start.len();
     let mut set: FactorSet = BTreeMap::new();
     for map in start {
@@ -74,19 +70,15 @@ pub fn collect_factors_labelled(
             set.entry(id).or_default().push(f);
         }
     }
-    let pb = bar(seqs.len(), what);
-    let labels = collect(cpu, model, seqs, seed, &mut set, &mut |d| {
-        pb.set_position(d as u64)
-    })
-    .context("collecting factors")?;
-    pb.finish_and_clear();
+    let labels =
+        collect(cpu, model, seqs, seed, &mut set, progress).context("collecting factors")?;
     let mut out: Vec<BTreeMap<LayerId, Factors>> = vec![BTreeMap::new(); count];
     for (id, list) in set {
         for (k, f) in list.into_iter().enumerate() {
             out[k].insert(id, f);
         }
     }
-    Ok(Collected { sets: out, labels })
+    Ok((out, labels))
 }
 
 /// Puts the labels a collection used on their sequences.
@@ -100,38 +92,82 @@ pub fn attach_labels(seqs: &mut [CalibSeq], labels: Vec<Vec<u32>>) {
 /// the ones the sequences came with) are put on `seqs` and used by every later pass, so the power
 /// iteration runs on one Fisher sample (resampling with the same seeds would draw the same labels, at
 /// the price of one more forward per sequence and pass) and the record holds one `labels` tensor.
+///
+/// Each pass is checkpointed as `job` says, and a finished pass stays the checkpoint until the next pass
+/// writes its own, so a rerun goes on inside the pass the run stopped in: the checkpoint's sums carry
+/// their pass's start ([`Factors::pass_start`]).
 fn sketch_a(
     cpu: &Cpu,
     model: &Model<f32>,
     seqs: &mut [CalibSeq],
-    seed: u64,
     passes: u32,
+    job: &resume::Job<'_>,
 ) -> Result<BTreeMap<LayerId, Factors>> {
-    let mut current = empty_factors(model, SketchKind::A { pass: 0 });
-    for pass in 0..passes {
-        if pass > 0 {
-            current = current
-                .iter()
-                .map(|(id, f)| {
-                    let m = model.layers[id.block].linear(id.kind).rows;
-                    f.next_sketch_a_pass(m)
-                        .map(|n| (*id, n))
-                        .with_context(|| format!("starting Sketch A pass {pass} of {}", id.name()))
-                })
-                .collect::<Result<_>>()?;
-        }
+    let all: Vec<SketchKind> = (0..passes).map(|pass| SketchKind::A { pass }).collect();
+    let checkpointed = resume::checkpointed_kind(job.out, model, job.prov, job.record.n_seqs, &all)
+        .and_then(|k| {
+            let (set, _) = resume::checkpointed_set(job.out, model, k, job.prov)?;
+            Some((k, set))
+        });
+    let (mut pass, mut current) = match checkpointed {
+        Some((SketchKind::A { pass }, set)) => (
+            pass,
+            set.iter().map(|(id, f)| (*id, f.pass_start())).collect(),
+        ),
+        _ => (0, empty_factors(model, SketchKind::A { pass: 0 })),
+    };
+    let mut budget = job.budget;
+    loop {
+        let kind = [SketchKind::A { pass }];
         let label = format!("A pass {pass}");
-        let mut collected =
-            collect_factors_labelled(cpu, model, seqs, seed, vec![current], &label)?;
-        if pass == 1 {
-            attach_labels(seqs, collected.labels);
+        let pass_job = resume::Job {
+            kinds: &kind,
+            label: &label,
+            budget,
+            ..*job
+        };
+        let (set, processed) = match resume::collect(cpu, model, seqs, 0, vec![current], &pass_job)?
+        {
+            resume::Outcome::Finished {
+                mut sets,
+                processed,
+            } => {
+                budget = budget.map(|b| b - processed);
+                let set = sets.pop().context("Sketch A pass produced no factors")?;
+                (set, processed)
+            }
+            resume::Outcome::Stopped(done) => {
+                return Err(resume::StoppedAsAsked(format!(
+                    "in Sketch A pass {pass} after {done} sequences"
+                ))
+                .into());
+            }
+        };
+        if pass + 1 >= passes {
+            return Ok(set);
         }
-        current = collected
-            .sets
-            .pop()
-            .context("Sketch A pass produced no factors")?;
+        if processed > 0 {
+            // Otherwise the checkpoint already is this finished pass.
+            resume::save(
+                model,
+                std::slice::from_ref(&set),
+                seqs,
+                0,
+                seqs.len(),
+                &pass_job,
+            )?;
+        }
+        pass += 1;
+        current = set
+            .iter()
+            .map(|(id, f)| {
+                let m = model.layers[id.block].linear(id.kind).rows;
+                f.next_sketch_a_pass(m)
+                    .map(|n| (*id, n))
+                    .with_context(|| format!("starting Sketch A pass {pass} of {}", id.name()))
+            })
+            .collect::<Result<_>>()?;
     }
-    Ok(current)
 }
 
 pub fn hessian(args: HessianArgs) -> Result<()> {
@@ -213,28 +249,33 @@ fn hessian_collect(args: HessianCollect) -> Result<()> {
         },
         model_fingerprint: prov.model_fingerprint.clone(),
     };
+    let kind = [sketch];
+    let job = resume::Job {
+        kinds: &kind,
+        seed: args.calib.seed,
+        prov: &prov,
+        record: &record,
+        out,
+        every: args.checkpoint.every(),
+        budget: args.checkpoint.stop_after_seqs,
+        label: match sketch {
+            SketchKind::B => "Sketch B",
+            _ => "Σ x xᵀ",
+        },
+    };
     let factors = match args.sketch {
         SketchArg::Xtx | SketchArg::B => {
-            let job = resume::Job {
-                kind: sketch,
-                seed: args.calib.seed,
-                prov: &prov,
-                record: &record,
-                out,
-                every: args.checkpoint_every,
-                stop_after: args.stop_after_seqs,
-            };
-            match resume::collect(&cpu, &loaded.model, &mut seqs, &job)? {
-                resume::Outcome::Finished(f) => f,
+            let start = vec![empty_factors(&loaded.model, sketch)];
+            match resume::collect(&cpu, &loaded.model, &mut seqs, 0, start, &job)? {
+                resume::Outcome::Finished { mut sets, .. } => {
+                    sets.pop().context("no factors collected")?
+                }
                 resume::Outcome::Stopped(done) => {
-                    eprintln!(
-                        "stopped after {done} sequences as asked; rerun the same command to resume"
-                    );
-                    return Ok(());
+                    return Err(resume::StoppedAsAsked(format!("after {done} sequences")).into());
                 }
             }
         }
-        SketchArg::A => sketch_a(&cpu, &loaded.model, &mut seqs, args.calib.seed, passes)?,
+        SketchArg::A => sketch_a(&cpu, &loaded.model, &mut seqs, passes, &job)?,
     };
     write_factor_dir(out, &loaded.model, &factors, &prov)?;
     let path = out.join(RECORD_FILE);

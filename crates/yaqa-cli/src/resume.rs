@@ -1,29 +1,120 @@
-//! Continuing factor collections: `hessian`'s one-pass collection (Sketch B, `Σ x xᵀ`) in checkpointed
-//! chunks, so a killed run restarted with the same arguments goes on from its last checkpoint instead of
-//! from the first sequence, and the reloading of a finished set and its labels that this and `compare`'s
-//! reuse and `--b-seqs` extension share ([`load_set`], [`labels_from_record`]).
+//! Continuing factor collections. Every pass over the calibration sequences (`hessian`'s Sketch B,
+//! `Σ x xᵀ` and Sketch A passes, `compare`'s factor stages) runs in chunks, and between chunks the sums so
+//! far go to a checkpoint folder `OUT.partial/` next to the output folder, so a killed run restarted with
+//! the same arguments goes on from its last checkpoint instead of from the first sequence. Also here: the
+//! reloading of a finished set and its labels that `compare`'s reuse and `--b-seqs` extension share
+//! ([`load_set`], [`labels_from_record`]).
 //!
-//! Every `--checkpoint-every` sequences the factors so far and the calibration record of the sequences
-//! done (with the Fisher labels their backward passes drew) go to `OUT.partial/`, written as a whole
-//! under a temporary name and renamed. Factors are sums accumulated one sequence at a time in f64 and
-//! stored exactly, and each sequence's labels come from its own seed, so a resumed run writes the same
-//! bytes as an uninterrupted one. A checkpoint of another run (other model, calibration or sketch) is
-//! set aside with a message, never mixed in.
+//! A checkpoint holds the partial sums of every sketch the pass collects and a calibration record of the
+//! sequences done (with the Fisher labels their backward passes drew), written as a whole under a
+//! temporary name and renamed. Factors are sums accumulated one sequence at a time in f64 and stored
+//! exactly, each partial sum carries the start it continues from ([`Factors::pass_start`]), and each
+//! sequence's labels come from its own seed, so a resumed run writes the same bytes as an uninterrupted
+//! one. A checkpoint of another run (other model or calibration, another sketch or pass, a Sketch A pass
+//! started from another fixed side) is set aside with a message, never mixed in.
+//!
+//! By default a checkpoint is written about every 30 minutes of collection (`--checkpoint-minutes`): one
+//! holds every layer's factors (1.7 GB for SmolLM2-135M's Sketch B, tens of GB for an 8B model), so a
+//! fixed number of sequences would be too often for a large model and too rare for a small one.
+//! `--checkpoint-every N` checkpoints every `N` sequences instead.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use yaqa_backend_cpu::Cpu;
 use yaqa_core::sketch::{Factors, SketchKind};
 use yaqa_model::Model;
 use yaqa_model::calib::CalibSeq;
-use yaqa_model::calib_file::{RECORD_FILE, RecordHeader, read_calib_file, write_record};
-use yaqa_model::collect::{LayerId, empty_factors, sampled_labels};
+use yaqa_model::calib_file::{
+    LabelOrigin, RECORD_FILE, RecordHeader, read_calib_file, write_record,
+};
+use yaqa_model::collect::{LayerId, sampled_labels};
 use yaqa_model::factor_file::{Provenance, factor_path, read_factors};
 
-use crate::commands::{attach_labels, collect_factors_labelled, write_factor_dir};
+use crate::commands::{attach_labels, collect_sets, write_factor_dir};
 use crate::util::bar;
+
+/// One factor map: every layer's factors of one sketch.
+pub type Set = BTreeMap<LayerId, Factors>;
+
+/// When a collection writes its checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Every {
+    /// After every this many sequences.
+    Seqs(usize),
+    /// About every this many seconds of collection; the chunks are sized from the rate so far.
+    Secs(f64),
+}
+
+impl Every {
+    /// Sequences to collect before the next decision, given the seconds per sequence so far (`None`
+    /// before any) and the seconds since the last checkpoint: under `Secs`, one sequence to measure the
+    /// rate, then enough to reach the interval.
+    fn chunk(self, rate: Option<f64>, since: f64) -> usize {
+        match (self, rate) {
+            (Every::Seqs(n), _) => n.max(1),
+            (Every::Secs(_), None) => 1,
+            (Every::Secs(s), Some(r)) => {
+                ((s - since) / r.max(1e-9)).ceil().clamp(1.0, 1e9) as usize
+            }
+        }
+    }
+
+    /// Whether a checkpoint is due after a chunk: always under `Seqs`; under `Secs` once the interval is
+    /// reached to within half a sequence.
+    fn due(self, rate: f64, since: f64) -> bool {
+        match self {
+            Every::Seqs(_) => true,
+            Every::Secs(s) => since + rate / 2.0 >= s,
+        }
+    }
+}
+
+/// What one collection needs besides the model, the sequences and its start.
+pub struct Job<'a> {
+    /// The sketches collected together, in the order of the start sets.
+    pub kinds: &'a [SketchKind],
+    pub seed: u64,
+    pub prov: &'a Provenance,
+    /// The calibration record's header (its `n_seqs` is the whole run's); the checkpoint's record gets
+    /// labels when every sequence in it has them.
+    pub record: &'a RecordHeader,
+    /// The output folder; the checkpoint is `OUT.partial/`.
+    pub out: &'a Path,
+    pub every: Every,
+    /// Sequences this call may still go through before it stops as if interrupted (`--stop-after-seqs`).
+    pub budget: Option<usize>,
+    /// The progress bar's label.
+    pub label: &'a str,
+}
+
+/// How a collection ended.
+pub enum Outcome {
+    /// Every sequence is in `sets`; `processed` of them went through in this call.
+    Finished { sets: Vec<Set>, processed: usize },
+    /// Stopped at this sequence as asked (`--stop-after-seqs`); the checkpoint holds the ones before.
+    Stopped(usize),
+}
+
+/// The error a command returns when `--stop-after-seqs` stopped it: `main` reports it and exits
+/// successfully, as a killed run would leave things.
+#[derive(Debug)]
+pub struct StoppedAsAsked(pub String);
+
+impl fmt::Display for StoppedAsAsked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "stopped {} as asked; rerun the same command to resume",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for StoppedAsAsked {}
 
 /// The checkpoint folder that goes with the output folder `out`.
 fn partial_dir(out: &Path) -> PathBuf {
@@ -45,73 +136,74 @@ fn sibling(out: &Path, suffix: &str) -> PathBuf {
     out.with_file_name(format!("{name}.{suffix}"))
 }
 
-/// How a collection ended.
-pub enum Outcome {
-    Finished(BTreeMap<LayerId, Factors>),
-    /// Stopped after this many sequences as asked (`--stop-after-seqs`); the checkpoint holds them.
-    Stopped(usize),
-}
-
-/// What one collection needs besides the model and the sequences.
-pub struct Job<'a> {
-    pub kind: SketchKind,
-    pub seed: u64,
-    pub prov: &'a Provenance,
-    /// The calibration record's header (its `n_seqs` is the whole run's).
-    pub record: &'a RecordHeader,
-    pub out: &'a Path,
-    pub every: usize,
-    pub stop_after: Option<usize>,
-}
-
-/// Collects `job.kind` over `seqs`, resuming from `OUT.partial/` when it holds a checkpoint of this
-/// run, and checkpointing every `job.every` sequences. The labels the backward passes used end up on
-/// `seqs`. The checkpoint is left in place; [`finish`] removes it once the output is written.
+/// Collects `job.kinds` over `seqs[from..]`, continuing `start` (sums over the sequences before `from`,
+/// or empty), resuming from `OUT.partial/` when it holds a checkpoint of this collection, and
+/// checkpointing as `job.every` says. The labels the backward passes used end up on `seqs`. The checkpoint
+/// is left in place; [`finish`] removes it once the caller has written the result.
 pub fn collect(
     cpu: &Cpu,
     model: &Model<f32>,
     seqs: &mut [CalibSeq],
+    from: usize,
+    start: Vec<Set>,
     job: &Job<'_>,
 ) -> Result<Outcome> {
+    let to = seqs.len();
     let partial = partial_dir(job.out);
-    let (mut set, mut done) = match resume_point(model, seqs.len(), job)? {
-        Some((set, done)) => {
-            if job.kind.needs_gradients() {
-                labels_from_record(&partial.join(RECORD_FILE), &mut seqs[..done], &|s| {
+    let (mut sets, mut done) = match resume_point(model, from, to, &start, job)? {
+        Some((sets, done)) => {
+            if job.kinds.iter().any(|k| k.needs_gradients()) {
+                labels_from_record(&partial.join(RECORD_FILE), &mut seqs[from..done], &|s| {
                     sampled_labels(cpu, model, s, job.seed)
                         .with_context(|| format!("resampling the labels of sequence {}", s.index))
                 })?;
             }
             eprintln!(
-                "resuming after {done} of {} sequences from {}",
-                seqs.len(),
+                "{}: resuming after {done} of {to} sequences from {}",
+                job.label,
                 partial.display()
             );
-            (set, done)
+            (sets, done)
         }
-        None => (empty_factors(model, job.kind), 0),
+        None => (start, from),
     };
-    while done < seqs.len() {
-        let mut end = (done + job.every).min(seqs.len());
-        if let Some(k) = job.stop_after
-            && k > done
-        {
-            end = end.min(k);
+    let first = done;
+    let pb = bar(to - first, job.label);
+    let t0 = Instant::now();
+    let mut last = Instant::now();
+    let mut budget = job.budget;
+    while done < to {
+        if budget == Some(0) {
+            pb.finish_and_clear();
+            return Ok(Outcome::Stopped(done));
         }
-        let what = format!("sequences {done}..{end}");
-        let mut got =
-            collect_factors_labelled(cpu, model, &seqs[done..end], job.seed, vec![set], &what)?;
-        attach_labels(&mut seqs[done..end], got.labels);
-        set = got.sets.pop().context("no factors collected")?;
+        let rate = (done > first).then(|| t0.elapsed().as_secs_f64() / (done - first) as f64);
+        let mut end = (done + job.every.chunk(rate, last.elapsed().as_secs_f64())).min(to);
+        if let Some(b) = budget {
+            end = end.min(done + b);
+        }
+        let offset = done - first;
+        let (next, labels) = collect_sets(cpu, model, &seqs[done..end], job.seed, sets, &mut |d| {
+            pb.set_position((offset + d) as u64)
+        })
+        .with_context(|| format!("{}: sequences {done}..{end}", job.label))?;
+        sets = next;
+        if !labels.is_empty() {
+            attach_labels(&mut seqs[done..end], labels);
+        }
+        budget = budget.map(|b| b - (end - done));
         done = end;
-        if done < seqs.len() {
-            write_checkpoint(&partial, model, &set, &seqs[..done], job)?;
-            if job.stop_after.is_some_and(|k| done >= k) {
-                return Ok(Outcome::Stopped(done));
-            }
+        let rate = t0.elapsed().as_secs_f64() / (done - first) as f64;
+        if done < to && (job.every.due(rate, last.elapsed().as_secs_f64()) || budget == Some(0)) {
+            save(model, &sets, seqs, from, done, job)?;
+            last = Instant::now();
         }
     }
-    Ok(Outcome::Finished(set))
+    pb.finish_and_clear();
+    Ok(Outcome::Finished {
+        sets,
+        processed: done - first,
+    })
 }
 
 /// Removes the checkpoint of a finished run.
@@ -120,15 +212,50 @@ pub fn finish(out: &Path) -> Result<()> {
     remove_dir_if_present(&sibling(out, "partial.old"))
 }
 
-/// The factors and sequence count of a usable checkpoint, if there is one. A checkpoint that a crash
-/// left as `OUT.partial.old` only (between the two renames) counts too.
-fn resume_point(
+/// The sketch and pass of the checkpoint next to `out`, if it holds one of this calibration whose record
+/// says it belongs to a run of `n_seqs` sequences (for a caller that must know which pass to resume
+/// before it can start it: `hessian --sketch a --passes P`).
+pub fn checkpointed_kind(
+    out: &Path,
     model: &Model<f32>,
-    n_all: usize,
-    job: &Job<'_>,
-) -> Result<Option<(BTreeMap<LayerId, Factors>, usize)>> {
-    let partial = partial_dir(job.out);
-    let old = sibling(job.out, "partial.old");
+    prov: &Provenance,
+    n_seqs: usize,
+    candidates: &[SketchKind],
+) -> Option<SketchKind> {
+    let dir = restored_partial(out).ok()??;
+    let record = read_calib_file(&dir.join(RECORD_FILE), None).ok()?;
+    if record.header?.n_seqs != n_seqs {
+        return None;
+    }
+    let first = *LayerId::all(model).first()?;
+    candidates
+        .iter()
+        .copied()
+        .find(|&k| read_factors(&factor_path(&dir, first, k)).is_ok_and(|f| f.provenance == *prov))
+}
+
+/// Reads back the checkpoint next to `out` (which [`checkpointed_kind`] found): every layer's factors
+/// of `kind`, all at the same count, and that count.
+pub fn checkpointed_set(
+    out: &Path,
+    model: &Model<f32>,
+    kind: SketchKind,
+    prov: &Provenance,
+) -> Option<(Set, u64)> {
+    let dir = partial_dir(out);
+    let first = *LayerId::all(model).first()?;
+    let n = read_factors(&factor_path(&dir, first, kind))
+        .ok()?
+        .factors
+        .n_seqs;
+    Some((load_set(&dir, model, kind, prov, n)?, n))
+}
+
+/// `OUT.partial/` if there is a checkpoint, after restoring one that a crash left as `OUT.partial.old`
+/// only (between the two renames of [`save`]).
+fn restored_partial(out: &Path) -> Result<Option<PathBuf>> {
+    let partial = partial_dir(out);
+    let old = sibling(out, "partial.old");
     if !partial.is_dir() {
         if !old.is_dir() {
             return Ok(None);
@@ -141,52 +268,110 @@ fn resume_point(
             )
         })?;
     }
-    let dir = partial;
-    let first = LayerId::all(model)[0];
-    let done = read_factors(&factor_path(&dir, first, job.kind))
-        .ok()
-        .filter(|f| f.provenance == *job.prov)
-        .map(|f| f.factors.n_seqs as usize);
-    match done.and_then(|d| Some((load_set(&dir, model, job.kind, job.prov, d as u64)?, d))) {
-        Some((set, d)) if d > 0 && d < n_all => Ok(Some((set, d))),
-        _ => {
-            let aside = sibling(job.out, "partial.stale");
-            remove_dir_if_present(&aside)?;
-            std::fs::rename(&dir, &aside)
-                .with_context(|| format!("setting aside {}", dir.display()))?;
-            eprintln!(
-                "{} is not a checkpoint of this run (model, calibration or sketch differ); moved to {} \
-                 and starting from the first sequence",
-                dir.display(),
-                aside.display()
-            );
-            Ok(None)
-        }
-    }
+    Ok(Some(partial))
 }
 
-/// Writes the factors after `seqs` and their record as `OUT.partial/`, replacing the previous one only
-/// once the new one is complete.
-fn write_checkpoint(
-    partial: &Path,
+/// The sums and the sequence reached of a checkpoint that continues `start` (sums up to sequence
+/// `from`) towards `to`, if there is one. A checkpoint of the same sketch that does not (another model,
+/// calibration or start) is moved to `OUT.partial.stale/`.
+fn resume_point(
     model: &Model<f32>,
-    set: &BTreeMap<LayerId, Factors>,
+    from: usize,
+    to: usize,
+    start: &[Set],
+    job: &Job<'_>,
+) -> Result<Option<(Vec<Set>, usize)>> {
+    let Some(dir) = restored_partial(job.out)? else {
+        return Ok(None);
+    };
+    let first = LayerId::all(model)[0];
+    let Some(&kind) = job.kinds.first() else {
+        return Ok(None);
+    };
+    if !factor_path(&dir, first, kind).exists() {
+        // Another pass's or stage's checkpoint (a finished Sketch A pass waiting for the next one's first
+        // checkpoint): left in place; this collection's first checkpoint replaces it.
+        return Ok(None);
+    }
+    let found = (|| {
+        let base = |set: &Set| set.get(&first).map(|f| f.n_seqs);
+        let f = read_factors(&factor_path(&dir, first, kind)).ok()?;
+        if f.provenance != *job.prov {
+            return None;
+        }
+        let d = f.factors.n_seqs.checked_sub(base(start.first()?)?)?;
+        let done = from + usize::try_from(d).ok()?;
+        if d == 0 || done > to {
+            return None;
+        }
+        let sets = job
+            .kinds
+            .iter()
+            .zip(start)
+            .map(|(&kind, s)| {
+                let set = load_set(&dir, model, kind, job.prov, base(s)? + d)?;
+                set.iter()
+                    .all(|(id, f)| s.get(id).is_some_and(|s0| f.same_start(s0)))
+                    .then_some(set)
+            })
+            .collect::<Option<Vec<_>>>()?;
+        (sets.len() == job.kinds.len()).then_some((sets, done))
+    })();
+    if found.is_none() {
+        let aside = sibling(job.out, "partial.stale");
+        remove_dir_if_present(&aside)?;
+        std::fs::rename(&dir, &aside)
+            .with_context(|| format!("setting aside {}", dir.display()))?;
+        eprintln!(
+            "{} is not a checkpoint of this collection (model, calibration or the pass's start differ); \
+             moved to {} and starting from sequence {from}",
+            dir.display(),
+            aside.display()
+        );
+    }
+    Ok(found)
+}
+
+/// Writes `sets` (sums up to sequence `done`) and the record of the sequences they cover beyond `from`,
+/// with every labelled one, as `OUT.partial/`, replacing the previous checkpoint only once the new one
+/// is complete.
+pub fn save(
+    model: &Model<f32>,
+    sets: &[Set],
     seqs: &[CalibSeq],
+    from: usize,
+    done: usize,
     job: &Job<'_>,
 ) -> Result<()> {
+    let partial = partial_dir(job.out);
     let tmp = sibling(job.out, "partial.tmp");
     let old = sibling(job.out, "partial.old");
     remove_dir_if_present(&tmp)?;
     remove_dir_if_present(&old)?;
-    write_factor_dir(&tmp, model, set, job.prov)
-        .with_context(|| format!("writing the checkpoint {}", tmp.display()))?;
-    write_record(&tmp.join(RECORD_FILE), seqs, job.record)
+    for set in sets {
+        write_factor_dir(&tmp, model, set, job.prov)
+            .with_context(|| format!("writing the checkpoint {}", tmp.display()))?;
+    }
+    let kept: Vec<CalibSeq> = seqs
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| (from..done).contains(i) || s.labels.is_some())
+        .map(|(_, s)| s.clone())
+        .collect();
+    let header = RecordHeader {
+        labels: kept
+            .iter()
+            .all(|s| s.labels.is_some())
+            .then(|| job.record.labels.unwrap_or(LabelOrigin::Sampled)),
+        ..job.record.clone()
+    };
+    write_record(&tmp.join(RECORD_FILE), &kept, &header)
         .with_context(|| format!("writing the checkpoint's record in {}", tmp.display()))?;
     if partial.exists() {
-        std::fs::rename(partial, &old)
+        std::fs::rename(&partial, &old)
             .with_context(|| format!("moving {} aside", partial.display()))?;
     }
-    std::fs::rename(&tmp, partial)
+    std::fs::rename(&tmp, &partial)
         .with_context(|| format!("renaming {} to {}", tmp.display(), partial.display()))?;
     remove_dir_if_present(&old)
 }
@@ -250,4 +435,28 @@ pub(crate) fn labels_from_record(
         pb.finish_and_clear();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Every;
+
+    #[test]
+    fn time_based_chunks_measure_then_fill_the_interval() {
+        let every = Every::Secs(600.0);
+        // One sequence first, to measure.
+        assert_eq!(every.chunk(None, 0.0), 1);
+        // 4 s per sequence, 100 s since the last checkpoint: 125 more reach 600 s.
+        assert_eq!(every.chunk(Some(4.0), 100.0), 125);
+        // Past the interval (a slow checkpoint write): still one at a time, never zero.
+        assert_eq!(every.chunk(Some(4.0), 700.0), 1);
+        assert!(!every.due(4.0, 100.0));
+        assert!(every.due(4.0, 598.5));
+        assert!(every.due(4.0, 700.0));
+        // Sequences that take longer than the interval: a checkpoint after each.
+        assert_eq!(every.chunk(Some(900.0), 0.0), 1);
+        assert!(every.due(900.0, 900.0));
+        assert_eq!(Every::Seqs(64).chunk(Some(4.0), 1e6), 64);
+        assert!(Every::Seqs(64).due(4.0, 0.0));
+    }
 }

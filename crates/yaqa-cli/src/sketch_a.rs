@@ -36,7 +36,8 @@ use yaqa_model::checkpoint::Loaded;
 use yaqa_model::collect::LayerId;
 use yaqa_model::factor_file::{Provenance, parse_sketch_tag, sketch_tag};
 
-use crate::commands::{collect_factors_labelled, write_factor_dir};
+use crate::commands::write_factor_dir;
+use crate::resume;
 use crate::util::{calibration_set, factor_index, read_factor_checked};
 use crate::{HessianCollect, SketchArg};
 
@@ -454,22 +455,6 @@ pub fn next_pass(
             ""
         }
     );
-    let label = format!("A pass {pass}");
-    let mut collected = collect_factors_labelled(
-        cpu,
-        &loaded.model,
-        &seqs,
-        prev.record.seed,
-        vec![start],
-        &label,
-    )?;
-    for (s, l) in seqs.iter_mut().zip(collected.labels) {
-        s.labels = Some(l);
-    }
-    let factors = collected
-        .sets
-        .pop()
-        .context("Sketch A pass produced no factors")?;
     let rec = &prev.record;
     let shards = vec![shard.to_string()];
     let prov = Provenance {
@@ -479,16 +464,37 @@ pub fn next_pass(
         shards: shards.clone(),
         model_fingerprint: loaded.fingerprint.clone(),
     };
-    write_factor_dir(out, &loaded.model, &factors, &prov)?;
     let header = RecordHeader {
         shards,
         sketch: sketch_tag(SketchKind::A { pass }),
         labels: Some(origin.unwrap_or(LabelOrigin::Sampled)),
         ..rec.clone()
     };
+    let label = format!("A pass {pass}");
+    let kind = [SketchKind::A { pass }];
+    let job = resume::Job {
+        kinds: &kind,
+        seed: rec.seed,
+        prov: &prov,
+        record: &header,
+        out,
+        every: args.checkpoint.every(),
+        budget: args.checkpoint.stop_after_seqs,
+        label: &label,
+    };
+    let factors = match resume::collect(cpu, &loaded.model, &mut seqs, 0, vec![start], &job)? {
+        resume::Outcome::Finished { mut sets, .. } => {
+            sets.pop().context("Sketch A pass produced no factors")?
+        }
+        resume::Outcome::Stopped(done) => {
+            return Err(resume::StoppedAsAsked(format!("after {done} sequences")).into());
+        }
+    };
+    write_factor_dir(out, &loaded.model, &factors, &prov)?;
     let path = out.join(RECORD_FILE);
     write_record(&path, &seqs, &header)
         .with_context(|| format!("writing the calibration record {}", path.display()))?;
+    resume::finish(out)?;
     eprintln!(
         "wrote {} a-p{pass} factor files and {RECORD_FILE} to {} in {:.1} s",
         factors.len(),

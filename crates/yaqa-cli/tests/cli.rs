@@ -604,27 +604,206 @@ fn hessian_resumes_from_its_checkpoint() {
     let err = run(&resumed, "4", &[]);
     assert!(err.contains("resuming after 3 of 5 sequences"), "{err}");
     assert!(!partial.exists());
-    let mut files = 0;
-    for entry in std::fs::read_dir(&whole).unwrap() {
-        let name = entry.unwrap().file_name();
-        assert_eq!(
-            std::fs::read(whole.join(&name)).unwrap(),
-            std::fs::read(resumed.join(&name)).unwrap(),
-            "{name:?}"
-        );
-        files += 1;
-    }
-    assert_eq!(files, std::fs::read_dir(&resumed).unwrap().count());
+    same_files(&whole, &resumed);
 
     // A checkpoint of another run (another seed) is set aside, not mixed in.
     let other = dir.join("other");
     run(&other, "9", &["--stop-after-seqs", "2"]);
     let err = run(&other, "4", &[]);
-    assert!(err.contains("not a checkpoint of this run"), "{err}");
+    assert!(err.contains("not a checkpoint of this collection"), "{err}");
     assert!(dir.join("other.partial.stale").is_dir());
     assert_eq!(
         std::fs::read(whole.join("calibration.safetensors")).unwrap(),
         std::fs::read(other.join("calibration.safetensors")).unwrap()
     );
+
+    // Checkpoints by time (here due after every sequence) resume the same way.
+    let timed = dir.join("timed");
+    let by_time = |extra: &[&str]| {
+        let mut a = vec![
+            "hessian",
+            "--model",
+            m,
+            "--sketch",
+            "b",
+            "--n-seqs",
+            "5",
+            "--seq-len",
+            "12",
+            "--seed",
+            "4",
+            "--checkpoint-minutes",
+            "1e-9",
+            "--out",
+            s(&timed),
+        ];
+        a.extend(extra);
+        String::from_utf8_lossy(&yaqa(&a).stderr).into_owned()
+    };
+    let err = by_time(&["--stop-after-seqs", "2"]);
+    assert!(err.contains("stopped after 2 sequences"), "{err}");
+    let err = by_time(&[]);
+    assert!(err.contains("resuming after 2 of 5 sequences"), "{err}");
+    same_files(&whole, &timed);
+    assert!(
+        fails(&[
+            "hessian",
+            "--model",
+            m,
+            "--checkpoint-minutes",
+            "0",
+            "--out",
+            s(&timed)
+        ])
+        .contains("not a finite number of minutes > 0")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every file of `a` is in `b` with the same bytes, and `b` has no others.
+fn same_files(a: &Path, b: &Path) {
+    let mut files = 0;
+    for entry in std::fs::read_dir(a).unwrap() {
+        let name = entry.unwrap().file_name();
+        assert_eq!(
+            std::fs::read(a.join(&name)).unwrap(),
+            std::fs::read(b.join(&name)).unwrap(),
+            "{name:?}"
+        );
+        files += 1;
+    }
+    assert_eq!(files, std::fs::read_dir(b).unwrap().count());
+}
+
+#[test]
+fn hessian_sketch_a_resumes_inside_and_between_passes() {
+    let dir = scratch("cli-hessian-a-resume");
+    let model_dir = tiny_model(&dir, 7);
+    let m = s(&model_dir);
+    let run = |out: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "hessian",
+            "--model",
+            m,
+            "--sketch",
+            "a",
+            "--passes",
+            "3",
+            "--n-seqs",
+            "4",
+            "--seq-len",
+            "10",
+            "--checkpoint-every",
+            "1",
+            "--out",
+            s(out),
+        ];
+        a.extend(extra);
+        let out = yaqa(&a);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        err
+    };
+    let whole = dir.join("whole");
+    run(&whole, &[]);
+    let resumed = dir.join("resumed");
+    // Pass 0 (4 sequences) and 2 of pass 1, then the rest of pass 1, then all of pass 2.
+    let err = run(&resumed, &["--stop-after-seqs", "6"]);
+    assert!(
+        err.contains("stopped in Sketch A pass 1 after 2 sequences"),
+        "{err}"
+    );
+    let err = run(&resumed, &["--stop-after-seqs", "2"]);
+    assert!(err.contains("A pass 1: resuming after 2 of 4"), "{err}");
+    assert!(
+        err.contains("stopped in Sketch A pass 2 after 0 sequences"),
+        "{err}"
+    );
+    assert!(!resumed.exists());
+    let err = run(&resumed, &[]);
+    assert!(err.contains("A pass 1: resuming after 4 of 4"), "{err}");
+    assert!(!err.contains("A pass 0"), "{err}");
+    assert!(!dir.join("resumed.partial").exists());
+    same_files(&whole, &resumed);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn compare_factor_stages_resume_from_checkpoints() {
+    let dir = scratch("cli-compare-stage-resume");
+    let model_dir = tiny_model(&dir, 5);
+    let run = |work: &Path, extra: &[&str]| {
+        let json = work.with_extension("json");
+        let mut a = vec![
+            "compare",
+            "--model",
+            s(&model_dir),
+            "--n-seqs",
+            "3",
+            "--b-seqs",
+            "5",
+            "--passes",
+            "3",
+            "--seq-len",
+            "10",
+            "--bits",
+            "3",
+            "--methods",
+            "ldlq,yaqa-a,yaqa-b",
+            "--window",
+            "8",
+            "--n-windows",
+            "2",
+            "--checkpoint-every",
+            "1",
+            "--work",
+            s(work),
+            "--json",
+            s(&json),
+        ];
+        a.extend(extra);
+        let out = yaqa(&a);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        err
+    };
+    let whole = dir.join("whole");
+    run(&whole, &[]);
+    // The stages: A pass 0 over 3 sequences, A pass 1 + B over 3, B over 2 more, A pass 2 over 3.
+    let work = dir.join("resumed");
+    let partial = dir.join("resumed/factors.partial");
+    let err = run(&work, &["--stop-after-seqs", "4"]);
+    assert!(
+        err.contains("stopped in stage \"A pass 1 + B\" after 1 sequences"),
+        "{err}"
+    );
+    assert!(partial.join("calibration.safetensors").is_file());
+    let err = run(&work, &["--stop-after-seqs", "3"]);
+    assert!(err.contains("A pass 0: reusing"), "{err}");
+    assert!(err.contains("A pass 1 + B: resuming after 1 of 3"), "{err}");
+    assert!(
+        err.contains("stopped in stage \"B, more sequences\" after 4 sequences"),
+        "{err}"
+    );
+    let err = run(&work, &["--stop-after-seqs", "2"]);
+    assert!(
+        err.contains("B, more sequences: resuming after 4 of 5"),
+        "{err}"
+    );
+    assert!(
+        err.contains("stopped in stage \"A pass 2\" after 1 sequences"),
+        "{err}"
+    );
+    assert!(!work.with_extension("json").exists());
+    let err = run(&work, &[]);
+    assert!(err.contains("A pass 2: resuming after 1 of 3"), "{err}");
+    assert!(!partial.exists());
+    same_files(&whole.join("factors"), &work.join("factors"));
+    let rows = |w: &Path| {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(w.with_extension("json")).unwrap()).unwrap();
+        v["rows"].clone()
+    };
+    assert_eq!(rows(&whole), rows(&work));
     let _ = std::fs::remove_dir_all(&dir);
 }

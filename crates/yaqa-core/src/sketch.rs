@@ -136,6 +136,66 @@ impl Factors {
         })
     }
 
+    /// The same sketch and pass with nothing accumulated: the start a partial sum of it continued from.
+    /// Sketch A passes ≥ 1 keep their fixed side, normalisation and `Σ x xᵀ`; every sum is zero.
+    pub fn pass_start(&self) -> Self {
+        let zero = |h: &SymMat| SymMat::zeros(h.n);
+        let (h_in, h_out, xtx) = match self.kind {
+            SketchKind::A { pass } if pass > 0 => {
+                let (h_in, h_out) = if pass % 2 == 1 {
+                    (self.h_in.clone(), self.h_out.as_ref().map(zero))
+                } else {
+                    (zero(&self.h_in), self.h_out.clone())
+                };
+                (h_in, h_out, self.xtx.clone())
+            }
+            _ => (
+                zero(&self.h_in),
+                self.h_out.as_ref().map(zero),
+                self.xtx.as_ref().map(zero),
+            ),
+        };
+        Self {
+            kind: self.kind,
+            h_in,
+            h_out,
+            n_seqs: 0,
+            n_tokens: 0,
+            scale: self.scale,
+            xtx,
+        }
+    }
+
+    /// Whether `self` and `other` are sums of the same sketch and pass from the same start (their
+    /// [`Factors::pass_start`] agree), so that the one can be continued where the other began.
+    pub fn same_start(&self, other: &Factors) -> bool {
+        let same_shape = |a: &SymMat, b: &SymMat| a.n == b.n;
+        let opt_shape = |a: &Option<SymMat>, b: &Option<SymMat>| match (a, b) {
+            (Some(a), Some(b)) => same_shape(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if self.kind != other.kind
+            || self.scale != other.scale
+            || !same_shape(&self.h_in, &other.h_in)
+            || !opt_shape(&self.h_out, &other.h_out)
+            || !opt_shape(&self.xtx, &other.xtx)
+        {
+            return false;
+        }
+        match self.kind {
+            SketchKind::A { pass } if pass > 0 => {
+                self.xtx == other.xtx
+                    && if pass % 2 == 1 {
+                        self.h_in == other.h_in
+                    } else {
+                        self.h_out == other.h_out
+                    }
+            }
+            _ => true,
+        }
+    }
+
     /// Accumulates one sequence: `x` is `t × n` (layer inputs), `g` is `t × m` (output gradients, not needed
     /// by `Σ x xᵀ` and Sketch A pass 0).
     ///
