@@ -209,7 +209,9 @@ pub fn collect(
 /// Removes the checkpoint of a finished run.
 pub fn finish(out: &Path) -> Result<()> {
     remove_dir_if_present(&partial_dir(out))?;
-    remove_dir_if_present(&sibling(out, "partial.old"))
+    remove_dir_if_present(&sibling(out, "partial.old"))?;
+    // Left by a run killed while it wrote a checkpoint.
+    remove_dir_if_present(&sibling(out, "partial.tmp"))
 }
 
 /// The sketch and pass of the checkpoint next to `out`, if it holds one of this calibration whose record
