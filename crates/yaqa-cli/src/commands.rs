@@ -36,23 +36,6 @@ use crate::{
     RoundArgs, SketchArg,
 };
 
-/// Collects `kinds` for every layer over `seqs` with a progress bar; returns one factor per kind.
-pub fn collect_factors(
-    cpu: &Cpu,
-    model: &Model<f32>,
-    seqs: &[CalibSeq],
-    seed: u64,
-    start: Vec<BTreeMap<LayerId, Factors>>,
-    what: &str,
-) -> Result<Vec<BTreeMap<LayerId, Factors>>> {
-    let pb = bar(seqs.len(), what);
-    let (sets, _) = collect_sets(cpu, model, seqs, seed, start, &mut |d| {
-        pb.set_position(d as u64)
-    })?;
-    pb.finish_and_clear();
-    Ok(sets)
-}
-
 /// Accumulates `seqs` into the factor maps `start` (one per sketch), reporting the sequences done to
 /// `progress`; returns the maps and the Fisher labels the backward passes used.
 pub fn collect_sets(
@@ -418,22 +401,85 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
             } else {
                 SketchKind::Xtx
             };
-            let cal = calibration_set(
+            let mut cal = calibration_set(
                 &loaded,
                 &args.calib,
                 args.calib_ids.calib_ids.as_deref(),
                 Shard::default(),
                 &cpu,
             )?;
-            let seqs = &cal.seqs;
-            let start = vec![empty_factors(&loaded.model, kind)];
-            let factors =
-                collect_factors(&cpu, &loaded.model, seqs, args.calib.seed, start, "factors")?
-                    .pop()
-                    .context("no factors collected")?;
+            let factors = collect_for_quantize(&cpu, &loaded, kind, &mut cal, &args)?;
             let factors_json = collected_json(kind, args.calib.seed, &cal);
             let mut load = |id: LayerId| Ok(factors[&id].clone());
-            run_quantize(&cpu, &loaded, &params, factors_json, &mut load, &args)
+            run_quantize(&cpu, &loaded, &params, factors_json, &mut load, &args)?;
+            resume::finish(&quantize_factors_dir(&args.out))
+        }
+    }
+}
+
+/// Where `quantize` checkpoints the factors it collects: `OUT.factors.partial/`.
+fn quantize_factors_dir(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    out.with_file_name(format!("{name}.factors"))
+}
+
+/// Collects `quantize`'s own factors, checkpointed like `hessian`'s; the finished set stays as the
+/// checkpoint until the quantized file is written, so a run killed while quantizing does not collect
+/// again.
+fn collect_for_quantize(
+    cpu: &Cpu,
+    loaded: &Loaded,
+    kind: SketchKind,
+    cal: &mut Calibration,
+    args: &QuantizeArgs,
+) -> Result<BTreeMap<LayerId, Factors>> {
+    let prov = Provenance {
+        seed: args.calib.seed,
+        seq_len: cal.seq_len,
+        calib: cal.source.clone(),
+        shards: cal.shards.clone(),
+        model_fingerprint: loaded.fingerprint.clone(),
+    };
+    let record = RecordHeader {
+        seed: prov.seed,
+        seq_len: cal.seq_len,
+        n_seqs: cal.n_seqs,
+        calib: prov.calib.clone(),
+        shards: prov.shards.clone(),
+        sketch: sketch_tag(kind),
+        labels: kind
+            .needs_gradients()
+            .then(|| cal.labels.unwrap_or(LabelOrigin::Sampled)),
+        model_fingerprint: prov.model_fingerprint.clone(),
+    };
+    let out = quantize_factors_dir(&args.out);
+    let kinds = [kind];
+    let job = resume::Job {
+        kinds: &kinds,
+        seed: args.calib.seed,
+        prov: &prov,
+        record: &record,
+        out: &out,
+        every: args.checkpoint.every(),
+        budget: args.checkpoint.stop_after_seqs,
+        label: "factors",
+    };
+    let start = vec![empty_factors(&loaded.model, kind)];
+    let seqs = &mut cal.seqs;
+    match resume::collect(cpu, &loaded.model, seqs, 0, start, &job)? {
+        resume::Outcome::Finished {
+            mut sets,
+            processed,
+        } => {
+            if processed > 0 {
+                resume::save(&loaded.model, &sets, seqs, 0, seqs.len(), &job)?;
+            }
+            sets.pop().context("no factors collected")
+        }
+        resume::Outcome::Stopped(done) => {
+            Err(resume::StoppedAsAsked(format!("after {done} sequences")).into())
         }
     }
 }
@@ -492,13 +538,10 @@ fn run_quantize(
             outcome.resumed.len(),
             seconds
         );
+        Ok(())
     } else {
-        eprintln!(
-            "stopped after {} layers as asked; rerun the same command to resume",
-            outcome.done.len()
-        );
+        Err(resume::StoppedAsAsked(format!("after {} layers", outcome.done.len())).into())
     }
-    Ok(())
 }
 
 /// One line of the per-layer report `quantize` prints: proxy errors, damping, scale and time.

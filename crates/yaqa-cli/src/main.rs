@@ -144,8 +144,8 @@ pub struct RefineArgs {
 /// Checkpoints of a factor collection ([`resume`]).
 #[derive(Debug, Args, Clone, Copy)]
 pub struct CheckpointArgs {
-    /// Write the factors collected so far to a checkpoint folder (OUT.partial/) about every MIN minutes
-    /// of collection; rerunning the same command resumes from it
+    /// Write the factors collected so far to a checkpoint folder beside the output (….partial/) about
+    /// every MIN minutes of collection; rerunning the same command resumes from it
     #[arg(long, value_name = "MIN", value_parser = minutes, default_value_t = 30.0)]
     pub checkpoint_minutes: f64,
     /// Checkpoint every N sequences instead
@@ -303,9 +303,12 @@ pub struct QuantizeArgs {
     pub calib: CalibArgs,
     #[command(flatten)]
     pub calib_ids: CalibIdsArgs,
-    /// Output file (safetensors). Finished layers go to OUT.parts/ first; rerunning resumes.
+    /// Output file (safetensors). Finished layers go to OUT.parts/ first, factors collected here to
+    /// OUT.factors.partial/; rerunning resumes.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub checkpoint: CheckpointArgs,
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
     /// Stop after quantizing K layers, as if interrupted (for testing resumption).

@@ -807,3 +807,54 @@ fn compare_factor_stages_resume_from_checkpoints() {
     assert_eq!(rows(&whole), rows(&work));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn quantize_resumes_its_own_collection() {
+    let dir = scratch("cli-quantize-collect-resume");
+    let model_dir = tiny_model(&dir, 8);
+    let run = |out: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "quantize",
+            "--model",
+            s(&model_dir),
+            "--method",
+            "yaqa",
+            "--quantizer",
+            "int3",
+            "--n-seqs",
+            "4",
+            "--seq-len",
+            "10",
+            "--checkpoint-every",
+            "1",
+            "--out",
+            s(out),
+        ];
+        a.extend(extra);
+        let out = yaqa(&a);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        err
+    };
+    let whole = dir.join("whole.safetensors");
+    run(&whole, &[]);
+    assert!(!dir.join("whole.safetensors.factors.partial").exists());
+    // Killed while collecting, then while quantizing: the finished collection is not run again.
+    let resumed = dir.join("resumed.safetensors");
+    let partial = dir.join("resumed.safetensors.factors.partial");
+    let err = run(&resumed, &["--stop-after-seqs", "2"]);
+    assert!(err.contains("stopped after 2 sequences"), "{err}");
+    assert!(partial.is_dir() && !resumed.exists());
+    let err = run(&resumed, &["--stop-after-layers", "3"]);
+    assert!(err.contains("factors: resuming after 2 of 4"), "{err}");
+    assert!(err.contains("stopped after 3 layers"), "{err}");
+    assert!(partial.is_dir() && !resumed.exists());
+    let err = run(&resumed, &[]);
+    assert!(err.contains("factors: resuming after 4 of 4"), "{err}");
+    assert!(!partial.exists());
+    assert_eq!(
+        std::fs::read(&whole).unwrap(),
+        std::fs::read(&resumed).unwrap()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
