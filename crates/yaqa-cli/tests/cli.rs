@@ -4,7 +4,7 @@
 //! resumed `quantize` whose output must equal an uninterrupted run's byte for byte.
 
 mod common;
-use common::{fails, ok, s, scratch, tiny_model, yaqa};
+use common::{fails, ok, ok_stderr, s, scratch, tiny_model, yaqa};
 use std::path::Path;
 
 #[test]
@@ -567,28 +567,26 @@ fn hessian_resumes_from_its_checkpoint() {
     let model_dir = tiny_model(&dir, 6);
     let m = s(&model_dir);
     let run = |out: &Path, seed: &str, extra: &[&str]| {
-        let mut a = vec![
-            "hessian",
-            "--model",
-            m,
-            "--sketch",
-            "b",
-            "--n-seqs",
-            "5",
-            "--seq-len",
-            "12",
-            "--seed",
-            seed,
-            "--checkpoint-every",
-            "2",
-            "--out",
-            s(out),
-        ];
-        a.extend(extra);
-        let out = yaqa(&a);
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{err}");
-        err
+        ok_stderr(
+            &[
+                "hessian",
+                "--model",
+                m,
+                "--sketch",
+                "b",
+                "--n-seqs",
+                "5",
+                "--seq-len",
+                "12",
+                "--seed",
+                seed,
+                "--checkpoint-every",
+                "2",
+                "--out",
+                s(out),
+            ],
+            extra,
+        )
     };
     let whole = dir.join("whole");
     run(&whole, "4", &[]);
@@ -620,25 +618,26 @@ fn hessian_resumes_from_its_checkpoint() {
     // Checkpoints by time (here due after every sequence) resume the same way.
     let timed = dir.join("timed");
     let by_time = |extra: &[&str]| {
-        let mut a = vec![
-            "hessian",
-            "--model",
-            m,
-            "--sketch",
-            "b",
-            "--n-seqs",
-            "5",
-            "--seq-len",
-            "12",
-            "--seed",
-            "4",
-            "--checkpoint-minutes",
-            "1e-9",
-            "--out",
-            s(&timed),
-        ];
-        a.extend(extra);
-        String::from_utf8_lossy(&yaqa(&a).stderr).into_owned()
+        ok_stderr(
+            &[
+                "hessian",
+                "--model",
+                m,
+                "--sketch",
+                "b",
+                "--n-seqs",
+                "5",
+                "--seq-len",
+                "12",
+                "--seed",
+                "4",
+                "--checkpoint-minutes",
+                "1e-9",
+                "--out",
+                s(&timed),
+            ],
+            extra,
+        )
     };
     let err = by_time(&["--stop-after-seqs", "2"]);
     assert!(err.contains("stopped after 2 sequences"), "{err}");
@@ -681,28 +680,26 @@ fn hessian_sketch_a_resumes_inside_and_between_passes() {
     let model_dir = tiny_model(&dir, 7);
     let m = s(&model_dir);
     let run = |out: &Path, extra: &[&str]| {
-        let mut a = vec![
-            "hessian",
-            "--model",
-            m,
-            "--sketch",
-            "a",
-            "--passes",
-            "3",
-            "--n-seqs",
-            "4",
-            "--seq-len",
-            "10",
-            "--checkpoint-every",
-            "1",
-            "--out",
-            s(out),
-        ];
-        a.extend(extra);
-        let out = yaqa(&a);
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{err}");
-        err
+        ok_stderr(
+            &[
+                "hessian",
+                "--model",
+                m,
+                "--sketch",
+                "a",
+                "--passes",
+                "3",
+                "--n-seqs",
+                "4",
+                "--seq-len",
+                "10",
+                "--checkpoint-every",
+                "1",
+                "--out",
+                s(out),
+            ],
+            extra,
+        )
     };
     let whole = dir.join("whole");
     run(&whole, &[]);
@@ -734,38 +731,36 @@ fn compare_factor_stages_resume_from_checkpoints() {
     let model_dir = tiny_model(&dir, 5);
     let run = |work: &Path, extra: &[&str]| {
         let json = work.with_extension("json");
-        let mut a = vec![
-            "compare",
-            "--model",
-            s(&model_dir),
-            "--n-seqs",
-            "3",
-            "--b-seqs",
-            "5",
-            "--passes",
-            "3",
-            "--seq-len",
-            "10",
-            "--bits",
-            "3",
-            "--methods",
-            "ldlq,yaqa-a,yaqa-b",
-            "--window",
-            "8",
-            "--n-windows",
-            "2",
-            "--checkpoint-every",
-            "1",
-            "--work",
-            s(work),
-            "--json",
-            s(&json),
-        ];
-        a.extend(extra);
-        let out = yaqa(&a);
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{err}");
-        err
+        ok_stderr(
+            &[
+                "compare",
+                "--model",
+                s(&model_dir),
+                "--n-seqs",
+                "3",
+                "--b-seqs",
+                "5",
+                "--passes",
+                "3",
+                "--seq-len",
+                "10",
+                "--bits",
+                "3",
+                "--methods",
+                "ldlq,yaqa-a,yaqa-b",
+                "--window",
+                "8",
+                "--n-windows",
+                "2",
+                "--checkpoint-every",
+                "1",
+                "--work",
+                s(work),
+                "--json",
+                s(&json),
+            ],
+            extra,
+        )
     };
     let whole = dir.join("whole");
     run(&whole, &[]);
@@ -813,28 +808,26 @@ fn quantize_resumes_its_own_collection() {
     let dir = scratch("cli-quantize-collect-resume");
     let model_dir = tiny_model(&dir, 8);
     let run = |out: &Path, extra: &[&str]| {
-        let mut a = vec![
-            "quantize",
-            "--model",
-            s(&model_dir),
-            "--method",
-            "yaqa",
-            "--quantizer",
-            "int3",
-            "--n-seqs",
-            "4",
-            "--seq-len",
-            "10",
-            "--checkpoint-every",
-            "1",
-            "--out",
-            s(out),
-        ];
-        a.extend(extra);
-        let out = yaqa(&a);
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{err}");
-        err
+        ok_stderr(
+            &[
+                "quantize",
+                "--model",
+                s(&model_dir),
+                "--method",
+                "yaqa",
+                "--quantizer",
+                "int3",
+                "--n-seqs",
+                "4",
+                "--seq-len",
+                "10",
+                "--checkpoint-every",
+                "1",
+                "--out",
+                s(out),
+            ],
+            extra,
+        )
     };
     let whole = dir.join("whole.safetensors");
     run(&whole, &[]);

@@ -26,6 +26,16 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `base` followed by `extra`, expects success, returns stderr (where progress and resumption are
+/// reported).
+pub fn ok_stderr(base: &[&str], extra: &[&str]) -> String {
+    let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+    let out = yaqa(&args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "yaqa {args:?} failed:\n{err}");
+    err
+}
+
 /// Runs `args`, expects failure, returns stderr.
 pub fn fails(args: &[&str]) -> String {
     let out = yaqa(args);
