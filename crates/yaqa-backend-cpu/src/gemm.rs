@@ -6,11 +6,59 @@
 //! 0.24.4) `matmul` into a view of an exactly sized row-major slice wrote 8 bytes past its end (for example
 //! a 40 × 56 result), while faer's own `Mat` pads its columns. So products land in a `faer::Mat` and are
 //! copied or added into place; the copy is `O(rows·cols)` against the product's `O(rows·cols·k)`.
+//!
+//! Every faer call of the backend is followed by [`after_faer`]: faer's x86 kernels (private-gemm-x86)
+//! return with the upper halves of the vector registers dirty, and on Intel cores every switch between
+//! that state and SSE-encoded code (ours, built for baseline x86-64) then stalls. Measured on a 2-core
+//! AVX-512 Xeon (2026-12-04): a causal softmax over 512 positions took 125 ns per entry after one dirtying
+//! 512-bit instruction against 5 ns clean (each libm `expf` call is an SSE → VEX → SSE round trip), and
+//! in the SmolLM2 forward pass at 512 tokens `expf` was 37% of the time.
 
 use std::cell::RefCell;
 
+use faer::traits::{ComplexField, Conjugate};
 use faer::{Accum, MatMut, MatRef, Par};
 use yaqa_core::{Mat, SymMat};
+
+/// `dst = alpha·lhs·rhs` (`Accum::Replace`) or `dst += alpha·lhs·rhs` (`Accum::Add`): faer's matmul, then
+/// [`after_faer`]. Every product of the backend goes through here.
+pub(crate) fn matmul<T: ComplexField + Conjugate<Canonical = T>>(
+    dst: MatMut<'_, T>,
+    accum: Accum,
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    alpha: T,
+    par: Par,
+) {
+    faer::linalg::matmul::matmul(dst, accum, lhs, rhs, alpha, par);
+    after_faer(par);
+}
+
+/// Clears the upper halves of the vector registers (`vzeroupper`) on every thread a faer call with `par`
+/// may have run its kernels on: this one, and with rayon parallelism every thread of the pool.
+pub(crate) fn after_faer(par: Par) {
+    zero_upper();
+    if !matches!(par, Par::Seq) {
+        rayon::broadcast(|_| zero_upper());
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn zero_upper() {
+    #[target_feature(enable = "avx")]
+    fn vzeroupper() {
+        std::arch::x86_64::_mm256_zeroupper();
+    }
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has AVX (checked just above), the only requirement of `vzeroupper`; the
+        // instruction clears bits 128 and up of the vector registers, which the compiler treats as
+        // clobbered by the intrinsic, so no live value is lost.
+        unsafe { vzeroupper() }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn zero_upper() {}
 
 /// The parallelism used for large products.
 pub(crate) fn par() -> Par {
@@ -73,13 +121,13 @@ pub(crate) fn gram_upper(k: usize, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) -
 fn upper_into(dst: MatMut<'_, f32>, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) {
     let k = dst.nrows();
     if k <= GRAM_LEAF {
-        faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, 1.0, par());
+        matmul(dst, Accum::Replace, lhs, rhs, 1.0, par());
         return;
     }
     // Split on a multiple of 64 so the GEMM blocks stay aligned with faer's micro-kernel tiles.
     let h = (k / 2).next_multiple_of(64).min(k - 1);
     let (top_left, top_right, _, bottom_right) = dst.split_at_mut(h, h);
-    faer::linalg::matmul::matmul(
+    matmul(
         top_right,
         Accum::Replace,
         lhs.subrows(0, h),
@@ -193,7 +241,7 @@ pub(crate) fn gemm(
     let work = dst.rows * dst.cols * lhs.ncols();
     let par = if work < (1 << 18) { Par::Seq } else { par() };
     let mut out = faer::Mat::<f32>::zeros(dst.rows, dst.cols);
-    faer::linalg::matmul::matmul(out.as_mut(), Accum::Replace, lhs, rhs, alpha, par);
+    matmul(out.as_mut(), Accum::Replace, lhs, rhs, alpha, par);
     for i in 0..dst.rows {
         let row = &mut dst.data[i * dst.stride..i * dst.stride + dst.cols];
         if accumulate {

@@ -28,12 +28,13 @@
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
-use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 use yaqa_core::backend::{GptqParams, Rounded};
 use yaqa_core::{CoreError, Mat, Result, Rng, SymMat, TileQuantizer};
+
+use crate::gemm::{after_faer, matmul};
 
 /// Fewest rows worth a separate parallel chunk in the block phase (below that, rayon's overhead per block
 /// is comparable to the work).
@@ -63,14 +64,15 @@ fn feedback_factor(
     }
     let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(n, par, Default::default()));
     let stack = MemStack::new(&mut mem);
-    if let Err(faer::linalg::cholesky::llt::factor::LltError::NonPositivePivot { index }) =
-        cholesky_in_place(
-            a.as_mut(),
-            Default::default(),
-            par,
-            stack,
-            Default::default(),
-        )
+    let factored = cholesky_in_place(
+        a.as_mut(),
+        Default::default(),
+        par,
+        stack,
+        Default::default(),
+    );
+    after_faer(par);
+    if let Err(faer::linalg::cholesky::llt::factor::LltError::NonPositivePivot { index }) = factored
     {
         return Err(CoreError::NotPositiveDefinite {
             what: format!(

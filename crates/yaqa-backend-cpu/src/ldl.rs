@@ -14,7 +14,9 @@ pub(crate) fn block_ldl(h: &SymMat, params: &LdlParams) -> Result<BlockLdl> {
     for tries in 1..=params.max_tries {
         let dense =
             faer::Mat::<f64>::from_fn(n, n, |i, j| h.at(i, j) + if i == j { damp } else { 0.0 });
-        match dense.as_ref().llt(faer::Side::Lower) {
+        let llt = dense.as_ref().llt(faer::Side::Lower);
+        crate::gemm::after_faer(faer::get_global_parallelism());
+        match llt {
             Ok(llt) => {
                 let c = llt.L();
                 let nb = n / b;

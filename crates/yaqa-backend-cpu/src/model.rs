@@ -5,7 +5,6 @@
 //! residual stream's massive activations (RMSNorm's mean square) accumulate in f64; softmax row sums
 //! accumulate in f64 too, which costs nothing next to the GEMMs.
 
-use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 use yaqa_core::Mat;
@@ -15,6 +14,7 @@ use yaqa_core::model_ops::{
 };
 
 use crate::Cpu;
+use crate::gemm::matmul;
 
 /// Rows per rayon task for the cheap row-wise operations.
 const ROWS_PER_TASK: usize = 16;

@@ -28,7 +28,7 @@ fn dot(a: &FMat<f32>, b: &FMat<f32>) -> f64 {
 fn weighted(d: &FMat<f32>, h_in: &FMat<f32>, h_out: Option<&FMat<f32>>) -> f64 {
     let (m, n) = (d.nrows(), d.ncols());
     let mut t = FMat::<f32>::zeros(m, n);
-    faer::linalg::matmul::matmul(
+    crate::gemm::matmul(
         t.as_mut(),
         Accum::Replace,
         d.as_ref(),
@@ -41,7 +41,7 @@ fn weighted(d: &FMat<f32>, h_in: &FMat<f32>, h_out: Option<&FMat<f32>>) -> f64 {
         Some(h_out) => {
             // tr(T Δᵀ h_out) = Σ_{a,k} (h_out Δ)[a][k] · T[a][k].
             let mut s = FMat::<f32>::zeros(m, n);
-            faer::linalg::matmul::matmul(
+            crate::gemm::matmul(
                 s.as_mut(),
                 Accum::Replace,
                 h_out.as_ref(),

@@ -41,7 +41,7 @@ pub(crate) fn accumulate_sketch_b(
     // right operand of G Gᵀ.
     let xc = col_major(x);
     let mut grad = scratch(m, n);
-    faer::linalg::matmul::matmul(
+    crate::gemm::matmul(
         grad.as_mut(),
         Accum::Replace,
         mat(g).transpose(),
@@ -81,7 +81,7 @@ fn add_through_kernel(acc: &mut SymMat, a: &Mat<f32>, b: &Mat<f32>) {
     mirror_upper(&mut kernel);
     let ac = col_major(a);
     let mut ka = scratch(t, k);
-    faer::linalg::matmul::matmul(
+    crate::gemm::matmul(
         ka.as_mut(),
         Accum::Replace,
         kernel.transpose(), // symmetric: its transpose has contiguous rows
