@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The KL table of README.md: SmolLM2-135M, calibration on the five calibration novels, evaluation on
 # prideprejudice.txt, INT2/3/4 with incoherence processing, RTN / GPTQ / LDLQ / YAQA-A / YAQA-B with
-# shared scales; Sketch A on 256 sequences, Sketch B (and Σ x xᵀ) on 512. Then the same LDLQ and YAQA-B
+# shared scales; 512-token calibration sequences (the evaluation windows' length), Sketch A on 256 of
+# them, Sketch B (and the Σ x xᵀ of RTN, GPTQ and LDLQ) on 512. Then the same LDLQ and YAQA-B
 # rows again with 3 sweeps of coordinate descent after the rounding (`--refine 3`, rows `*-cd3-*`,
 # table-cd3.json), reusing the factors and RTN's scales. Needs ../shared (the fixtures); about 2 h 15 min
 # on two CPU cores. Rerunning continues where a killed run stopped (everything lands in WORK, default
@@ -21,7 +22,7 @@ common=(
   --tokenizer "$fixture/tokenizer.json"
   --calib "$data/emma.txt" "$data/mansfieldpark.txt" "$data/northangerabbey.txt"
           "$data/persuasion.txt" "$data/sensesensibility.txt"
-  --n-seqs 256 --b-seqs 512 --seq-len 256 --seed 0 --passes 2 --bits 2,3,4
+  --n-seqs 256 --b-seqs 512 --seq-len 512 --seed 0 --passes 2 --bits 2,3,4
   --text "$data/prideprejudice.txt" --window 512 --n-windows 8
   --work "$work"
 )
