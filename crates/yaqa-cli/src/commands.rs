@@ -12,17 +12,22 @@ use yaqa_backend_cpu::Cpu;
 use yaqa_core::Mat;
 use yaqa_core::layer::{Method, quantize_layer};
 use yaqa_core::sketch::{Factors, SketchKind};
-use yaqa_model::calib::{CalibSeq, Shard};
-use yaqa_model::calib_file::{LabelOrigin, RECORD_FILE, RecordHeader, merge_records, write_record};
-use yaqa_model::checkpoint::{self, Loaded};
-use yaqa_model::collect::{FactorSet, LayerId, collect, empty_factors};
-use yaqa_model::factor_file::{
+use yaqa_model::formats::calib_file::{
+    LabelOrigin, RECORD_FILE, RecordHeader, merge_records, write_record,
+};
+use yaqa_model::formats::checkpoint::{self, Loaded};
+use yaqa_model::formats::factor_file::{
     Provenance, factor_path, merge_into, parse_sketch_tag, read_factors, sketch_tag, write_factors,
 };
-use yaqa_model::hf::{RawTensor, SafetensorsFile, write_atomic, write_hf, write_safetensors};
-use yaqa_model::pipeline::{quantize_model, run_header};
-use yaqa_model::quant_file::{QuantFile, report_json};
-use yaqa_model::transformer::Transformer;
+use yaqa_model::formats::hf::{
+    RawTensor, SafetensorsFile, write_atomic, write_hf, write_safetensors,
+};
+use yaqa_model::formats::quant_file::{QuantFile, report_json};
+use yaqa_model::job::calib::{CalibSeq, Shard};
+use yaqa_model::job::collect::{FactorSet, collect, empty_factors};
+use yaqa_model::job::pipeline::{quantize_model, run_header};
+use yaqa_model::transformer::decoder::Transformer;
+use yaqa_model::transformer::weights::LayerId;
 use yaqa_model::{Model, Tokenizer};
 
 use crate::resume;
@@ -634,7 +639,7 @@ pub fn eval_tokens(
     // A seed stream apart from the calibration samples', so evaluation text is never calibration text.
     let eval_seed = seed ^ 0x00e7_a15e_ed00_0000;
     let pb = bar(n_windows, "eval text");
-    let seqs = yaqa_model::calib::sample_sequences(
+    let seqs = yaqa_model::job::calib::sample_sequences(
         &tf,
         n_windows,
         window,
@@ -676,7 +681,7 @@ pub fn eval_models(
         .collect();
     let refs: Vec<_> = tqs.iter().collect();
     let pb = bar(tokens.len() / window, "evaluating");
-    let c = yaqa_model::eval::compare(&tf, &refs, tokens, window, batch, &mut |d| {
+    let c = yaqa_model::job::eval::compare(&tf, &refs, tokens, window, batch, &mut |d| {
         pb.set_position(d as u64)
     })
     .context("evaluating KL and perplexity")?;
@@ -849,7 +854,7 @@ pub fn round(args: RoundArgs) -> Result<()> {
     let header = json!({
         "tensor": name,
         "method": params.method.name(),
-        "quantizer": yaqa_model::pipeline::quantizer_json(&params.quantizer),
+        "quantizer": yaqa_model::job::pipeline::quantizer_json(&params.quantizer),
         "incoherence": params.incoherence,
         "sign_seed": params.seed,
         "report": report_json(&q.report),
@@ -901,7 +906,10 @@ fn export_bf16(cpu: &Cpu, loaded: &Loaded, args: &ExportArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     // bf16 rounds Ŵ (exact values live in the quantized file); norms and embeddings are rounded too.
-    let tensors = yaqa_model::hf::half_tensors(&model, yaqa_model::hf::Half::Bf16, |_| false);
+    let tensors =
+        yaqa_model::formats::hf::half_tensors(&model, yaqa_model::formats::hf::Half::Bf16, |_| {
+            false
+        });
     let weights = args.out.join("model.safetensors");
     write_safetensors(&weights, &tensors, "format", "pt")
         .with_context(|| format!("writing {}", weights.display()))?;
@@ -912,12 +920,12 @@ fn export_bf16(cpu: &Cpu, loaded: &Loaded, args: &ExportArgs) -> Result<()> {
     write_json(&args.out.join("config.json"), &config)
 }
 
-/// `export --format gptq`: the codes repacked for the GPTQ loaders (`yaqa_model::gptq_format`).
+/// `export --format gptq`: the codes repacked for the GPTQ loaders (`yaqa_model::formats::gptq`).
 fn export_gptq(loaded: &Loaded, args: &ExportArgs) -> Result<()> {
     let file = &args.quantized;
     let q = QuantFile::open(file).with_context(|| format!("opening {}", file.display()))?;
     // Its errors name the quantized file and the layer already.
-    let s = yaqa_model::gptq_format::write_gptq(loaded, &q, &args.out)?;
+    let s = yaqa_model::formats::gptq::write_gptq(loaded, &q, &args.out)?;
     eprintln!(
         "GPTQ v1 checkpoint: {} layers, int{} groups of {}; float16 scales change the dequantized \
          weights by at most {:.2e} relative ({})",

@@ -19,14 +19,15 @@ use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 use yaqa_backend_cpu::Cpu;
 use yaqa_core::sketch::{Factors, SketchKind};
-use yaqa_model::calib::CalibSeq;
-use yaqa_model::calib::Shard;
-use yaqa_model::calib_file::{LabelOrigin, RECORD_FILE, RecordHeader, write_record};
-use yaqa_model::collect::{LayerId, empty_factors, sampled_labels};
-use yaqa_model::factor_file::{Provenance, factor_path, read_factors, sketch_tag};
-use yaqa_model::pipeline::{quantize_model, run_header};
-use yaqa_model::quant_file::QuantFile;
-use yaqa_model::weights::Model;
+use yaqa_model::formats::calib_file::{LabelOrigin, RECORD_FILE, RecordHeader, write_record};
+use yaqa_model::formats::factor_file::{Provenance, factor_path, read_factors, sketch_tag};
+use yaqa_model::formats::quant_file::QuantFile;
+use yaqa_model::job::calib::CalibSeq;
+use yaqa_model::job::calib::Shard;
+use yaqa_model::job::collect::{empty_factors, sampled_labels};
+use yaqa_model::job::pipeline::{quantize_model, run_header};
+use yaqa_model::transformer::weights::LayerId;
+use yaqa_model::transformer::weights::Model;
 
 use crate::commands::{
     dequantized_model, eval_models, eval_tokens, render_table, write_factor_dir, write_json,

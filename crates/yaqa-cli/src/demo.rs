@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use yaqa_model::Tokenizer;
-use yaqa_model::checkpoint;
+use yaqa_model::formats::checkpoint;
 
 use crate::compare::{self, CompareArgs, CompareMethod};
 use crate::{CalibArgs, CalibIdsArgs, CheckpointArgs, DampArgs, DemoArgs, Device};

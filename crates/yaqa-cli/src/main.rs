@@ -261,7 +261,7 @@ pub struct HessianCollect {
     /// Collect only shard I of N (0-based) of the calibration sequences; merge shards afterwards (default:
     /// all of them, 0/1). With --sketch a, one pass: pass 0 (Σ x xᵀ, forward only), or with --from the next.
     #[arg(long, value_name = "I/N")]
-    pub shard: Option<yaqa_model::calib::Shard>,
+    pub shard: Option<yaqa_model::job::calib::Shard>,
     /// Output folder: one factor file per layer, and calibration.safetensors with the token ids and the
     /// Fisher labels used (required unless merging).
     #[arg(long, value_name = "DIR")]

@@ -27,12 +27,13 @@ use anyhow::{Context, Result};
 use yaqa_backend_cpu::Cpu;
 use yaqa_core::sketch::{Factors, SketchKind};
 use yaqa_model::Model;
-use yaqa_model::calib::CalibSeq;
-use yaqa_model::calib_file::{
+use yaqa_model::formats::calib_file::{
     LabelOrigin, RECORD_FILE, RecordHeader, read_calib_file, write_record,
 };
-use yaqa_model::collect::{LayerId, sampled_labels};
-use yaqa_model::factor_file::{Provenance, factor_path, read_factors};
+use yaqa_model::formats::factor_file::{Provenance, factor_path, read_factors};
+use yaqa_model::job::calib::CalibSeq;
+use yaqa_model::job::collect::sampled_labels;
+use yaqa_model::transformer::weights::LayerId;
 
 use crate::commands::{attach_labels, collect_sets, write_factor_dir};
 use crate::util::bar;
@@ -398,7 +399,7 @@ pub(crate) fn load_set(
 
 /// Puts labels on those of `seqs` that have none (sequences whose backward ran in an earlier run): the
 /// ones in `record` when it has them, matched by sequence number, otherwise `resample` (the seeded draw
-/// [`collect`](yaqa_model::collect::collect) made, for records written before labels were kept; one
+/// [`collect`](yaqa_model::job::collect::collect) made, for records written before labels were kept; one
 /// forward pass each, with a progress bar).
 pub(crate) fn labels_from_record(
     record: &Path,

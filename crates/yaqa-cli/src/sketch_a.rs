@@ -28,13 +28,13 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use yaqa_backend_cpu::Cpu;
 use yaqa_core::sketch::{Factors, SketchKind};
-use yaqa_model::calib::{CalibSeq, Shard};
-use yaqa_model::calib_file::{
+use yaqa_model::formats::calib_file::{
     LabelOrigin, RECORD_FILE, RecordHeader, read_calib_file, write_record,
 };
-use yaqa_model::checkpoint::Loaded;
-use yaqa_model::collect::LayerId;
-use yaqa_model::factor_file::{Provenance, parse_sketch_tag, sketch_tag};
+use yaqa_model::formats::checkpoint::Loaded;
+use yaqa_model::formats::factor_file::{Provenance, parse_sketch_tag, sketch_tag};
+use yaqa_model::job::calib::{CalibSeq, Shard};
+use yaqa_model::transformer::weights::LayerId;
 
 use crate::commands::write_factor_dir;
 use crate::resume;

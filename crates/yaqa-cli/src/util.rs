@@ -13,12 +13,12 @@ use yaqa_backend_cpu::Cpu;
 use yaqa_core::layer::{LayerParams, Method, QuantizerSpec};
 use yaqa_core::sketch::SketchKind;
 use yaqa_core::{GptqParams, LdlParams};
-use yaqa_model::calib::{CalibSeq, Shard, sample_sequences, text_tokens, text_windows};
-use yaqa_model::calib_file::{LabelOrigin, read_calib_file};
-use yaqa_model::checkpoint::{self, Loaded};
-use yaqa_model::collect::LayerId;
-use yaqa_model::factor_file::{FactorFile, parse_sketch_tag, read_factors};
-use yaqa_model::transformer::Transformer;
+use yaqa_model::formats::calib_file::{LabelOrigin, read_calib_file};
+use yaqa_model::formats::checkpoint::{self, Loaded};
+use yaqa_model::formats::factor_file::{FactorFile, parse_sketch_tag, read_factors};
+use yaqa_model::job::calib::{CalibSeq, Shard, sample_sequences, text_tokens, text_windows};
+use yaqa_model::transformer::decoder::Transformer;
+use yaqa_model::transformer::weights::LayerId;
 
 use crate::{CalibArgs, DampArgs, Device, MethodArg, QuantizerArg};
 

@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use safetensors::Dtype;
-use yaqa_model::calib_file::{CalibFile, LabelOrigin, RECORD_FILE, read_calib_file};
-use yaqa_model::factor_file::read_factors;
-use yaqa_model::hf::{RawTensor, write_hf, write_safetensors};
-use yaqa_model::weights::tiny_config;
+use yaqa_model::formats::calib_file::{CalibFile, LabelOrigin, RECORD_FILE, read_calib_file};
+use yaqa_model::formats::factor_file::read_factors;
+use yaqa_model::formats::hf::{RawTensor, write_hf, write_safetensors};
+use yaqa_model::transformer::weights::tiny_config;
 use yaqa_model::{Family, Model};
 
 /// Every file of a folder by name, with its bytes.

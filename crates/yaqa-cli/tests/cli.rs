@@ -44,7 +44,7 @@ fn end_to_end_on_a_tiny_model() {
         s(&dir.join("f0")),
         s(&dir.join("f1")),
     ]);
-    let f = yaqa_model::factor_file::read_factors(
+    let f = yaqa_model::formats::factor_file::read_factors(
         &merged.join("model.layers.1.mlp.down_proj.b.safetensors"),
     )
     .unwrap();
@@ -96,14 +96,14 @@ fn end_to_end_on_a_tiny_model() {
     let mut a = base.to_vec();
     a.extend(["--damp-out", "0.01", "--out", s(&light)]);
     ok(&a);
-    let open = |p: &std::path::Path| yaqa_model::quant_file::QuantFile::open(p).unwrap();
+    let open = |p: &std::path::Path| yaqa_model::formats::quant_file::QuantFile::open(p).unwrap();
     let (whole_q, light_q) = (open(&whole), open(&light));
     assert_eq!(
         whole_q.run()["damp_out"].as_f64(),
         Some(yaqa_core::layer::DEFAULT_DAMP_OUT)
     );
     assert_eq!(light_q.run()["damp_out"].as_f64(), Some(0.01));
-    let q_proj = |q: &yaqa_model::quant_file::QuantFile| {
+    let q_proj = |q: &yaqa_model::formats::quant_file::QuantFile| {
         q.header["layers"]["model.layers.0.self_attn.q_proj"]["report"]["damp_out"].as_f64()
     };
     assert_eq!(q_proj(&light_q), Some(0.01));
@@ -130,9 +130,10 @@ fn end_to_end_on_a_tiny_model() {
     let refined_q = open(&refined);
     assert_eq!(refined_q.run()["refine_sweeps"].as_u64(), Some(2));
     assert!(whole_q.run().get("refine_sweeps").is_none());
-    let layers =
-        |q: &yaqa_model::quant_file::QuantFile| q.header["layers"].as_object().unwrap().clone();
-    let total_two_sided = |q: &yaqa_model::quant_file::QuantFile| -> f64 {
+    let layers = |q: &yaqa_model::formats::quant_file::QuantFile| {
+        q.header["layers"].as_object().unwrap().clone()
+    };
+    let total_two_sided = |q: &yaqa_model::formats::quant_file::QuantFile| -> f64 {
         layers(q)
             .values()
             .map(|l| l["report"]["proxy_two_sided"].as_f64().unwrap())
@@ -219,7 +220,7 @@ fn end_to_end_on_a_tiny_model() {
         "--out",
         s(&exported),
     ]);
-    let back = yaqa_model::hf::HfCheckpoint::open(&exported)
+    let back = yaqa_model::formats::hf::HfCheckpoint::open(&exported)
         .unwrap()
         .load_model()
         .unwrap();
@@ -341,7 +342,7 @@ fn compare_shares_scales_and_resumes() {
 
     // Every method got RTN's scale for every layer.
     let scales = |label: &str| {
-        yaqa_model::quant_file::QuantFile::open(&work.join(format!("{label}.safetensors")))
+        yaqa_model::formats::quant_file::QuantFile::open(&work.join(format!("{label}.safetensors")))
             .unwrap()
             .scale_multipliers()
             .unwrap()
@@ -355,7 +356,7 @@ fn compare_shares_scales_and_resumes() {
     // Sketch B carries Σ x xᵀ over the same tokens as Sketch A's pass 0.
     let layer = "model.layers.1.mlp.down_proj";
     let read = |tag: &str| {
-        yaqa_model::factor_file::read_factors(
+        yaqa_model::formats::factor_file::read_factors(
             &work.join(format!("factors/{layer}.{tag}.safetensors")),
         )
         .unwrap()
@@ -411,7 +412,7 @@ fn compare_shares_scales_and_resumes() {
     // The calibration record holds the sequences and the labels every backward used; replaying it in a
     // fresh folder reproduces the table.
     let record = work.join("factors/calibration.safetensors");
-    let rec = yaqa_model::calib_file::read_calib_file(&record, None).unwrap();
+    let rec = yaqa_model::formats::calib_file::read_calib_file(&record, None).unwrap();
     assert_eq!(rec.seqs.len(), 3);
     assert!(
         rec.seqs
@@ -506,7 +507,7 @@ fn compare_b_seqs_extends_sketch_b() {
         s(&single),
     ]);
     let read = |d: &Path, tag: &str| {
-        yaqa_model::factor_file::read_factors(
+        yaqa_model::formats::factor_file::read_factors(
             &d.join(format!("model.layers.1.self_attn.v_proj.{tag}.safetensors")),
         )
         .unwrap()
@@ -517,14 +518,16 @@ fn compare_b_seqs_extends_sketch_b() {
     assert_eq!(extended, once);
 
     // The record holds all four sequences with the labels their backward used.
-    let rec = yaqa_model::calib_file::read_calib_file(
+    let rec = yaqa_model::formats::calib_file::read_calib_file(
         &work.join("factors/calibration.safetensors"),
         None,
     )
     .unwrap();
-    let single_rec =
-        yaqa_model::calib_file::read_calib_file(&single.join("calibration.safetensors"), None)
-            .unwrap();
+    let single_rec = yaqa_model::formats::calib_file::read_calib_file(
+        &single.join("calibration.safetensors"),
+        None,
+    )
+    .unwrap();
     assert_eq!(rec.seqs.len(), 4);
     assert_eq!(rec.seqs, single_rec.seqs);
     // Once more, now reading the earlier labels from the record: its first four sequences stay, and only
@@ -534,7 +537,7 @@ fn compare_b_seqs_extends_sketch_b() {
         third.contains("B, more sequences: collecting sequences 4..5") && !third.contains("0..2"),
         "{third}"
     );
-    let rec = yaqa_model::calib_file::read_calib_file(
+    let rec = yaqa_model::formats::calib_file::read_calib_file(
         &work.join("factors/calibration.safetensors"),
         None,
     )

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use safetensors::Dtype;
 use yaqa_core::mat::rel_diff_fro;
-use yaqa_model::calib_file::{CalibFile, LabelOrigin, RECORD_FILE, read_calib_file};
-use yaqa_model::factor_file::{FactorFile, read_factors};
-use yaqa_model::hf::{RawTensor, write_hf, write_safetensors};
-use yaqa_model::weights::tiny_config;
+use yaqa_model::formats::calib_file::{CalibFile, LabelOrigin, RECORD_FILE, read_calib_file};
+use yaqa_model::formats::factor_file::{FactorFile, read_factors};
+use yaqa_model::formats::hf::{RawTensor, write_hf, write_safetensors};
+use yaqa_model::transformer::weights::tiny_config;
 use yaqa_model::{Family, Model};
 
 /// Merged shards differ from one process only in the order of the f64 additions of each pass (and of

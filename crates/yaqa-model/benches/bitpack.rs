@@ -7,7 +7,7 @@
 //! here to show that the packing never matters next to writing the file.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use yaqa_model::bitpack::{pack_rows, unpack_rows};
+use yaqa_model::formats::bitpack::{pack_rows, unpack_rows};
 
 const ROWS: usize = 4096;
 const COLS: usize = 14336;

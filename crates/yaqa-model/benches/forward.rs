@@ -7,7 +7,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use yaqa_backend_cpu::Cpu;
-use yaqa_model::transformer::Transformer;
+use yaqa_model::transformer::decoder::Transformer;
 use yaqa_model::{Model, ModelConfig, RopeScaling};
 
 fn smollm2() -> Model<f32> {

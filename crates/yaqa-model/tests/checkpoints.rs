@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
 use serde_json::json;
-use yaqa_model::hf::{HfCheckpoint, write_hf};
-use yaqa_model::weights::tiny_config;
+use yaqa_model::formats::hf::{HfCheckpoint, write_hf};
+use yaqa_model::transformer::weights::tiny_config;
 use yaqa_model::{Family, Model, ModelConfig, ModelError};
 
 /// A fresh, empty temporary folder for one test.

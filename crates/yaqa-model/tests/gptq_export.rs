@@ -14,15 +14,16 @@ use serde_json::{Value, json};
 use yaqa_backend_cpu::Cpu;
 use yaqa_core::layer::{LayerParams, Method, QuantizerSpec};
 use yaqa_core::sketch::{Factors, SketchKind};
-use yaqa_model::calib::{Shard, sample_sequences};
-use yaqa_model::checkpoint::{self, Loaded};
-use yaqa_model::collect::{FactorSet, LayerId, collect, empty_factors};
-use yaqa_model::gptq_format::write_gptq;
-use yaqa_model::hf::write_hf;
-use yaqa_model::pipeline::{quantize_model, run_header};
-use yaqa_model::quant_file::QuantFile;
-use yaqa_model::transformer::Transformer;
-use yaqa_model::weights::tiny_config;
+use yaqa_model::formats::checkpoint::{self, Loaded};
+use yaqa_model::formats::gptq::write_gptq;
+use yaqa_model::formats::hf::write_hf;
+use yaqa_model::formats::quant_file::QuantFile;
+use yaqa_model::job::calib::{Shard, sample_sequences};
+use yaqa_model::job::collect::{FactorSet, collect, empty_factors};
+use yaqa_model::job::pipeline::{quantize_model, run_header};
+use yaqa_model::transformer::decoder::Transformer;
+use yaqa_model::transformer::weights::LayerId;
+use yaqa_model::transformer::weights::tiny_config;
 use yaqa_model::{Family, Model, ModelConfig};
 
 /// Per-weight tolerance of the GPTQ dequantization against the exact `Ŵ`, relative to `|Ŵ|`: rounding a

@@ -11,8 +11,8 @@ use yaqa_backend_cpu::Cpu;
 use yaqa_core::Mat;
 use yaqa_core::model_ops::{ModelOps, Real};
 use yaqa_core::reference::Reference;
-use yaqa_model::transformer::Transformer;
-use yaqa_model::weights::tiny_config;
+use yaqa_model::transformer::decoder::Transformer;
+use yaqa_model::transformer::weights::tiny_config;
 use yaqa_model::{Family, LinearKind, Model};
 
 /// Central differences in f64 with h = 1e-5: truncation ~h²·ℓ''' ≈ 1e-10, rounding ~1e-16/h ≈ 1e-11;

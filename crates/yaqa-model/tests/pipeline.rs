@@ -9,12 +9,13 @@ use serde_json::json;
 use yaqa_backend_cpu::Cpu;
 use yaqa_core::layer::{LayerParams, Method, QuantizerSpec, quantize_layer};
 use yaqa_core::sketch::{Factors, SketchKind};
-use yaqa_model::calib::{Shard, sample_sequences};
-use yaqa_model::collect::{FactorSet, LayerId, collect, empty_factors};
-use yaqa_model::pipeline::{parts_dir, quantize_model, run_header};
-use yaqa_model::quant_file::QuantFile;
-use yaqa_model::transformer::Transformer;
-use yaqa_model::weights::tiny_config;
+use yaqa_model::formats::quant_file::QuantFile;
+use yaqa_model::job::calib::{Shard, sample_sequences};
+use yaqa_model::job::collect::{FactorSet, collect, empty_factors};
+use yaqa_model::job::pipeline::{parts_dir, quantize_model, run_header};
+use yaqa_model::transformer::decoder::Transformer;
+use yaqa_model::transformer::weights::LayerId;
+use yaqa_model::transformer::weights::tiny_config;
 use yaqa_model::{Family, Model};
 
 fn scratch(tag: &str) -> PathBuf {
@@ -44,7 +45,7 @@ fn run(
     params: &LayerParams,
     out: &Path,
     stop: Option<usize>,
-) -> yaqa_model::pipeline::Outcome {
+) -> yaqa_model::job::pipeline::Outcome {
     let layers = LayerId::all(model);
     let header = run_header(params, "test-model", json!({"sketch": "b"}));
     quantize_model(

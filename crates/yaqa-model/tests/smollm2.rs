@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use yaqa_backend_cpu::Cpu;
-use yaqa_model::eval::{perplexity, token_stats};
-use yaqa_model::gguf::GgufFile;
-use yaqa_model::hf::{HfCheckpoint, SafetensorsFile, write_hf};
-use yaqa_model::transformer::Transformer;
+use yaqa_model::formats::gguf::GgufFile;
+use yaqa_model::formats::hf::{HfCheckpoint, SafetensorsFile, write_hf};
+use yaqa_model::job::eval::{perplexity, token_stats};
+use yaqa_model::transformer::decoder::Transformer;
 use yaqa_model::{Model, Tokenizer};
 
 /// README: `nll` and `logsumexp` abs ≤ 2e-4 (5× the 3.3e-5 / 5.5e-5 numpy-vs-HF spread).

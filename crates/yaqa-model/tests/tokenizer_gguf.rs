@@ -5,7 +5,7 @@
 mod common;
 
 use yaqa_model::Tokenizer;
-use yaqa_model::gguf::GgufFile;
+use yaqa_model::formats::gguf::GgufFile;
 
 #[test]
 fn rebuilt_tokenizer_matches_the_fixture_file() {

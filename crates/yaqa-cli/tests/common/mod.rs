@@ -61,9 +61,9 @@ pub fn s(p: &Path) -> &str {
 pub fn tiny_model(dir: &Path, seed: u64) -> PathBuf {
     let model_dir = dir.join("model");
     let model = yaqa_model::Model::synthetic(
-        yaqa_model::weights::tiny_config(yaqa_model::Family::Llama, true),
+        yaqa_model::transformer::weights::tiny_config(yaqa_model::Family::Llama, true),
         seed,
     );
-    yaqa_model::hf::write_hf(&model, &model_dir).unwrap();
+    yaqa_model::formats::hf::write_hf(&model, &model_dir).unwrap();
     model_dir
 }

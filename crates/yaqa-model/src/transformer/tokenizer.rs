@@ -32,8 +32,8 @@ impl Tokenizer {
     /// decoder, no post-processor, and every control token (`token_type = 3`) as a special added token.
     ///
     /// **Errors**: a GGUF without a `gpt2` tokenizer, or malformed arrays (naming the file).
-    pub fn from_gguf(gguf: &crate::gguf::GgufFile) -> Result<Self> {
-        use crate::gguf::GgufValue;
+    pub fn from_gguf(gguf: &crate::formats::gguf::GgufFile) -> Result<Self> {
+        use crate::formats::gguf::GgufValue;
         use serde_json::{Map, Value, json};
         let path = gguf.path().to_path_buf();
         let bad = |why: String| ModelError::Tokenizer {
@@ -137,7 +137,7 @@ impl Tokenizer {
     ///
     /// **Errors**: serialisation or I/O, naming `path`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::hf::write_atomic(path, |tmp| {
+        crate::formats::hf::write_atomic(path, |tmp| {
             self.inner
                 .save(tmp, true)
                 .map_err(|e| ModelError::Tokenizer {

@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 use yaqa_core::SymMat;
 use yaqa_core::sketch::{Factors, SketchKind};
 
-use crate::collect::LayerId;
 use crate::error::{ModelError, Result};
-use crate::header::Header;
-use crate::hf::{RawTensor, SafetensorsFile, write_safetensors};
+use crate::formats::header::Header;
+use crate::formats::hf::{RawTensor, SafetensorsFile, write_safetensors};
+use crate::transformer::weights::LayerId;
 
 /// The metadata key that holds a factor file's JSON header.
 pub const META_KEY: &str = "yaqa";
@@ -34,7 +34,7 @@ pub struct Provenance {
     pub calib: String,
     /// The shards accumulated so far, as `"I/N"` (several after a merge).
     pub shards: Vec<String>,
-    /// [`crate::checkpoint::fingerprint`] of the model the factors belong to.
+    /// [`crate::formats::checkpoint::fingerprint`] of the model the factors belong to.
     pub model_fingerprint: String,
 }
 
@@ -238,7 +238,7 @@ pub fn merge_into(acc: &mut FactorFile, other: &FactorFile, other_path: &Path) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::weights::LinearKind;
+    use crate::transformer::weights::LinearKind;
 
     fn sample(seed: f64) -> Factors {
         let mut f = Factors::sketch_b(3, 2);

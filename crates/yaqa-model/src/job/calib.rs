@@ -18,8 +18,8 @@ use yaqa_core::model_ops::{ModelOps, RopeParams};
 use yaqa_core::{Mat, Rng};
 
 use crate::error::{ModelError, Result};
-use crate::tokenizer::Tokenizer;
-use crate::transformer::Transformer;
+use crate::transformer::decoder::Transformer;
+use crate::transformer::tokenizer::Tokenizer;
 
 /// One shard `index/count` of a calibration set (`index` in `0..count`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +80,7 @@ pub struct CalibSeq {
     pub ids: Vec<u32>,
     /// Fisher labels to take the gradients against, one per token, when they were given with the
     /// sequence (a calibration file's `labels`); `None` means they are sampled from the model with
-    /// [`crate::collect::label_seed`].
+    /// [`crate::job::collect::label_seed`].
     pub labels: Option<Vec<u32>>,
 }
 
@@ -392,8 +392,8 @@ pub fn sample_sequences<B: ModelOps<f32>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Family;
-    use crate::weights::{Model, tiny_config};
+    use crate::transformer::config::Family;
+    use crate::transformer::weights::{Model, tiny_config};
     use yaqa_core::reference::Reference;
 
     #[test]

@@ -8,7 +8,7 @@ use yaqa_core::Mat;
 use yaqa_core::model_ops::{ModelOps, Real};
 
 use crate::error::{ModelError, Result};
-use crate::transformer::{Transformer, logsumexp};
+use crate::transformer::decoder::{Transformer, logsumexp};
 
 /// Perplexity over windows.
 #[derive(Clone, Debug, PartialEq)]
@@ -184,10 +184,10 @@ pub fn compare<T: Real, B: ModelOps<T>>(
         let mut sums = vec![vec![0.0; group.len()]; quantized.len() + 1];
         let mut start = 0;
         while start < h_orig.rows {
-            let end = (start + crate::transformer::HEAD_CHUNK).min(h_orig.rows);
+            let end = (start + crate::transformer::decoder::HEAD_CHUNK).min(h_orig.rows);
             let head = |tf: &Transformer<'_, T, B>, h: &Mat<T>| {
                 ops.linear(
-                    &crate::transformer::rows_of(h, start, end),
+                    &crate::transformer::decoder::rows_of(h, start, end),
                     tf.model.head(),
                     None,
                 )
@@ -244,8 +244,8 @@ pub fn compare<T: Real, B: ModelOps<T>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Family;
-    use crate::weights::{Model, tiny_config};
+    use crate::transformer::config::Family;
+    use crate::transformer::weights::{Model, tiny_config};
     use yaqa_core::reference::Reference;
 
     #[test]

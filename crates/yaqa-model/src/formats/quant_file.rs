@@ -1,7 +1,7 @@
 //! Quantized-model files: codes, quantizer parameters and sign vectors of every quantized linear layer,
 //! plus a JSON header (quantizer, rotation, seeds, method, per-layer report), enough to rebuild every
 //! `Ŵ` bit for bit ([`QuantFile::dequantize`]). The layout is in docs/FORMAT.md; the codes are
-//! bit-packed row by row ([`crate::bitpack`]), and every reader takes them through [`QuantFile::codes`].
+//! bit-packed row by row ([`crate::formats::bitpack`]), and every reader takes them through [`QuantFile::codes`].
 //!
 //! A run writes one *part* file per layer as soon as the layer is finished ([`write_part`]) and
 //! [`assemble`] joins the parts into the final file. Both go through the same serialisation, and the
@@ -17,10 +17,10 @@ use yaqa_core::backend::{Backend, Side};
 use yaqa_core::layer::{FittedQuantizer, LayerReport, QuantizedLayer};
 use yaqa_core::quant::int::{IntAsymGroup, IntSym};
 
-use crate::bitpack;
-use crate::collect::LayerId;
 use crate::error::{ModelError, Result};
-use crate::hf::{RawTensor, SafetensorsFile, write_safetensors};
+use crate::formats::bitpack;
+use crate::formats::hf::{RawTensor, SafetensorsFile, write_safetensors};
+use crate::transformer::weights::LayerId;
 
 /// The metadata key that holds the JSON header.
 pub const META_KEY: &str = "yaqa";
@@ -257,7 +257,7 @@ impl QuantFile {
     }
 
     /// The run header the file was made with (the header without `format`, `version` and `layers`), to
-    /// compare with [`crate::pipeline::run_header`] before reusing a finished file.
+    /// compare with [`crate::job::pipeline::run_header`] before reusing a finished file.
     pub fn run(&self) -> Value {
         let mut run = self.header.clone();
         if let Value::Object(o) = &mut run {
@@ -447,7 +447,7 @@ mod tests {
     use yaqa_core::layer::Method;
 
     use super::*;
-    use crate::weights::LinearKind;
+    use crate::transformer::weights::LinearKind;
 
     const ID: LayerId = LayerId {
         block: 0,

@@ -20,60 +20,10 @@ use yaqa_core::backend::Backend;
 use yaqa_core::model_ops::ModelOps;
 use yaqa_core::sketch::{Factors, SketchKind};
 
-use crate::calib::CalibSeq;
 use crate::error::{ModelError, Result};
-use crate::transformer::Transformer;
-use crate::weights::{LinearKind, Model};
-
-/// Identifies one linear layer: block index and kind. Ordered by block, then by [`LinearKind::ALL`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct LayerId {
-    pub block: usize,
-    pub kind: LinearKind,
-}
-
-impl LayerId {
-    /// Every linear layer of `model`, in block order.
-    pub fn all<T>(model: &Model<T>) -> Vec<LayerId> {
-        (0..model.layers.len())
-            .flat_map(|block| LinearKind::ALL.map(|kind| LayerId { block, kind }))
-            .collect()
-    }
-
-    /// The Hugging Face module name, `model.layers.{block}.{module}` (no `.weight`).
-    pub fn name(&self) -> String {
-        format!("model.layers.{}.{}", self.block, self.kind.module())
-    }
-
-    /// Parses [`LayerId::name`] back.
-    pub fn parse(name: &str) -> Option<LayerId> {
-        let rest = name.strip_prefix("model.layers.")?;
-        let (block, module) = rest.split_once('.')?;
-        let block = block.parse().ok()?;
-        let kind = LinearKind::ALL.into_iter().find(|k| k.module() == module)?;
-        Some(LayerId { block, kind })
-    }
-
-    fn rank(&self) -> (usize, usize) {
-        let k = LinearKind::ALL
-            .iter()
-            .position(|&k| k == self.kind)
-            .unwrap_or(0);
-        (self.block, k)
-    }
-}
-
-impl PartialOrd for LayerId {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for LayerId {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.rank().cmp(&other.rank())
-    }
-}
+use crate::job::calib::CalibSeq;
+use crate::transformer::decoder::Transformer;
+use crate::transformer::weights::{LayerId, LinearKind, Model};
 
 /// The factors being accumulated: one list per linear layer.
 pub type FactorSet = BTreeMap<LayerId, Vec<Factors>>;
@@ -234,8 +184,8 @@ fn add_pair(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Family;
-    use crate::weights::tiny_config;
+    use crate::transformer::config::Family;
+    use crate::transformer::weights::tiny_config;
     use yaqa_core::mat::rel_diff_fro;
     use yaqa_core::reference::Reference;
 

@@ -15,7 +15,7 @@ use yaqa_core::Rng;
 use yaqa_core::model_ops::{AttentionShape, ModelOps, Real, RopeParams};
 
 use crate::error::{ModelError, Result};
-use crate::weights::{LayerWeights, LinearKind, Model};
+use crate::transformer::weights::{LayerWeights, LinearKind, Model};
 
 /// Receives `(layer, kind, x, g)` for every linear layer during a backward pass.
 pub type PairVisitor<'v, T> = dyn FnMut(usize, LinearKind, &Mat<T>, &Mat<T>) -> Result<()> + 'v;

@@ -13,10 +13,10 @@ use yaqa_core::backend::Backend;
 use yaqa_core::layer::{LayerParams, QuantizedLayer, QuantizerSpec, quantize_layer};
 use yaqa_core::sketch::Factors;
 
-use crate::collect::LayerId;
 use crate::error::{ModelError, Result};
-use crate::quant_file::{assemble, part_run, write_part};
-use crate::weights::Model;
+use crate::formats::quant_file::{assemble, part_run, write_part};
+use crate::transformer::weights::LayerId;
+use crate::transformer::weights::Model;
 
 /// The JSON form of a quantizer spec.
 pub fn quantizer_json(q: &QuantizerSpec) -> Value {

@@ -39,11 +39,11 @@ use half::f16;
 use safetensors::Dtype;
 use serde_json::{Value, json};
 
-use crate::checkpoint::Loaded;
-use crate::collect::LayerId;
 use crate::error::{ModelError, Result};
-use crate::hf::{Half, RawTensor, half_tensors, write_atomic, write_safetensors};
-use crate::quant_file::QuantFile;
+use crate::formats::checkpoint::Loaded;
+use crate::formats::hf::{Half, RawTensor, half_tensors, write_atomic, write_safetensors};
+use crate::formats::quant_file::QuantFile;
+use crate::transformer::weights::LayerId;
 
 /// Bit widths written: those whose codes fill an int32 word exactly (`32/k` codes per word).
 pub const PACKED_BITS: [u32; 3] = [2, 4, 8];

@@ -21,11 +21,11 @@ use std::path::{Path, PathBuf};
 use safetensors::Dtype;
 use serde_json::{Value, json};
 
-use crate::calib::{CalibSeq, Shard};
 use crate::error::{ModelError, Result};
-use crate::factor_file::META_KEY;
-use crate::header::Header;
-use crate::hf::{RawTensor, SafetensorsFile, write_safetensors};
+use crate::formats::factor_file::META_KEY;
+use crate::formats::header::Header;
+use crate::formats::hf::{RawTensor, SafetensorsFile, write_safetensors};
+use crate::job::calib::{CalibSeq, Shard};
 
 /// The record's file name inside a `yaqa hessian` output folder.
 pub const RECORD_FILE: &str = "calibration.safetensors";
@@ -79,7 +79,7 @@ pub struct RecordHeader {
     pub sketch: String,
     /// Where `labels` came from; `None` (and no `labels` tensor) for a forward-only run.
     pub labels: Option<LabelOrigin>,
-    /// The fingerprint of the model the run used ([`crate::checkpoint`]).
+    /// The fingerprint of the model the run used ([`crate::formats::checkpoint`]).
     pub model_fingerprint: String,
 }
 

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use yaqa_core::Mat;
 use yaqa_core::model_ops::Real;
 
-use crate::config::{Family, ModelConfig};
 use crate::error::{ModelError, Result};
-use crate::gguf::{GgufFile, gguf_to_hf_name, unpermute_rows};
+use crate::formats::gguf::{GgufFile, gguf_to_hf_name, unpermute_rows};
+use crate::transformer::config::{Family, ModelConfig};
 
 /// The seven linear layers of a decoder block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -453,7 +453,7 @@ pub fn tiny_config(family: Family, tied: bool) -> ModelConfig {
         head_dim: 4,
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
-        rope_scaling: crate::config::RopeScaling::None,
+        rope_scaling: crate::transformer::config::RopeScaling::None,
         max_position_embeddings: 64,
         tie_word_embeddings: tied,
         attention_bias: family == Family::Qwen2,
@@ -461,5 +461,55 @@ pub fn tiny_config(family: Family, tied: bool) -> ModelConfig {
         sliding_window: None,
         bos_token_id: None,
         eos_token_id: None,
+    }
+}
+
+/// Identifies one linear layer: block index and kind. Ordered by block, then by [`LinearKind::ALL`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LayerId {
+    pub block: usize,
+    pub kind: LinearKind,
+}
+
+impl LayerId {
+    /// Every linear layer of `model`, in block order.
+    pub fn all<T>(model: &Model<T>) -> Vec<LayerId> {
+        (0..model.layers.len())
+            .flat_map(|block| LinearKind::ALL.map(|kind| LayerId { block, kind }))
+            .collect()
+    }
+
+    /// The Hugging Face module name, `model.layers.{block}.{module}` (no `.weight`).
+    pub fn name(&self) -> String {
+        format!("model.layers.{}.{}", self.block, self.kind.module())
+    }
+
+    /// Parses [`LayerId::name`] back.
+    pub fn parse(name: &str) -> Option<LayerId> {
+        let rest = name.strip_prefix("model.layers.")?;
+        let (block, module) = rest.split_once('.')?;
+        let block = block.parse().ok()?;
+        let kind = LinearKind::ALL.into_iter().find(|k| k.module() == module)?;
+        Some(LayerId { block, kind })
+    }
+
+    fn rank(&self) -> (usize, usize) {
+        let k = LinearKind::ALL
+            .iter()
+            .position(|&k| k == self.kind)
+            .unwrap_or(0);
+        (self.block, k)
+    }
+}
+
+impl PartialOrd for LayerId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for LayerId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.rank().cmp(&other.rank())
     }
 }

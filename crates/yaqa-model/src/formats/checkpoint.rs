@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ModelError, Result};
-use crate::gguf::GgufFile;
-use crate::hf::HfCheckpoint;
-use crate::tokenizer::Tokenizer;
-use crate::weights::Model;
+use crate::formats::gguf::GgufFile;
+use crate::formats::hf::HfCheckpoint;
+use crate::transformer::tokenizer::Tokenizer;
+use crate::transformer::weights::Model;
 
 /// A loaded checkpoint.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::error::{ModelError, Result};
-use crate::gguf::GgufFile;
+use crate::formats::gguf::GgufFile;
 
 /// The model families this crate runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -433,7 +433,7 @@ impl ModelConfig {
         let vocab_size = match gguf.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
             Some(v) => v as usize,
             None => match gguf.get("tokenizer.ggml.tokens") {
-                Some(crate::gguf::GgufValue::Array(a)) => a.len(),
+                Some(crate::formats::gguf::GgufValue::Array(a)) => a.len(),
                 _ => gguf
                     .info("token_embd.weight")
                     .and_then(|t| t.dims.get(1).copied())

@@ -15,9 +15,9 @@ use memmap2::Mmap;
 use safetensors::{Dtype, View};
 use serde_json::Value;
 
-use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::weights::{Model, TensorSource};
+use crate::transformer::config::ModelConfig;
+use crate::transformer::weights::{Model, TensorSource};
 
 /// One tensor's header entry.
 #[derive(Clone, Debug, PartialEq)]
