@@ -1,44 +1,22 @@
-//! `yaqa compare`: the KL table. One calibration set feeds every method: a forward pass for `Σ x xᵀ`
-//! (Sketch A's pass 0), backward passes for Sketch A's later passes and Sketch B (pass 1 collects both from
-//! the same gradients). Every bit width is quantized with each method against the same scale: round to
-//! nearest searches it per matrix on `tr(Δ Σxxᵀ Δᵀ)` and the other methods take RTN's choice (DESIGN.md
-//! §5). Then every model is evaluated on the same windows (KL to the original, perplexity).
-//!
-//! Everything lands in `--work`: factor files after each pass and each quantized model. A rerun with the
-//! same arguments reuses what is finished (factor sets whose provenance matches, quantized files whose
-//! run header matches, part files of an interrupted layer loop), so a killed run continues where it
-//! stopped.
+//! `yaqa compare` and `yaqa demo`: flags → [`yaqa_model::job::compare`] and [`yaqa_model::job::demo`],
+//! one KL table per bit width printed.
 
-use std::cell::Cell;
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
-use serde_json::{Value, json};
-use yaqa_backend_cpu::Cpu;
-use yaqa_core::sketch::{Factors, SketchKind};
-use yaqa_model::formats::calib_file::{LabelOrigin, RECORD_FILE, RecordHeader, write_record};
-use yaqa_model::formats::factor_file::{Provenance, factor_path, read_factors, sketch_tag};
-use yaqa_model::formats::quant_file::QuantFile;
-use yaqa_model::job::calib::CalibSeq;
-use yaqa_model::job::calib::Shard;
-use yaqa_model::job::collect::{empty_factors, sampled_labels};
-use yaqa_model::job::pipeline::{quantize_model, run_header};
-use yaqa_model::transformer::weights::LayerId;
-use yaqa_model::transformer::weights::Model;
+use yaqa_model::job::compare::{self, CompareConfig, CompareMethod, CompareReport};
+use yaqa_model::job::demo::{self, DemoConfig};
+use yaqa_model::job::evaluate::{EvalText, write_json};
 
-use crate::commands::{
-    dequantized_model, eval_models, eval_tokens, render_table, write_factor_dir, write_json,
+use crate::args::{
+    CalibArgs, CalibIdsArgs, CheckpointArgs, DampArgs, Device, backend, calib_config,
 };
-use crate::resume::{self, labels_from_record, load_set};
-use crate::util::{Calibration, backend, bar, calibration_set, layer_params, load_model};
-use crate::{CalibArgs, CalibIdsArgs, CheckpointArgs, DampArgs, Device, MethodArg, QuantizerArg};
+use crate::progress::Bars;
 
 /// A row of the table: a rounding method and the factors it uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
-pub enum CompareMethod {
+pub enum RowArg {
     Rtn,
     Gptq,
     Ldlq,
@@ -48,23 +26,14 @@ pub enum CompareMethod {
     YaqaB,
 }
 
-impl CompareMethod {
-    fn label(self) -> &'static str {
-        match self {
-            CompareMethod::Rtn => "rtn",
-            CompareMethod::Gptq => "gptq",
-            CompareMethod::Ldlq => "ldlq",
-            CompareMethod::YaqaA => "yaqa-a",
-            CompareMethod::YaqaB => "yaqa-b",
-        }
-    }
-
-    fn method(self) -> MethodArg {
-        match self {
-            CompareMethod::Rtn => MethodArg::Rtn,
-            CompareMethod::Gptq => MethodArg::Gptq,
-            CompareMethod::Ldlq => MethodArg::Ldlq,
-            CompareMethod::YaqaA | CompareMethod::YaqaB => MethodArg::Yaqa,
+impl From<RowArg> for CompareMethod {
+    fn from(r: RowArg) -> Self {
+        match r {
+            RowArg::Rtn => CompareMethod::Rtn,
+            RowArg::Gptq => CompareMethod::Gptq,
+            RowArg::Ldlq => CompareMethod::Ldlq,
+            RowArg::YaqaA => CompareMethod::YaqaA,
+            RowArg::YaqaB => CompareMethod::YaqaB,
         }
     }
 }
@@ -97,7 +66,7 @@ pub struct CompareArgs {
         value_delimiter = ',',
         default_value = "rtn,gptq,ldlq,yaqa-a,yaqa-b"
     )]
-    pub methods: Vec<CompareMethod>,
+    pub methods: Vec<RowArg>,
     /// Evaluation text (default: sequences sampled from the model).
     #[arg(long, value_name = "FILE")]
     pub text: Option<PathBuf>,
@@ -128,474 +97,78 @@ pub struct CompareArgs {
     pub device: Device,
 }
 
-/// The factor sets of one calibration run.
-struct FactorSets {
-    /// Sketch A's last pass (YAQA-A).
-    a: Option<BTreeMap<LayerId, Factors>>,
-    /// Sketch B (YAQA-B).
-    b: Option<BTreeMap<LayerId, Factors>>,
-    /// `Σ x xᵀ` when neither sketch was asked for.
-    xtx: Option<BTreeMap<LayerId, Factors>>,
-}
-
-impl FactorSets {
-    /// The factors of a row; the one-sided methods read `Σ x xᵀ` from whichever set there is, Sketch B's
-    /// first: it spans every sequence, Sketch A only the first `--n-seqs`.
-    fn for_row(&self, row: CompareMethod) -> Option<&BTreeMap<LayerId, Factors>> {
-        match row {
-            CompareMethod::YaqaA => self.a.as_ref(),
-            CompareMethod::YaqaB => self.b.as_ref(),
-            _ => self.xtx.as_ref().or(self.b.as_ref()).or(self.a.as_ref()),
-        }
-    }
-}
-
-/// Runs the comparison, prints one table per bit width and returns the JSON report. `tokenizer` is the
-/// evaluation text's tokenizer (default: the model folder's, or rebuilt from the GGUF).
-pub fn run(args: &CompareArgs, tokenizer: Option<&yaqa_model::Tokenizer>) -> Result<Value> {
-    let t0 = Instant::now();
-    if args.passes < 2 && args.methods.contains(&CompareMethod::YaqaA) {
-        bail!("--passes: Sketch A needs at least 2 passes (the reference uses 6)");
-    }
-    if let Some(&b) = args.bits.iter().find(|b| ![2, 3, 4, 8].contains(*b)) {
-        bail!("--bits: {b} is not one of 2, 3, 4, 8");
-    }
+pub fn run(args: CompareArgs) -> Result<()> {
     let cpu = backend(args.device)?;
-    let loaded = load_model(&args.model)?;
-    std::fs::create_dir_all(&args.work)
-        .with_context(|| format!("creating {}", args.work.display()))?;
-
-    let t = Instant::now();
-    let b_seqs = args.b_seqs.unwrap_or(args.calib.n_seqs);
-    if b_seqs < args.calib.n_seqs {
-        bail!(
-            "--b-seqs {b_seqs} is below --n-seqs {}: Sketch B uses the first --n-seqs sequences and more",
-            args.calib.n_seqs
-        );
-    }
-    let drawn = CalibArgs {
-        n_seqs: b_seqs,
-        ..args.calib.clone()
-    };
-    let mut calib = calibration_set(
-        &loaded,
-        &drawn,
-        args.calib_ids.calib_ids.as_deref(),
-        Shard::default(),
-        &cpu,
-    )?;
-    // Sequences of Sketch A and `Σ x xᵀ`: --n-seqs, or every sequence of a --calib-ids file.
-    let n_main = if args.calib_ids.calib_ids.is_some() {
-        calib.seqs.len()
-    } else {
-        args.calib.n_seqs
-    };
-    let prov = Provenance {
-        seed: args.calib.seed,
-        seq_len: calib.seq_len,
-        calib: calib.source.clone(),
-        shards: calib.shards.clone(),
-        model_fingerprint: loaded.fingerprint.clone(),
-    };
-    let source = calib.source.clone();
-    let a_note = if calib.seqs.len() > n_main {
-        format!(", Sketch A on the first {n_main}")
-    } else {
-        String::new()
-    };
-    eprintln!(
-        "calibration: {} sequences × {} tokens{a_note} ({source}, seed {})",
-        calib.seqs.len(),
-        calib.seq_len,
-        args.calib.seed
-    );
-    let sets = factor_sets(&cpu, &loaded.model, &mut calib, n_main, args, &prov)?;
-    let seqs = &calib.seqs;
-    let factor_s = t.elapsed().as_secs_f64();
-    eprintln!("factors: {factor_s:.1} s");
-
-    let own_tokenizer = match (tokenizer, &args.text, &args.calib.tokenizer) {
-        (None, Some(_), Some(path)) => Some(
-            yaqa_model::Tokenizer::from_file(path)
-                .with_context(|| format!("loading {}", path.display()))?,
-        ),
-        _ => None,
-    };
-    let (tokens, text_name) = eval_tokens(
-        &cpu,
-        &loaded,
-        args.text.as_deref(),
-        tokenizer.or(own_tokenizer.as_ref()),
-        args.window,
-        args.n_windows,
-        args.calib.seed,
-    )?;
-
-    let mut rows_json = Vec::new();
-    let mut base_ppl = 0.0;
-    for &bits in &args.bits {
-        let mut files = Vec::new();
-        let mut scales: Option<BTreeMap<LayerId, f64>> = None;
-        // RTN first: its search chooses the scales every other method takes. It is never refined.
-        let mut rows: Vec<(CompareMethod, usize)> = vec![(CompareMethod::Rtn, 0)];
-        rows.extend(
-            args.methods
-                .iter()
-                .filter(|&&m| m != CompareMethod::Rtn)
-                .map(|&m| (m, args.refine)),
-        );
-        for (row, refine) in rows {
-            let label = row_label(row, refine, bits);
-            let factors = sets
-                .for_row(row)
-                .with_context(|| format!("no factors were collected for {label}"))?;
-            let out = args.work.join(format!("{label}.safetensors"));
-            let params = layer_params(
-                row.method(),
-                quantizer_arg(bits),
-                None,
-                false,
-                args.sign_seed,
-                &args.damp,
-                refine,
-            );
-            let row_seqs = if row == CompareMethod::YaqaA {
-                n_main
-            } else {
-                seqs.len()
-            };
-            let mut factors_json = json!({
-                "source": "compare",
-                "sketch": factors.values().next().map(|f| sketch_tag(f.kind)),
-                "seed": prov.seed, "seq_len": prov.seq_len, "n_seqs": row_seqs, "calib": prov.calib,
-            });
-            if scales.is_some() {
-                factors_json["scale_c_from"] = json!(format!("rtn-int{bits}.safetensors"));
-            }
-            let run = run_header(&params, &loaded.fingerprint, factors_json);
-            let t = Instant::now();
-            let reused = finished(&out, &run);
-            if !reused {
-                let layers = LayerId::all(&loaded.model);
-                let pb = bar(layers.len(), &label);
-                quantize_model(
-                    &cpu,
-                    &loaded.model,
-                    &layers,
-                    &mut |id| {
-                        factors.get(&id).cloned().ok_or_else(|| {
-                            yaqa_model::ModelError::Input(format!("no factors for {}", id.name()))
-                        })
-                    },
-                    &params,
-                    scales.as_ref(),
-                    &run,
-                    &out,
-                    None,
-                    &mut |l| pb.set_position(l.done as u64),
-                )
-                .with_context(|| format!("quantizing {label} into {}", out.display()))?;
-                pb.finish_and_clear();
-            }
-            eprintln!(
-                "{label}: {}",
-                if reused {
-                    "reused".to_string()
-                } else {
-                    format!("quantized in {:.1} s", t.elapsed().as_secs_f64())
-                }
-            );
-            if row == CompareMethod::Rtn {
-                let q =
-                    QuantFile::open(&out).with_context(|| format!("opening {}", out.display()))?;
-                scales = Some(q.scale_multipliers()?);
-            }
-            if row == CompareMethod::Rtn && !args.methods.contains(&CompareMethod::Rtn) {
-                continue;
-            }
-            files.push((label, out));
-        }
-        let models = files
-            .iter()
-            .map(|(label, out)| Ok((label.clone(), dequantized_model(&cpu, &loaded, out)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let (base, rows) = eval_models(&cpu, &loaded.model, &models, &tokens, args.window)?;
-        base_ppl = base;
-        let reference = row_label(CompareMethod::Ldlq, args.refine, bits);
-        let text = render_table(base, &rows, Some(&reference));
-        println!("INT{bits}, KL vs {reference}:\n{text}");
-        for r in &rows {
-            rows_json.push(json!({"model": r.name, "bits": bits, "kl": r.kl, "ppl": r.ppl}));
-        }
-    }
-    let wall = t0.elapsed().as_secs_f64();
-    println!("total wall time: {wall:.1} s");
-    let report = json!({
-        "original_ppl": base_ppl,
-        "rows": rows_json,
-        "setup": {
-            "model": args.model.display().to_string(),
-            "calibration": {
-                "source": source, "n_seqs": seqs.len(), "sketch_a_seqs": n_main,
-                "seq_len": calib.seq_len, "seed": args.calib.seed, "sketch_a_passes": args.passes,
-            },
-            "eval": {"text": text_name, "window": args.window, "n_windows": args.n_windows},
-            "quantizer": "int symmetric, one scale per matrix searched on RTN's tr(Δ Σxxᵀ Δᵀ) and shared by every method, randomized Hadamard both sides",
-            "damp": args.damp.damp,
-            "damp_out": args.damp.damp_out,
-            "refine_sweeps": args.refine,
-            "factors_s": factor_s,
-            "wall_s": wall,
+    let config = CompareConfig {
+        model: args.model,
+        calib: calib_config(&args.calib, &args.calib_ids),
+        passes: args.passes,
+        b_seqs: args.b_seqs,
+        bits: args.bits,
+        methods: args.methods.into_iter().map(Into::into).collect(),
+        eval: EvalText {
+            text: args.text,
+            tokenizer: None,
+            window: args.window,
+            n_windows: args.n_windows,
+            // The evaluation text is sampled with the calibration seed (its stream is kept apart).
+            seed: args.calib.seed,
         },
-    });
-    if let Some(path) = &args.json {
-        write_json(path, &report)?;
-    }
-    Ok(report)
+        sign_seed: args.sign_seed,
+        damp: args.damp.damp,
+        damp_out: args.damp.damp_out,
+        refine: args.refine,
+        work: args.work,
+        checkpoint: args.checkpoint.policy(),
+    };
+    let report = compare::run(&cpu, &config, None, &Bars::default())?;
+    print_report(&report, args.json.as_deref())
 }
 
-/// A row's name and file stem: `ldlq-int2`, or `ldlq-cd3-int2` after 3 coordinate-descent sweeps.
-fn row_label(row: CompareMethod, refine: usize, bits: u32) -> String {
-    match refine {
-        0 => format!("{}-int{bits}", row.label()),
-        k => format!("{}-cd{k}-int{bits}", row.label()),
-    }
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Data-free calibration sequences.
+    #[arg(long, default_value_t = 8)]
+    pub n_seqs: usize,
+    /// Tokens per calibration sequence.
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Evaluation windows.
+    #[arg(long, default_value_t = 4)]
+    pub n_windows: usize,
+    /// Tokens per evaluation window.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// Folder for the downloaded model and the demo's outputs.
+    #[arg(long, value_name = "DIR", default_value = ".yaqa-cache")]
+    pub cache: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also write the table as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
-fn quantizer_arg(bits: u32) -> QuantizerArg {
-    match bits {
-        2 => QuantizerArg::Int2,
-        3 => QuantizerArg::Int3,
-        4 => QuantizerArg::Int4,
-        _ => QuantizerArg::Int8,
-    }
+pub fn demo(args: DemoArgs) -> Result<()> {
+    let config = DemoConfig {
+        n_seqs: args.n_seqs,
+        seq_len: args.seq_len,
+        n_windows: args.n_windows,
+        window: args.window,
+        cache: args.cache,
+        seed: args.seed,
+    };
+    let (_, report) = demo::run(&yaqa_backend_cpu::Cpu::default(), &config, &Bars::default())?;
+    print_report(&report, args.json.as_deref())
 }
 
-/// Whether `out` is a finished quantized file made with `run`.
-fn finished(out: &Path, run: &Value) -> bool {
-    out.is_file() && QuantFile::open(out).is_ok_and(|q| &q.run() == run)
-}
-
-/// Collects (or reloads from `args.work/factors`) what the rows need: pass 0 forward (`Σ x xᵀ`, which
-/// is Sketch A's pass 0), pass 1 backward for Sketch A pass 1 and Sketch B together, then Sketch A's
-/// remaining passes on the labels pass 1 used. All of that runs on the first `n_main` sequences; Sketch
-/// B (with its `Σ x xᵀ`) then goes on alone over the rest of `calib` (`--b-seqs`). The calibration record
-/// (`calibration.safetensors`, with the labels of every backward pass) is written next to the factors.
-fn factor_sets(
-    cpu: &Cpu,
-    model: &Model<f32>,
-    calib: &mut Calibration,
-    n_main: usize,
-    args: &CompareArgs,
-    prov: &Provenance,
-) -> Result<FactorSets> {
-    let dir = args.work.join("factors");
-    let record = RecordHeader {
-        seed: prov.seed,
-        seq_len: calib.seq_len,
-        n_seqs: calib.n_seqs,
-        calib: prov.calib.clone(),
-        shards: prov.shards.clone(),
-        sketch: "compare".into(),
-        labels: None,
-        model_fingerprint: prov.model_fingerprint.clone(),
-    };
-    let given_labels = calib.labels;
-    let seqs = &mut calib.seqs;
-    let need_a = args.methods.contains(&CompareMethod::YaqaA);
-    let need_b = args.methods.contains(&CompareMethod::YaqaB);
-    let seed = args.calib.seed;
-    let n_all = seqs.len();
-    // What `--stop-after-seqs` leaves of its budget, over all the stages.
-    let budget = Cell::new(args.checkpoint.stop_after_seqs);
-    // One pass over the sequences `from..to`: reload its sets if a previous run finished them (with `to`
-    // sequences), otherwise collect them (checkpointed next to the factors, resuming a checkpoint an
-    // interrupted run left) and write them, with the record of sequences `..to`, labels included once a
-    // backward has run.
-    let stage = |seqs: &mut Vec<CalibSeq>,
-                 (from, to): (usize, usize),
-                 kinds: &[SketchKind],
-                 start: &dyn Fn() -> Result<Vec<BTreeMap<LayerId, Factors>>>,
-                 label: &str|
-     -> Result<Vec<BTreeMap<LayerId, Factors>>> {
-        let cached: Option<Vec<_>> = kinds
-            .iter()
-            .map(|&k| load_set(&dir, model, k, prov, to as u64))
-            .collect();
-        if let Some(sets) = cached {
-            eprintln!("{label}: reusing {}", dir.display());
-            return Ok(sets);
-        }
-        eprintln!("{label}: collecting sequences {from}..{to}");
-        let backward = kinds.iter().any(|k| k.needs_gradients());
-        let header = RecordHeader {
-            sketch: kinds
-                .iter()
-                .map(|&k| sketch_tag(k))
-                .collect::<Vec<_>>()
-                .join("+"),
-            labels: backward.then(|| given_labels.unwrap_or(LabelOrigin::Sampled)),
-            n_seqs: to,
-            ..record.clone()
-        };
-        let job = resume::Job {
-            kinds,
-            seed,
-            prov,
-            record: &header,
-            out: &dir,
-            every: args.checkpoint.every(),
-            budget: budget.get(),
-            label,
-        };
-        let sets = match resume::collect(cpu, model, &mut seqs[..to], from, start()?, &job)? {
-            resume::Outcome::Finished { sets, processed } => {
-                budget.set(budget.get().map(|b| b - processed));
-                sets
-            }
-            resume::Outcome::Stopped(done) => {
-                return Err(resume::StoppedAsAsked(format!(
-                    "in stage {label:?} after {done} sequences"
-                ))
-                .into());
-            }
-        };
-        if backward {
-            // Sequences before `from` went through an earlier backward, perhaps in an earlier run: their
-            // labels are in the record that run wrote.
-            labels_from_record(&dir.join(RECORD_FILE), &mut seqs[..from], &|s| {
-                sampled_labels(cpu, model, s, seed)
-                    .with_context(|| format!("resampling the labels of sequence {}", s.index))
-            })?;
-        }
-        let seqs = &seqs[..to];
-        for s in &sets {
-            write_factor_dir(&dir, model, s, prov)?;
-        }
-        let path = dir.join(RECORD_FILE);
-        if backward || !path.exists() {
-            write_record(&path, seqs, &header)
-                .with_context(|| format!("writing the calibration record {}", path.display()))?;
-        }
-        resume::finish(&dir)?;
-        Ok(sets)
-    };
-
-    let mut out = FactorSets {
-        a: None,
-        b: None,
-        xtx: None,
-    };
-    if !need_a && !need_b {
-        out.xtx = stage(
-            seqs,
-            (0, n_main),
-            &[SketchKind::Xtx],
-            &|| Ok(vec![empty_factors(model, SketchKind::Xtx)]),
-            "Σ x xᵀ",
-        )?
-        .pop();
-        return Ok(out);
+fn print_report(report: &CompareReport, json: Option<&std::path::Path>) -> Result<()> {
+    for t in &report.tables {
+        println!("INT{}, KL vs {}:\n{}", t.bits, t.reference, t.table);
     }
-    let mut a = if need_a {
-        stage(
-            seqs,
-            (0, n_main),
-            &[SketchKind::A { pass: 0 }],
-            &|| Ok(vec![empty_factors(model, SketchKind::A { pass: 0 })]),
-            "A pass 0",
-        )?
-        .pop()
-    } else {
-        None
-    };
-    let next = |prev: &BTreeMap<LayerId, Factors>| -> Result<BTreeMap<LayerId, Factors>> {
-        prev.iter()
-            .map(|(id, f)| {
-                let m = model.layers[id.block].linear(id.kind).rows;
-                Ok((*id, f.next_sketch_a_pass(m)?))
-            })
-            .collect()
-    };
-    // Pass 1: Sketch A pass 1 and Sketch B from the same backward passes. A Sketch B set that already
-    // covers at least the first `n_main` sequences (from an earlier, smaller --b-seqs) is extended
-    // instead.
-    let b_prev = if need_b {
-        // The count in the first layer's file; `load_set` then checks every layer against it.
-        let first = LayerId::all(model).into_iter().next();
-        first
-            .and_then(|id| read_factors(&factor_path(&dir, id, SketchKind::B)).ok())
-            .map(|f| f.factors.n_seqs as usize)
-            .filter(|k| (n_main..=n_all).contains(k))
-            .and_then(|k| Some((k, load_set(&dir, model, SketchKind::B, prov, k as u64)?)))
-    } else {
-        None
-    };
-    let b_in_pass_1 = need_b && b_prev.is_none();
-    let mut kinds = Vec::new();
-    if need_a {
-        kinds.push(SketchKind::A { pass: 1 });
+    println!("total wall time: {:.1} s", report.seconds);
+    if let Some(path) = json {
+        write_json(path, &report.json)?;
     }
-    if b_in_pass_1 {
-        kinds.push(SketchKind::B);
-    }
-    let mut sets = if kinds.is_empty() {
-        Vec::new()
-    } else {
-        stage(
-            seqs,
-            (0, n_main),
-            &kinds,
-            &|| {
-                let mut start = Vec::new();
-                if let Some(a0) = &a {
-                    start.push(next(a0)?);
-                }
-                if b_in_pass_1 {
-                    start.push(empty_factors(model, SketchKind::B));
-                }
-                Ok(start)
-            },
-            match (need_a, b_in_pass_1) {
-                (true, true) => "A pass 1 + B",
-                (true, false) => "A pass 1",
-                _ => "B",
-            },
-        )?
-    };
-    let b_so_far = if b_in_pass_1 {
-        Some((n_main, sets.pop().context("Sketch B lost its first pass")?))
-    } else {
-        b_prev
-    };
-    out.b = match b_so_far {
-        Some((done, set)) if done < n_all => Some(
-            stage(
-                seqs,
-                (done, n_all),
-                &[SketchKind::B],
-                &|| Ok(vec![set.clone()]),
-                "B, more sequences",
-            )?
-            .pop()
-            .context("Sketch B lost its sequences")?,
-        ),
-        other => other.map(|(_, set)| set),
-    };
-    if need_a {
-        a = sets.pop();
-        for pass in 2..args.passes {
-            let prev = a.take().context("Sketch A lost its previous pass")?;
-            a = stage(
-                seqs,
-                (0, n_main),
-                &[SketchKind::A { pass }],
-                &|| Ok(vec![next(&prev)?]),
-                &format!("A pass {pass}"),
-            )?
-            .pop();
-        }
-        out.a = a;
-    }
-    Ok(out)
+    Ok(())
 }

@@ -72,6 +72,21 @@ pub enum ModelError {
     /// A numerical error from the core operations.
     #[error(transparent)]
     Core(#[from] yaqa_core::CoreError),
+    /// A job refused its configuration or inputs before or while working (flags that contradict each
+    /// other, factor files of another model, a folder that is not what the flag needs); the message
+    /// names the flag, file or layer.
+    #[error("{0}")]
+    Refused(String),
+    /// A job stopped where its configuration asked it to (`stop_after_seqs`, `stop_after_layers`),
+    /// leaving exactly what a killed run leaves; running it again resumes.
+    #[error("stopped {0} as asked; rerun the same command to resume")]
+    Stopped(String),
+    /// An error with what was being done when it happened, outermost first in the message.
+    #[error("{context}: {inner}")]
+    Context {
+        context: String,
+        inner: Box<ModelError>,
+    },
 }
 
 /// Result alias for the crate.
@@ -93,4 +108,57 @@ impl ModelError {
             why: why.into(),
         }
     }
+}
+
+/// Adds what was being done to an error, as `anyhow`'s `context` does, keeping it a [`ModelError`].
+pub trait Context<T> {
+    /// Prefixes the error (or the absence of a value) with `context`.
+    fn context(self, context: impl Into<String>) -> Result<T>;
+    /// [`Context::context`] with a message built only on error.
+    fn with_context<S: Into<String>>(self, context: impl FnOnce() -> S) -> Result<T>;
+}
+
+impl<T, E: Into<ModelError>> Context<T> for std::result::Result<T, E> {
+    fn context(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|e| ModelError::Context {
+            context: context.into(),
+            inner: Box::new(e.into()),
+        })
+    }
+
+    fn with_context<S: Into<String>>(self, context: impl FnOnce() -> S) -> Result<T> {
+        self.map_err(|e| ModelError::Context {
+            context: context().into(),
+            inner: Box::new(e.into()),
+        })
+    }
+}
+
+impl<T> Context<T> for Option<T> {
+    fn context(self, context: impl Into<String>) -> Result<T> {
+        self.ok_or_else(|| ModelError::Refused(context.into()))
+    }
+
+    fn with_context<S: Into<String>>(self, context: impl FnOnce() -> S) -> Result<T> {
+        self.ok_or_else(|| ModelError::Refused(context().into()))
+    }
+}
+
+impl ModelError {
+    /// Whether this is (or wraps) [`ModelError::Stopped`]: a run that stopped as asked.
+    pub fn is_stopped(&self) -> bool {
+        match self {
+            ModelError::Stopped(_) => true,
+            ModelError::Context { inner, .. } => inner.is_stopped(),
+            _ => false,
+        }
+    }
+}
+
+/// Returns early with a [`ModelError::Refused`] built like `format!`.
+#[macro_export]
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return Err($crate::ModelError::Refused(format!($($arg)*)))
+    };
 }

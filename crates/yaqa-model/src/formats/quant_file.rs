@@ -174,11 +174,17 @@ pub fn part_run(path: &Path) -> Option<Value> {
     header_of(&file, PART_FORMAT).ok().map(|h| h["run"].clone())
 }
 
-/// Joins the parts (in the order given) into the final file at `out`, with `run` as the run header and
-/// every part's entry under `layers`.
+/// Joins the parts (in the order given) into the final file at `out`, with `run` as the run header,
+/// every part's entry under `layers`, and `eval` (the result's KL and perplexity) under `eval` when
+/// given.
 ///
 /// **Errors**: unreadable or malformed parts (named), a part made by a different run, I/O on `out`.
-pub fn assemble(parts: &[(LayerId, std::path::PathBuf)], run: &Value, out: &Path) -> Result<()> {
+pub fn assemble(
+    parts: &[(LayerId, std::path::PathBuf)],
+    run: &Value,
+    eval: Option<&Value>,
+    out: &Path,
+) -> Result<()> {
     let mut tensors = Vec::new();
     let mut layers = Map::new();
     for (id, path) in parts {
@@ -220,6 +226,9 @@ pub fn assemble(parts: &[(LayerId, std::path::PathBuf)], run: &Value, out: &Path
         o.insert("format".into(), json!(FORMAT));
         o.insert("version".into(), json!(VERSION));
         o.insert("layers".into(), Value::Object(layers));
+        if let Some(eval) = eval {
+            o.insert("eval".into(), eval.clone());
+        }
     }
     write_safetensors(out, &tensors, META_KEY, &header.to_string())
 }
@@ -236,6 +245,23 @@ impl QuantFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = SafetensorsFile::open(path)?;
         let header = header_of(&file, FORMAT)?;
+        Ok(Self { file, header })
+    }
+
+    /// Opens a part file (one layer, written by [`write_part`]) as a quantized file holding that layer,
+    /// so a finished run can be evaluated before its parts are assembled.
+    pub fn open_part(path: &Path) -> Result<Self> {
+        let file = SafetensorsFile::open(path)?;
+        let part = header_of(&file, PART_FORMAT)?;
+        let layer = part["layer"]
+            .as_str()
+            .ok_or_else(|| ModelError::format(path, "part without a \"layer\" name"))?;
+        let mut header = part["run"].clone();
+        if let Value::Object(o) = &mut header {
+            let mut layers = Map::new();
+            layers.insert(layer.to_string(), part["entry"].clone());
+            o.insert("layers".into(), Value::Object(layers));
+        }
         Ok(Self { file, header })
     }
 
@@ -256,12 +282,13 @@ impl QuantFile {
         Ok(ids)
     }
 
-    /// The run header the file was made with (the header without `format`, `version` and `layers`), to
+    /// The run header the file was made with (the header without `format`, `version`, `layers` and
+    /// `eval`), to
     /// compare with [`crate::job::pipeline::run_header`] before reusing a finished file.
     pub fn run(&self) -> Value {
         let mut run = self.header.clone();
         if let Value::Object(o) = &mut run {
-            for key in ["format", "version", "layers"] {
+            for key in ["format", "version", "layers", "eval"] {
                 o.remove(key);
             }
         }
@@ -519,7 +546,7 @@ mod tests {
         let part = dir.join(format!("{name}.part"));
         write_part(&part, ID, q, &run).unwrap();
         let out = dir.join(name);
-        assemble(&[(ID, part)], &run, &out).unwrap();
+        assemble(&[(ID, part)], &run, None, &out).unwrap();
         out
     }
 
@@ -703,7 +730,7 @@ mod tests {
         let old_part = dir.join("old-part.safetensors");
         rewrite(&part, &old_part, |_, _| {}, |h| h["version"] = json!(1));
         assert_eq!(part_run(&old_part), None);
-        let err = assemble(&[(ID, old_part)], &run, &dir.join("out.safetensors"))
+        let err = assemble(&[(ID, old_part)], &run, None, &dir.join("out.safetensors"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("older yaqa"), "{err}");

@@ -123,6 +123,45 @@ pub fn collect<B: Backend + ModelOps<f32>>(
     Ok(used)
 }
 
+/// One factor map: every layer's factors of one sketch.
+pub type Set = BTreeMap<LayerId, Factors>;
+
+/// [`collect`] over several factor maps at once (one per sketch, in `start`'s order): accumulates `seqs`
+/// into them and returns them with the Fisher labels the backward passes used.
+///
+/// **Errors**: those of [`collect`].
+pub fn collect_sets<B: Backend + ModelOps<f32>>(
+    backend: &B,
+    model: &Model<f32>,
+    seqs: &[CalibSeq],
+    seed: u64,
+    start: Vec<Set>,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(Vec<Set>, Vec<Vec<u32>>)> {
+    let count = start.len();
+    let mut set: FactorSet = BTreeMap::new();
+    for map in start {
+        for (id, f) in map {
+            set.entry(id).or_default().push(f);
+        }
+    }
+    let labels = collect(backend, model, seqs, seed, &mut set, progress)?;
+    let mut out: Vec<Set> = vec![BTreeMap::new(); count];
+    for (id, list) in set {
+        for (k, f) in list.into_iter().enumerate() {
+            out[k].insert(id, f);
+        }
+    }
+    Ok((out, labels))
+}
+
+/// Puts the labels a collection used on their sequences.
+pub fn attach_labels(seqs: &mut [CalibSeq], labels: Vec<Vec<u32>>) {
+    for (s, l) in seqs.iter_mut().zip(labels) {
+        s.labels = Some(l);
+    }
+}
+
 /// The Fisher labels [`collect`] samples for `seq` with `seed` (one forward pass and the seeded draw),
 /// for a sequence whose backward ran in an earlier run that kept no record of them.
 ///

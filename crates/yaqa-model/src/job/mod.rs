@@ -1,7 +1,194 @@
-//! The quantization job as a library: calibration sets, factor collection, the per-layer pipeline and
-//! evaluation.
+//! The quantization job as a library: every job the command line runs, as a config struct with the
+//! command line's defaults and a `run` generic over the backend that returns a typed report and tells
+//! its caller what it is doing through [`Progress`].
+//!
+//! - [`hessian`]: collect factors (Sketch B, Sketch A's passes, `Σ x xᵀ`), by shard, and merge shards;
+//!   [`sketch_a`] runs one Sketch A pass after a merged folder, for clusters.
+//! - [`quantize`]: every linear layer of a model, from a factor folder or collecting its own, then the
+//!   KL and perplexity of the result.
+//! - [`evaluate`]: KL to the original and perplexity of quantized files; [`compare`]: the KL table.
+//! - [`round`]: one matrix against one factor file; [`export`]: GGUF → Hugging Face, and quantized files
+//!   out as Hugging Face or GPTQ checkpoints; [`demo`]: the SmolLM2 model the demo runs on.
+//!
+//! Underneath: calibration sequences ([`calib`]), one pass of collection ([`collect`]), checkpoints that
+//! make every pass resumable ([`resume`]), factor folders ([`factors`]), the per-layer pipeline
+//! ([`pipeline`]), and the KL and perplexity arithmetic ([`eval`]).
 
 pub mod calib;
+pub mod calib_set;
 pub mod collect;
+pub mod compare;
+pub mod demo;
 pub mod eval;
+pub mod evaluate;
+pub mod export;
+pub mod factors;
+pub mod hessian;
 pub mod pipeline;
+pub mod progress;
+pub mod quantize;
+pub mod resume;
+pub mod round;
+pub mod sketch_a;
+
+use std::path::PathBuf;
+
+use yaqa_core::layer::{LayerParams, Method, QuantizerSpec};
+use yaqa_core::{GptqParams, LdlParams};
+
+pub use progress::{Event, Progress, Silent};
+pub use resume::Every;
+
+/// Where calibration sequences come from and how many (`hessian`, `quantize`, `compare`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CalibConfig {
+    /// Calibration text files; with none (and no `ids`), sequences are sampled from the model itself.
+    pub text: Vec<PathBuf>,
+    /// tokenizer.json for the text (default: the model folder's, or rebuilt from the GGUF).
+    pub tokenizer: Option<PathBuf>,
+    /// A safetensors file of token ids (and optionally Fisher labels) instead of text or sampling.
+    pub ids: Option<PathBuf>,
+    /// Sequences in the whole (unsharded) set.
+    pub n_seqs: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Seed of the windows or samples and of the sampled Fisher labels (recorded).
+    pub seed: u64,
+}
+
+impl Default for CalibConfig {
+    fn default() -> Self {
+        Self {
+            text: Vec::new(),
+            tokenizer: None,
+            ids: None,
+            n_seqs: 64,
+            seq_len: 512,
+            seed: 0,
+        }
+    }
+}
+
+/// How a factor collection checkpoints ([`resume`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CheckpointPolicy {
+    pub every: Every,
+    /// Stop after this many sequences as if interrupted (tests of resumption).
+    pub stop_after_seqs: Option<usize>,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        Self {
+            every: Every::Secs(30.0 * 60.0),
+            stop_after_seqs: None,
+        }
+    }
+}
+
+/// How each layer is rounded: the method, the grid and its preparation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuantSpec {
+    pub method: Method,
+    /// Bits of the INT grid (2, 3, 4 or 8).
+    pub bits: u32,
+    /// Asymmetric grid with zero-points and one scale per `group` columns (GPTQ layout); `None`: the
+    /// symmetric grid with one searched scale per matrix (with incoherence) or per row (without).
+    pub group: Option<usize>,
+    /// Randomized Hadamard incoherence processing on both sides.
+    pub incoherence: bool,
+    /// Seed of the rotations' sign vectors (recorded).
+    pub sign_seed: u64,
+    /// First damping σ of `h_in` (and GPTQ's percdamp), doubled until the Cholesky succeeds.
+    pub damp: f64,
+    /// First damping σ of `h_out` (YAQA).
+    pub damp_out: f64,
+    /// Coordinate-descent sweeps on the method's own proxy after the rounding.
+    pub refine: usize,
+}
+
+impl Default for QuantSpec {
+    fn default() -> Self {
+        Self {
+            method: Method::Yaqa,
+            bits: 4,
+            group: None,
+            incoherence: true,
+            sign_seed: 0,
+            damp: LdlParams::default().damp,
+            damp_out: yaqa_core::layer::DEFAULT_DAMP_OUT,
+            refine: 0,
+        }
+    }
+}
+
+impl QuantSpec {
+    /// The bit widths the INT grids take.
+    pub const BITS: [u32; 4] = [2, 3, 4, 8];
+
+    /// The per-layer parameters of this spec.
+    pub fn layer_params(&self) -> LayerParams {
+        let bits = self.bits;
+        let quantizer = match (self.group, self.incoherence) {
+            (Some(g), _) => QuantizerSpec::IntAsym {
+                bits,
+                group_size: Some(g),
+            },
+            (None, true) => QuantizerSpec::IntSym { bits },
+            (None, false) => QuantizerSpec::IntAsym {
+                bits,
+                group_size: None,
+            },
+        };
+        LayerParams {
+            method: self.method,
+            quantizer,
+            incoherence: self.incoherence,
+            seed: self.sign_seed,
+            ldl: LdlParams {
+                damp: self.damp,
+                ..LdlParams::default()
+            },
+            damp_out: self.damp_out,
+            gptq: GptqParams {
+                damp: self.damp,
+                ..GptqParams::default()
+            },
+            refine_sweeps: self.refine,
+            ..LayerParams::default()
+        }
+    }
+
+    /// Refuses a spec no quantizer can take, before any work: bits outside [`Self::BITS`], a group of 0
+    /// or one that does not divide every layer's input width `widths`, negative or non-finite damping.
+    pub fn check(&self, widths: impl IntoIterator<Item = usize>) -> crate::Result<()> {
+        if !Self::BITS.contains(&self.bits) {
+            crate::bail!("bits: {} is not one of 2, 3, 4, 8", self.bits);
+        }
+        for (name, v) in [("damp", self.damp), ("damp-out", self.damp_out)] {
+            if !(v.is_finite() && v >= 0.0) {
+                crate::bail!("--{name} {v}: damping must be a finite number ≥ 0");
+            }
+        }
+        if let Some(g) = self.group {
+            if g == 0 {
+                crate::bail!("--group 0: a group holds at least one column");
+            }
+            if let Some(n) = widths.into_iter().find(|n| n % g != 0) {
+                crate::bail!(
+                    "--group {g} does not divide a layer's input width {n}: pick a divisor of it"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens the model at `path` (a GGUF file or a Hugging Face folder) with its fingerprint.
+///
+/// **Errors**: those of [`crate::formats::checkpoint::load`], naming the path.
+pub fn open_model(path: &std::path::Path) -> crate::Result<crate::formats::checkpoint::Loaded> {
+    use crate::error::Context;
+    crate::formats::checkpoint::load(path)
+        .with_context(|| format!("loading the model {}", path.display()))
+}

@@ -90,8 +90,10 @@ pub struct Outcome {
     pub done: Vec<(LayerId, QuantizedLayer)>,
     /// Layers skipped because a previous run had finished them.
     pub resumed: Vec<LayerId>,
-    /// Whether the final file was written (false when stopped by `stop_after`).
+    /// Whether every layer has its part (false when stopped by `stop_after`).
     pub finished: bool,
+    /// Every layer's part file, in order, once `finished`.
+    pub parts: Vec<(LayerId, PathBuf)>,
 }
 
 /// Quantizes `layers` of `model` into `out`. `factors(id)` loads one layer's factors; the method takes
@@ -114,12 +116,39 @@ pub fn quantize_model(
     stop_after: Option<usize>,
     progress: &mut dyn FnMut(&LayerDone<'_>),
 ) -> Result<Outcome> {
+    let outcome = quantize_layers(
+        backend, model, layers, factors, params, scales, run, out, stop_after, progress,
+    )?;
+    if outcome.finished {
+        assemble_parts(&outcome.parts, run, None, out)?;
+    }
+    Ok(outcome)
+}
+
+/// The layer loop of [`quantize_model`] without the assembly: every layer's part is written (or found
+/// written by an earlier run with the same `run` header), and [`Outcome::parts`] lists them for
+/// [`assemble_parts`].
+///
+/// **Errors**: as [`quantize_model`].
+pub fn quantize_layers(
+    backend: &dyn Backend,
+    model: &Model<f32>,
+    layers: &[LayerId],
+    factors: &mut dyn FnMut(LayerId) -> Result<Factors>,
+    params: &LayerParams,
+    scales: Option<&BTreeMap<LayerId, f64>>,
+    run: &Value,
+    out: &Path,
+    stop_after: Option<usize>,
+    progress: &mut dyn FnMut(&LayerDone<'_>),
+) -> Result<Outcome> {
     let dir = parts_dir(out);
     std::fs::create_dir_all(&dir).map_err(|e| ModelError::io(&dir, e))?;
     let mut outcome = Outcome {
         done: Vec::new(),
         resumed: Vec::new(),
         finished: false,
+        parts: Vec::new(),
     };
     let mut parts = Vec::with_capacity(layers.len());
     for (i, &id) in layers.iter().enumerate() {
@@ -178,8 +207,22 @@ pub fn quantize_model(
         });
         outcome.done.push((id, q));
     }
-    assemble(&parts, run, out)?;
-    std::fs::remove_dir_all(&dir).map_err(|e| ModelError::io(&dir, e))?;
     outcome.finished = true;
+    outcome.parts = parts;
     Ok(outcome)
+}
+
+/// Joins the parts of a finished [`quantize_layers`] into the final file `out`, with `run` and, when
+/// given, the evaluation of the result under `"eval"` in its header, then removes the parts' folder.
+///
+/// **Errors**: unreadable parts or parts of another run (named), I/O on `out`.
+pub fn assemble_parts(
+    parts: &[(LayerId, PathBuf)],
+    run: &Value,
+    eval: Option<&Value>,
+    out: &Path,
+) -> Result<()> {
+    assemble(parts, run, eval, out)?;
+    let dir = parts_dir(out);
+    std::fs::remove_dir_all(&dir).map_err(|e| ModelError::io(&dir, e))
 }

@@ -16,7 +16,7 @@
 //! The next pass runs over the sequences of the folder's record, not over sequences made again from the
 //! flags. They are the tokens pass 0 used (sampling data-free sequences again would cost more than the
 //! pass itself), and from pass 1 on the record also holds the Fisher labels, which every later pass
-//! reuses as the one-process run does (`commands::sketch_a`), so a pass split into shards sums exactly the
+//! reuses as the one-process run does ([`crate::job::hessian`]), so a pass split into shards sums exactly the
 //! terms the one-process pass sums. The calibration flags must still describe the same calibration set
 //! (seed, sequence length, number of sequences, source): one job script with the same flags on every pass
 //! cannot then mix two runs.
@@ -25,21 +25,26 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use yaqa_backend_cpu::Cpu;
-use yaqa_core::sketch::{Factors, SketchKind};
-use yaqa_model::formats::calib_file::{
+use yaqa_core::backend::Backend;
+use yaqa_core::model_ops::ModelOps;
+use yaqa_core::sketch::SketchKind;
+
+use crate::error::{Context, ModelError, Result};
+use crate::formats::calib_file::{
     LabelOrigin, RECORD_FILE, RecordHeader, read_calib_file, write_record,
 };
-use yaqa_model::formats::checkpoint::Loaded;
-use yaqa_model::formats::factor_file::{Provenance, parse_sketch_tag, sketch_tag};
-use yaqa_model::job::calib::{CalibSeq, Shard};
-use yaqa_model::transformer::weights::LayerId;
-
-use crate::commands::write_factor_dir;
-use crate::resume;
-use crate::util::{calibration_set, factor_index, read_factor_checked};
-use crate::{HessianCollect, SketchArg};
+use crate::formats::checkpoint::Loaded;
+use crate::formats::factor_file::{Provenance, parse_sketch_tag, sketch_tag};
+use crate::job::calib::{CalibSeq, Shard};
+use crate::job::calib_set::calibration_set;
+use crate::job::collect::Set;
+use crate::job::factors::{
+    factor_index, next_sketch_a_pass, read_factor_checked, write_factor_dir,
+};
+use crate::job::hessian::{HessianConfig, HessianReport, Sketch};
+use crate::job::progress::{Progress, ProgressExt};
+use crate::job::resume::{self, Job, Outcome};
+use crate::transformer::weights::LayerId;
 
 /// What a `hessian --sketch a` run does, from its flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,30 +61,28 @@ pub enum Plan<'a> {
 ///
 /// **Errors**: `--from` without `--sketch a`; `--passes` next to `--from` or `--shard` (those runs do
 /// one pass each); fewer than 2 passes.
-pub fn plan(args: &HessianCollect) -> Result<Option<Plan<'_>>> {
-    if args.sketch != SketchArg::A {
+pub fn plan(args: &HessianConfig) -> Result<Option<Plan<'_>>> {
+    if args.sketch != Sketch::A {
         if let Some(from) = &args.from {
-            bail!(
+            crate::bail!(
                 "--from {}: --from continues Sketch A from a finished pass and needs --sketch a",
                 from.display()
             );
         }
         if let Some(p) = args.passes {
-            let sketch = if args.sketch == SketchArg::B {
-                "b"
-            } else {
-                "xtx"
-            };
-            bail!("--passes {p}: passes are Sketch A's, and this run collects --sketch {sketch}");
+            crate::bail!(
+                "--passes {p}: passes are Sketch A's, and this run collects --sketch {}",
+                args.sketch.name()
+            );
         }
         return Ok(None);
     }
     let one_pass = |why: &str, p: u32| {
-        anyhow::anyhow!(
+        ModelError::Refused(format!(
             "--passes {p} with {why}: --passes runs every pass in one process, while a run with --shard \
              or --from runs exactly one pass (pass 0 without --from, otherwise the pass after --from's); \
              drop --passes and loop over the passes, merging the shards in between"
-        )
+        ))
     };
     match (&args.from, args.shard, args.passes) {
         (Some(from), _, Some(p)) => Err(one_pass(&format!("--from {}", from.display()), p)),
@@ -87,7 +90,7 @@ pub fn plan(args: &HessianCollect) -> Result<Option<Plan<'_>>> {
         (Some(from), _, None) => Ok(Some(Plan::After(from))),
         (None, Some(_), None) => Ok(Some(Plan::FromStart(1))),
         (None, None, Some(p)) if p < 2 => {
-            bail!("--passes: Sketch A needs at least 2 passes (the reference uses 6)")
+            crate::bail!("--passes: Sketch A needs at least 2 passes (the reference uses 6)")
         }
         (None, None, p) => Ok(Some(Plan::FromStart(p.unwrap_or(DEFAULT_PASSES)))),
     }
@@ -106,10 +109,12 @@ pub fn check_out(out: &Path, pass: u32) -> Result<()> {
         return Ok(());
     }
     let entries = std::fs::read_dir(out)
+        .map_err(|e| ModelError::io(out, e))
         .with_context(|| format!("reading the output folder {}", out.display()))?;
     for entry in entries {
-        let entry =
-            entry.with_context(|| format!("reading the output folder {}", out.display()))?;
+        let entry = entry
+            .map_err(|e| ModelError::io(out, e))
+            .with_context(|| format!("reading the output folder {}", out.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let other = name
             .strip_suffix(".safetensors")
@@ -118,7 +123,7 @@ pub fn check_out(out: &Path, pass: u32) -> Result<()> {
         if let Some(SketchKind::A { pass: found }) = other
             && found != pass
         {
-            bail!(
+            crate::bail!(
                 "--out {} already holds Sketch A pass {found} factors ({name}), and this run writes pass \
                  {pass}: write each pass to its own folder",
                 out.display()
@@ -163,12 +168,12 @@ pub fn read_pass_dir(dir: &Path, loaded: &Loaded) -> Result<PassDir> {
         })
         .collect();
     let pass = match passes.iter().collect::<Vec<_>>()[..] {
-        [] => bail!(
+        [] => crate::bail!(
             "--from {shown}: no Sketch A factors (a-pK files) in the folder; --from takes the folder of a \
              finished Sketch A pass"
         ),
         [&one] => one,
-        ref several => bail!(
+        ref several => crate::bail!(
             "--from {shown} mixes Sketch A passes {}: --from takes the merged folder of one pass",
             several
                 .iter()
@@ -183,7 +188,7 @@ pub fn read_pass_dir(dir: &Path, loaded: &Loaded) -> Result<PassDir> {
         .iter()
         .find(|(id, files)| files.contains_key(&tag) && !layers.contains(id))
     {
-        bail!(
+        crate::bail!(
             "--from {shown}: {tag} factors for {}, a layer the model {} does not have",
             id.name(),
             loaded.path.display()
@@ -202,7 +207,7 @@ pub fn read_pass_dir(dir: &Path, loaded: &Loaded) -> Result<PassDir> {
 
     let path = dir.join(RECORD_FILE);
     if !path.is_file() {
-        bail!(
+        crate::bail!(
             "--from {shown} has no {RECORD_FILE}: --from needs a folder written by `yaqa hessian` or \
              `yaqa hessian merge`, whose record holds the sequences of the pass"
         );
@@ -211,16 +216,16 @@ pub fn read_pass_dir(dir: &Path, loaded: &Loaded) -> Result<PassDir> {
         .with_context(|| format!("reading the calibration record {}", path.display()))?;
     let shown_record = path.display();
     let Some(record) = file.header else {
-        bail!("{shown_record}: not a yaqa calibration record (no \"yaqa\" header)");
+        crate::bail!("{shown_record}: not a yaqa calibration record (no \"yaqa\" header)");
     };
     if record.sketch != tag {
-        bail!(
+        crate::bail!(
             "{shown_record} records sketch {}, but the factors are {tag}: the folder mixes runs",
             record.sketch
         );
     }
     if record.model_fingerprint != loaded.fingerprint {
-        bail!(
+        crate::bail!(
             "{shown_record} was recorded on a different model than {} (fingerprint {}…, model {}…)",
             loaded.path.display(),
             record.model_fingerprint.get(..12).unwrap_or(""),
@@ -230,7 +235,7 @@ pub fn read_pass_dir(dir: &Path, loaded: &Loaded) -> Result<PassDir> {
     // The record's sequence numbers are distinct and below `n_seqs` (`read_calib_file` checks), so
     // holding `n_seqs` of them is holding all.
     if file.seqs.len() != record.n_seqs {
-        bail!(
+        crate::bail!(
             "--from {shown} holds pass {pass} of {} of the {} calibration sequences (shards {:?}): merge \
              the folders of every shard of pass {pass} first (yaqa hessian merge --out DIR SHARD_DIRS...) \
              and run pass {} --from the merged folder",
@@ -255,7 +260,7 @@ pub fn read_pass_dir(dir: &Path, loaded: &Loaded) -> Result<PassDir> {
 ///
 /// **Errors**: a file that is unreadable, of another model or shape, or of another run than the record
 /// (each naming the file).
-pub fn read_pass_factors(from: &PassDir, loaded: &Loaded) -> Result<BTreeMap<LayerId, Factors>> {
+pub fn read_pass_factors(from: &PassDir, loaded: &Loaded) -> Result<Set> {
     let rec = &from.record;
     let mut rec_shards = rec.shards.clone();
     rec_shards.sort();
@@ -265,7 +270,7 @@ pub fn read_pass_factors(from: &PassDir, loaded: &Loaded) -> Result<BTreeMap<Lay
         let file = read_factor_checked(path, &loaded.fingerprint)?;
         let (m, n) = loaded.model.layers[id.block].linear(id.kind).shape();
         if file.layer != id || (file.m, file.factors.h_in.n) != (m, n) {
-            bail!(
+            crate::bail!(
                 "{}: factors of {} ({}×{}), but the model's {} is {m}×{n}",
                 path.display(),
                 file.layer.name(),
@@ -286,7 +291,7 @@ pub fn read_pass_factors(from: &PassDir, loaded: &Loaded) -> Result<BTreeMap<Lay
                 rec.n_seqs as u64,
             )
         {
-            bail!(
+            crate::bail!(
                 "--from {} mixes runs: {} was collected with seed {}, seq_len {}, calib {}, shards {:?} \
                  over {} sequences, but {RECORD_FILE} has seed {}, seq_len {}, calib {}, shards {:?} and \
                  {} sequences",
@@ -317,17 +322,18 @@ pub fn read_pass_factors(from: &PassDir, loaded: &Loaded) -> Result<BTreeMap<Lay
 /// **Errors**: a different seed, sequence length, number of sequences or source than the folder's
 /// (naming the folder and both values), recorded sequences or labels that the text or ids file no
 /// longer gives, and the errors of reading the calibration.
-pub fn pass_sequences(
+pub fn pass_sequences<B: Backend + ModelOps<f32>>(
+    backend: &B,
     from: &PassDir,
     loaded: &Loaded,
-    args: &HessianCollect,
+    args: &HessianConfig,
     shard: Shard,
-    cpu: &Cpu,
+    progress: &dyn Progress,
 ) -> Result<(Vec<CalibSeq>, Option<LabelOrigin>)> {
     let (shown, rec) = (from.dir.display(), &from.record);
     let seed = args.calib.seed;
     if seed != rec.seed {
-        bail!(
+        crate::bail!(
             "--from {shown} was collected with --seed {}, this run has --seed {seed}",
             rec.seed
         );
@@ -338,14 +344,14 @@ pub fn pass_sequences(
         .filter(|s| shard.contains(s.index))
         .cloned()
         .collect();
-    let ids = args.calib_ids.calib_ids.as_deref();
-    let data_free = ids.is_none() && args.calib.calib.is_empty();
+    let ids = args.calib.ids.as_deref();
+    let data_free = ids.is_none() && args.calib.text.is_empty();
     let (source, seq_len, n_seqs, made) = if data_free {
         // Sampling again would cost more than the pass; the record holds the samples.
         let (seq_len, n_seqs) = (args.calib.seq_len, args.calib.n_seqs);
         ("data-free".to_string(), seq_len, n_seqs, None)
     } else {
-        let cal = calibration_set(loaded, &args.calib, ids, shard, cpu)?;
+        let cal = calibration_set(backend, loaded, &args.calib, shard, progress)?;
         (
             cal.source,
             cal.seq_len,
@@ -354,7 +360,7 @@ pub fn pass_sequences(
         )
     };
     if source != rec.calib {
-        bail!(
+        crate::bail!(
             "--from {shown} was collected from {}, this run's calibration flags give {source}",
             rec.calib
         );
@@ -365,14 +371,14 @@ pub fn pass_sequences(
         None => format!("this run has {flag} {value}"),
     };
     if seq_len != rec.seq_len {
-        bail!(
+        crate::bail!(
             "--from {shown} has sequences of {} tokens, {}",
             rec.seq_len,
             this("--seq-len", seq_len)
         );
     }
     if n_seqs != rec.n_seqs {
-        bail!(
+        crate::bail!(
             "--from {shown} has {} calibration sequences, {}",
             rec.n_seqs,
             this("--n-seqs", n_seqs)
@@ -389,7 +395,7 @@ pub fn pass_sequences(
                 v.get(k)
                     .map_or("none".to_string(), |i| format!("sequence {i}"))
             };
-            bail!(
+            crate::bail!(
                 "--from {shown}: for shard {shard} the calibration flags give {} sequences, the record \
                  {} (at position {k}: {} from the flags, {} in the record)",
                 again.len(),
@@ -400,14 +406,14 @@ pub fn pass_sequences(
         }
         for (s, m) in seqs.iter_mut().zip(made) {
             if s.ids != m.ids {
-                bail!(
+                crate::bail!(
                     "--from {shown}: calibration sequence {} differs from the one recorded in {RECORD_FILE} \
                      (did the calibration file change since pass 0?)",
                     s.index
                 );
             }
             match (&s.labels, m.labels) {
-                (Some(a), Some(b)) if *a != b => bail!(
+                (Some(a), Some(b)) if *a != b => crate::bail!(
                     "--from {shown}: the labels of calibration sequence {} differ from the recorded ones",
                     s.index
                 ),
@@ -420,31 +426,27 @@ pub fn pass_sequences(
     Ok((seqs, origin))
 }
 
-/// `yaqa hessian --sketch a --from DIR`: the pass after `DIR`'s over this run's shard, written to `out`
-/// as `a-p<K+1>` factor files and a calibration record of the shard.
-pub fn next_pass(
-    cpu: &Cpu,
+/// `yaqa hessian --sketch a --from DIR`: the pass after `DIR`'s over this run's shard, written to
+/// `args.out` as `a-p<K+1>` factor files and a calibration record of the shard.
+///
+/// **Errors**: a `from` folder that is not one merged pass of this run, an output folder of another
+/// pass, and the errors of collection and writing.
+pub fn next_pass<B: Backend + ModelOps<f32>>(
+    backend: &B,
     loaded: &Loaded,
-    args: &HessianCollect,
+    args: &HessianConfig,
     from: &Path,
-    out: &Path,
     t0: Instant,
-) -> Result<()> {
+    progress: &dyn Progress,
+) -> Result<HessianReport> {
+    let out = &args.out;
     let shard = args.shard.unwrap_or_default();
     let prev = read_pass_dir(from, loaded)?;
     let pass = prev.pass + 1;
     check_out(out, pass)?;
-    let (mut seqs, origin) = pass_sequences(&prev, loaded, args, shard, cpu)?;
-    let start = read_pass_factors(&prev, loaded)?
-        .iter()
-        .map(|(id, f)| {
-            let m = loaded.model.layers[id.block].linear(id.kind).rows;
-            f.next_sketch_a_pass(m)
-                .map(|next| (*id, next))
-                .with_context(|| format!("starting Sketch A pass {pass} of {}", id.name()))
-        })
-        .collect::<Result<BTreeMap<_, _>>>()?;
-    eprintln!(
+    let (mut seqs, origin) = pass_sequences(backend, &prev, loaded, args, shard, progress)?;
+    let start = next_sketch_a_pass(&loaded.model, &read_pass_factors(&prev, loaded)?, pass)?;
+    progress.note(format!(
         "Sketch A pass {pass} from {} over {} sequences (shard {shard}, {}{})",
         from.display(),
         seqs.len(),
@@ -454,7 +456,7 @@ pub fn next_pass(
         } else {
             ""
         }
-    );
+    ));
     let rec = &prev.record;
     let shards = vec![shard.to_string()];
     let prov = Provenance {
@@ -472,22 +474,23 @@ pub fn next_pass(
     };
     let label = format!("A pass {pass}");
     let kind = [SketchKind::A { pass }];
-    let job = resume::Job {
+    let job = Job {
         kinds: &kind,
         seed: rec.seed,
         prov: &prov,
         record: &header,
         out,
-        every: args.checkpoint.every(),
+        every: args.checkpoint.every,
         budget: args.checkpoint.stop_after_seqs,
         label: &label,
+        progress,
     };
-    let factors = match resume::collect(cpu, &loaded.model, &mut seqs, 0, vec![start], &job)? {
-        resume::Outcome::Finished { mut sets, .. } => {
+    let factors = match resume::collect(backend, &loaded.model, &mut seqs, 0, vec![start], &job)? {
+        Outcome::Finished { mut sets, .. } => {
             sets.pop().context("Sketch A pass produced no factors")?
         }
-        resume::Outcome::Stopped(done) => {
-            return Err(resume::StoppedAsAsked(format!("after {done} sequences")).into());
+        Outcome::Stopped(done) => {
+            return Err(ModelError::Stopped(format!("after {done} sequences")));
         }
     };
     write_factor_dir(out, &loaded.model, &factors, &prov)?;
@@ -495,25 +498,25 @@ pub fn next_pass(
     write_record(&path, &seqs, &header)
         .with_context(|| format!("writing the calibration record {}", path.display()))?;
     resume::finish(out)?;
-    eprintln!(
-        "wrote {} a-p{pass} factor files and {RECORD_FILE} to {} in {:.1} s",
-        factors.len(),
-        out.display(),
-        t0.elapsed().as_secs_f64()
-    );
-    next_steps(pass, shard, out);
-    Ok(())
+    Ok(HessianReport {
+        out: out.clone(),
+        files: factors.len(),
+        sketch: sketch_tag(SketchKind::A { pass }),
+        n_seqs: seqs.len(),
+        seconds: t0.elapsed().as_secs_f64(),
+        next: Some(next_steps(pass, shard, out)),
+    })
 }
 
-/// Says what to run after one pass written to `out` by shard `shard`.
-pub fn next_steps(pass: u32, shard: Shard, out: &Path) {
+/// What to run after one pass written to `out` by shard `shard`.
+pub fn next_steps(pass: u32, shard: Shard, out: &Path) -> String {
     if shard.count > 1 {
-        eprintln!(
+        format!(
             "next: once every shard of pass {pass} is done, `yaqa hessian merge` their folders, then run \
              pass {} with --from the merged folder",
             pass + 1
-        );
+        )
     } else {
-        eprintln!("next: pass {} with --from {}", pass + 1, out.display());
+        format!("next: pass {} with --from {}", pass + 1, out.display())
     }
 }

@@ -19,27 +19,23 @@
 //! `--checkpoint-every N` checkpoints every `N` sequences instead.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use yaqa_backend_cpu::Cpu;
-use yaqa_core::sketch::{Factors, SketchKind};
-use yaqa_model::Model;
-use yaqa_model::formats::calib_file::{
+use yaqa_core::backend::Backend;
+use yaqa_core::model_ops::ModelOps;
+use yaqa_core::sketch::SketchKind;
+
+use crate::error::{Context, ModelError, Result};
+use crate::formats::calib_file::{
     LabelOrigin, RECORD_FILE, RecordHeader, read_calib_file, write_record,
 };
-use yaqa_model::formats::factor_file::{Provenance, factor_path, read_factors};
-use yaqa_model::job::calib::CalibSeq;
-use yaqa_model::job::collect::sampled_labels;
-use yaqa_model::transformer::weights::LayerId;
-
-use crate::commands::{attach_labels, collect_sets, write_factor_dir};
-use crate::util::bar;
-
-/// One factor map: every layer's factors of one sketch.
-pub type Set = BTreeMap<LayerId, Factors>;
+use crate::formats::factor_file::{Provenance, factor_path, read_factors};
+use crate::job::calib::CalibSeq;
+use crate::job::collect::{Set, attach_labels, collect_sets, sampled_labels};
+use crate::job::factors::{load_set, write_factor_dir};
+use crate::job::progress::{Progress, ProgressExt};
+use crate::transformer::weights::{LayerId, Model};
 
 /// When a collection writes its checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -75,6 +71,7 @@ impl Every {
 }
 
 /// What one collection needs besides the model, the sequences and its start.
+#[derive(Clone, Copy)]
 pub struct Job<'a> {
     /// The sketches collected together, in the order of the start sets.
     pub kinds: &'a [SketchKind],
@@ -88,34 +85,29 @@ pub struct Job<'a> {
     pub every: Every,
     /// Sequences this call may still go through before it stops as if interrupted (`--stop-after-seqs`).
     pub budget: Option<usize>,
-    /// The progress bar's label.
+    /// The progress stage's label.
     pub label: &'a str,
+    pub progress: &'a dyn Progress,
+}
+
+impl std::fmt::Debug for Job<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("kinds", &self.kinds)
+            .field("out", &self.out)
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a collection ended.
+#[derive(Debug)]
 pub enum Outcome {
     /// Every sequence is in `sets`; `processed` of them went through in this call.
     Finished { sets: Vec<Set>, processed: usize },
     /// Stopped at this sequence as asked (`--stop-after-seqs`); the checkpoint holds the ones before.
     Stopped(usize),
 }
-
-/// The error a command returns when `--stop-after-seqs` stopped it: `main` reports it and exits
-/// successfully, as a killed run would leave things.
-#[derive(Debug)]
-pub struct StoppedAsAsked(pub String);
-
-impl fmt::Display for StoppedAsAsked {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "stopped {} as asked; rerun the same command to resume",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for StoppedAsAsked {}
 
 /// The checkpoint folder that goes with the output folder `out`.
 fn partial_dir(out: &Path) -> PathBuf {
@@ -125,7 +117,9 @@ fn partial_dir(out: &Path) -> PathBuf {
 /// Removes `dir` and everything in it, if it is there.
 fn remove_dir_if_present(dir: &Path) -> Result<()> {
     if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        std::fs::remove_dir_all(dir)
+            .map_err(|e| ModelError::io(dir, e))
+            .context("removing a checkpoint")?;
     }
     Ok(())
 }
@@ -141,8 +135,8 @@ fn sibling(out: &Path, suffix: &str) -> PathBuf {
 /// or empty), resuming from `OUT.partial/` when it holds a checkpoint of this collection, and
 /// checkpointing as `job.every` says. The labels the backward passes used end up on `seqs`. The checkpoint
 /// is left in place; [`finish`] removes it once the caller has written the result.
-pub fn collect(
-    cpu: &Cpu,
+pub fn collect<B: Backend + ModelOps<f32>>(
+    backend: &B,
     model: &Model<f32>,
     seqs: &mut [CalibSeq],
     from: usize,
@@ -154,28 +148,33 @@ pub fn collect(
     let (mut sets, mut done) = match resume_point(model, from, to, &start, job)? {
         Some((sets, done)) => {
             if job.kinds.iter().any(|k| k.needs_gradients()) {
-                labels_from_record(&partial.join(RECORD_FILE), &mut seqs[from..done], &|s| {
-                    sampled_labels(cpu, model, s, job.seed)
-                        .with_context(|| format!("resampling the labels of sequence {}", s.index))
-                })?;
+                labels_from_record(
+                    &partial.join(RECORD_FILE),
+                    &mut seqs[from..done],
+                    &|s| {
+                        sampled_labels(backend, model, s, job.seed).with_context(|| {
+                            format!("resampling the labels of sequence {}", s.index)
+                        })
+                    },
+                    job.progress,
+                )?;
             }
-            eprintln!(
+            job.progress.note(format!(
                 "{}: resuming after {done} of {to} sequences from {}",
                 job.label,
                 partial.display()
-            );
+            ));
             (sets, done)
         }
         None => (start, from),
     };
     let first = done;
-    let pb = bar(to - first, job.label);
+    let stage = job.progress.stage(job.label, to - first);
     let t0 = Instant::now();
     let mut last = Instant::now();
     let mut budget = job.budget;
     while done < to {
         if budget == Some(0) {
-            pb.finish_and_clear();
             return Ok(Outcome::Stopped(done));
         }
         let rate = (done > first).then(|| t0.elapsed().as_secs_f64() / (done - first) as f64);
@@ -184,10 +183,11 @@ pub fn collect(
             end = end.min(done + b);
         }
         let offset = done - first;
-        let (next, labels) = collect_sets(cpu, model, &seqs[done..end], job.seed, sets, &mut |d| {
-            pb.set_position((offset + d) as u64)
-        })
-        .with_context(|| format!("{}: sequences {done}..{end}", job.label))?;
+        let (next, labels) =
+            collect_sets(backend, model, &seqs[done..end], job.seed, sets, &mut |d| {
+                stage.step(offset + d)
+            })
+            .with_context(|| format!("{}: sequences {done}..{end}", job.label))?;
         sets = next;
         if !labels.is_empty() {
             attach_labels(&mut seqs[done..end], labels);
@@ -200,7 +200,7 @@ pub fn collect(
             last = Instant::now();
         }
     }
-    pb.finish_and_clear();
+    drop(stage);
     Ok(Outcome::Finished {
         sets,
         processed: done - first,
@@ -263,13 +263,15 @@ fn restored_partial(out: &Path) -> Result<Option<PathBuf>> {
         if !old.is_dir() {
             return Ok(None);
         }
-        std::fs::rename(&old, &partial).with_context(|| {
-            format!(
-                "restoring the checkpoint {} as {}",
-                old.display(),
-                partial.display()
-            )
-        })?;
+        std::fs::rename(&old, &partial)
+            .map_err(|e| ModelError::io(&old, e))
+            .with_context(|| {
+                format!(
+                    "restoring the checkpoint {} as {}",
+                    old.display(),
+                    partial.display()
+                )
+            })?;
     }
     Ok(Some(partial))
 }
@@ -324,13 +326,14 @@ fn resume_point(
         let aside = sibling(job.out, "partial.stale");
         remove_dir_if_present(&aside)?;
         std::fs::rename(&dir, &aside)
+            .map_err(|e| ModelError::io(&dir, e))
             .with_context(|| format!("setting aside {}", dir.display()))?;
-        eprintln!(
+        job.progress.note(format!(
             "{} is not a checkpoint of this collection (model, calibration or the pass's start differ); \
              moved to {} and starting from sequence {from}",
             dir.display(),
             aside.display()
-        );
+        ));
     }
     Ok(found)
 }
@@ -372,39 +375,24 @@ pub fn save(
         .with_context(|| format!("writing the checkpoint's record in {}", tmp.display()))?;
     if partial.exists() {
         std::fs::rename(&partial, &old)
+            .map_err(|e| ModelError::io(&partial, e))
             .with_context(|| format!("moving {} aside", partial.display()))?;
     }
     std::fs::rename(&tmp, &partial)
+        .map_err(|e| ModelError::io(&tmp, e))
         .with_context(|| format!("renaming {} to {}", tmp.display(), partial.display()))?;
     remove_dir_if_present(&old)
-}
-
-/// Every layer's factors of `kind` from `dir`, if all are there and were made from the same calibration.
-pub(crate) fn load_set(
-    dir: &Path,
-    model: &Model<f32>,
-    kind: SketchKind,
-    prov: &Provenance,
-    n_seqs: u64,
-) -> Option<BTreeMap<LayerId, Factors>> {
-    LayerId::all(model)
-        .into_iter()
-        .map(|id| {
-            let f = read_factors(&factor_path(dir, id, kind)).ok()?;
-            (f.provenance == *prov && f.factors.n_seqs == n_seqs && f.layer == id)
-                .then_some((id, f.factors))
-        })
-        .collect()
 }
 
 /// Puts labels on those of `seqs` that have none (sequences whose backward ran in an earlier run): the
 /// ones in `record` when it has them, matched by sequence number, otherwise `resample` (the seeded draw
 /// [`collect`](yaqa_model::job::collect::collect) made, for records written before labels were kept; one
 /// forward pass each, with a progress bar).
-pub(crate) fn labels_from_record(
+pub fn labels_from_record(
     record: &Path,
     seqs: &mut [CalibSeq],
     resample: &dyn Fn(&CalibSeq) -> Result<Vec<u32>>,
+    progress: &dyn Progress,
 ) -> Result<()> {
     if seqs.iter().all(|s| s.labels.is_some()) {
         return Ok(());
@@ -421,22 +409,22 @@ pub(crate) fn labels_from_record(
         .iter()
         .filter(|s| s.labels.is_none() && !recorded.contains_key(&s.index))
         .count();
-    let pb = (missing > 0).then(|| bar(missing, "redrawing earlier labels"));
+    let stage = (missing > 0).then(|| progress.stage("redrawing earlier labels", missing));
+    let mut redrawn = 0;
     for s in seqs.iter_mut().filter(|s| s.labels.is_none()) {
         s.labels = Some(match recorded.remove(&s.index) {
             Some(l) => l,
             None => {
                 let l = resample(s)?;
-                if let Some(pb) = &pb {
-                    pb.inc(1);
+                redrawn += 1;
+                if let Some(stage) = &stage {
+                    stage.step(redrawn);
                 }
                 l
             }
         });
     }
-    if let Some(pb) = pb {
-        pb.finish_and_clear();
-    }
+    drop(stage);
     Ok(())
 }
 

@@ -1,0 +1,218 @@
+//! The flag groups several subcommands share, and what each means to the library: calibration,
+//! calibration ids, damping, refinement, checkpoints, the method and grid, and `--device`, which picks
+//! the backend here, once.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+use yaqa_backend_cpu::Cpu;
+use yaqa_core::layer::Method;
+use yaqa_model::job::{CalibConfig, CheckpointPolicy, Every, QuantSpec};
+
+/// Where the computation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+/// The backend for `--device`. CUDA is refused with a clear message until the CUDA backend implements
+/// the model operations.
+pub fn backend(device: Device) -> Result<Cpu> {
+    match device {
+        Device::Cpu => Ok(Cpu::default()),
+        Device::Cuda => bail!(
+            "--device cuda: this build of yaqa has no CUDA backend wired into the command line yet \
+             (no device used); run with --device cpu"
+        ),
+    }
+}
+
+/// The rounding method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    Rtn,
+    Gptq,
+    Ldlq,
+    Yaqa,
+}
+
+impl From<MethodArg> for Method {
+    fn from(m: MethodArg) -> Method {
+        match m {
+            MethodArg::Rtn => Method::Rtn,
+            MethodArg::Gptq => Method::Gptq,
+            MethodArg::Ldlq => Method::Ldlq,
+            MethodArg::Yaqa => Method::Yaqa,
+        }
+    }
+}
+
+/// The quantizer grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum QuantizerArg {
+    Int2,
+    Int3,
+    Int4,
+    Int8,
+}
+
+impl QuantizerArg {
+    pub fn bits(self) -> u32 {
+        match self {
+            QuantizerArg::Int2 => 2,
+            QuantizerArg::Int3 => 3,
+            QuantizerArg::Int4 => 4,
+            QuantizerArg::Int8 => 8,
+        }
+    }
+}
+
+/// Where calibration sequences come from and how many.
+#[derive(Debug, Args, Clone)]
+pub struct CalibArgs {
+    /// Calibration text files; without any, sequences are sampled from the model itself (data-free).
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    pub calib: Vec<PathBuf>,
+    /// tokenizer.json for the calibration text (default: the model folder's, or rebuilt from the GGUF).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// Number of calibration sequences (before sharding).
+    #[arg(long, default_value_t = 64)]
+    pub n_seqs: usize,
+    /// Tokens per calibration sequence.
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    /// Seed of the calibration windows or samples and of the sampled Fisher labels (recorded).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Calibration sequences from a file of token ids (`hessian` and `quantize`).
+#[derive(Debug, Args, Clone)]
+pub struct CalibIdsArgs {
+    /// Calibration token ids instead of text or sampling: a safetensors file with `input_ids` (I32 or I64,
+    /// [sequences, tokens]) and optionally the Fisher `labels` to use instead of sampled ones (a
+    /// calibration.safetensors written by `yaqa hessian` replays that run)
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["calib", "tokenizer", "n_seqs", "seq_len"]
+    )]
+    pub calib_ids: Option<PathBuf>,
+}
+
+/// The library's calibration config for these flags.
+pub fn calib_config(calib: &CalibArgs, ids: &CalibIdsArgs) -> CalibConfig {
+    CalibConfig {
+        text: calib.calib.clone(),
+        tokenizer: calib.tokenizer.clone(),
+        ids: ids.calib_ids.clone(),
+        n_seqs: calib.n_seqs,
+        seq_len: calib.seq_len,
+        seed: calib.seed,
+    }
+}
+
+/// Damping of the factors before their LDL (DESIGN.md §3), as multiples of the mean diagonal.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct DampArgs {
+    /// First damping σ of h_in, doubled until the Cholesky succeeds (GPTQ's percdamp for --method gptq)
+    #[arg(long, value_name = "σ", value_parser = damping, default_value_t = yaqa_core::LdlParams::default().damp)]
+    pub damp: f64,
+    /// First damping σ of h_out (YAQA): larger than h_in's, because Sketch B's h_out is noisy beyond its
+    /// strongest directions at small calibration sets
+    #[arg(long, value_name = "σ", value_parser = damping, default_value_t = yaqa_core::layer::DEFAULT_DAMP_OUT)]
+    pub damp_out: f64,
+}
+
+/// Coordinate descent after the rounding ([`yaqa_core::refine`]).
+#[derive(Debug, Args, Clone, Copy, Default)]
+pub struct RefineArgs {
+    /// Coordinate-descent sweeps on the method's own proxy after the rounding (0: none); each sweep
+    /// revisits every weight and costs about one rounding pass
+    #[arg(long, value_name = "SWEEPS", default_value_t = 0)]
+    pub refine: usize,
+}
+
+/// The method, grid and preparation of `quantize` and `round`.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct SpecArgs {
+    #[arg(long, value_enum, default_value_t = MethodArg::Yaqa)]
+    pub method: MethodArg,
+    #[arg(long, value_enum, default_value_t = QuantizerArg::Int4)]
+    pub quantizer: QuantizerArg,
+    /// Asymmetric grid with zero-points and one scale per GROUP columns (GPTQ layout); default: symmetric
+    /// grid with one searched scale per matrix (with incoherence) or per row (without).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<usize>,
+    /// Skip the randomized Hadamard incoherence processing.
+    #[arg(long)]
+    pub no_incoherence: bool,
+    /// Seed of the sign vectors of the rotations (recorded).
+    #[arg(long, default_value_t = 0)]
+    pub sign_seed: u64,
+    #[command(flatten)]
+    pub damp: DampArgs,
+    #[command(flatten)]
+    pub refine: RefineArgs,
+}
+
+impl SpecArgs {
+    pub fn spec(&self) -> QuantSpec {
+        QuantSpec {
+            method: self.method.into(),
+            bits: self.quantizer.bits(),
+            group: self.group,
+            incoherence: !self.no_incoherence,
+            sign_seed: self.sign_seed,
+            damp: self.damp.damp,
+            damp_out: self.damp.damp_out,
+            refine: self.refine.refine,
+        }
+    }
+}
+
+/// Checkpoints of a factor collection.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct CheckpointArgs {
+    /// Write the factors collected so far to a checkpoint folder beside the output (….partial/) about
+    /// every MIN minutes of collection; rerunning the same command resumes from it
+    #[arg(long, value_name = "MIN", value_parser = minutes, default_value_t = 30.0)]
+    pub checkpoint_minutes: f64,
+    /// Checkpoint every N sequences instead
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub checkpoint_every: Option<usize>,
+    /// Stop after K sequences, as if interrupted (for testing resumption).
+    #[arg(long, hide = true, value_name = "K")]
+    pub stop_after_seqs: Option<usize>,
+}
+
+impl CheckpointArgs {
+    pub fn policy(&self) -> CheckpointPolicy {
+        CheckpointPolicy {
+            every: match self.checkpoint_every {
+                Some(n) => Every::Seqs(n),
+                None => Every::Secs(self.checkpoint_minutes * 60.0),
+            },
+            stop_after_seqs: self.stop_after_seqs,
+        }
+    }
+}
+
+/// A `--checkpoint-minutes` value: a finite number > 0.
+fn minutes(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a finite number of minutes > 0")),
+    }
+}
+
+/// A damping flag's value: a finite number ≥ 0.
+fn damping(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a finite number ≥ 0")),
+    }
+}

@@ -1,0 +1,68 @@
+//! `yaqa eval`: flags → [`yaqa_model::job::evaluate`], the table printed and optionally written as JSON.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+use yaqa_model::job::evaluate::{self, EvalConfig, EvalText, write_json};
+
+use crate::args::{Device, backend};
+use crate::progress::Bars;
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The original model: a GGUF file or a Hugging Face folder.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// Quantized model files to compare.
+    #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
+    pub quantized: Vec<PathBuf>,
+    /// Evaluation text (default: sequences sampled from the original model).
+    #[arg(long, value_name = "FILE")]
+    pub text: Option<PathBuf>,
+    /// tokenizer.json (default: the model folder's, or rebuilt from the GGUF).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// Tokens per evaluation window.
+    #[arg(long, default_value_t = 512)]
+    pub window: usize,
+    /// Number of windows (from the start of the text).
+    #[arg(long, default_value_t = 8)]
+    pub n_windows: usize,
+    /// Seed of the sampled evaluation text when no --text is given.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Also write the table as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let cpu = backend(args.device)?;
+    let config = EvalConfig {
+        model: args.model,
+        quantized: args.quantized,
+        text: EvalText {
+            text: args.text,
+            tokenizer: args.tokenizer,
+            window: args.window,
+            n_windows: args.n_windows,
+            seed: args.seed,
+        },
+    };
+    let table = evaluate::run(&cpu, &config, &Bars::default())?;
+    println!(
+        "{} windows of {} tokens of {}",
+        table.n_windows, table.window, table.source
+    );
+    print!("{table}");
+    if let Some(path) = &args.json {
+        let setup =
+            json!({"text": table.source, "window": table.window, "n_windows": table.n_windows});
+        write_json(path, &table.to_json(setup))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! `yaqa quantize`: flags → [`yaqa_model::job::quantize`], then the result's KL and perplexity.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use yaqa_model::job::evaluate::EvalText;
+use yaqa_model::job::quantize::{self, QuantizeConfig, default_eval};
+
+use crate::args::{
+    CalibArgs, CalibIdsArgs, CheckpointArgs, Device, SpecArgs, backend, calib_config,
+};
+use crate::progress::Bars;
+
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// The model: a GGUF file or a Hugging Face folder.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Factor folder from `yaqa hessian`; without it the factors are collected first (Sketch B for YAQA,
+    /// Σ x xᵀ otherwise) with the calibration options below.
+    #[arg(long, value_name = "DIR")]
+    pub factors: Option<PathBuf>,
+    #[command(flatten)]
+    pub calib: CalibArgs,
+    #[command(flatten)]
+    pub calib_ids: CalibIdsArgs,
+    /// Output file (safetensors). Finished layers go to OUT.parts/ first, factors collected here to
+    /// OUT.factors.partial/; rerunning resumes.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub checkpoint: CheckpointArgs,
+    /// Evaluate the result on this text (default: text sampled from the original model, held out from
+    /// calibration); KL and perplexity are printed and recorded in the output's header
+    #[arg(long, value_name = "FILE", conflicts_with = "no_eval")]
+    pub eval_text: Option<PathBuf>,
+    /// Evaluation windows
+    #[arg(long, value_name = "N", default_value_t = default_eval().n_windows)]
+    pub eval_windows: usize,
+    /// Tokens per evaluation window
+    #[arg(long, value_name = "TOKENS", default_value_t = default_eval().window)]
+    pub eval_window: usize,
+    /// Skip the evaluation of the result
+    #[arg(long)]
+    pub no_eval: bool,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
+    /// Stop after quantizing K layers, as if interrupted (for testing resumption).
+    #[arg(long, hide = true, value_name = "K")]
+    pub stop_after_layers: Option<usize>,
+}
+
+pub fn run(args: QuantizeArgs) -> Result<()> {
+    let cpu = backend(args.device)?;
+    let config = QuantizeConfig {
+        model: args.model,
+        spec: args.spec.spec(),
+        factors: args.factors,
+        calib: calib_config(&args.calib, &args.calib_ids),
+        out: args.out,
+        checkpoint: args.checkpoint.policy(),
+        stop_after_layers: args.stop_after_layers,
+        eval: (!args.no_eval).then(|| EvalText {
+            text: args.eval_text,
+            tokenizer: args.calib.tokenizer.clone(),
+            window: args.eval_window,
+            n_windows: args.eval_windows,
+            ..default_eval()
+        }),
+    };
+    let r = quantize::run(&cpu, &config, &Bars::default())?;
+    eprintln!(
+        "{}: {} layers quantized, {} resumed, {:.1} s",
+        r.out.display(),
+        r.layers.len() - r.resumed,
+        r.resumed,
+        r.seconds
+    );
+    if let Some(t) = &r.eval {
+        let row = &t.rows[0];
+        println!(
+            "KL(original ‖ quantized) {:.5} per token, perplexity {:.3} (original {:.3}) on {} windows of \
+             {} tokens of {}",
+            row.kl, row.ppl, t.original_ppl, t.n_windows, t.window, t.source
+        );
+    }
+    Ok(())
+}

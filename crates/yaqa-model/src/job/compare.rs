@@ -1,0 +1,637 @@
+//! `yaqa compare`: the KL table. One calibration set feeds every method: a forward pass for `Σ x xᵀ`
+//! (Sketch A's pass 0), backward passes for Sketch A's later passes and Sketch B (pass 1 collects both from
+//! the same gradients). Every bit width is quantized with each method against the same scale: round to
+//! nearest searches it per matrix on `tr(Δ Σxxᵀ Δᵀ)` and the other methods take RTN's choice (DESIGN.md
+//! §5). Then every model is evaluated on the same windows (KL to the original, perplexity).
+//!
+//! Everything lands in `--work`: factor files after each pass and each quantized model. A rerun with the
+//! same arguments reuses what is finished (factor sets whose provenance matches, quantized files whose
+//! run header matches, part files of an interrupted layer loop), so a killed run continues where it
+//! stopped.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use yaqa_core::backend::Backend;
+use yaqa_core::layer::Method;
+use yaqa_core::model_ops::ModelOps;
+use yaqa_core::sketch::SketchKind;
+
+use crate::error::{Context, ModelError, Result};
+use crate::formats::calib_file::{LabelOrigin, RECORD_FILE, RecordHeader, write_record};
+use crate::formats::factor_file::{Provenance, factor_path, read_factors, sketch_tag};
+use crate::formats::quant_file::QuantFile;
+use crate::job::calib::{CalibSeq, Shard};
+use crate::job::calib_set::{Calibration, calibration_set};
+use crate::job::collect::{Set, empty_factors, sampled_labels};
+use crate::job::evaluate::{EvalTable, EvalText, dequantized_model, eval_models, eval_tokens};
+use crate::job::factors::{load_set, next_sketch_a_pass, write_factor_dir};
+use crate::job::pipeline::{quantize_model, run_header};
+use crate::job::progress::{Progress, ProgressExt};
+use crate::job::resume::{self, Job, Outcome, labels_from_record};
+use crate::job::{CalibConfig, CheckpointPolicy, QuantSpec, open_model};
+use crate::transformer::tokenizer::Tokenizer;
+use crate::transformer::weights::{LayerId, Model};
+
+/// A row of the table: a rounding method and the factors it uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CompareMethod {
+    Rtn,
+    Gptq,
+    Ldlq,
+    /// YAQA with Sketch A factors.
+    YaqaA,
+    /// YAQA with Sketch B factors.
+    YaqaB,
+}
+
+impl CompareMethod {
+    /// Every row, in the table's order.
+    pub const ALL: [CompareMethod; 5] = [
+        CompareMethod::Rtn,
+        CompareMethod::Gptq,
+        CompareMethod::Ldlq,
+        CompareMethod::YaqaA,
+        CompareMethod::YaqaB,
+    ];
+
+    /// The row's name (`rtn`, `gptq`, `ldlq`, `yaqa-a`, `yaqa-b`), also its flag value.
+    pub fn label(self) -> &'static str {
+        match self {
+            CompareMethod::Rtn => "rtn",
+            CompareMethod::Gptq => "gptq",
+            CompareMethod::Ldlq => "ldlq",
+            CompareMethod::YaqaA => "yaqa-a",
+            CompareMethod::YaqaB => "yaqa-b",
+        }
+    }
+
+    fn method(self) -> Method {
+        match self {
+            CompareMethod::Rtn => Method::Rtn,
+            CompareMethod::Gptq => Method::Gptq,
+            CompareMethod::Ldlq => Method::Ldlq,
+            CompareMethod::YaqaA | CompareMethod::YaqaB => Method::Yaqa,
+        }
+    }
+}
+
+/// What `compare` runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompareConfig {
+    /// A GGUF file or a Hugging Face folder.
+    pub model: PathBuf,
+    /// The calibration set; Sketch A and `Σ x xᵀ` use its first `n_seqs` sequences.
+    pub calib: CalibConfig,
+    /// Passes of Sketch A for YAQA-A (at least 2; the reference uses 6).
+    pub passes: u32,
+    /// Sequences for Sketch B and for the `Σ x xᵀ` of RTN, GPTQ and LDLQ (default: `calib.n_seqs`).
+    /// A calibration set's first k sequences are the same whatever its size, so raising this later
+    /// only collects the new ones.
+    pub b_seqs: Option<usize>,
+    /// Bit widths of the symmetric INT grid (incoherence processing on).
+    pub bits: Vec<u32>,
+    /// The rows (RTN always runs: it chooses the shared scales).
+    pub methods: Vec<CompareMethod>,
+    /// The evaluation text (the command line samples it, when there is no file, with the calibration
+    /// seed).
+    pub eval: EvalText,
+    /// Seed of the rotations' sign vectors (recorded).
+    pub sign_seed: u64,
+    /// First damping σ of `h_in` and of `h_out`.
+    pub damp: f64,
+    pub damp_out: f64,
+    /// Coordinate-descent sweeps after every method but RTN (rows `<method>-cd<N>`).
+    pub refine: usize,
+    /// Folder for factors and quantized models; a rerun reuses what is finished.
+    pub work: PathBuf,
+    pub checkpoint: CheckpointPolicy,
+}
+
+impl Default for CompareConfig {
+    fn default() -> Self {
+        let spec = QuantSpec::default();
+        Self {
+            model: PathBuf::new(),
+            calib: CalibConfig::default(),
+            passes: 2,
+            b_seqs: None,
+            bits: vec![2, 3, 4],
+            methods: CompareMethod::ALL.to_vec(),
+            eval: EvalText {
+                seed: 0,
+                ..EvalText::default()
+            },
+            sign_seed: 0,
+            damp: spec.damp,
+            damp_out: spec.damp_out,
+            refine: 0,
+            work: PathBuf::new(),
+            checkpoint: CheckpointPolicy::default(),
+        }
+    }
+}
+
+/// The KL table of one bit width.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BitsTable {
+    pub bits: u32,
+    /// The row the relative column divides by (`ldlq-int<bits>`, or its refined label).
+    pub reference: String,
+    pub table: EvalTable,
+}
+
+/// What a finished `compare` measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompareReport {
+    pub tables: Vec<BitsTable>,
+    /// The whole report as JSON (rows of every bit width and the setup), as `--json` writes it.
+    pub json: Value,
+    /// Seconds spent on the factors, and in all.
+    pub factor_seconds: f64,
+    pub seconds: f64,
+}
+
+/// The factor sets of one calibration run.
+struct FactorSets {
+    /// Sketch A's last pass (YAQA-A).
+    a: Option<Set>,
+    /// Sketch B (YAQA-B).
+    b: Option<Set>,
+    /// `Σ x xᵀ` when neither sketch was asked for.
+    xtx: Option<Set>,
+}
+
+impl FactorSets {
+    /// The factors of a row; the one-sided methods read `Σ x xᵀ` from whichever set there is, Sketch B's
+    /// first: it spans every sequence, Sketch A only the first `--n-seqs`.
+    fn for_row(&self, row: CompareMethod) -> Option<&Set> {
+        match row {
+            CompareMethod::YaqaA => self.a.as_ref(),
+            CompareMethod::YaqaB => self.b.as_ref(),
+            _ => self.xtx.as_ref().or(self.b.as_ref()).or(self.a.as_ref()),
+        }
+    }
+}
+
+/// Runs the comparison and returns one table per bit width. `tokenizer` is the evaluation text's
+/// tokenizer (default: the one `eval` or `calib` names, or the model's).
+///
+/// **Errors**: fewer than 2 passes with YAQA-A, bits no grid takes, `b_seqs` below `calib.n_seqs` (all
+/// before any work), and the errors of calibration, collection, quantization and evaluation; a run
+/// stopped by `checkpoint.stop_after_seqs` returns [`ModelError::Stopped`].
+pub fn run<B: Backend + ModelOps<f32>>(
+    backend: &B,
+    args: &CompareConfig,
+    tokenizer: Option<&Tokenizer>,
+    progress: &dyn Progress,
+) -> Result<CompareReport> {
+    let t0 = Instant::now();
+    if args.passes < 2 && args.methods.contains(&CompareMethod::YaqaA) {
+        crate::bail!("--passes: Sketch A needs at least 2 passes (the reference uses 6)");
+    }
+    if let Some(&b) = args.bits.iter().find(|b| ![2, 3, 4, 8].contains(*b)) {
+        crate::bail!("--bits: {b} is not one of 2, 3, 4, 8");
+    }
+    let loaded = open_model(&args.model)?;
+    std::fs::create_dir_all(&args.work)
+        .map_err(|e| ModelError::io(&args.work, e))
+        .with_context(|| format!("creating {}", args.work.display()))?;
+
+    let t = Instant::now();
+    let b_seqs = args.b_seqs.unwrap_or(args.calib.n_seqs);
+    if b_seqs < args.calib.n_seqs {
+        crate::bail!(
+            "--b-seqs {b_seqs} is below --n-seqs {}: Sketch B uses the first --n-seqs sequences and more",
+            args.calib.n_seqs
+        );
+    }
+    if b_seqs != args.calib.n_seqs && args.calib.ids.is_some() {
+        crate::bail!("--b-seqs takes no --calib-ids: the ids file fixes the sequences");
+    }
+    let drawn = CalibConfig {
+        n_seqs: b_seqs,
+        ..args.calib.clone()
+    };
+    let mut calib = calibration_set(backend, &loaded, &drawn, Shard::default(), progress)?;
+    // Sequences of Sketch A and `Σ x xᵀ`: --n-seqs, or every sequence of a --calib-ids file.
+    let n_main = if args.calib.ids.is_some() {
+        calib.seqs.len()
+    } else {
+        args.calib.n_seqs
+    };
+    let prov = Provenance {
+        seed: args.calib.seed,
+        seq_len: calib.seq_len,
+        calib: calib.source.clone(),
+        shards: calib.shards.clone(),
+        model_fingerprint: loaded.fingerprint.clone(),
+    };
+    let source = calib.source.clone();
+    let a_note = if calib.seqs.len() > n_main {
+        format!(", Sketch A on the first {n_main}")
+    } else {
+        String::new()
+    };
+    progress.note(format!(
+        "calibration: {} sequences × {} tokens{a_note} ({source}, seed {})",
+        calib.seqs.len(),
+        calib.seq_len,
+        args.calib.seed
+    ));
+    let sets = factor_sets(
+        backend,
+        &loaded.model,
+        &mut calib,
+        n_main,
+        args,
+        &prov,
+        progress,
+    )?;
+    let seqs = &calib.seqs;
+    let factor_s = t.elapsed().as_secs_f64();
+    progress.note(format!("factors: {factor_s:.1} s"));
+
+    let text = EvalText {
+        tokenizer: args.eval.tokenizer.clone().or(args.calib.tokenizer.clone()),
+        ..args.eval.clone()
+    };
+    let (tokens, text_name) = eval_tokens(backend, &loaded, &text, tokenizer, progress)?;
+
+    let mut tables = Vec::new();
+    let mut rows_json = Vec::new();
+    let mut base_ppl = 0.0;
+    for &bits in &args.bits {
+        let mut files = Vec::new();
+        let mut scales: Option<BTreeMap<LayerId, f64>> = None;
+        // RTN first: its search chooses the scales every other method takes. It is never refined.
+        let mut rows: Vec<(CompareMethod, usize)> = vec![(CompareMethod::Rtn, 0)];
+        rows.extend(
+            args.methods
+                .iter()
+                .filter(|&&m| m != CompareMethod::Rtn)
+                .map(|&m| (m, args.refine)),
+        );
+        for (row, refine) in rows {
+            let label = row_label(row, refine, bits);
+            let factors = sets
+                .for_row(row)
+                .with_context(|| format!("no factors were collected for {label}"))?;
+            let out = args.work.join(format!("{label}.safetensors"));
+            let params = QuantSpec {
+                method: row.method(),
+                bits,
+                group: None,
+                incoherence: true,
+                sign_seed: args.sign_seed,
+                damp: args.damp,
+                damp_out: args.damp_out,
+                refine,
+            }
+            .layer_params();
+            let row_seqs = if row == CompareMethod::YaqaA {
+                n_main
+            } else {
+                seqs.len()
+            };
+            let mut factors_json = json!({
+                "source": "compare",
+                "sketch": factors.values().next().map(|f| sketch_tag(f.kind)),
+                "seed": prov.seed, "seq_len": prov.seq_len, "n_seqs": row_seqs, "calib": prov.calib,
+            });
+            if scales.is_some() {
+                factors_json["scale_c_from"] = json!(format!("rtn-int{bits}.safetensors"));
+            }
+            let run = run_header(&params, &loaded.fingerprint, factors_json);
+            let t = Instant::now();
+            let reused = finished(&out, &run);
+            if !reused {
+                let layers = LayerId::all(&loaded.model);
+                let stage = progress.stage(&label, layers.len());
+                quantize_model(
+                    backend,
+                    &loaded.model,
+                    &layers,
+                    &mut |id| {
+                        factors
+                            .get(&id)
+                            .cloned()
+                            .with_context(|| format!("no factors for {}", id.name()))
+                    },
+                    &params,
+                    scales.as_ref(),
+                    &run,
+                    &out,
+                    None,
+                    &mut |l| stage.step(l.done),
+                )
+                .with_context(|| format!("quantizing {label} into {}", out.display()))?;
+            }
+            progress.note(format!(
+                "{label}: {}",
+                if reused {
+                    "reused".to_string()
+                } else {
+                    format!("quantized in {:.1} s", t.elapsed().as_secs_f64())
+                }
+            ));
+            if row == CompareMethod::Rtn {
+                let q =
+                    QuantFile::open(&out).with_context(|| format!("opening {}", out.display()))?;
+                scales = Some(q.scale_multipliers()?);
+            }
+            if row == CompareMethod::Rtn && !args.methods.contains(&CompareMethod::Rtn) {
+                continue;
+            }
+            files.push((label, out));
+        }
+        let models = files
+            .iter()
+            .map(|(label, out)| Ok((label.clone(), dequantized_model(backend, &loaded, out)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut table = eval_models(
+            backend,
+            &loaded.model,
+            &models,
+            &tokens,
+            &text,
+            text_name.clone(),
+            progress,
+        )?;
+        base_ppl = table.original_ppl;
+        let reference = row_label(CompareMethod::Ldlq, args.refine, bits);
+        table.reference = Some(reference.clone());
+        for r in &table.rows {
+            rows_json.push(json!({"model": r.name, "bits": bits, "kl": r.kl, "ppl": r.ppl}));
+        }
+        tables.push(BitsTable {
+            bits,
+            reference,
+            table,
+        });
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let report = json!({
+        "original_ppl": base_ppl,
+        "rows": rows_json,
+        "setup": {
+            "model": args.model.display().to_string(),
+            "calibration": {
+                "source": source, "n_seqs": seqs.len(), "sketch_a_seqs": n_main,
+                "seq_len": calib.seq_len, "seed": args.calib.seed, "sketch_a_passes": args.passes,
+            },
+            "eval": {"text": text_name, "window": text.window, "n_windows": text.n_windows},
+            "quantizer": "int symmetric, one scale per matrix searched on RTN's tr(Δ Σxxᵀ Δᵀ) and shared by every method, randomized Hadamard both sides",
+            "damp": args.damp,
+            "damp_out": args.damp_out,
+            "refine_sweeps": args.refine,
+            "factors_s": factor_s,
+            "wall_s": wall,
+        },
+    });
+    Ok(CompareReport {
+        tables,
+        json: report,
+        factor_seconds: factor_s,
+        seconds: wall,
+    })
+}
+
+/// A row's name and file stem: `ldlq-int2`, or `ldlq-cd3-int2` after 3 coordinate-descent sweeps.
+fn row_label(row: CompareMethod, refine: usize, bits: u32) -> String {
+    match refine {
+        0 => format!("{}-int{bits}", row.label()),
+        k => format!("{}-cd{k}-int{bits}", row.label()),
+    }
+}
+
+/// Whether `out` is a finished quantized file made with `run`.
+fn finished(out: &Path, run: &Value) -> bool {
+    out.is_file() && QuantFile::open(out).is_ok_and(|q| &q.run() == run)
+}
+
+/// Collects (or reloads from `args.work/factors`) what the rows need: pass 0 forward (`Σ x xᵀ`, which
+/// is Sketch A's pass 0), pass 1 backward for Sketch A pass 1 and Sketch B together, then Sketch A's
+/// remaining passes on the labels pass 1 used. All of that runs on the first `n_main` sequences; Sketch
+/// B (with its `Σ x xᵀ`) then goes on alone over the rest of `calib` (`--b-seqs`). The calibration record
+/// (`calibration.safetensors`, with the labels of every backward pass) is written next to the factors.
+fn factor_sets<B: Backend + ModelOps<f32>>(
+    backend: &B,
+    model: &Model<f32>,
+    calib: &mut Calibration,
+    n_main: usize,
+    args: &CompareConfig,
+    prov: &Provenance,
+    progress: &dyn Progress,
+) -> Result<FactorSets> {
+    let dir = args.work.join("factors");
+    let record = RecordHeader {
+        seed: prov.seed,
+        seq_len: calib.seq_len,
+        n_seqs: calib.n_seqs,
+        calib: prov.calib.clone(),
+        shards: prov.shards.clone(),
+        sketch: "compare".into(),
+        labels: None,
+        model_fingerprint: prov.model_fingerprint.clone(),
+    };
+    let given_labels = calib.labels;
+    let seqs = &mut calib.seqs;
+    let need_a = args.methods.contains(&CompareMethod::YaqaA);
+    let need_b = args.methods.contains(&CompareMethod::YaqaB);
+    let seed = args.calib.seed;
+    let n_all = seqs.len();
+    // What `--stop-after-seqs` leaves of its budget, over all the stages.
+    let budget = Cell::new(args.checkpoint.stop_after_seqs);
+    // One pass over the sequences `from..to`: reload its sets if a previous run finished them (with `to`
+    // sequences), otherwise collect them (checkpointed next to the factors, resuming a checkpoint an
+    // interrupted run left) and write them, with the record of sequences `..to`, labels included once a
+    // backward has run.
+    let stage = |seqs: &mut Vec<CalibSeq>,
+                 (from, to): (usize, usize),
+                 kinds: &[SketchKind],
+                 start: &dyn Fn() -> Result<Vec<Set>>,
+                 label: &str|
+     -> Result<Vec<Set>> {
+        let cached: Option<Vec<_>> = kinds
+            .iter()
+            .map(|&k| load_set(&dir, model, k, prov, to as u64))
+            .collect();
+        if let Some(sets) = cached {
+            progress.note(format!("{label}: reusing {}", dir.display()));
+            return Ok(sets);
+        }
+        progress.note(format!("{label}: collecting sequences {from}..{to}"));
+        let backward = kinds.iter().any(|k| k.needs_gradients());
+        let header = RecordHeader {
+            sketch: kinds
+                .iter()
+                .map(|&k| sketch_tag(k))
+                .collect::<Vec<_>>()
+                .join("+"),
+            labels: backward.then(|| given_labels.unwrap_or(LabelOrigin::Sampled)),
+            n_seqs: to,
+            ..record.clone()
+        };
+        let job = Job {
+            kinds,
+            seed,
+            prov,
+            record: &header,
+            out: &dir,
+            every: args.checkpoint.every,
+            budget: budget.get(),
+            label,
+            progress,
+        };
+        let sets = match resume::collect(backend, model, &mut seqs[..to], from, start()?, &job)? {
+            Outcome::Finished { sets, processed } => {
+                budget.set(budget.get().map(|b| b - processed));
+                sets
+            }
+            Outcome::Stopped(done) => {
+                return Err(ModelError::Stopped(format!(
+                    "in stage {label:?} after {done} sequences"
+                )));
+            }
+        };
+        if backward {
+            // Sequences before `from` went through an earlier backward, perhaps in an earlier run: their
+            // labels are in the record that run wrote.
+            labels_from_record(
+                &dir.join(RECORD_FILE),
+                &mut seqs[..from],
+                &|s| {
+                    sampled_labels(backend, model, s, seed)
+                        .with_context(|| format!("resampling the labels of sequence {}", s.index))
+                },
+                progress,
+            )?;
+        }
+        let seqs = &seqs[..to];
+        for s in &sets {
+            write_factor_dir(&dir, model, s, prov)?;
+        }
+        let path = dir.join(RECORD_FILE);
+        if backward || !path.exists() {
+            write_record(&path, seqs, &header)
+                .with_context(|| format!("writing the calibration record {}", path.display()))?;
+        }
+        resume::finish(&dir)?;
+        Ok(sets)
+    };
+
+    let mut out = FactorSets {
+        a: None,
+        b: None,
+        xtx: None,
+    };
+    if !need_a && !need_b {
+        out.xtx = stage(
+            seqs,
+            (0, n_main),
+            &[SketchKind::Xtx],
+            &|| Ok(vec![empty_factors(model, SketchKind::Xtx)]),
+            "Σ x xᵀ",
+        )?
+        .pop();
+        return Ok(out);
+    }
+    let mut a = if need_a {
+        stage(
+            seqs,
+            (0, n_main),
+            &[SketchKind::A { pass: 0 }],
+            &|| Ok(vec![empty_factors(model, SketchKind::A { pass: 0 })]),
+            "A pass 0",
+        )?
+        .pop()
+    } else {
+        None
+    };
+    let next = |prev: &Set, pass: u32| next_sketch_a_pass(model, prev, pass);
+    // Pass 1: Sketch A pass 1 and Sketch B from the same backward passes. A Sketch B set that already
+    // covers at least the first `n_main` sequences (from an earlier, smaller --b-seqs) is extended
+    // instead.
+    let b_prev = if need_b {
+        // The count in the first layer's file; `load_set` then checks every layer against it.
+        let first = LayerId::all(model).into_iter().next();
+        first
+            .and_then(|id| read_factors(&factor_path(&dir, id, SketchKind::B)).ok())
+            .map(|f| f.factors.n_seqs as usize)
+            .filter(|k| (n_main..=n_all).contains(k))
+            .and_then(|k| Some((k, load_set(&dir, model, SketchKind::B, prov, k as u64)?)))
+    } else {
+        None
+    };
+    let b_in_pass_1 = need_b && b_prev.is_none();
+    let mut kinds = Vec::new();
+    if need_a {
+        kinds.push(SketchKind::A { pass: 1 });
+    }
+    if b_in_pass_1 {
+        kinds.push(SketchKind::B);
+    }
+    let mut sets = if kinds.is_empty() {
+        Vec::new()
+    } else {
+        stage(
+            seqs,
+            (0, n_main),
+            &kinds,
+            &|| {
+                let mut start = Vec::new();
+                if let Some(a0) = &a {
+                    start.push(next(a0, 1)?);
+                }
+                if b_in_pass_1 {
+                    start.push(empty_factors(model, SketchKind::B));
+                }
+                Ok(start)
+            },
+            match (need_a, b_in_pass_1) {
+                (true, true) => "A pass 1 + B",
+                (true, false) => "A pass 1",
+                _ => "B",
+            },
+        )?
+    };
+    let b_so_far = if b_in_pass_1 {
+        Some((n_main, sets.pop().context("Sketch B lost its first pass")?))
+    } else {
+        b_prev
+    };
+    out.b = match b_so_far {
+        Some((done, set)) if done < n_all => Some(
+            stage(
+                seqs,
+                (done, n_all),
+                &[SketchKind::B],
+                &|| Ok(vec![set.clone()]),
+                "B, more sequences",
+            )?
+            .pop()
+            .context("Sketch B lost its sequences")?,
+        ),
+        other => other.map(|(_, set)| set),
+    };
+    if need_a {
+        a = sets.pop();
+        for pass in 2..args.passes {
+            let prev = a.take().context("Sketch A lost its previous pass")?;
+            a = stage(
+                seqs,
+                (0, n_main),
+                &[SketchKind::A { pass }],
+                &|| Ok(vec![next(&prev, pass)?]),
+                &format!("A pass {pass}"),
+            )?
+            .pop();
+        }
+        out.a = a;
+    }
+    Ok(out)
+}

@@ -1,0 +1,118 @@
+//! Checkpoints out: `convert` (a GGUF file as a Hugging Face f32 folder) and `export` (a quantized file
+//! as a dequantized bf16 Hugging Face checkpoint, or as a GPTQ-packed one).
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+use yaqa_core::backend::Backend;
+
+use crate::error::{Context, ModelError, Result};
+use crate::formats::checkpoint::{Loaded, tokenizer_for};
+use crate::formats::gptq::{GptqSummary, write_gptq};
+use crate::formats::hf::{Half, half_tensors, write_hf, write_safetensors};
+use crate::formats::quant_file::QuantFile;
+use crate::job::evaluate::{dequantized_model, write_json};
+use crate::job::open_model;
+
+/// What `convert` converts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConvertConfig {
+    /// A GGUF file.
+    pub model: PathBuf,
+    /// The output folder (config.json, model.safetensors, tokenizer.json).
+    pub out: PathBuf,
+}
+
+/// Writes the GGUF `config.model` as a Hugging Face folder, with the tokenizer rebuilt from the GGUF.
+///
+/// **Errors**: a folder instead of a GGUF file, an unreadable model or tokenizer, I/O.
+pub fn convert(config: &ConvertConfig) -> Result<()> {
+    if config.model.is_dir() {
+        crate::bail!(
+            "{} is a folder: convert reads a GGUF file",
+            config.model.display()
+        );
+    }
+    let loaded = open_model(&config.model)?;
+    write_hf(&loaded.model, &config.out)
+        .with_context(|| format!("writing {}", config.out.display()))?;
+    let tok =
+        tokenizer_for(&config.model, None).context("rebuilding the tokenizer from the GGUF")?;
+    let tpath = config.out.join("tokenizer.json");
+    tok.save(&tpath)
+        .with_context(|| format!("writing {}", tpath.display()))
+}
+
+/// The layout `export` writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// Every weight dequantized and rounded to bf16 (any quantized file).
+    #[default]
+    Bf16,
+    /// GPTQ v1 packing of the codes with float16 scales (asymmetric grid, no rotation, 2, 4 or 8 bits).
+    Gptq,
+}
+
+/// What `export` exports.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExportConfig {
+    /// The original model the quantized file was made from.
+    pub model: PathBuf,
+    pub quantized: PathBuf,
+    /// The output folder.
+    pub out: PathBuf,
+    pub format: ExportFormat,
+}
+
+/// What `export` wrote: for GPTQ, the summary of the repacking.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportReport {
+    pub out: PathBuf,
+    pub gptq: Option<GptqSummary>,
+}
+
+/// Writes `config.quantized` as a checkpoint of `config.format`, with the model's tokenizer when it has
+/// one.
+///
+/// **Errors**: unreadable files, a quantized file of another model, layers the format cannot hold (named),
+/// I/O.
+pub fn export(backend: &dyn Backend, config: &ExportConfig) -> Result<ExportReport> {
+    let loaded = open_model(&config.model)?;
+    let gptq = match config.format {
+        ExportFormat::Bf16 => {
+            export_bf16(backend, &loaded, config)?;
+            None
+        }
+        ExportFormat::Gptq => {
+            let file = &config.quantized;
+            let q = QuantFile::open(file).with_context(|| format!("opening {}", file.display()))?;
+            // Its errors name the quantized file and the layer already.
+            Some(write_gptq(&loaded, &q, &config.out)?)
+        }
+    };
+    if let Ok(tok) = tokenizer_for(&config.model, None) {
+        let tpath = config.out.join("tokenizer.json");
+        tok.save(&tpath)
+            .with_context(|| format!("writing {}", tpath.display()))?;
+    }
+    Ok(ExportReport {
+        out: config.out.clone(),
+        gptq,
+    })
+}
+
+/// `export --format bf16`: the dequantized model, every tensor in bf16.
+fn export_bf16(backend: &dyn Backend, loaded: &Loaded, config: &ExportConfig) -> Result<()> {
+    let model = dequantized_model(backend, loaded, &config.quantized)?;
+    std::fs::create_dir_all(&config.out).map_err(|e| ModelError::io(&config.out, e))?;
+    // bf16 rounds Ŵ (exact values live in the quantized file); norms and embeddings are rounded too.
+    let tensors = half_tensors(&model, Half::Bf16, |_| false);
+    let weights = config.out.join("model.safetensors");
+    write_safetensors(&weights, &tensors, "format", "pt")
+        .with_context(|| format!("writing {}", weights.display()))?;
+    let mut config_json = model.config.to_hf_json();
+    if let Value::Object(o) = &mut config_json {
+        o.insert("torch_dtype".into(), json!("bfloat16"));
+    }
+    write_json(&config.out.join("config.json"), &config_json)
+}

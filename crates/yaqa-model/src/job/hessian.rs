@@ -1,0 +1,351 @@
+//! `hessian`: collect every linear layer's Kronecker factors over a calibration set (DESIGN.md §1–2)
+//! into a factor folder with the calibration record, checkpointed and resumable; and `hessian merge`,
+//! which adds the folders of several shards.
+//!
+//! Sketch B and `Σ x xᵀ` take one pass. Sketch A takes `passes` passes here in one process; on a cluster
+//! each pass is a job array instead ([`crate::job::sketch_a`]).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use yaqa_core::backend::Backend;
+use yaqa_core::model_ops::ModelOps;
+use yaqa_core::sketch::SketchKind;
+
+use crate::error::{Context, ModelError, Result};
+use crate::formats::calib_file::{
+    LabelOrigin, RECORD_FILE, RecordHeader, merge_records, write_record,
+};
+use crate::formats::factor_file::{
+    Provenance, merge_into, parse_sketch_tag, read_factors, sketch_tag, write_factors,
+};
+use crate::job::calib::{CalibSeq, Shard};
+use crate::job::calib_set::{Calibration, calibration_set};
+use crate::job::collect::{Set, empty_factors};
+use crate::job::factors::{factor_index, next_sketch_a_pass, write_factor_dir};
+use crate::job::progress::{Progress, ProgressExt};
+use crate::job::resume::{self, Job, Outcome};
+use crate::job::sketch_a::{self, Plan};
+use crate::job::{CalibConfig, CheckpointPolicy, open_model};
+use crate::transformer::weights::Model;
+
+/// Which factors to collect.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sketch {
+    /// Sketch A: power iteration over passes, per token.
+    A,
+    /// Sketch B: per-sequence gradients, one pass.
+    #[default]
+    B,
+    /// `Σ x xᵀ` from a forward pass (the GPTQ/LDLQ Hessian).
+    Xtx,
+}
+
+impl Sketch {
+    /// The flag value (`a`, `b`, `xtx`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Sketch::A => "a",
+            Sketch::B => "b",
+            Sketch::Xtx => "xtx",
+        }
+    }
+}
+
+/// What `hessian` collects, from what, and where it goes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HessianConfig {
+    /// A GGUF file or a Hugging Face folder.
+    pub model: PathBuf,
+    pub sketch: Sketch,
+    /// Sketch A's passes in this process (at least 2; default 2). Not with `shard` or `from`.
+    pub passes: Option<u32>,
+    /// Run the one Sketch A pass after the merged pass stored in this folder.
+    pub from: Option<PathBuf>,
+    pub calib: CalibConfig,
+    /// Collect only this shard of the calibration set (default: all of it).
+    pub shard: Option<Shard>,
+    /// The factor folder written.
+    pub out: PathBuf,
+    pub checkpoint: CheckpointPolicy,
+}
+
+/// What a finished `hessian` run wrote.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HessianReport {
+    pub out: PathBuf,
+    /// Factor files written.
+    pub files: usize,
+    /// The sketch tag of the files (`b`, `xtx`, `a-p1`, ...).
+    pub sketch: String,
+    /// Sequences collected (this shard's).
+    pub n_seqs: usize,
+    pub seconds: f64,
+    /// What to run next, for a Sketch A pass of a cluster run.
+    pub next: Option<String>,
+}
+
+/// Collects the factors `config` asks for into `config.out` (module docs).
+///
+/// **Errors**: contradictory flags (before the model is loaded), an output folder holding another Sketch
+/// A pass, the errors of loading the model and the calibration set, of collection and of writing; a run
+/// stopped by `checkpoint.stop_after_seqs` returns [`ModelError::Stopped`].
+pub fn run<B: Backend + ModelOps<f32>>(
+    backend: &B,
+    config: &HessianConfig,
+    progress: &dyn Progress,
+) -> Result<HessianReport> {
+    let out = &config.out;
+    // Sketch A runs every pass here (`passes`), or one pass of a sharded run (`sketch_a` module).
+    let plan = sketch_a::plan(config)?;
+    let passes = match plan {
+        Some(Plan::FromStart(passes)) => {
+            sketch_a::check_out(out, passes - 1)?;
+            passes
+        }
+        _ => 0,
+    };
+    let t0 = Instant::now();
+    let loaded = open_model(&config.model)?;
+    if let Some(Plan::After(from)) = plan {
+        return sketch_a::next_pass(backend, &loaded, config, from, t0, progress);
+    }
+    let shard = config.shard.unwrap_or_default();
+    let Calibration {
+        mut seqs,
+        source,
+        seq_len,
+        n_seqs,
+        shards,
+        labels: given_labels,
+    } = calibration_set(backend, &loaded, &config.calib, shard, progress)?;
+    progress.note(format!(
+        "collecting {:?} over {} sequences of {seq_len} tokens (shard {shard}, {source}{})",
+        config.sketch,
+        seqs.len(),
+        if given_labels.is_some() && config.sketch != Sketch::Xtx {
+            ", labels from the file"
+        } else {
+            ""
+        }
+    ));
+    let sketch = match config.sketch {
+        Sketch::Xtx => SketchKind::Xtx,
+        Sketch::B => SketchKind::B,
+        Sketch::A => SketchKind::A { pass: passes - 1 },
+    };
+    let prov = Provenance {
+        seed: config.calib.seed,
+        seq_len,
+        calib: source,
+        shards,
+        model_fingerprint: loaded.fingerprint.clone(),
+    };
+    let record = RecordHeader {
+        seed: prov.seed,
+        seq_len,
+        n_seqs,
+        calib: prov.calib.clone(),
+        shards: prov.shards.clone(),
+        sketch: sketch_tag(sketch),
+        labels: match sketch {
+            // A sharded pass 0 keeps the labels a calibration file gave, for the passes that follow.
+            SketchKind::A { pass: 0 } => given_labels,
+            _ => sketch
+                .needs_gradients()
+                .then(|| given_labels.unwrap_or(LabelOrigin::Sampled)),
+        },
+        model_fingerprint: prov.model_fingerprint.clone(),
+    };
+    let kind = [sketch];
+    let job = Job {
+        kinds: &kind,
+        seed: config.calib.seed,
+        prov: &prov,
+        record: &record,
+        out,
+        every: config.checkpoint.every,
+        budget: config.checkpoint.stop_after_seqs,
+        label: match sketch {
+            SketchKind::B => "Sketch B",
+            _ => "Σ x xᵀ",
+        },
+        progress,
+    };
+    let factors = match config.sketch {
+        Sketch::Xtx | Sketch::B => {
+            let start = vec![empty_factors(&loaded.model, sketch)];
+            match resume::collect(backend, &loaded.model, &mut seqs, 0, start, &job)? {
+                Outcome::Finished { mut sets, .. } => sets.pop().context("no factors collected")?,
+                Outcome::Stopped(done) => {
+                    return Err(ModelError::Stopped(format!("after {done} sequences")));
+                }
+            }
+        }
+        Sketch::A => sketch_a_passes(backend, &loaded.model, &mut seqs, passes, &job)?,
+    };
+    write_factor_dir(out, &loaded.model, &factors, &prov)?;
+    let path = out.join(RECORD_FILE);
+    write_record(&path, &seqs, &record)
+        .with_context(|| format!("writing the calibration record {}", path.display()))?;
+    resume::finish(out)?;
+    let next =
+        matches!(sketch, SketchKind::A { pass: 0 }).then(|| sketch_a::next_steps(0, shard, out));
+    Ok(HessianReport {
+        out: out.clone(),
+        files: factors.len(),
+        sketch: sketch_tag(sketch),
+        n_seqs: seqs.len(),
+        seconds: t0.elapsed().as_secs_f64(),
+        next,
+    })
+}
+
+/// Runs Sketch A's passes (pass 0 is `Σ x xᵀ`), returning the last pass. The labels pass 1 samples (or
+/// the ones the sequences came with) are put on `seqs` and used by every later pass, so the power
+/// iteration runs on one Fisher sample (resampling with the same seeds would draw the same labels, at
+/// the price of one more forward per sequence and pass) and the record holds one `labels` tensor.
+///
+/// Each pass is checkpointed as `job` says, and a finished pass stays the checkpoint until the next pass
+/// writes its own, so a rerun goes on inside the pass the run stopped in: the checkpoint's sums carry
+/// their pass's start ([`yaqa_core::sketch::Factors::pass_start`]).
+fn sketch_a_passes<B: Backend + ModelOps<f32>>(
+    backend: &B,
+    model: &Model<f32>,
+    seqs: &mut [CalibSeq],
+    passes: u32,
+    job: &Job<'_>,
+) -> Result<Set> {
+    let all: Vec<SketchKind> = (0..passes).map(|pass| SketchKind::A { pass }).collect();
+    let checkpointed = resume::checkpointed_kind(job.out, model, job.prov, job.record.n_seqs, &all)
+        .and_then(|k| {
+            let (set, _) = resume::checkpointed_set(job.out, model, k, job.prov)?;
+            Some((k, set))
+        });
+    let (mut pass, mut current) = match checkpointed {
+        Some((SketchKind::A { pass }, set)) => (
+            pass,
+            set.iter().map(|(id, f)| (*id, f.pass_start())).collect(),
+        ),
+        _ => (0, empty_factors(model, SketchKind::A { pass: 0 })),
+    };
+    let mut budget = job.budget;
+    loop {
+        let kind = [SketchKind::A { pass }];
+        let label = format!("A pass {pass}");
+        let pass_job = Job {
+            kinds: &kind,
+            label: &label,
+            budget,
+            ..*job
+        };
+        let (set, processed) =
+            match resume::collect(backend, model, seqs, 0, vec![current], &pass_job)? {
+                Outcome::Finished {
+                    mut sets,
+                    processed,
+                } => {
+                    budget = budget.map(|b| b - processed);
+                    let set = sets.pop().context("Sketch A pass produced no factors")?;
+                    (set, processed)
+                }
+                Outcome::Stopped(done) => {
+                    return Err(ModelError::Stopped(format!(
+                        "in Sketch A pass {pass} after {done} sequences"
+                    )));
+                }
+            };
+        if pass + 1 >= passes {
+            return Ok(set);
+        }
+        if processed > 0 {
+            // Otherwise the checkpoint already is this finished pass.
+            resume::save(
+                model,
+                std::slice::from_ref(&set),
+                seqs,
+                0,
+                seqs.len(),
+                &pass_job,
+            )?;
+        }
+        pass += 1;
+        current = next_sketch_a_pass(model, &set, pass)?;
+    }
+}
+
+/// What `hessian merge` wrote.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MergeReport {
+    pub out: PathBuf,
+    pub shards: usize,
+    pub files: usize,
+    /// Whether the shards' calibration records were merged too (folders from before records existed
+    /// have none).
+    pub records: bool,
+}
+
+/// Adds factor shards (folders written by `hessian` with a shard each) into `out`.
+///
+/// **Errors**: shards that do not hold the same layers, repeat a shard or sequence, or come from other
+/// runs; a folder of another Sketch A pass as `out`; I/O. Each names the folder or file.
+pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<MergeReport> {
+    let Some(first) = shards.first() else {
+        crate::bail!("hessian merge needs at least one shard folder");
+    };
+    let index = factor_index(first)?;
+    // A merged Sketch A pass is the start of the next one: it must not land among another pass's files.
+    for tag in index.values().flat_map(|files| files.keys()) {
+        if let Some(SketchKind::A { pass }) = parse_sketch_tag(tag) {
+            sketch_a::check_out(out, pass)?;
+        }
+    }
+    // The calibration records first: they refuse a repeated shard or sequence before any factor file
+    // is written. Folders from before records existed have none; a mixture is refused.
+    let records: Vec<PathBuf> = shards.iter().map(|d| d.join(RECORD_FILE)).collect();
+    let missing: Vec<&PathBuf> = records.iter().filter(|p| !p.is_file()).collect();
+    std::fs::create_dir_all(out)
+        .map_err(|e| ModelError::io(out, e))
+        .with_context(|| format!("creating {}", out.display()))?;
+    if missing.is_empty() {
+        let dest = out.join(RECORD_FILE);
+        merge_records(&records, &dest)
+            .with_context(|| format!("merging the calibration records into {}", dest.display()))?;
+    } else if missing.len() < records.len() {
+        crate::bail!(
+            "{} is missing although other shards have one: every shard must come with its record",
+            missing[0].display()
+        );
+    }
+    let mut written = 0;
+    for files in index.values() {
+        for path in files.values() {
+            let name = path
+                .file_name()
+                .context("factor file without a name")?
+                .to_owned();
+            let mut acc =
+                read_factors(path).with_context(|| format!("reading {}", path.display()))?;
+            for other_dir in &shards[1..] {
+                let p = other_dir.join(&name);
+                let other = read_factors(&p).with_context(|| {
+                    format!(
+                        "reading {} (every shard must hold the same layers)",
+                        p.display()
+                    )
+                })?;
+                merge_into(&mut acc, &other, &p)?;
+            }
+            let dest = out.join(&name);
+            write_factors(&dest, acc.layer, acc.m, &acc.factors, &acc.provenance)
+                .with_context(|| format!("writing {}", dest.display()))?;
+            written += 1;
+        }
+    }
+    Ok(MergeReport {
+        out: out.to_path_buf(),
+        shards: shards.len(),
+        files: written,
+        records: missing.is_empty(),
+    })
+}

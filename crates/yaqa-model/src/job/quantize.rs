@@ -1,0 +1,335 @@
+//! `quantize`: every linear layer of a model rounded by one method against its factors (from a folder
+//! `hessian` wrote, or collected here first, checkpointed like `hessian`), resumable layer by layer
+//! ([`crate::job::pipeline`]); then, unless asked not to, the KL and perplexity of the result against
+//! the original on held-out text, printed by the caller and recorded under `"eval"` in the output's
+//! header.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use yaqa_core::backend::Backend;
+use yaqa_core::layer::{LayerReport, Method};
+use yaqa_core::model_ops::ModelOps;
+use yaqa_core::sketch::{Factors, SketchKind};
+
+use crate::error::{Context, ModelError, Result};
+use crate::formats::calib_file::{LabelOrigin, RecordHeader};
+use crate::formats::checkpoint::Loaded;
+use crate::formats::factor_file::{Provenance, sketch_tag};
+use crate::formats::quant_file::QuantFile;
+use crate::job::calib::Shard;
+use crate::job::calib_set::{Calibration, calibration_set};
+use crate::job::collect::empty_factors;
+use crate::job::evaluate::{EvalTable, EvalText, dequantize_into, eval_models, eval_tokens};
+use crate::job::factors::{factor_index, pick_factor_file, read_factor_checked};
+use crate::job::pipeline::{assemble_parts, quantize_layers, run_header};
+use crate::job::progress::{Event, Progress};
+use crate::job::resume::{self, Job, Outcome};
+use crate::job::{CalibConfig, CheckpointPolicy, QuantSpec, open_model};
+use crate::transformer::weights::LayerId;
+
+/// What `quantize` does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantizeConfig {
+    /// A GGUF file or a Hugging Face folder.
+    pub model: PathBuf,
+    pub spec: QuantSpec,
+    /// A factor folder from `hessian`; `None`: collect them first (Sketch B for YAQA, `Σ x xᵀ`
+    /// otherwise) with `calib`.
+    pub factors: Option<PathBuf>,
+    pub calib: CalibConfig,
+    /// The quantized file (safetensors). Finished layers go to `OUT.parts/` first, factors collected
+    /// here to `OUT.factors.partial/`.
+    pub out: PathBuf,
+    pub checkpoint: CheckpointPolicy,
+    /// Stop after quantizing this many layers, as if interrupted (tests of resumption).
+    pub stop_after_layers: Option<usize>,
+    /// The text the result is evaluated on; `None`: no evaluation.
+    pub eval: Option<EvalText>,
+}
+
+impl Default for QuantizeConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::new(),
+            spec: QuantSpec::default(),
+            factors: None,
+            calib: CalibConfig::default(),
+            out: PathBuf::new(),
+            checkpoint: CheckpointPolicy::default(),
+            stop_after_layers: None,
+            eval: Some(default_eval()),
+        }
+    }
+}
+
+/// `quantize`'s evaluation by default: 8 windows of 256 tokens sampled from the original model.
+pub fn default_eval() -> EvalText {
+    EvalText {
+        window: 256,
+        n_windows: 8,
+        ..EvalText::default()
+    }
+}
+
+/// One quantized layer in a [`QuantizeReport`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerLine {
+    pub name: String,
+    /// `None` when an earlier run had finished the layer.
+    pub report: Option<LayerReport>,
+    pub seconds: f64,
+}
+
+/// What a finished `quantize` did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantizeReport {
+    pub out: PathBuf,
+    pub layers: Vec<LayerLine>,
+    /// Layers an earlier run had finished.
+    pub resumed: usize,
+    pub seconds: f64,
+    /// KL and perplexity of the result (also in the file's header), unless evaluation was off.
+    pub eval: Option<EvalTable>,
+}
+
+/// Quantizes the model `config` names (module docs).
+///
+/// **Errors**: a spec no quantizer takes or a factor folder that lacks layers or belongs to another
+/// model (all before any layer is rounded), the errors of collection, rounding, evaluation and writing;
+/// a run stopped by `stop_after_*` returns [`ModelError::Stopped`].
+pub fn run<B: Backend + ModelOps<f32>>(
+    backend: &B,
+    config: &QuantizeConfig,
+    progress: &dyn Progress,
+) -> Result<QuantizeReport> {
+    let loaded = open_model(&config.model)?;
+    let layers = LayerId::all(&loaded.model);
+    config.spec.check(
+        layers
+            .iter()
+            .map(|id| loaded.model.layers[id.block].linear(id.kind).cols),
+    )?;
+    let params = config.spec.layer_params();
+    match &config.factors {
+        Some(dir) => {
+            let index = factor_index(dir)?;
+            let mut picks = BTreeMap::new();
+            for &id in &layers {
+                let files = index.get(&id).with_context(|| {
+                    format!("{}: no factor files for {}", dir.display(), id.name())
+                })?;
+                picks.insert(id, pick_factor_file(files, params.method, id)?);
+            }
+            let first = picks
+                .values()
+                .next()
+                .context("a model with no linear layers")?;
+            let prov = read_factor_checked(first, &loaded.fingerprint)?.provenance;
+            let factors_json = json!({
+                "source": dir.display().to_string(),
+                "seed": prov.seed, "seq_len": prov.seq_len, "calib": prov.calib,
+                "shards": prov.shards,
+            });
+            let fp = loaded.fingerprint.clone();
+            let mut load = |id: LayerId| Ok(read_factor_checked(&picks[&id], &fp)?.factors);
+            quantize_with(backend, &loaded, config, factors_json, &mut load, progress)
+        }
+        None => {
+            let kind = if params.method == Method::Yaqa {
+                SketchKind::B
+            } else {
+                SketchKind::Xtx
+            };
+            let mut cal =
+                calibration_set(backend, &loaded, &config.calib, Shard::default(), progress)?;
+            let factors = collect_for_quantize(backend, &loaded, kind, &mut cal, config, progress)?;
+            let factors_json = collected_json(kind, config.calib.seed, &cal);
+            let mut load = |id: LayerId| {
+                factors
+                    .get(&id)
+                    .cloned()
+                    .with_context(|| format!("no factors were collected for {}", id.name()))
+            };
+            let report =
+                quantize_with(backend, &loaded, config, factors_json, &mut load, progress)?;
+            resume::finish(&quantize_factors_dir(&config.out))?;
+            Ok(report)
+        }
+    }
+}
+
+/// Where `quantize` checkpoints the factors it collects: `OUT.factors.partial/`.
+fn quantize_factors_dir(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    out.with_file_name(format!("{name}.factors"))
+}
+
+/// Collects `quantize`'s own factors, checkpointed like `hessian`'s; the finished set stays as the
+/// checkpoint until the quantized file is written, so a run killed while quantizing does not collect
+/// again.
+fn collect_for_quantize<B: Backend + ModelOps<f32>>(
+    backend: &B,
+    loaded: &Loaded,
+    kind: SketchKind,
+    cal: &mut Calibration,
+    config: &QuantizeConfig,
+    progress: &dyn Progress,
+) -> Result<BTreeMap<LayerId, Factors>> {
+    let prov = Provenance {
+        seed: config.calib.seed,
+        seq_len: cal.seq_len,
+        calib: cal.source.clone(),
+        shards: cal.shards.clone(),
+        model_fingerprint: loaded.fingerprint.clone(),
+    };
+    let record = RecordHeader {
+        seed: prov.seed,
+        seq_len: cal.seq_len,
+        n_seqs: cal.n_seqs,
+        calib: prov.calib.clone(),
+        shards: prov.shards.clone(),
+        sketch: sketch_tag(kind),
+        labels: kind
+            .needs_gradients()
+            .then(|| cal.labels.unwrap_or(LabelOrigin::Sampled)),
+        model_fingerprint: prov.model_fingerprint.clone(),
+    };
+    let out = quantize_factors_dir(&config.out);
+    let kinds = [kind];
+    let job = Job {
+        kinds: &kinds,
+        seed: config.calib.seed,
+        prov: &prov,
+        record: &record,
+        out: &out,
+        every: config.checkpoint.every,
+        budget: config.checkpoint.stop_after_seqs,
+        label: "factors",
+        progress,
+    };
+    let start = vec![empty_factors(&loaded.model, kind)];
+    let seqs = &mut cal.seqs;
+    match resume::collect(backend, &loaded.model, seqs, 0, start, &job)? {
+        Outcome::Finished {
+            mut sets,
+            processed,
+        } => {
+            if processed > 0 {
+                resume::save(&loaded.model, &sets, seqs, 0, seqs.len(), &job)?;
+            }
+            sets.pop().context("no factors collected")
+        }
+        Outcome::Stopped(done) => Err(ModelError::Stopped(format!("after {done} sequences"))),
+    }
+}
+
+/// The provenance of factors collected inside `quantize`; `labels` says where the Fisher labels came
+/// from when a calibration file gave them.
+fn collected_json(kind: SketchKind, seed: u64, cal: &Calibration) -> Value {
+    let mut v = json!({
+        "source": "collected",
+        "sketch": sketch_tag(kind),
+        "seed": seed, "seq_len": cal.seq_len, "n_seqs": cal.seqs.len(), "calib": cal.source,
+    });
+    if let (Some(origin), true, Value::Object(o)) = (cal.labels, kind.needs_gradients(), &mut v) {
+        o.insert("labels".into(), json!(origin.as_str()));
+    }
+    v
+}
+
+/// The layer loop, the evaluation of the finished parts, and the final file.
+fn quantize_with<B: Backend + ModelOps<f32>>(
+    backend: &B,
+    loaded: &Loaded,
+    config: &QuantizeConfig,
+    factors_json: Value,
+    load: &mut dyn FnMut(LayerId) -> Result<Factors>,
+    progress: &dyn Progress,
+) -> Result<QuantizeReport> {
+    let t0 = Instant::now();
+    let params = config.spec.layer_params();
+    let run = run_header(&params, &loaded.fingerprint, factors_json);
+    let layers = LayerId::all(&loaded.model);
+    let mut lines = Vec::with_capacity(layers.len());
+    progress.event(Event::Start {
+        label: params.method.name(),
+        total: layers.len(),
+    });
+    let outcome = quantize_layers(
+        backend,
+        &loaded.model,
+        &layers,
+        load,
+        &params,
+        None,
+        &run,
+        &config.out,
+        config.stop_after_layers,
+        &mut |l| {
+            let name = l.id.name();
+            progress.event(Event::Layer {
+                name: &name,
+                report: l.result.map(|q| &q.report),
+                seconds: l.seconds,
+                done: l.done,
+                total: l.total,
+            });
+            lines.push(LayerLine {
+                name,
+                report: l.result.map(|q| q.report.clone()),
+                seconds: l.seconds,
+            });
+        },
+    );
+    progress.event(Event::Finish);
+    let outcome = outcome.with_context(|| format!("quantizing into {}", config.out.display()))?;
+    if !outcome.finished {
+        return Err(ModelError::Stopped(format!(
+            "after {} layers",
+            outcome.done.len()
+        )));
+    }
+    let eval = match &config.eval {
+        Some(text) => {
+            let mut model = loaded.model.clone();
+            for (_, part) in &outcome.parts {
+                let q = QuantFile::open_part(part)?;
+                model = dequantize_into(backend, model, &q)?;
+            }
+            let (tokens, source) = eval_tokens(backend, loaded, text, None, progress)?;
+            let name = crate::job::calib_set::file_name(&config.out);
+            let table = eval_models(
+                backend,
+                &loaded.model,
+                &[(name, model)],
+                &tokens,
+                text,
+                source,
+                progress,
+            )?;
+            Some(table)
+        }
+        None => None,
+    };
+    let eval_json = eval.as_ref().map(|t| {
+        let row = &t.rows[0];
+        json!({
+            "kl": row.kl, "ppl": row.ppl, "original_ppl": t.original_ppl,
+            "text": t.source, "window": t.window, "n_windows": t.n_windows,
+        })
+    });
+    assemble_parts(&outcome.parts, &run, eval_json.as_ref(), &config.out)
+        .with_context(|| format!("writing {}", config.out.display()))?;
+    Ok(QuantizeReport {
+        out: config.out.clone(),
+        layers: lines,
+        resumed: outcome.resumed.len(),
+        seconds: t0.elapsed().as_secs_f64(),
+        eval,
+    })
+}

@@ -1,0 +1,126 @@
+//! `round`: one weight matrix (from a safetensors file) rounded against one layer's factor file, written
+//! as `w_hat` (F32) and `codes` (U8) with the layer report in the header.
+
+use std::path::PathBuf;
+
+use safetensors::Dtype;
+use serde_json::{Value, json};
+use yaqa_core::Mat;
+use yaqa_core::backend::Backend;
+use yaqa_core::layer::{LayerReport, quantize_layer};
+
+use crate::error::{Context, Result};
+use crate::formats::factor_file::read_factors;
+use crate::formats::hf::{RawTensor, SafetensorsFile, write_safetensors};
+use crate::formats::quant_file::report_json;
+use crate::job::QuantSpec;
+use crate::job::pipeline::quantizer_json;
+
+/// What `round` rounds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoundConfig {
+    /// Safetensors file holding the weight matrix (F32, F16 or BF16, m × n).
+    pub weights: PathBuf,
+    /// Tensor name (default: the file's only 2-D tensor).
+    pub tensor: Option<String>,
+    /// One layer's factor file from `hessian`.
+    pub factors: PathBuf,
+    pub spec: QuantSpec,
+    /// The output safetensors file.
+    pub out: PathBuf,
+}
+
+/// What `round` did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundReport {
+    pub tensor: String,
+    pub report: LayerReport,
+}
+
+impl RoundReport {
+    /// The layer report as the file's header records it.
+    pub fn to_json(&self) -> Value {
+        report_json(&self.report)
+    }
+}
+
+/// Rounds the matrix `config` names and writes the result.
+///
+/// **Errors**: no or several 2-D tensors without a name, a tensor that is not a matrix, an unreadable
+/// factor file, a spec the matrix cannot take, rounding errors (naming the tensor), I/O.
+pub fn run(backend: &dyn Backend, config: &RoundConfig) -> Result<RoundReport> {
+    let shown = config.weights.display();
+    let file =
+        SafetensorsFile::open(&config.weights).with_context(|| format!("opening {shown}"))?;
+    let name = match &config.tensor {
+        Some(n) => n.clone(),
+        None => {
+            let two_d: Vec<&String> = file
+                .tensors
+                .iter()
+                .filter(|(_, t)| t.shape.len() == 2)
+                .map(|(n, _)| n)
+                .collect();
+            match two_d.as_slice() {
+                [one] => (*one).clone(),
+                _ => crate::bail!(
+                    "{shown} holds {} 2-D tensors: name one with --tensor",
+                    two_d.len()
+                ),
+            }
+        }
+    };
+    let (shape, data) = file
+        .tensor_f32(&name)
+        .with_context(|| format!("reading {name} from {shown}"))?;
+    let [m, n] = shape[..] else {
+        crate::bail!("{shown}: {name} is not a matrix: shape {shape:?}");
+    };
+    config.spec.check([n])?;
+    let w = Mat::from_vec(m, n, data)?;
+    let f = read_factors(&config.factors)
+        .with_context(|| format!("reading factors {}", config.factors.display()))?;
+    let params = config.spec.layer_params();
+    let q = quantize_layer(
+        backend,
+        &name,
+        &w,
+        &f.factors.for_method(params.method),
+        &params,
+    )
+    .with_context(|| format!("rounding {name}"))?;
+    let codes = q
+        .codes
+        .iter()
+        .map(|&c| u8::try_from(c))
+        .collect::<std::result::Result<Vec<u8>, _>>()
+        .map_err(|_| crate::ModelError::Refused(format!("{name}: codes above 255")))?;
+    let tensors = vec![
+        (
+            "w_hat".to_string(),
+            RawTensor::f32s(vec![m, n], &q.w_hat.data),
+        ),
+        (
+            "codes".to_string(),
+            RawTensor {
+                dtype: Dtype::U8,
+                shape: vec![m, n],
+                bytes: codes,
+            },
+        ),
+    ];
+    let header = json!({
+        "tensor": name,
+        "method": params.method.name(),
+        "quantizer": quantizer_json(&params.quantizer),
+        "incoherence": params.incoherence,
+        "sign_seed": params.seed,
+        "report": report_json(&q.report),
+    });
+    write_safetensors(&config.out, &tensors, "yaqa", &header.to_string())
+        .with_context(|| format!("writing {}", config.out.display()))?;
+    Ok(RoundReport {
+        tensor: name,
+        report: q.report,
+    })
+}
