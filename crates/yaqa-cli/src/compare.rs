@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use yaqa_model::job::compare::{self, CompareConfig, CompareMethod, CompareReport};
 use yaqa_model::job::demo::{self, DemoConfig};
 use yaqa_model::job::evaluate::{EvalText, write_json};
+use yaqa_model::job::guard::{named, refuse_overwrite};
 
 use crate::args::{
     CalibArgs, CalibIdsArgs, CheckpointArgs, DampArgs, Device, backend, calib_config,
@@ -121,6 +122,12 @@ pub fn run(args: CompareArgs) -> Result<()> {
         work: args.work,
         checkpoint: args.checkpoint.policy(),
     };
+    if let Some(json) = &args.json {
+        let mut inputs = config.calib.inputs();
+        inputs.push(named("--model", &config.model));
+        inputs.extend(config.eval.text.as_deref().map(|p| named("--text", p)));
+        refuse_overwrite(&[named("--json", json)], &inputs)?;
+    }
     let report = compare::run(&cpu, &config, None, &Bars::default())?;
     print_report(&report, args.json.as_deref())
 }

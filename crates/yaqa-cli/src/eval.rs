@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 use yaqa_model::job::evaluate::{self, EvalConfig, EvalText, write_json};
+use yaqa_model::job::guard::{named, refuse_overwrite};
 
 use crate::args::{Device, backend};
 use crate::progress::Bars;
@@ -42,6 +43,12 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let cpu = backend(args.device)?;
+    if let Some(json) = &args.json {
+        let mut inputs = vec![named("--model", &args.model)];
+        inputs.extend(args.quantized.iter().map(|p| named("--quantized", p)));
+        inputs.extend(args.text.as_deref().map(|p| named("--text", p)));
+        refuse_overwrite(&[named("--json", json)], &inputs)?;
+    }
     let config = EvalConfig {
         model: args.model,
         quantized: args.quantized,

@@ -29,6 +29,7 @@ use crate::job::calib_set::{Calibration, calibration_set};
 use crate::job::collect::{Set, empty_factors, sampled_labels};
 use crate::job::evaluate::{EvalTable, EvalText, dequantized_model, eval_models, eval_tokens};
 use crate::job::factors::{load_set, next_sketch_a_pass, write_factor_dir};
+use crate::job::guard::{named, refuse_overwrite};
 use crate::job::pipeline::{quantize_model, run_header};
 use crate::job::progress::{Progress, ProgressExt};
 use crate::job::resume::{self, Job, Outcome, labels_from_record};
@@ -196,6 +197,10 @@ pub fn run<B: Backend + ModelOps<f32>>(
     if let Some(&b) = args.bits.iter().find(|b| ![2, 3, 4, 8].contains(*b)) {
         crate::bail!("--bits: {b} is not one of 2, 3, 4, 8");
     }
+    let mut inputs = args.calib.inputs();
+    inputs.push(named("--model", &args.model));
+    inputs.extend(args.eval.text.as_deref().map(|p| named("--text", p)));
+    refuse_overwrite(&[named("--work", &args.work)], &inputs)?;
     let loaded = open_model(&args.model)?;
     std::fs::create_dir_all(&args.work)
         .map_err(|e| ModelError::io(&args.work, e))

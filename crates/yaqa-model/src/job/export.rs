@@ -12,6 +12,7 @@ use crate::formats::gptq::{GptqSummary, write_gptq};
 use crate::formats::hf::{Half, half_tensors, write_hf, write_safetensors};
 use crate::formats::quant_file::QuantFile;
 use crate::job::evaluate::{dequantized_model, write_json};
+use crate::job::guard::{named, refuse_overwrite};
 use crate::job::open_model;
 
 /// What `convert` converts.
@@ -33,6 +34,10 @@ pub fn convert(config: &ConvertConfig) -> Result<()> {
             config.model.display()
         );
     }
+    refuse_overwrite(
+        &[named("--out", &config.out)],
+        &[named("--model", &config.model)],
+    )?;
     let loaded = open_model(&config.model)?;
     write_hf(&loaded.model, &config.out)
         .with_context(|| format!("writing {}", config.out.display()))?;
@@ -77,6 +82,13 @@ pub struct ExportReport {
 /// **Errors**: unreadable files, a quantized file of another model, layers the format cannot hold (named),
 /// I/O.
 pub fn export(backend: &dyn Backend, config: &ExportConfig) -> Result<ExportReport> {
+    refuse_overwrite(
+        &[named("--out", &config.out)],
+        &[
+            named("--model", &config.model),
+            named("--quantized", &config.quantized),
+        ],
+    )?;
     let loaded = open_model(&config.model)?;
     let gptq = match config.format {
         ExportFormat::Bf16 => {

@@ -23,6 +23,7 @@ use crate::job::calib::{CalibSeq, Shard};
 use crate::job::calib_set::{Calibration, calibration_set};
 use crate::job::collect::{Set, empty_factors};
 use crate::job::factors::{factor_index, next_sketch_a_pass, write_factor_dir};
+use crate::job::guard::{named, refuse_overwrite};
 use crate::job::progress::{Progress, ProgressExt};
 use crate::job::resume::{self, Job, Outcome};
 use crate::job::sketch_a::{self, Plan};
@@ -96,6 +97,10 @@ pub fn run<B: Backend + ModelOps<f32>>(
     progress: &dyn Progress,
 ) -> Result<HessianReport> {
     let out = &config.out;
+    let mut inputs = config.calib.inputs();
+    inputs.push(named("--model", &config.model));
+    inputs.extend(config.from.as_deref().map(|p| named("--from", p)));
+    refuse_overwrite(&[named("--out", out)], &inputs)?;
     // Sketch A runs every pass here (`passes`), or one pass of a sharded run (`sketch_a` module).
     let plan = sketch_a::plan(config)?;
     let passes = match plan {
@@ -293,6 +298,8 @@ pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<MergeReport> {
     let Some(first) = shards.first() else {
         crate::bail!("hessian merge needs at least one shard folder");
     };
+    let inputs: Vec<_> = shards.iter().map(|p| named("shard", p)).collect();
+    refuse_overwrite(&[named("--out", out)], &inputs)?;
     let index = factor_index(first)?;
     // A merged Sketch A pass is the start of the next one: it must not land among another pass's files.
     for tag in index.values().flat_map(|files| files.keys()) {

@@ -23,6 +23,7 @@ pub mod eval;
 pub mod evaluate;
 pub mod export;
 pub mod factors;
+pub mod guard;
 pub mod hessian;
 pub mod pipeline;
 pub mod progress;
@@ -54,6 +55,24 @@ pub struct CalibConfig {
     pub seq_len: usize,
     /// Seed of the windows or samples and of the sampled Fisher labels (recorded).
     pub seed: u64,
+}
+
+impl CalibConfig {
+    /// The files the calibration reads, for [`guard::refuse_overwrite`].
+    pub fn inputs(&self) -> Vec<guard::Named<'_>> {
+        let mut v: Vec<_> = self
+            .text
+            .iter()
+            .map(|p| guard::named("--calib", p))
+            .collect();
+        v.extend(
+            self.tokenizer
+                .as_deref()
+                .map(|p| guard::named("--tokenizer", p)),
+        );
+        v.extend(self.ids.as_deref().map(|p| guard::named("--calib-ids", p)));
+        v
+    }
 }
 
 impl Default for CalibConfig {

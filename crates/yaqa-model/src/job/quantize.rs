@@ -24,6 +24,7 @@ use crate::job::calib_set::{Calibration, calibration_set};
 use crate::job::collect::empty_factors;
 use crate::job::evaluate::{EvalTable, EvalText, dequantize_into, eval_models, eval_tokens};
 use crate::job::factors::{factor_index, pick_factor_file, read_factor_checked};
+use crate::job::guard::{named, refuse_overwrite};
 use crate::job::pipeline::{assemble_parts, quantize_layers, run_header};
 use crate::job::progress::{Event, Progress};
 use crate::job::resume::{self, Job, Outcome};
@@ -105,6 +106,12 @@ pub fn run<B: Backend + ModelOps<f32>>(
     config: &QuantizeConfig,
     progress: &dyn Progress,
 ) -> Result<QuantizeReport> {
+    let mut inputs = config.calib.inputs();
+    inputs.push(named("--model", &config.model));
+    inputs.extend(config.factors.as_deref().map(|p| named("--factors", p)));
+    let eval_text = config.eval.as_ref().and_then(|e| e.text.as_deref());
+    inputs.extend(eval_text.map(|p| named("--eval-text", p)));
+    refuse_overwrite(&[named("--out", &config.out)], &inputs)?;
     let loaded = open_model(&config.model)?;
     let layers = LayerId::all(&loaded.model);
     config.spec.check(

@@ -14,6 +14,7 @@ use crate::formats::factor_file::read_factors;
 use crate::formats::hf::{RawTensor, SafetensorsFile, write_safetensors};
 use crate::formats::quant_file::report_json;
 use crate::job::QuantSpec;
+use crate::job::guard::{named, refuse_overwrite};
 use crate::job::pipeline::quantizer_json;
 
 /// What `round` rounds.
@@ -49,6 +50,13 @@ impl RoundReport {
 /// **Errors**: no or several 2-D tensors without a name, a tensor that is not a matrix, an unreadable
 /// factor file, a spec the matrix cannot take, rounding errors (naming the tensor), I/O.
 pub fn run(backend: &dyn Backend, config: &RoundConfig) -> Result<RoundReport> {
+    refuse_overwrite(
+        &[named("--out", &config.out)],
+        &[
+            named("--weights", &config.weights),
+            named("--factors", &config.factors),
+        ],
+    )?;
     let shown = config.weights.display();
     let file =
         SafetensorsFile::open(&config.weights).with_context(|| format!("opening {shown}"))?;
