@@ -4,9 +4,9 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::time::Duration;
+use yaqa::core::backend::round_to_nearest;
 use yaqa::core::backend::{Backend, RoundParams};
 use yaqa::core::quant::int::IntSym;
-use yaqa::core::quant::round_to_nearest;
 use yaqa::core::refine::refine_coordinate;
 use yaqa::core::sketch::Factors;
 use yaqa::core::{LdlParams, Mat, ldl::normalize_mean_diag, synthetic};

@@ -8,6 +8,10 @@
 //! - `cargo xtask nvrtc-check`: installs NVRTC from PyPI (`scripts/nvrtc.sh`) and runs the
 //!   `kernels_compile` test with `YAQA_REQUIRE_NVRTC=1`, so that every kernel in `cuda/` must compile
 //!   for compute_80 and compute_90. No GPU needed; this is what CI runs.
+//! - `cargo xtask tidy`: no import cycles between the modules of any crate, and command-line files
+//!   under 400 lines ([`tidy`]).
+
+mod tidy;
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -22,7 +26,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   parity [--allow-no-gpu]   CPU vs CUDA vs f64 reference on every backend operation
-  nvrtc-check               install NVRTC from PyPI and compile every kernel in cuda/ with it";
+  nvrtc-check               install NVRTC from PyPI and compile every kernel in cuda/ with it
+  tidy                      no import cycles between modules; command-line files under 400 lines";
 
 fn workspace_root() -> Result<PathBuf> {
     let manifest = env::var_os("CARGO_MANIFEST_DIR")
@@ -146,6 +151,7 @@ fn run() -> Result<()> {
             }
             nvrtc_check(&root)
         }
+        Some("tidy") => tidy::run(&root),
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");
             Ok(())

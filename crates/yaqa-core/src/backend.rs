@@ -89,6 +89,31 @@ pub struct Rounded {
     pub pivots: Vec<f64>,
 }
 
+/// Round-to-nearest over the whole matrix: every tile quantized with no feedback.
+pub fn round_to_nearest(w: &Mat<f32>, quantizer: &dyn TileQuantizer) -> Rounded {
+    let mut w_hat = w.clone();
+    let per_code = quantizer.code_dim();
+    let mut codes = vec![0u16; w.rows * w.cols / per_code];
+    let codes_per_row = w.cols / per_code;
+    for i in 0..w.rows {
+        let row = w_hat.row_mut(i);
+        quantizer.quantize_tile(
+            i,
+            0,
+            1,
+            w.cols,
+            row,
+            &mut codes[i * codes_per_row..(i + 1) * codes_per_row],
+            None,
+        );
+    }
+    Rounded {
+        w_hat,
+        codes,
+        pivots: Vec::new(),
+    }
+}
+
 /// The operations a compute backend provides. All are deterministic for fixed inputs.
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// A short human-readable name (`cpu`, `cpu-scalar`, `reference-f64`, `cuda:0`).

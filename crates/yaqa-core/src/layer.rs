@@ -6,13 +6,14 @@
 //! symmetric grid is searched on round-to-nearest's output error `tr(Δ Σxxᵀ Δᵀ)` whatever the method's
 //! own factors are, so given the same calibration tokens every method gets the same scale.
 
+use crate::backend::round_to_nearest;
 use crate::backend::{Backend, GptqParams, RoundParams, Rounded, Side};
 use crate::error::{CoreError, Result, check_finite};
 use crate::hadamard::sign_vector;
 use crate::ldl::{LdlParams, normalize_mean_diag};
 use crate::mat::Mat;
+use crate::quant::TileQuantizer;
 use crate::quant::int::{AsymFitParams, IntAsymGroup, IntSym, search_sym_scale};
-use crate::quant::{TileQuantizer, round_to_nearest};
 use crate::refine::{RefineStats, refine_coordinate};
 use crate::sketch::Factors;
 use crate::sym::SymMat;

@@ -36,34 +36,6 @@ pub trait TileQuantizer: Send + Sync + std::fmt::Debug {
     );
 }
 
-/// Round-to-nearest over the whole matrix: every tile quantized with no feedback.
-pub fn round_to_nearest(
-    w: &crate::mat::Mat<f32>,
-    quantizer: &dyn TileQuantizer,
-) -> crate::backend::Rounded {
-    let mut w_hat = w.clone();
-    let per_code = quantizer.code_dim();
-    let mut codes = vec![0u16; w.rows * w.cols / per_code];
-    let codes_per_row = w.cols / per_code;
-    for i in 0..w.rows {
-        let row = w_hat.row_mut(i);
-        quantizer.quantize_tile(
-            i,
-            0,
-            1,
-            w.cols,
-            row,
-            &mut codes[i * codes_per_row..(i + 1) * codes_per_row],
-            None,
-        );
-    }
-    crate::backend::Rounded {
-        w_hat,
-        codes,
-        pivots: Vec::new(),
-    }
-}
-
 /// The quantizer with infinite precision: returns its input and writes code 0. Rounding with it must give
 /// back `W` exactly (DESIGN.md §4's special cases), which is what the identity tests check.
 #[derive(Clone, Copy, Debug, Default)]

@@ -186,8 +186,9 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 mod tests {
     use super::*;
     use crate::backend::Backend;
+    use crate::backend::round_to_nearest;
+    use crate::quant::Exact;
     use crate::quant::int::IntSym;
-    use crate::quant::{Exact, round_to_nearest};
     use crate::reference::Reference;
     use crate::synthetic;
 

@@ -15,10 +15,10 @@
 
 use std::fmt::Write as _;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, round_to_nearest};
 use crate::error::{CoreError, Result, check_finite};
 use crate::mat::Mat;
-use crate::quant::{TileQuantizer, round_to_nearest};
+use crate::quant::TileQuantizer;
 use crate::rng::Rng;
 use crate::sym::SymMat;
 

@@ -305,7 +305,7 @@ mod tests {
     fn identity_hessian_is_round_to_nearest() {
         let w = weights(7, 20, 7);
         let grid = IntSym::new(2, 0.5).expect("valid");
-        let rtn = crate::quant::round_to_nearest(&w, &grid);
+        let rtn = crate::backend::round_to_nearest(&w, &grid);
         let out = gptq(&w, &SymMat::identity(20), &grid, &GptqParams::default()).expect("gptq");
         assert_eq!(out.w_hat, rtn.w_hat);
         assert_eq!(out.codes, rtn.codes);

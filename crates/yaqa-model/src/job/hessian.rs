@@ -26,7 +26,7 @@ use crate::job::factors::{factor_index, next_sketch_a_pass, write_factor_dir};
 use crate::job::guard::{named, refuse_overwrite};
 use crate::job::progress::{Progress, ProgressExt};
 use crate::job::resume::{self, Job, Outcome};
-use crate::job::sketch_a::{self, Plan};
+use crate::job::sketch_a::{self, DEFAULT_PASSES};
 use crate::job::{CalibConfig, CheckpointPolicy, open_model};
 use crate::transformer::weights::Model;
 
@@ -86,6 +86,56 @@ pub struct HessianReport {
     pub next: Option<String>,
 }
 
+/// What a `hessian --sketch a` run does, from its flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan<'a> {
+    /// Passes `0..P` in one process over this run's sequences: `--passes P`, or `P = 1` (pass 0 only)
+    /// for a sharded run without `--from`.
+    FromStart(u32),
+    /// Exactly the pass after the one stored in this folder (`--from`).
+    After(&'a Path),
+}
+
+/// Checks the flags that shape Sketch A (before the model is loaded) and says what the run does; `None`
+/// for the other sketches.
+///
+/// **Errors**: `--from` without `--sketch a`; `--passes` next to `--from` or `--shard` (those runs do
+/// one pass each); fewer than 2 passes.
+fn plan(args: &HessianConfig) -> Result<Option<Plan<'_>>> {
+    if args.sketch != Sketch::A {
+        if let Some(from) = &args.from {
+            crate::bail!(
+                "--from {}: --from continues Sketch A from a finished pass and needs --sketch a",
+                from.display()
+            );
+        }
+        if let Some(p) = args.passes {
+            crate::bail!(
+                "--passes {p}: passes are Sketch A's, and this run collects --sketch {}",
+                args.sketch.name()
+            );
+        }
+        return Ok(None);
+    }
+    let one_pass = |why: &str, p: u32| {
+        ModelError::Refused(format!(
+            "--passes {p} with {why}: --passes runs every pass in one process, while a run with --shard \
+             or --from runs exactly one pass (pass 0 without --from, otherwise the pass after --from's); \
+             drop --passes and loop over the passes, merging the shards in between"
+        ))
+    };
+    match (&args.from, args.shard, args.passes) {
+        (Some(from), _, Some(p)) => Err(one_pass(&format!("--from {}", from.display()), p)),
+        (None, Some(shard), Some(p)) => Err(one_pass(&format!("--shard {shard}"), p)),
+        (Some(from), _, None) => Ok(Some(Plan::After(from))),
+        (None, Some(_), None) => Ok(Some(Plan::FromStart(1))),
+        (None, None, Some(p)) if p < 2 => {
+            crate::bail!("--passes: Sketch A needs at least 2 passes (the reference uses 6)")
+        }
+        (None, None, p) => Ok(Some(Plan::FromStart(p.unwrap_or(DEFAULT_PASSES)))),
+    }
+}
+
 /// Collects the factors `config` asks for into `config.out` (module docs).
 ///
 /// **Errors**: contradictory flags (before the model is loaded), an output folder holding another Sketch
@@ -102,7 +152,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
     inputs.extend(config.from.as_deref().map(|p| named("--from", p)));
     refuse_overwrite(&[named("--out", out)], &inputs)?;
     // Sketch A runs every pass here (`passes`), or one pass of a sharded run (`sketch_a` module).
-    let plan = sketch_a::plan(config)?;
+    let plan = plan(config)?;
     let passes = match plan {
         Some(Plan::FromStart(passes)) => {
             sketch_a::check_out(out, passes - 1)?;
@@ -113,7 +163,24 @@ pub fn run<B: Backend + ModelOps<f32>>(
     let t0 = Instant::now();
     let loaded = open_model(&config.model)?;
     if let Some(Plan::After(from)) = plan {
-        return sketch_a::next_pass(backend, &loaded, config, from, t0, progress);
+        let w = sketch_a::next_pass(
+            backend,
+            &loaded,
+            &config.calib,
+            config.shard.unwrap_or_default(),
+            from,
+            out,
+            config.checkpoint,
+            progress,
+        )?;
+        return Ok(HessianReport {
+            out: out.clone(),
+            files: w.files,
+            sketch: sketch_tag(SketchKind::A { pass: w.pass }),
+            n_seqs: w.n_seqs,
+            seconds: t0.elapsed().as_secs_f64(),
+            next: Some(w.next),
+        });
     }
     let shard = config.shard.unwrap_or_default();
     let Calibration {

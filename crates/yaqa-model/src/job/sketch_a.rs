@@ -23,7 +23,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use yaqa_core::backend::Backend;
 use yaqa_core::model_ops::ModelOps;
@@ -41,60 +40,10 @@ use crate::job::collect::Set;
 use crate::job::factors::{
     factor_index, next_sketch_a_pass, read_factor_checked, write_factor_dir,
 };
-use crate::job::hessian::{HessianConfig, HessianReport, Sketch};
 use crate::job::progress::{Progress, ProgressExt};
 use crate::job::resume::{self, Job, Outcome};
+use crate::job::{CalibConfig, CheckpointPolicy};
 use crate::transformer::weights::LayerId;
-
-/// What a `hessian --sketch a` run does, from its flags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Plan<'a> {
-    /// Passes `0..P` in one process over this run's sequences: `--passes P`, or `P = 1` (pass 0 only)
-    /// for a sharded run without `--from`.
-    FromStart(u32),
-    /// Exactly the pass after the one stored in this folder (`--from`).
-    After(&'a Path),
-}
-
-/// Checks the flags that shape Sketch A (before the model is loaded) and says what the run does; `None`
-/// for the other sketches.
-///
-/// **Errors**: `--from` without `--sketch a`; `--passes` next to `--from` or `--shard` (those runs do
-/// one pass each); fewer than 2 passes.
-pub fn plan(args: &HessianConfig) -> Result<Option<Plan<'_>>> {
-    if args.sketch != Sketch::A {
-        if let Some(from) = &args.from {
-            crate::bail!(
-                "--from {}: --from continues Sketch A from a finished pass and needs --sketch a",
-                from.display()
-            );
-        }
-        if let Some(p) = args.passes {
-            crate::bail!(
-                "--passes {p}: passes are Sketch A's, and this run collects --sketch {}",
-                args.sketch.name()
-            );
-        }
-        return Ok(None);
-    }
-    let one_pass = |why: &str, p: u32| {
-        ModelError::Refused(format!(
-            "--passes {p} with {why}: --passes runs every pass in one process, while a run with --shard \
-             or --from runs exactly one pass (pass 0 without --from, otherwise the pass after --from's); \
-             drop --passes and loop over the passes, merging the shards in between"
-        ))
-    };
-    match (&args.from, args.shard, args.passes) {
-        (Some(from), _, Some(p)) => Err(one_pass(&format!("--from {}", from.display()), p)),
-        (None, Some(shard), Some(p)) => Err(one_pass(&format!("--shard {shard}"), p)),
-        (Some(from), _, None) => Ok(Some(Plan::After(from))),
-        (None, Some(_), None) => Ok(Some(Plan::FromStart(1))),
-        (None, None, Some(p)) if p < 2 => {
-            crate::bail!("--passes: Sketch A needs at least 2 passes (the reference uses 6)")
-        }
-        (None, None, p) => Ok(Some(Plan::FromStart(p.unwrap_or(DEFAULT_PASSES)))),
-    }
-}
 
 /// Sketch A's passes in one process when `--passes` is not given.
 pub const DEFAULT_PASSES: u32 = 2;
@@ -326,12 +275,12 @@ pub fn pass_sequences<B: Backend + ModelOps<f32>>(
     backend: &B,
     from: &PassDir,
     loaded: &Loaded,
-    args: &HessianConfig,
+    calib: &CalibConfig,
     shard: Shard,
     progress: &dyn Progress,
 ) -> Result<(Vec<CalibSeq>, Option<LabelOrigin>)> {
     let (shown, rec) = (from.dir.display(), &from.record);
-    let seed = args.calib.seed;
+    let seed = calib.seed;
     if seed != rec.seed {
         crate::bail!(
             "--from {shown} was collected with --seed {}, this run has --seed {seed}",
@@ -344,14 +293,14 @@ pub fn pass_sequences<B: Backend + ModelOps<f32>>(
         .filter(|s| shard.contains(s.index))
         .cloned()
         .collect();
-    let ids = args.calib.ids.as_deref();
-    let data_free = ids.is_none() && args.calib.text.is_empty();
+    let ids = calib.ids.as_deref();
+    let data_free = ids.is_none() && calib.text.is_empty();
     let (source, seq_len, n_seqs, made) = if data_free {
         // Sampling again would cost more than the pass; the record holds the samples.
-        let (seq_len, n_seqs) = (args.calib.seq_len, args.calib.n_seqs);
+        let (seq_len, n_seqs) = (calib.seq_len, calib.n_seqs);
         ("data-free".to_string(), seq_len, n_seqs, None)
     } else {
-        let cal = calibration_set(backend, loaded, &args.calib, shard, progress)?;
+        let cal = calibration_set(backend, loaded, calib, shard, progress)?;
         (
             cal.source,
             cal.seq_len,
@@ -426,25 +375,37 @@ pub fn pass_sequences<B: Backend + ModelOps<f32>>(
     Ok((seqs, origin))
 }
 
-/// `yaqa hessian --sketch a --from DIR`: the pass after `DIR`'s over this run's shard, written to
-/// `args.out` as `a-p<K+1>` factor files and a calibration record of the shard.
+/// What one pass wrote.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PassWritten {
+    pub pass: u32,
+    /// Factor files written.
+    pub files: usize,
+    /// Sequences of the shard.
+    pub n_seqs: usize,
+    /// What to run next.
+    pub next: String,
+}
+
+/// `yaqa hessian --sketch a --from DIR`: the pass after `DIR`'s over `shard` of the calibration set
+/// `calib` describes, written to `out` as `a-p<K+1>` factor files and a calibration record of the shard.
 ///
 /// **Errors**: a `from` folder that is not one merged pass of this run, an output folder of another
 /// pass, and the errors of collection and writing.
 pub fn next_pass<B: Backend + ModelOps<f32>>(
     backend: &B,
     loaded: &Loaded,
-    args: &HessianConfig,
+    calib: &CalibConfig,
+    shard: Shard,
     from: &Path,
-    t0: Instant,
+    out: &Path,
+    checkpoint: CheckpointPolicy,
     progress: &dyn Progress,
-) -> Result<HessianReport> {
-    let out = &args.out;
-    let shard = args.shard.unwrap_or_default();
+) -> Result<PassWritten> {
     let prev = read_pass_dir(from, loaded)?;
     let pass = prev.pass + 1;
     check_out(out, pass)?;
-    let (mut seqs, origin) = pass_sequences(backend, &prev, loaded, args, shard, progress)?;
+    let (mut seqs, origin) = pass_sequences(backend, &prev, loaded, calib, shard, progress)?;
     let start = next_sketch_a_pass(&loaded.model, &read_pass_factors(&prev, loaded)?, pass)?;
     progress.note(format!(
         "Sketch A pass {pass} from {} over {} sequences (shard {shard}, {}{})",
@@ -480,8 +441,8 @@ pub fn next_pass<B: Backend + ModelOps<f32>>(
         prov: &prov,
         record: &header,
         out,
-        every: args.checkpoint.every,
-        budget: args.checkpoint.stop_after_seqs,
+        every: checkpoint.every,
+        budget: checkpoint.stop_after_seqs,
         label: &label,
         progress,
     };
@@ -498,13 +459,11 @@ pub fn next_pass<B: Backend + ModelOps<f32>>(
     write_record(&path, &seqs, &header)
         .with_context(|| format!("writing the calibration record {}", path.display()))?;
     resume::finish(out)?;
-    Ok(HessianReport {
-        out: out.clone(),
+    Ok(PassWritten {
+        pass,
         files: factors.len(),
-        sketch: sketch_tag(SketchKind::A { pass }),
         n_seqs: seqs.len(),
-        seconds: t0.elapsed().as_secs_f64(),
-        next: Some(next_steps(pass, shard, out)),
+        next: next_steps(pass, shard, out),
     })
 }
 
