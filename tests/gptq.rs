@@ -7,9 +7,9 @@
 //! Data are structured (`yaqa_core::synthetic`): correlated activations with a decaying spectrum and
 //! outlier channels, `H = XᵀX`, and weights with uneven row scales.
 
+use yaqa::core::backend::round_to_nearest;
 use yaqa::core::quant::Exact;
 use yaqa::core::quant::int::{AsymFitParams, IntAsymGroup, IntSym, search_sym_scale, sym_grid_rms};
-use yaqa::core::quant::round_to_nearest;
 use yaqa::core::reference::Reference;
 use yaqa::core::{Backend, CoreError, GptqParams, Mat, SymMat, TileQuantizer, synthetic};
 use yaqa::cpu::Cpu;
