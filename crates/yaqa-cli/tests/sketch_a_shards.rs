@@ -429,7 +429,10 @@ fn misused_flags_and_folders_are_refused() {
     a.extend(["--from", p0_name]);
     let err = run_fails(&sketch_a(&model, &p0, &a));
     // --out is --from: refused as an output that is an input, before the pass check.
-    assert!(err.contains("is --from") && err.contains("would destroy an input"), "{err}");
+    assert!(
+        err.contains("is --from") && err.contains("would destroy an input"),
+        "{err}"
+    );
     assert_eq!(
         record(&p0).header.unwrap().sketch,
         "a-p0",

@@ -18,9 +18,16 @@ use crate::error::{ModelError, Result};
 /// The widest code packed here (codes come back as bytes).
 pub const MAX_BITS: u32 = 8;
 
-/// Bytes holding `len` codes of `bits` bits: `⌈len·k/8⌉`.
+/// Bytes holding `len` codes of `bits` bits: `⌈len·k/8⌉`, saturating at `usize::MAX` (a size no buffer
+/// has, so a saturated value never matches a real tensor). Readers use [`checked_packed_len`].
 pub fn packed_len(len: usize, bits: u32) -> usize {
-    (len * bits as usize).div_ceil(8)
+    checked_packed_len(len, bits).unwrap_or(usize::MAX)
+}
+
+/// `⌈len·k/8⌉`, or `None` when `len·k` overflows (a length read from a damaged header).
+pub fn checked_packed_len(len: usize, bits: u32) -> Option<usize> {
+    len.checked_mul(usize::try_from(bits).ok()?)
+        .map(|b| b.div_ceil(8))
 }
 
 fn check_bits(bits: u32) -> Result<()> {
@@ -105,7 +112,7 @@ macro_rules! by_width {
 /// `2^k` or more (named by row and column).
 pub fn pack_rows(codes: &[u16], rows: usize, cols: usize, bits: u32) -> Result<Vec<u8>> {
     check_bits(bits)?;
-    if codes.len() != rows * cols {
+    if rows.checked_mul(cols) != Some(codes.len()) {
         return Err(ModelError::Input(format!(
             "bit-packing {rows} × {cols} codes: {} given",
             codes.len()
@@ -120,8 +127,13 @@ pub fn pack_rows(codes: &[u16], rows: usize, cols: usize, bits: u32) -> Result<V
             at % cols
         )));
     }
-    let row_bytes = packed_len(cols, bits);
-    let mut out = vec![0u8; rows * row_bytes];
+    let size = checked_packed_len(cols, bits).and_then(|r| Some((r, r.checked_mul(rows)?)));
+    let Some((row_bytes, total)) = size else {
+        return Err(ModelError::Input(format!(
+            "bit-packing {rows} × {cols} {bits}-bit codes: the packed size overflows"
+        )));
+    };
+    let mut out = vec![0u8; total];
     if row_bytes > 0 {
         for (row, dst) in codes
             .chunks_exact(cols)
@@ -139,15 +151,23 @@ pub fn pack_rows(codes: &[u16], rows: usize, cols: usize, bits: u32) -> Result<V
 /// (after its last code) are not zero, as [`pack_rows`] never writes them.
 pub fn unpack_rows(bytes: &[u8], rows: usize, cols: usize, bits: u32) -> Result<Vec<u8>> {
     check_bits(bits)?;
-    let row_bytes = packed_len(cols, bits);
-    if bytes.len() != rows * row_bytes {
+    // `rows` and `cols` may come from a file's header, so every product is checked.
+    let row_bytes = checked_packed_len(cols, bits);
+    let codes = rows.checked_mul(cols);
+    let (Some(row_bytes), Some(n_codes)) = (row_bytes, codes) else {
+        return Err(ModelError::Input(format!(
+            "{} bytes do not hold {rows} × {cols} {bits}-bit codes: that many codes overflow",
+            bytes.len()
+        )));
+    };
+    if row_bytes.checked_mul(rows) != Some(bytes.len()) {
         return Err(ModelError::Input(format!(
             "{} bytes do not hold {rows} × {cols} {bits}-bit codes packed row by row \
              ({rows} × {row_bytes} bytes)",
             bytes.len()
         )));
     }
-    let mut out = vec![0u8; rows * cols];
+    let mut out = vec![0u8; n_codes];
     if row_bytes > 0 {
         for (i, (src, dst)) in bytes
             .chunks_exact(row_bytes)

@@ -118,8 +118,8 @@ impl RecordHeader {
         };
         Ok(Self {
             seed: num("seed")?,
-            seq_len: num("seq_len")? as usize,
-            n_seqs: num("n_seqs")? as usize,
+            seq_len: header.usize("seq_len")?,
+            n_seqs: header.usize("n_seqs")?,
             calib: string("calib")?,
             shards,
             sketch: string("sketch")?,
@@ -460,8 +460,10 @@ impl CalibFile {
             )));
         }
         let have: BTreeSet<usize> = self.seqs.iter().map(|s| s.index).collect();
-        let whole_shard = (0..h.n_seqs)
-            .filter(|&i| shard.contains(i))
+        // The shard's members directly (not a filter over all `n_seqs`, a number from the file): the
+        // walk ends at the first member the record lacks, after at most `have.len() + 1` steps.
+        let whole_shard = (shard.index..h.n_seqs)
+            .step_by(shard.count.max(1))
             .all(|i| have.contains(&i));
         let shards = if whole_shard {
             vec![shard.to_string()]

@@ -111,7 +111,17 @@ pub struct FactorFile {
 
 fn packed(file: &SafetensorsFile, name: &str, n: usize) -> Result<SymMat> {
     let (info, bytes) = file.raw(name, "F64")?;
-    let want = n * (n + 1) / 2;
+    // `n` comes from the header: a product that overflows is a header no tensor can match.
+    let want = n
+        .checked_add(1)
+        .and_then(|n1| n.checked_mul(n1))
+        .map(|p| p / 2)
+        .ok_or_else(|| {
+            ModelError::format(
+                file.path(),
+                format!("tensor {name}: a packed triangle of {n} × {n} overflows"),
+            )
+        })?;
     if info.shape != [want] {
         return Err(ModelError::ShapeMismatch {
             path: file.path().to_path_buf(),
@@ -149,7 +159,7 @@ pub fn read_factors(path: &Path) -> Result<FactorFile> {
     let layer_name = string("layer")?;
     let layer = LayerId::parse(&layer_name)
         .ok_or_else(|| bad(format!("unknown layer name {layer_name:?}")))?;
-    let (m, n) = (num("m")? as usize, num("n")? as usize);
+    let (m, n) = (header.dim("m")?, header.dim("n")?);
     let sketch = string("sketch")?;
     let kind =
         parse_sketch_tag(&sketch).ok_or_else(|| bad(format!("unknown sketch {sketch:?}")))?;
@@ -191,7 +201,7 @@ pub fn read_factors(path: &Path) -> Result<FactorFile> {
         },
         provenance: Provenance {
             seed: num("seed")?,
-            seq_len: num("seq_len")? as usize,
+            seq_len: header.usize("seq_len")?,
             calib: string("calib")?,
             shards,
             model_fingerprint: string("model_fingerprint")?,

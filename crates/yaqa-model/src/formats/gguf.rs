@@ -9,6 +9,8 @@
 //! Layout (all little-endian): magic `GGUF`, version `u32`, tensor count `u64`, metadata count `u64`,
 //! the metadata key/values, the tensor infos (name, dims fastest-first, type, offset), padding to the
 //! alignment (`general.alignment`, default 32), then the tensor data, each offset relative to its start.
+//! [`GgufFile::open`] checks all of it before any tensor is read: a header that lies about a count, a
+//! size or an offset is refused with the file and the tensor, never read around or wrapped.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -109,26 +111,56 @@ impl GgmlType {
     }
 }
 
+/// `(id, name, elements per block, bytes per block)` of every tensor type ggml defines (ggml.h's
+/// `ggml_type`, block layouts from ggml-common.h), including those this reader cannot dequantize: the
+/// sizes let [`GgufFile::open`] check every tensor's byte range, so that no tensor the model reads can
+/// overlap one it does not.
+const GGML_TYPES: [(u32, &str, u64, u64); 31] = [
+    (0, "F32", 1, 4),
+    (1, "F16", 1, 2),
+    (2, "Q4_0", 32, 18),
+    (3, "Q4_1", 32, 20),
+    (6, "Q5_0", 32, 22),
+    (7, "Q5_1", 32, 24),
+    (8, "Q8_0", 32, 34),
+    (9, "Q8_1", 32, 36),
+    (10, "Q2_K", 256, 84),
+    (11, "Q3_K", 256, 110),
+    (12, "Q4_K", 256, 144),
+    (13, "Q5_K", 256, 176),
+    (14, "Q6_K", 256, 210),
+    (15, "Q8_K", 256, 292),
+    (16, "IQ2_XXS", 256, 66),
+    (17, "IQ2_XS", 256, 74),
+    (18, "IQ3_XXS", 256, 98),
+    (19, "IQ1_S", 256, 50),
+    (20, "IQ4_NL", 32, 18),
+    (21, "IQ3_S", 256, 110),
+    (22, "IQ2_S", 256, 82),
+    (23, "IQ4_XS", 256, 136),
+    (24, "I8", 1, 1),
+    (25, "I16", 1, 2),
+    (26, "I32", 1, 4),
+    (27, "I64", 1, 8),
+    (28, "F64", 1, 8),
+    (29, "IQ1_M", 256, 56),
+    (30, "BF16", 1, 2),
+    (34, "TQ1_0", 256, 54),
+    (35, "TQ2_0", 256, 66),
+];
+
+/// `(name, elements per block, bytes per block)` of a ggml type id, `None` for ids ggml does not define
+/// (or defined after this table was written).
+fn ggml_type(id: u32) -> Option<(&'static str, u64, u64)> {
+    GGML_TYPES
+        .iter()
+        .find(|t| t.0 == id)
+        .map(|&(_, name, elems, bytes)| (name, elems, bytes))
+}
+
 /// A human-readable name for a ggml type id, for error messages.
 fn ggml_type_name(id: u32) -> String {
-    let name = match id {
-        0 => "F32",
-        1 => "F16",
-        2 => "Q4_0",
-        3 => "Q4_1",
-        6 => "Q5_0",
-        7 => "Q5_1",
-        8 => "Q8_0",
-        9 => "Q8_1",
-        10 => "Q2_K",
-        11 => "Q3_K",
-        12 => "Q4_K",
-        13 => "Q5_K",
-        14 => "Q6_K",
-        15 => "Q8_K",
-        30 => "BF16",
-        _ => "unknown",
-    };
+    let name = ggml_type(id).map_or("unknown", |t| t.0);
     format!("{name} (ggml type {id})")
 }
 
@@ -150,9 +182,15 @@ impl GgufTensorInfo {
         self.dims.iter().rev().map(|&d| d as usize).collect()
     }
 
-    /// The number of elements.
+    /// The number of elements, saturating at `u64::MAX` (which no file can hold). [`GgufFile::open`]
+    /// refuses a tensor whose count overflows, so for the tensors of an open file this is exact.
     pub fn n_elements(&self) -> u64 {
-        self.dims.iter().product()
+        self.checked_elements().unwrap_or(u64::MAX)
+    }
+
+    /// The number of elements, or `None` when the product of the dimensions overflows `u64`.
+    fn checked_elements(&self) -> Option<u64> {
+        self.dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d))
     }
 }
 
@@ -177,6 +215,23 @@ struct Cursor<'a> {
     pos: usize,
 }
 
+/// The most entries a list read from the file is given room for before its entries are read; a longer
+/// list grows as it is read, so a count that lies costs no memory up front.
+const PREALLOCATE: u64 = 1 << 16;
+
+/// The smallest size in the file of a metadata value of `type_id` (a string is its 8-byte length, an
+/// array its 4-byte type and 8-byte count), or `None` for an unknown type.
+fn min_value_size(type_id: u32) -> Option<usize> {
+    Some(match type_id {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        8 | 10..=12 => 8,
+        9 => 12,
+        _ => return None,
+    })
+}
+
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
@@ -190,7 +245,7 @@ impl<'a> Cursor<'a> {
                 path: self.path.to_path_buf(),
                 what: what.to_string(),
                 start: self.pos as u64,
-                end: self.pos as u64 + n as u64,
+                end: (self.pos as u64).saturating_add(n as u64),
                 len: self.bytes.len() as u64,
             }),
         }
@@ -211,12 +266,59 @@ impl<'a> Cursor<'a> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
+    /// Bytes after the cursor.
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    /// Checks that `count` items of at least `min_size` bytes each can follow the cursor, so that a count
+    /// is never trusted with a loop or an allocation before the file could hold it. `what` names the
+    /// count. A count the rest of the file cannot hold is a truncated file when the bytes it needs are
+    /// a number (a cut download), and a corrupt header when even that overflows.
+    fn fits(&self, count: u64, min_size: usize, what: impl Fn() -> String) -> Result<()> {
+        if count <= (self.remaining() / min_size) as u64 {
+            return Ok(());
+        }
+        let start = self.pos as u64;
+        Err(
+            match count
+                .checked_mul(min_size as u64)
+                .and_then(|n| n.checked_add(start))
+            {
+                Some(end) => ModelError::Truncated {
+                    path: self.path.to_path_buf(),
+                    what: format!("{} ({min_size} bytes each at least)", what()),
+                    start,
+                    end,
+                    len: self.bytes.len() as u64,
+                },
+                None => ModelError::format(
+                    self.path,
+                    format!(
+                        "{} cannot fit in any file ({min_size} bytes each at least)",
+                        what()
+                    ),
+                ),
+            },
+        )
+    }
+
     fn string(&mut self, what: &str) -> Result<String> {
         let len = self.u64(what)?;
+        // A length within the file's size is left to `take`, which reports a cut file as truncated.
         let len = usize::try_from(len)
             .ok()
             .filter(|&l| l <= self.bytes.len())
-            .ok_or_else(|| ModelError::format(self.path, format!("{what}: string length {len}")))?;
+            .ok_or_else(|| {
+                ModelError::format(
+                    self.path,
+                    format!(
+                        "{what}: string length {len} at byte {} is beyond the file ({} bytes)",
+                        self.pos - 8,
+                        self.bytes.len()
+                    ),
+                )
+            })?;
         let bytes = self.take(len, what)?;
         String::from_utf8(bytes.to_vec())
             .map_err(|_| ModelError::format(self.path, format!("{what}: string is not UTF-8")))
@@ -242,14 +344,18 @@ impl<'a> Cursor<'a> {
                 }
                 let inner = self.u32(what)?;
                 let count = self.u64(what)?;
-                // Every element takes at least one byte, so a count beyond the file is corrupt.
-                if count > self.bytes.len() as u64 {
+                let Some(min_size) = min_value_size(inner) else {
                     return Err(ModelError::format(
                         self.path,
-                        format!("{what}: array count {count}"),
+                        format!("{what}: array of unknown metadata value type {inner}"),
                     ));
-                }
-                let mut items = Vec::with_capacity(count as usize);
+                };
+                // Checked before the loop below, which would otherwise run up to 2^64 rounds.
+                self.fits(count, min_size, || {
+                    format!("{what}: array of {count} values of type {inner}")
+                })?;
+                // Grown as the values are read: a value in memory is larger than in the file.
+                let mut items = Vec::with_capacity(count.min(PREALLOCATE) as usize);
                 for _ in 0..count {
                     items.push(self.value(inner, what, depth + 1)?);
                 }
@@ -271,7 +377,14 @@ impl<'a> Cursor<'a> {
 impl GgufFile {
     /// Maps and parses a GGUF file's header. Tensor data is read lazily by [`GgufFile::tensor_f32`].
     ///
-    /// **Errors**: I/O, bad magic or version, a truncated header, tensors whose data lies past the end.
+    /// Every count, length and size read from the header is checked against the file before it is used
+    /// (in checked arithmetic, so nothing wraps): counts and string and array lengths must fit in the
+    /// bytes that are left, dimensions must multiply without overflow, and tensor data must lie in the
+    /// file without overlapping another tensor's (see `check_layout`).
+    ///
+    /// **Errors**: I/O, bad magic or version, a truncated header, counts or lengths larger than the file,
+    /// a repeated metadata key or tensor name, dimensions whose product overflows, tensors whose data
+    /// lies past the end or overlaps another tensor's (naming both).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| ModelError::io(&path, e))?;
@@ -299,20 +412,30 @@ impl GgufFile {
         }
         let n_tensors = cur.u64("tensor count")?;
         let n_kv = cur.u64("metadata count")?;
-        if n_tensors > mmap.len() as u64 || n_kv > mmap.len() as u64 {
-            return Err(ModelError::format(
-                &path,
-                format!("implausible counts: {n_tensors} tensors, {n_kv} metadata entries"),
-            ));
+        // Each metadata entry takes at least 13 bytes (key length, type, a one-byte value), each tensor
+        // info at least 24 (name length, dimension count, type, offset): a count the rest of the file
+        // cannot hold is refused before it sizes a loop or an allocation.
+        for (count, what, min_size) in [
+            (n_kv, "metadata count", 13),
+            (n_tensors, "tensor count", 24),
+        ] {
+            cur.fits(count, min_size, || format!("{what} {count}"))?;
         }
         let mut metadata = BTreeMap::new();
         for i in 0..n_kv {
             let key = cur.string(&format!("metadata key #{i}"))?;
             let type_id = cur.u32(&format!("metadata {key} type"))?;
             let value = cur.value(type_id, &format!("metadata {key}"), 0)?;
+            if metadata.contains_key(&key) {
+                return Err(ModelError::format(
+                    &path,
+                    format!("metadata key {key} appears twice"),
+                ));
+            }
             metadata.insert(key, value);
         }
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        let mut tensors = Vec::with_capacity(n_tensors.min(PREALLOCATE) as usize);
+        let mut names = std::collections::HashSet::new();
         for i in 0..n_tensors {
             let name = cur.string(&format!("tensor info #{i} name"))?;
             let n_dims = cur.u32(&format!("tensor {name} n_dims"))?;
@@ -328,12 +451,33 @@ impl GgufFile {
             }
             let type_id = cur.u32(&format!("tensor {name} type"))?;
             let offset = cur.u64(&format!("tensor {name} offset"))?;
-            tensors.push(GgufTensorInfo {
+            if !names.insert(name.clone()) {
+                return Err(ModelError::format(
+                    &path,
+                    format!("tensor {name} appears twice"),
+                ));
+            }
+            let info = GgufTensorInfo {
                 name,
                 dims,
                 type_id,
                 offset,
-            });
+            };
+            // The shape is used as `usize`s and their product as an element count.
+            let countable = info
+                .checked_elements()
+                .is_some_and(|n| usize::try_from(n).is_ok())
+                && info.dims.iter().all(|&d| usize::try_from(d).is_ok());
+            if !countable {
+                return Err(ModelError::format(
+                    &path,
+                    format!(
+                        "tensor {}: dimensions {:?} hold more elements than a u64 counts",
+                        info.name, info.dims
+                    ),
+                ));
+            }
+            tensors.push(info);
         }
         let alignment = match metadata.get("general.alignment") {
             None => 32,
@@ -342,7 +486,15 @@ impl GgufFile {
                 .filter(|&a| a > 0 && a.is_power_of_two())
                 .ok_or_else(|| ModelError::format(&path, format!("general.alignment = {v:?}")))?,
         };
-        let data_start = (cur.pos as u64).div_ceil(alignment) * alignment;
+        let data_start = (cur.pos as u64)
+            .div_ceil(alignment)
+            .checked_mul(alignment)
+            .ok_or_else(|| {
+                ModelError::format(
+                    &path,
+                    format!("general.alignment {alignment}: the data section starts beyond 2^64"),
+                )
+            })?;
         let gguf = Self {
             path,
             mmap,
@@ -352,22 +504,92 @@ impl GgufFile {
             alignment,
             data_start,
         };
-        for t in &gguf.tensors {
-            if !t.offset.is_multiple_of(alignment) {
+        gguf.check_layout()?;
+        Ok(gguf)
+    }
+
+    /// Checks every tensor's offset and byte range and that no two ranges overlap.
+    ///
+    /// A tensor of a type ggml does not define has no known size: its offset must be aligned and inside
+    /// the file, it cannot take part in the overlap check, and reading it is refused
+    /// ([`ModelError::UnknownDtype`]). Every other tensor, dequantizable here or not, is checked in full,
+    /// so that a tensor this crate reads cannot be decoded from another tensor's bytes.
+    fn check_layout(&self) -> Result<()> {
+        let mut ranges = Vec::with_capacity(self.tensors.len());
+        for t in &self.tensors {
+            if !t.offset.is_multiple_of(self.alignment) {
                 return Err(ModelError::format(
-                    &gguf.path,
+                    &self.path,
                     format!(
-                        "tensor {}: offset {} is not {alignment}-aligned",
-                        t.name, t.offset
+                        "tensor {}: offset {} is not {}-aligned",
+                        t.name, t.offset, self.alignment
                     ),
                 ));
             }
-            if let Some(ty) = GgmlType::from_id(t.type_id) {
+            match ggml_type(t.type_id) {
                 // Bounds are checked here so that a truncated download fails at open, naming the tensor.
-                gguf.byte_range(t, ty)?;
+                Some((_, elems, bytes)) => {
+                    let rows = GgmlType::from_id(t.type_id).is_some();
+                    let (start, end) = self.byte_range(t, (elems, bytes), rows)?;
+                    if end > start {
+                        ranges.push((start, end, t.name.as_str()));
+                    }
+                }
+                None => {
+                    let start = self.data_start.checked_add(t.offset);
+                    if start.is_none_or(|s| s > self.mmap.len() as u64) {
+                        return Err(self.beyond(t, start, start));
+                    }
+                }
             }
         }
-        Ok(gguf)
+        ranges.sort_unstable();
+        // The range that reaches furthest so far: sorted by start, a range overlaps an earlier one
+        // exactly when it starts before that end.
+        let mut furthest: Option<(usize, usize, &str)> = None;
+        for &(start, end, name) in &ranges {
+            if let Some((s, e, other)) = furthest
+                && start < e
+            {
+                let at = |x: usize| x as u64 - self.data_start;
+                return Err(ModelError::format(
+                    &self.path,
+                    format!(
+                        "tensors {other} (data bytes {}..{}) and {name} (data bytes {}..{}) \
+                             overlap",
+                        at(s),
+                        at(e),
+                        at(start),
+                        at(end)
+                    ),
+                ));
+            }
+            if furthest.is_none_or(|(_, e, _)| end > e) {
+                furthest = Some((start, end, name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The error for a tensor whose data lies (partly) beyond the end of the file: `Truncated` with the
+    /// byte range when it is a number, `BadFormat` when the range itself overflows `u64`.
+    fn beyond(&self, t: &GgufTensorInfo, start: Option<u64>, end: Option<u64>) -> ModelError {
+        match (start, end) {
+            (Some(start), Some(end)) => ModelError::Truncated {
+                path: self.path.clone(),
+                what: format!("tensor {} data", t.name),
+                start,
+                end,
+                len: self.mmap.len() as u64,
+            },
+            _ => ModelError::format(
+                &self.path,
+                format!(
+                    "tensor {}: offset {} and dimensions {:?} put its data beyond 2^64 bytes",
+                    t.name, t.offset, t.dims
+                ),
+            ),
+        }
     }
 
     /// The path the file was opened from.
@@ -385,14 +607,26 @@ impl GgufFile {
         self.tensors.iter().find(|t| t.name == name)
     }
 
-    fn byte_range(&self, t: &GgufTensorInfo, ty: GgmlType) -> Result<(usize, usize)> {
-        let (block_elems, block_bytes) = ty.block();
-        let n = t.n_elements();
-        if !n.is_multiple_of(block_elems as u64)
-            || t.dims
-                .first()
-                .is_some_and(|&d| !d.is_multiple_of(block_elems as u64))
-        {
+    /// The absolute byte range of `t`, stored in blocks of `block_elems` elements in `block_bytes` bytes.
+    /// With `rows`, each row (the first dimension) must fill whole blocks too, as dequantizing reads them
+    /// row by row; sizing the range needs only the total.
+    ///
+    /// **Errors**: a count that does not fill whole blocks (or whose rows do not), a count or range that
+    /// overflows, a range past the end of the file.
+    fn byte_range(
+        &self,
+        t: &GgufTensorInfo,
+        (block_elems, block_bytes): (u64, u64),
+        rows: bool,
+    ) -> Result<(usize, usize)> {
+        let n = t
+            .checked_elements()
+            .ok_or_else(|| self.beyond(t, None, None))?;
+        let row_misfit = t
+            .dims
+            .first()
+            .is_some_and(|&d| !d.is_multiple_of(block_elems));
+        if !n.is_multiple_of(block_elems) || rows && row_misfit {
             return Err(ModelError::format(
                 &self.path,
                 format!(
@@ -404,21 +638,13 @@ impl GgufFile {
                 ),
             ));
         }
-        let bytes = (n / block_elems as u64).checked_mul(block_bytes as u64);
+        let bytes = (n / block_elems).checked_mul(block_bytes);
         let start = self.data_start.checked_add(t.offset);
-        let end = match (start, bytes) {
-            (Some(s), Some(b)) => s.checked_add(b),
-            _ => None,
-        };
+        let end = start.zip(bytes).and_then(|(s, b)| s.checked_add(b));
         match (start, end) {
+            // Both at most the file's length, so they fit usize.
             (Some(s), Some(e)) if e <= self.mmap.len() as u64 => Ok((s as usize, e as usize)),
-            _ => Err(ModelError::Truncated {
-                path: self.path.clone(),
-                what: format!("tensor {} data", t.name),
-                start: start.unwrap_or(u64::MAX),
-                end: end.unwrap_or(u64::MAX),
-                len: self.mmap.len() as u64,
-            }),
+            _ => Err(self.beyond(t, start, end)),
         }
     }
 
@@ -435,8 +661,13 @@ impl GgufFile {
             tensor: name.to_string(),
             dtype: ggml_type_name(t.type_id),
         })?;
-        let (s, e) = self.byte_range(t, ty)?;
-        Ok((t.shape(), dequantize(ty, &self.mmap[s..e])))
+        let (block_elems, block_bytes) = ty.block();
+        let (s, e) = self.byte_range(t, (block_elems as u64, block_bytes as u64), true)?;
+        let bytes = self
+            .mmap
+            .get(s..e)
+            .ok_or_else(|| self.beyond(t, Some(s as u64), Some(e as u64)))?;
+        Ok((t.shape(), dequantize(ty, bytes)))
     }
 }
 
@@ -503,7 +734,10 @@ pub fn unpermute_rows(
     n_head: usize,
     head_dim: usize,
 ) -> std::result::Result<Vec<f32>, String> {
-    if rows != n_head * head_dim || !head_dim.is_multiple_of(2) || data.len() != rows * cols {
+    if n_head.checked_mul(head_dim) != Some(rows)
+        || !head_dim.is_multiple_of(2)
+        || rows.checked_mul(cols) != Some(data.len())
+    {
         return Err(format!(
             "cannot un-permute {rows}×{cols} ({} values) as {n_head} heads of {head_dim}",
             data.len()
@@ -594,6 +828,28 @@ mod tests {
         assert_ne!(gguf, hf);
         assert_eq!(unpermute_rows(&gguf, rows, cols, n_head, hd).unwrap(), hf);
         assert!(unpermute_rows(&gguf, rows, cols, 4, hd).is_err());
+    }
+
+    #[test]
+    fn dequantized_types_have_the_sizes_of_the_ggml_table() {
+        for ty in [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Bf16,
+        ] {
+            let id = (0..64)
+                .find(|&id| GgmlType::from_id(id) == Some(ty))
+                .unwrap();
+            let (_, elems, bytes) = ggml_type(id).unwrap();
+            assert_eq!(ty.block(), (elems as usize, bytes as usize), "{ty:?}");
+        }
+        // Every block size follows from the layouts of ggml-common.h; spot checks of the k-quants.
+        assert_eq!(ggml_type(12), Some(("Q4_K", 256, 2 + 2 + 12 + 128)));
+        assert_eq!(ggml_type(14), Some(("Q6_K", 256, 128 + 64 + 16 + 2)));
+        assert_eq!(ggml_type(4), None);
     }
 
     #[test]

@@ -37,6 +37,20 @@ impl<'a> Header<'a> {
             .ok_or_else(|| self.bad(format!("header field {key:?} is missing or not an integer")))
     }
 
+    /// A size or count: an integer that fits `usize` (no silent truncation on a 32-bit target).
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        let v = self.u64(key)?;
+        usize::try_from(v).map_err(|_| self.bad(format!("header field {key:?} = {v} is too large")))
+    }
+
+    /// A dimension: a [`Header::usize`] that is not zero.
+    pub fn dim(&self, key: &str) -> Result<usize> {
+        match self.usize(key)? {
+            0 => Err(self.bad(format!("header field {key:?} is 0"))),
+            v => Ok(v),
+        }
+    }
+
     pub fn string(&self, key: &str) -> Result<String> {
         self.json[key]
             .as_str()

@@ -2,8 +2,11 @@
 //!
 //! The safetensors header is parsed here rather than by the `safetensors` crate so that a truncated
 //! shard or a bad dtype is reported with the file *and* the tensor (the crate only says the buffer is
-//! incomplete). Writing goes through `safetensors::serialize_to_file`, into a temporary file in the
-//! target folder that is renamed into place, so a failed conversion leaves no half-written checkpoint.
+//! incomplete). It refuses the same files that crate refuses (see [`SafetensorsFile::open`]), with every
+//! size computed in checked arithmetic: a data offset near 2^64 must not wrap around onto the header's
+//! own bytes and be read as a tensor. Writing goes through `safetensors::serialize_to_file`, into a
+//! temporary file in the target folder that is renamed into place, so a failed conversion leaves no
+//! half-written checkpoint.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -38,31 +41,149 @@ pub struct SafetensorsFile {
     pub metadata: BTreeMap<String, String>,
 }
 
-fn dtype_size(dtype: &str) -> Option<usize> {
+/// The largest JSON header read: the `safetensors` crate's own limit (`MAX_HEADER_SIZE` in 0.6), so that a
+/// header length read from a damaged file is refused before anything of that size is looked at.
+const MAX_HEADER_LEN: u64 = 100_000_000;
+
+/// Bits per element of every dtype the `safetensors` crate (0.6) knows; `None` for any other name, which
+/// that crate refuses too (its `Dtype` enum does not deserialize it).
+fn dtype_bits(dtype: &str) -> Option<usize> {
     Some(match dtype {
-        "F64" | "I64" | "U64" => 8,
-        "F32" | "I32" | "U32" => 4,
-        "F16" | "BF16" | "I16" | "U16" => 2,
-        "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+        "F64" | "I64" | "U64" => 64,
+        "F32" | "I32" | "U32" => 32,
+        "F16" | "BF16" | "I16" | "U16" => 16,
+        "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" => 8,
+        "F6_E2M3" | "F6_E3M2" => 6,
+        "F4" => 4,
         _ => return None,
     })
 }
 
+/// The top-level entries of a safetensors header in file order, repeated keys kept: a `serde_json::Value`
+/// keeps only the last of two equal keys, which would hide a tensor entry instead of refusing the file.
+struct HeaderEntries(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for HeaderEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = HeaderEntries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<HeaderEntries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    entries.push(entry);
+                }
+                Ok(HeaderEntries(entries))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// A list of non-negative integers that fit `usize`, or `None`.
+fn usizes(v: Option<&Value>) -> Option<Vec<usize>> {
+    v?.as_array()?
+        .iter()
+        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+        .collect()
+}
+
+/// Checks that the tensors' byte ranges tile the data section (`data_len` bytes from `header_end`) as the
+/// `safetensors` crate requires: sorted by offsets, the first begins at 0, each begins where the one
+/// before ends, and the last ends at the end of the file. An overlap would hand one tensor's bytes to
+/// another as its values; a gap or trailing bytes are data that no tensor accounts for.
+fn check_layout(
+    path: &Path,
+    tensors: &BTreeMap<String, StTensorInfo>,
+    header_end: usize,
+    data_len: usize,
+) -> Result<()> {
+    let offsets = |t: &StTensorInfo| (t.start - header_end, t.end - header_end);
+    let mut ranges: Vec<(usize, usize, &str)> = tensors
+        .iter()
+        .map(|(name, t)| {
+            let (b, e) = offsets(t);
+            (b, e, name.as_str())
+        })
+        .collect();
+    ranges.sort_unstable();
+    let mut covered = 0;
+    let mut previous: Option<(usize, usize, &str)> = None;
+    for &(begin, end, name) in &ranges {
+        match previous {
+            Some((b, e, prev)) if begin < covered => {
+                return Err(ModelError::format(
+                    path,
+                    format!(
+                        "tensors {prev} (data_offsets [{b}, {e}]) and {name} (data_offsets \
+                         [{begin}, {end}]) overlap"
+                    ),
+                ));
+            }
+            _ if begin > covered => {
+                let after = previous.map_or_else(
+                    || "the start of the data section".to_string(),
+                    |(_, _, prev)| format!("tensor {prev}"),
+                );
+                return Err(ModelError::format(
+                    path,
+                    format!(
+                        "bytes {covered}..{begin} of the data section, between {after} and tensor \
+                         {name}, belong to no tensor"
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        covered = end;
+        previous = Some((begin, end, name));
+    }
+    if covered != data_len {
+        let last = previous.map_or_else(
+            || "there are no tensors".to_string(),
+            |(_, _, prev)| format!("the last one, {prev}, ends at {covered}"),
+        );
+        return Err(ModelError::format(
+            path,
+            format!(
+                "the data section has {data_len} bytes but {last}: {} trailing bytes belong to no \
+                 tensor",
+                data_len - covered
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl SafetensorsFile {
-    /// Maps a file and validates its header: every tensor's byte range must match its shape and dtype and
-    /// lie inside the file.
+    /// Maps a file and validates its header as the `safetensors` crate (0.6) does, so that yaqa reads
+    /// exactly the files the reference reader reads: a header of at most 100 MB that lies in the file,
+    /// known dtypes, every tensor's byte range matching its shape and dtype (all sizes computed with
+    /// checked arithmetic) and lying in the data section, and the ranges covering the data section
+    /// contiguously, without overlaps or gaps. A tensor name may appear only once.
+    ///
+    /// **Errors**: [`ModelError::Truncated`] for a header or tensor that runs past the end of the file,
+    /// [`ModelError::UnknownDtype`] for a dtype safetensors does not define, and [`ModelError::BadFormat`]
+    /// for everything else; every error names the file and, where there is one, the tensor (both tensors
+    /// of an overlap).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| ModelError::io(&path, e))?;
         // SAFETY: read-only private map; checkpoints are not modified while loaded.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(&path, e))?;
-        let len = mmap.len();
-        let truncated = |what: String, start: usize, end: usize| ModelError::Truncated {
+        let len = mmap.len() as u64;
+        let truncated = |what: String, start: u64, end: u64| ModelError::Truncated {
             path: path.clone(),
             what,
-            start: start as u64,
-            end: end as u64,
-            len: len as u64,
+            start,
+            end,
+            len,
         };
         let Some(n) = mmap.get(..8) else {
             return Err(truncated("header length".into(), 0, 8));
@@ -72,71 +193,125 @@ impl SafetensorsFile {
         let n = u64::from_le_bytes(n8);
         let header_end = n
             .checked_add(8)
-            .filter(|&e| e <= len as u64)
-            .ok_or_else(|| truncated("JSON header".into(), 8, n.saturating_add(8) as usize))?
-            as usize;
-        let header: Value = serde_json::from_slice(&mmap[8..header_end])
-            .map_err(|e| ModelError::format(&path, format!("invalid safetensors header: {e}")))?;
-        let Value::Object(entries) = header else {
+            .filter(|&e| e <= len)
+            .ok_or_else(|| truncated("JSON header".into(), 8, n.saturating_add(8)))?;
+        if n > MAX_HEADER_LEN {
             return Err(ModelError::format(
                 &path,
-                "safetensors header is not a JSON object",
+                format!(
+                    "JSON header of {n} bytes: safetensors headers are at most {MAX_HEADER_LEN}"
+                ),
             ));
-        };
+        }
+        // At most the file's length, so it fits usize.
+        let header_end = header_end as usize;
+        let data_len = mmap.len() - header_end;
+        let HeaderEntries(entries) = serde_json::from_slice(&mmap[8..header_end])
+            .map_err(|e| ModelError::format(&path, format!("invalid safetensors header: {e}")))?;
         let mut tensors = BTreeMap::new();
         let mut metadata = BTreeMap::new();
+        let mut saw_metadata = false;
         for (name, entry) in entries {
             if name == "__metadata__" {
-                if let Value::Object(m) = entry {
-                    for (k, v) in m {
-                        metadata
-                            .insert(k, v.as_str().map_or_else(|| v.to_string(), str::to_string));
+                let bad = |why: String| ModelError::format(&path, format!("__metadata__: {why}"));
+                if std::mem::replace(&mut saw_metadata, true) {
+                    return Err(bad("appears twice in the header".into()));
+                }
+                match entry {
+                    Value::Null => {}
+                    Value::Object(m) => {
+                        for (k, v) in m {
+                            let Value::String(v) = v else {
+                                return Err(bad(format!("value of {k:?} is {v}, not a string")));
+                            };
+                            metadata.insert(k, v);
+                        }
                     }
+                    other => return Err(bad(format!("{other} is not an object of strings"))),
                 }
                 continue;
             }
-            let bad = |why: &str| ModelError::format(&path, format!("tensor {name}: {why}"));
+            let bad = |why: String| ModelError::format(&path, format!("tensor {name}: {why}"));
+            if tensors.contains_key(&name) {
+                return Err(bad("appears twice in the header".into()));
+            }
             let dtype = entry
                 .get("dtype")
                 .and_then(Value::as_str)
-                .ok_or_else(|| bad("no dtype"))?
+                .ok_or_else(|| bad("no dtype".into()))?
                 .to_string();
-            let shape: Vec<usize> = entry
-                .get("shape")
-                .and_then(Value::as_array)
-                .ok_or_else(|| bad("no shape"))?
+            let Some(bits) = dtype_bits(&dtype) else {
+                return Err(ModelError::UnknownDtype {
+                    path: path.clone(),
+                    tensor: name,
+                    dtype: format!("{dtype} (not a safetensors dtype)"),
+                });
+            };
+            let shape = usizes(entry.get("shape"))
+                .ok_or_else(|| bad("shape is not a list of non-negative integers".into()))?;
+            // Checked left to right, as the safetensors crate does.
+            let bytes = shape
                 .iter()
-                .map(|d| d.as_u64().map(|d| d as usize))
-                .collect::<Option<_>>()
-                .ok_or_else(|| bad("shape is not a list of integers"))?;
-            let offsets: Vec<usize> = entry
-                .get("data_offsets")
-                .and_then(Value::as_array)
-                .filter(|a| a.len() == 2)
-                .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
-                .ok_or_else(|| bad("data_offsets is not a pair of integers"))?;
-            let (start, end) = (header_end + offsets[0], header_end + offsets[1]);
-            if let Some(size) = dtype_size(&dtype) {
-                let bytes = shape.iter().product::<usize>() * size;
-                if offsets[1] < offsets[0] || offsets[1] - offsets[0] != bytes {
-                    return Err(bad(&format!(
-                        "data_offsets {offsets:?} do not hold {shape:?} of {dtype} ({bytes} bytes)"
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .and_then(|elements| elements.checked_mul(bits))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "shape {shape:?} of {dtype} holds more than {} bytes",
+                        usize::MAX
+                    ))
+                })?;
+            if !bytes.is_multiple_of(8) {
+                return Err(bad(format!(
+                    "shape {shape:?} of {dtype} is not a whole number of bytes"
+                )));
+            }
+            let bytes = bytes / 8;
+            let offsets = usizes(entry.get("data_offsets"))
+                .filter(|o| o.len() == 2)
+                .ok_or_else(|| bad("data_offsets is not a pair of non-negative integers".into()))?;
+            let (begin, end) = (offsets[0], offsets[1]);
+            if end < begin {
+                return Err(bad(format!(
+                    "data_offsets [{begin}, {end}] end before they begin"
+                )));
+            }
+            if end - begin != bytes {
+                return Err(bad(format!(
+                    "data_offsets [{begin}, {end}] hold {} bytes, but shape {shape:?} of {dtype} is \
+                     {bytes} bytes",
+                    end - begin
+                )));
+            }
+            if end > data_len {
+                // Offsets past any file (their absolute position overflows) are a corrupt header, not
+                // a short download: adding them to the header's end would wrap around onto the header.
+                let (Some(start), Some(stop)) = (
+                    (header_end as u64).checked_add(begin as u64),
+                    (header_end as u64).checked_add(end as u64),
+                ) else {
+                    return Err(bad(format!(
+                        "data_offsets [{begin}, {end}] lie beyond the end of any file (the data \
+                         section has {data_len} bytes)"
                     )));
-                }
+                };
+                return Err(truncated(
+                    format!("tensor {name} data (data_offsets [{begin}, {end}])"),
+                    start,
+                    stop,
+                ));
             }
-            if end > len {
-                return Err(truncated(format!("tensor {name} data"), start, end));
-            }
+            // `end ≤ data_len`, so both sums are at most the file's length.
             tensors.insert(
                 name,
                 StTensorInfo {
                     dtype,
                     shape,
-                    start,
-                    end,
+                    start: header_end + begin,
+                    end: header_end + end,
                 },
             );
         }
+        check_layout(&path, &tensors, header_end, data_len)?;
         Ok(Self {
             path,
             mmap,
@@ -150,6 +325,20 @@ impl SafetensorsFile {
         &self.path
     }
 
+    /// The bytes of tensor `name` (entry `t`). [`SafetensorsFile::open`] checked every range, but
+    /// `tensors` is public, so an entry edited since is checked again rather than trusted.
+    fn bytes_of(&self, name: &str, t: &StTensorInfo) -> Result<&[u8]> {
+        self.mmap
+            .get(t.start..t.end)
+            .ok_or_else(|| ModelError::Truncated {
+                path: self.path.clone(),
+                what: format!("tensor {name} data"),
+                start: t.start as u64,
+                end: t.end as u64,
+                len: self.mmap.len() as u64,
+            })
+    }
+
     /// A tensor converted to f32 (from F32, F16 or BF16).
     ///
     /// **Errors**: missing tensor; any other dtype ([`ModelError::UnknownDtype`]).
@@ -161,7 +350,7 @@ impl SafetensorsFile {
                 path: self.path.clone(),
                 tensor: name.to_string(),
             })?;
-        let bytes = &self.mmap[t.start..t.end];
+        let bytes = self.bytes_of(name, t)?;
         let data: Vec<f32> = match t.dtype.as_str() {
             "F32" => bytes
                 .chunks_exact(4)
@@ -204,7 +393,7 @@ impl SafetensorsFile {
                 dtype: format!("{} (expected {dtype})", t.dtype),
             });
         }
-        Ok((t, &self.mmap[t.start..t.end]))
+        Ok((t, self.bytes_of(name, t)?))
     }
 
     /// A tensor stored as I64 (token ids in reference fixtures).
@@ -223,7 +412,8 @@ impl SafetensorsFile {
                 dtype: format!("{} (expected I64)", t.dtype),
             });
         }
-        let data = self.mmap[t.start..t.end]
+        let data = self
+            .bytes_of(name, t)?
             .chunks_exact(8)
             .map(|b| {
                 let mut a = [0u8; 8];

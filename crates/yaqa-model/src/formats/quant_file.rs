@@ -350,6 +350,18 @@ impl QuantFile {
         Ok(bytes.to_vec())
     }
 
+    /// The `m × n` of layer `name` from its header entry: both positive integers that fit `usize`.
+    fn dims(&self, name: &str) -> Result<(usize, usize)> {
+        let e = &self.header["layers"][name];
+        let dim = |k: &str| match e[k].as_u64() {
+            None => Err(self.bad(format!("{name}: header field {k:?} missing"))),
+            Some(0) => Err(self.bad(format!("{name}: header field {k:?} is 0"))),
+            Some(v) => usize::try_from(v)
+                .map_err(|_| self.bad(format!("{name}: header field {k:?} = {v} is too large"))),
+        };
+        Ok((dim("m")?, dim("n")?))
+    }
+
     /// The codes of layer `id`, unpacked: `m × n` row-major, one byte per code, each below `2^k`.
     ///
     /// The tensor `L.codes` must be U8 `[m, ⌈n·k/8⌉]` for the layer entry's `m`, `n` and `code_bits` `k`,
@@ -362,12 +374,10 @@ impl QuantFile {
     pub fn codes(&self, id: LayerId) -> Result<Vec<u8>> {
         let name = id.name();
         let e = &self.header["layers"][&name];
-        let field = |k: &str| {
-            e[k].as_u64()
-                .ok_or_else(|| self.bad(format!("{name}: header field {k:?} missing")))
-        };
-        let (m, n) = (field("m")? as usize, field("n")? as usize);
-        let code_bits = field("code_bits")?;
+        let (m, n) = self.dims(&name)?;
+        let code_bits = e["code_bits"]
+            .as_u64()
+            .ok_or_else(|| self.bad(format!("{name}: header field \"code_bits\" missing")))?;
         let grid_bits = e["quantizer"]["bits"]
             .as_u64()
             .ok_or_else(|| self.bad(format!("{name}: quantizer bits missing")))?;
@@ -382,7 +392,12 @@ impl QuantFile {
         let bits = code_bits as u32;
         let tensor = format!("{name}.codes");
         let (info, bytes) = self.file.raw(&tensor, "U8")?;
-        let expected = [m, bitpack::packed_len(n, bits)];
+        let row_bytes = bitpack::checked_packed_len(n, bits).ok_or_else(|| {
+            self.bad(format!(
+                "{name}: header field \"n\" = {n}: a row of {n} {bits}-bit codes overflows"
+            ))
+        })?;
+        let expected = [m, row_bytes];
         if info.shape != expected {
             return Err(self.bad(format!(
                 "{tensor}: shape {:?}, expected {expected:?}: {m} rows of {n} {bits}-bit codes, each row \
@@ -405,17 +420,17 @@ impl QuantFile {
     pub fn dequantize(&self, backend: &dyn Backend, id: LayerId) -> Result<Mat<f32>> {
         let name = id.name();
         let e = &self.header["layers"][&name];
-        let dim = |k: &str| {
-            e[k].as_u64()
-                .map(|v| v as usize)
-                .ok_or_else(|| self.bad(format!("{name}: header field {k:?} missing")))
-        };
-        let (m, n) = (dim("m")?, dim("n")?);
+        let (m, n) = self.dims(&name)?;
         let q = &e["quantizer"];
         let bits = q["bits"]
             .as_u64()
-            .ok_or_else(|| self.bad(format!("{name}: quantizer bits missing")))?
-            as u32;
+            .and_then(|b| u32::try_from(b).ok())
+            .ok_or_else(|| {
+                self.bad(format!(
+                    "{name}: quantizer bits {} is missing or not a bit width",
+                    q["bits"]
+                ))
+            })?;
         let quantizer: FittedQuantizer = match q["kind"].as_str() {
             Some("int-sym") => {
                 let s = self.f32s(&format!("{name}.scale"), &[1])?;
@@ -424,9 +439,14 @@ impl QuantFile {
             Some("int-asym") => {
                 let group = q["group_size"]
                     .as_u64()
-                    .filter(|&g| g > 0 && n % g as usize == 0)
-                    .ok_or_else(|| self.bad(format!("{name}: bad group_size")))?
-                    as usize;
+                    .and_then(|g| usize::try_from(g).ok())
+                    .filter(|&g| g > 0 && n.is_multiple_of(g))
+                    .ok_or_else(|| {
+                        self.bad(format!(
+                            "{name}: quantizer group_size {} does not divide n = {n}",
+                            q["group_size"]
+                        ))
+                    })?;
                 let groups = n / group;
                 let scales = self.f32s(&format!("{name}.scales"), &[m, groups])?;
                 let zeros = self.u8s(&format!("{name}.zeros"), &[m, groups])?;

@@ -59,6 +59,62 @@ pub enum RopeScaling {
     },
 }
 
+/// The most elements one weight or the whole model may have: what an f64 copy of the model
+/// ([`crate::Model::cast`], used by the gradient checks) can hold in an address space of `isize::MAX`
+/// bytes. Sizes read from a file that multiply past it are refused before anything is allocated.
+pub(crate) const MAX_ELEMENTS: usize = isize::MAX as usize / std::mem::size_of::<f64>();
+
+/// How the file a configuration came from spells each field, so that an error names what a person
+/// has to edit: `config.json` keys, or GGUF metadata keys under the architecture's prefix.
+struct Fields {
+    vocab_size: String,
+    hidden_size: String,
+    intermediate_size: String,
+    n_layers: String,
+    n_heads: String,
+    n_kv_heads: String,
+    head_dim: String,
+    rms_norm_eps: String,
+    rope_theta: String,
+    rope_scaling: String,
+    sliding_window: String,
+}
+
+impl Fields {
+    fn hf() -> Self {
+        Self {
+            vocab_size: "vocab_size".into(),
+            hidden_size: "hidden_size".into(),
+            intermediate_size: "intermediate_size".into(),
+            n_layers: "num_hidden_layers".into(),
+            n_heads: "num_attention_heads".into(),
+            n_kv_heads: "num_key_value_heads".into(),
+            head_dim: "head_dim".into(),
+            rms_norm_eps: "rms_norm_eps".into(),
+            rope_theta: "rope_theta".into(),
+            rope_scaling: "rope_scaling".into(),
+            sliding_window: "sliding_window".into(),
+        }
+    }
+
+    fn gguf(arch: &str) -> Self {
+        let key = |k: &str| format!("{arch}.{k}");
+        Self {
+            vocab_size: key("vocab_size"),
+            hidden_size: key("embedding_length"),
+            intermediate_size: key("feed_forward_length"),
+            n_layers: key("block_count"),
+            n_heads: key("attention.head_count"),
+            n_kv_heads: key("attention.head_count_kv"),
+            head_dim: key("attention.key_length"),
+            rms_norm_eps: key("attention.layer_norm_rms_epsilon"),
+            rope_theta: key("rope.freq_base"),
+            rope_scaling: key("rope.scaling"),
+            sliding_window: "sliding_window".into(),
+        }
+    }
+}
+
 /// A Llama-family decoder's hyper-parameters.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
@@ -122,34 +178,141 @@ impl ModelConfig {
         }
     }
 
-    /// Checks the internal consistency of the sizes.
+    /// Checks the internal consistency of the sizes, naming the `config.json` field at fault.
+    ///
+    /// **Errors** ([`ModelError::Config`]): a zero size; heads that do not group into the key/value
+    /// heads; an odd `head_dim`; a non-positive or non-finite `rms_norm_eps`, `rope_theta` or RoPE
+    /// scaling parameter; a zero `sliding_window`; sizes whose products (a tensor's element count, the
+    /// model's parameter count) overflow or exceed what memory can address, so that no code that
+    /// multiplies them later can wrap.
     pub fn validate(&self, path: &Path) -> Result<()> {
+        self.check(path, &Fields::hf())
+    }
+
+    /// [`ModelConfig::validate`] with the fields spelled as in the file the configuration came from.
+    fn check(&self, path: &Path, names: &Fields) -> Result<()> {
         let bad = |why: String| {
             Err(ModelError::Config {
                 path: path.to_path_buf(),
                 why,
             })
         };
-        if self.n_layers == 0 || self.hidden_size == 0 || self.vocab_size == 0 || self.head_dim == 0
-        {
-            return bad(format!("zero size in {self:?}"));
+        for (value, name) in [
+            (self.vocab_size, &names.vocab_size),
+            (self.hidden_size, &names.hidden_size),
+            (self.intermediate_size, &names.intermediate_size),
+            (self.n_layers, &names.n_layers),
+            (self.n_heads, &names.n_heads),
+            (self.n_kv_heads, &names.n_kv_heads),
+            (self.head_dim, &names.head_dim),
+        ] {
+            if value == 0 {
+                return bad(format!("{name} is 0"));
+            }
         }
-        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
-                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-                self.n_heads, self.n_kv_heads
+                "{} {} is not a multiple of {} {}",
+                names.n_heads, self.n_heads, names.n_kv_heads, self.n_kv_heads
             ));
         }
         if !self.head_dim.is_multiple_of(2) {
-            return bad(format!("head_dim {} is odd", self.head_dim));
+            return bad(format!("{} {} is odd", names.head_dim, self.head_dim));
         }
-        if !(self.rms_norm_eps > 0.0 && self.rope_theta > 0.0) {
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        for (value, name) in [
+            (self.rms_norm_eps, names.rms_norm_eps.as_str()),
+            (self.rope_theta, names.rope_theta.as_str()),
+        ] {
+            if !positive(value) {
+                return bad(format!("{name} {value} is not a positive number"));
+            }
+        }
+        let scaling: &[(f64, &str)] = match &self.rope_scaling {
+            RopeScaling::None => &[],
+            RopeScaling::Linear { factor } => &[(*factor, "factor")],
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => &[
+                (*factor, "factor"),
+                (*low_freq_factor, "low_freq_factor"),
+                (*high_freq_factor, "high_freq_factor"),
+                (
+                    *original_max_position_embeddings,
+                    "original_max_position_embeddings",
+                ),
+            ],
+        };
+        if let Some((value, key)) = scaling.iter().find(|(v, _)| !positive(*v)) {
             return bad(format!(
-                "rms_norm_eps {} / rope_theta {}",
-                self.rms_norm_eps, self.rope_theta
+                "{} {key} {value} is not a positive number",
+                names.rope_scaling
             ));
         }
-        Ok(())
+        if self.sliding_window == Some(0) {
+            return bad(format!("{} is 0", names.sliding_window));
+        }
+        self.check_sizes(names).or_else(bad)
+    }
+
+    /// Checks that every weight's element count and the model's parameter count are products that fit
+    /// (in checked arithmetic) and stay below [`MAX_ELEMENTS`]; the error names the fields multiplied.
+    fn check_sizes(&self, names: &Fields) -> std::result::Result<(), String> {
+        let product = |a: (usize, &str), b: (usize, &str)| {
+            a.0.checked_mul(b.0)
+                .filter(|&p| p <= MAX_ELEMENTS)
+                .ok_or_else(|| {
+                    format!(
+                        "{} {} × {} {} is more elements than memory can hold (at most {MAX_ELEMENTS})",
+                        a.1, a.0, b.1, b.0
+                    )
+                })
+        };
+        let hidden = (self.hidden_size, names.hidden_size.as_str());
+        let head_dim = (self.head_dim, names.head_dim.as_str());
+        let q_dim = product((self.n_heads, &names.n_heads), head_dim)?;
+        let kv_dim = product((self.n_kv_heads, &names.n_kv_heads), head_dim)?;
+        let embed = product((self.vocab_size, &names.vocab_size), hidden)?;
+        let q = product((q_dim, "the query width"), hidden)?;
+        let kv = product((kv_dim, "the key/value width"), hidden)?;
+        let mlp = product((self.intermediate_size, &names.intermediate_size), hidden)?;
+        // Per block: two norms, q/k/v/o, gate/up/down, biases and q/k norms (counted whether present
+        // or not: an upper bound is all this needs).
+        let per_block = [
+            self.hidden_size,
+            self.hidden_size,
+            q,
+            kv,
+            kv,
+            q,
+            mlp,
+            mlp,
+            mlp,
+            q_dim,
+            kv_dim,
+            kv_dim,
+            self.head_dim,
+            self.head_dim,
+        ]
+        .iter()
+        .try_fold(0usize, |acc, &x| acc.checked_add(x));
+        let total = per_block
+            .and_then(|b| b.checked_mul(self.n_layers))
+            .and_then(|t| t.checked_add(embed))
+            .and_then(|t| t.checked_add(embed))
+            .and_then(|t| t.checked_add(self.hidden_size))
+            .filter(|&t| t <= MAX_ELEMENTS);
+        match total {
+            Some(_) => Ok(()),
+            None => Err(format!(
+                "{} {} blocks of this size are more parameters than memory can hold (at most \
+                 {MAX_ELEMENTS})",
+                names.n_layers, self.n_layers
+            )),
+        }
     }
 
     /// Reads a Hugging Face `config.json`.
@@ -188,21 +351,29 @@ impl ModelConfig {
                 ));
             }
         };
-        let usize_field = |key: &str| -> Result<usize> {
-            v.get(key)
-                .and_then(Value::as_u64)
-                .map(|x| x as usize)
-                .ok_or_else(|| cfg_err(format!("missing or non-integer field {key}")))
+        // An optional size: absent (or null), or a non-negative integer that fits usize.
+        let opt_usize = |key: &str| -> Result<Option<usize>> {
+            match v.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(x) => x
+                    .as_u64()
+                    .and_then(|x| usize::try_from(x).ok())
+                    .map(Some)
+                    .ok_or_else(|| {
+                        cfg_err(format!("field {key} = {x} is not a non-negative integer"))
+                    }),
+            }
         };
-        let opt_usize = |key: &str| v.get(key).and_then(Value::as_u64).map(|x| x as usize);
+        let usize_field = |key: &str| -> Result<usize> {
+            opt_usize(key)?.ok_or_else(|| cfg_err(format!("missing or non-integer field {key}")))
+        };
         let f64_field = |obj: &Value, key: &str| obj.get(key).and_then(Value::as_f64);
         let hidden_size = usize_field("hidden_size")?;
         let n_heads = usize_field("num_attention_heads")?;
-        let n_kv_heads = opt_usize("num_key_value_heads").unwrap_or(n_heads);
-        let head_dim = match opt_usize("head_dim") {
+        let n_kv_heads = opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
+        let head_dim = match opt_usize("head_dim")? {
             Some(d) => d,
-            None if n_heads > 0 => hidden_size / n_heads,
-            None => return Err(cfg_err("num_attention_heads is 0".into())),
+            None => derived_head_dim(hidden_size, n_heads, &Fields::hf()).map_err(cfg_err)?,
         };
         if let Some(act) = v.get("hidden_act").and_then(Value::as_str)
             && act != "silu"
@@ -259,10 +430,10 @@ impl ModelConfig {
                 .unwrap_or(false),
         };
         let sliding_window = match family {
-            Family::Mistral => opt_usize("sliding_window"),
+            Family::Mistral => opt_usize("sliding_window")?,
             Family::Qwen2 | Family::Qwen3 => {
                 if v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
-                    opt_usize("sliding_window")
+                    opt_usize("sliding_window")?
                 } else {
                     None
                 }
@@ -286,7 +457,7 @@ impl ModelConfig {
             rms_norm_eps: f64_field(v, "rms_norm_eps").unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
-            max_position_embeddings: opt_usize("max_position_embeddings").unwrap_or(4096),
+            max_position_embeddings: opt_usize("max_position_embeddings")?.unwrap_or(4096),
             tie_word_embeddings: v
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
@@ -409,31 +580,46 @@ impl ModelConfig {
             });
         }
         let key = |k: &str| format!("{arch}.{k}");
+        let cfg_err = |why: String| ModelError::Config {
+            path: path.to_path_buf(),
+            why,
+        };
+        // An optional size under `key(k)`: absent, or a non-negative integer that fits usize.
+        let opt_u = |k: &str| -> Result<Option<usize>> {
+            match gguf.get(&key(k)) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|x| usize::try_from(x).ok())
+                    .map(Some)
+                    .ok_or_else(|| {
+                        cfg_err(format!(
+                            "metadata {} = {v:?} is not a non-negative integer",
+                            key(k)
+                        ))
+                    }),
+            }
+        };
         let need_u = |k: &str| -> Result<usize> {
-            gguf.get(&key(k))
-                .and_then(|v| v.as_u64())
-                .map(|v| v as usize)
-                .ok_or_else(|| ModelError::Config {
-                    path: path.to_path_buf(),
-                    why: format!("missing or non-integer metadata {}", key(k)),
-                })
+            opt_u(k)?.ok_or_else(|| cfg_err(format!("missing or non-integer metadata {}", key(k))))
         };
         let opt_f = |k: &str| gguf.get(&key(k)).and_then(|v| v.as_f64());
+        let names = Fields::gguf(&arch);
         let hidden_size = need_u("embedding_length")?;
         let n_heads = need_u("attention.head_count")?;
-        let n_kv_heads = gguf
-            .get(&key("attention.head_count_kv"))
-            .and_then(|v| v.as_u64())
-            .map_or(n_heads, |v| v as usize);
-        let head_dim = gguf
-            .get(&key("attention.key_length"))
-            .or_else(|| gguf.get(&key("rope.dimension_count")))
-            .and_then(|v| v.as_u64())
-            .map_or(hidden_size / n_heads.max(1), |v| v as usize);
-        let vocab_size = match gguf.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
-            Some(v) => v as usize,
+        let n_kv_heads = opt_u("attention.head_count_kv")?.unwrap_or(n_heads);
+        let head_dim = match opt_u("attention.key_length")? {
+            Some(d) => d,
+            None => match opt_u("rope.dimension_count")? {
+                Some(d) => d,
+                None => derived_head_dim(hidden_size, n_heads, &names).map_err(cfg_err)?,
+            },
+        };
+        let vocab_size = match opt_u("vocab_size")? {
+            Some(v) => v,
             None => match gguf.get("tokenizer.ggml.tokens") {
                 Some(crate::formats::gguf::GgufValue::Array(a)) => a.len(),
+                // The file's dimensions were checked to fit usize when it was opened.
                 _ => gguf
                     .info("token_embd.weight")
                     .and_then(|t| t.dims.get(1).copied())
@@ -466,10 +652,7 @@ impl ModelConfig {
             rms_norm_eps: opt_f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
             rope_theta: opt_f("rope.freq_base").unwrap_or(10000.0),
             rope_scaling,
-            max_position_embeddings: gguf
-                .get(&key("context_length"))
-                .and_then(|v| v.as_u64())
-                .map_or(4096, |v| v as usize),
+            max_position_embeddings: opt_u("context_length")?.unwrap_or(4096),
             tie_word_embeddings: gguf.info("output.weight").is_none(),
             attention_bias: gguf.info("blk.0.attn_q.bias").is_some(),
             qk_norm: gguf.info("blk.0.attn_q_norm.weight").is_some(),
@@ -477,9 +660,28 @@ impl ModelConfig {
             bos_token_id: token("tokenizer.ggml.bos_token_id"),
             eos_token_id: token("tokenizer.ggml.eos_token_id"),
         };
-        config.validate(path)?;
+        config.check(path, &names)?;
         Ok(config)
     }
+}
+
+/// `hidden_size / num_attention_heads`, the head width of a file that does not give one; the heads must
+/// divide the hidden size exactly (a remainder would silently drop columns of every projection).
+fn derived_head_dim(
+    hidden_size: usize,
+    n_heads: usize,
+    names: &Fields,
+) -> std::result::Result<usize, String> {
+    if n_heads == 0 {
+        return Err(format!("{} is 0", names.n_heads));
+    }
+    if !hidden_size.is_multiple_of(n_heads) {
+        return Err(format!(
+            "{} {n_heads} does not divide {} {hidden_size} (and no {} is given)",
+            names.n_heads, names.hidden_size, names.head_dim
+        ));
+    }
+    Ok(hidden_size / n_heads)
 }
 
 #[cfg(test)]

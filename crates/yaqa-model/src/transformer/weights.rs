@@ -256,9 +256,20 @@ impl Model<f32> {
             })
         };
         let (d, f, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
-        let (qd, kd) = (c.n_heads * hd, c.n_kv_heads * hd);
+        // A configuration read from a file was validated ([`ModelConfig::validate`]); one built in code
+        // may not have been, so these products are checked too.
+        let width = |heads: usize, what: &str| {
+            heads.checked_mul(hd).ok_or_else(|| {
+                ModelError::Input(format!("{what} {heads} × head_dim {hd} overflows"))
+            })
+        };
+        let (qd, kd) = (
+            width(c.n_heads, "num_attention_heads")?,
+            width(c.n_kv_heads, "num_key_value_heads")?,
+        );
         let embed = mat("model.embed_tokens.weight", c.vocab_size, d)?;
-        let mut layers = Vec::with_capacity(c.n_layers);
+        // Grown one block at a time: `n_layers` is not trusted with an allocation up front.
+        let mut layers = Vec::new();
         for i in 0..c.n_layers {
             let p = format!("model.layers.{i}");
             let opt = |on: bool, name: &str, len: usize| -> Result<Option<Vec<f32>>> {
