@@ -91,3 +91,49 @@ fn one_and_two_threads_write_the_same_bytes() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn hessian_extends_a_finished_run_to_more_sequences() {
+    let dir = scratch("extend");
+    let model_dir = tiny_model(&dir, 12);
+    let m = s(&model_dir);
+    for sketch in ["b", "xtx"] {
+        let grown = dir.join(format!("grown-{sketch}"));
+        let whole = dir.join(format!("whole-{sketch}"));
+        let args = |out: &Path, n: &'static str| {
+            vec![
+                "hessian".to_string(),
+                "--model".into(),
+                m.into(),
+                "--sketch".into(),
+                sketch.into(),
+                "--n-seqs".into(),
+                n.into(),
+                "--seq-len".into(),
+                "12".into(),
+                "--out".into(),
+                s(out).into(),
+            ]
+        };
+        let run = |a: Vec<String>| {
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            common::ok_stderr(&a, &[])
+        };
+        run(args(&grown, "3"));
+        let err = run(args(&grown, "5"));
+        assert!(err.contains("extending the 3 sequences"), "{err}");
+        run(args(&whole, "5"));
+        let mut names: Vec<_> = std::fs::read_dir(&whole)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        for name in &names {
+            assert!(
+                bytes(&grown.join(name)) == bytes(&whole.join(name)),
+                "{sketch}: {name:?} of the extended run differs from a run of 5 sequences"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

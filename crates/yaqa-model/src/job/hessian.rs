@@ -14,18 +14,18 @@ use yaqa_core::sketch::SketchKind;
 
 use crate::error::{Context, ModelError, Result};
 use crate::formats::calib_file::{
-    LabelOrigin, RECORD_FILE, RecordHeader, merge_records, write_record,
+    LabelOrigin, RECORD_FILE, RecordHeader, merge_records, read_calib_file, write_record,
 };
 use crate::formats::factor_file::{
-    Provenance, merge_into, parse_sketch_tag, read_factors, sketch_tag, write_factors,
+    Provenance, factor_path, merge_into, parse_sketch_tag, read_factors, sketch_tag, write_factors,
 };
 use crate::job::calib::{CalibSeq, Shard};
 use crate::job::calib_set::{Calibration, calibration_set};
-use crate::job::collect::{Set, empty_factors};
-use crate::job::factors::{factor_index, next_sketch_a_pass, write_factor_dir};
+use crate::job::collect::{Set, empty_factors, sampled_labels};
+use crate::job::factors::{factor_index, load_set, next_sketch_a_pass, write_factor_dir};
 use crate::job::guard::{named, refuse_overwrite};
 use crate::job::progress::{Progress, ProgressExt};
-use crate::job::resume::{self, Job, Outcome};
+use crate::job::resume::{self, Job, Outcome, labels_from_record};
 use crate::job::sketch_a::{self, DEFAULT_PASSES};
 use crate::job::{CalibConfig, CheckpointPolicy, open_model};
 use crate::transformer::weights::Model;
@@ -246,8 +246,21 @@ pub fn run<B: Backend + ModelOps<f32>>(
     };
     let factors = match config.sketch {
         Sketch::Xtx | Sketch::B => {
-            let start = vec![empty_factors(&loaded.model, sketch)];
-            match resume::collect(backend, &loaded.model, &mut seqs, 0, start, &job)? {
+            // A finished run of the first sequences of this set in `out` is extended, not redone.
+            let (from, start) =
+                match finished_prefix(backend, &loaded.model, &mut seqs, sketch, &job)? {
+                    Some((k, set)) => {
+                        progress.note(format!(
+                            "{}: extending the {k} sequences already in {} to {}",
+                            job.label,
+                            out.display(),
+                            seqs.len()
+                        ));
+                        (k, set)
+                    }
+                    None => (0, empty_factors(&loaded.model, sketch)),
+                };
+            match resume::collect(backend, &loaded.model, &mut seqs, from, vec![start], &job)? {
                 Outcome::Finished { mut sets, .. } => sets.pop().context("no factors collected")?,
                 Outcome::Stopped(done) => {
                     return Err(ModelError::Stopped(format!("after {done} sequences")));
@@ -271,6 +284,57 @@ pub fn run<B: Backend + ModelOps<f32>>(
         seconds: t0.elapsed().as_secs_f64(),
         next,
     })
+}
+
+/// The factors of `kind` a finished earlier run wrote to `job.out` over the first `k` of `seqs` (`k`
+/// below their number; same model, calibration and shards), with `k`; their sequences' labels are put
+/// on `seqs` from the run's record. `None` when there is no such run, or its record's sequences are not
+/// the first `k` of this set.
+fn finished_prefix<B: Backend + ModelOps<f32>>(
+    backend: &B,
+    model: &Model<f32>,
+    seqs: &mut [CalibSeq],
+    kind: SketchKind,
+    job: &Job<'_>,
+) -> Result<Option<(usize, Set)>> {
+    let Some(first) = crate::LayerId::all(model).into_iter().next() else {
+        return Ok(None);
+    };
+    let Ok(f) = read_factors(&factor_path(job.out, first, kind)) else {
+        return Ok(None);
+    };
+    let k = usize::try_from(f.factors.n_seqs).unwrap_or(usize::MAX);
+    if f.provenance != *job.prov || k == 0 || k >= seqs.len() {
+        return Ok(None);
+    }
+    let Some(set) = load_set(job.out, model, kind, job.prov, k as u64) else {
+        return Ok(None);
+    };
+    let record = job.out.join(RECORD_FILE);
+    let Ok(file) = read_calib_file(&record, Some(model.config.vocab_size)) else {
+        return Ok(None);
+    };
+    let same = file.seqs.len() == k
+        && file
+            .seqs
+            .iter()
+            .zip(&seqs[..k])
+            .all(|(r, s)| r.index == s.index && r.ids == s.ids);
+    if !same {
+        return Ok(None);
+    }
+    if kind.needs_gradients() {
+        labels_from_record(
+            &record,
+            &mut seqs[..k],
+            &|s| {
+                sampled_labels(backend, model, s, job.seed)
+                    .with_context(|| format!("resampling the labels of sequence {}", s.index))
+            },
+            job.progress,
+        )?;
+    }
+    Ok(Some((k, set)))
 }
 
 /// Runs Sketch A's passes (pass 0 is `Σ x xᵀ`), returning the last pass. The labels pass 1 samples (or
