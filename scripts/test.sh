@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite, as README.md gives it and as CI runs it (.ci/run): formatting, lints, every test
-# of the workspace (the SmolLM2 tests read ../shared/fixtures; with CI=true they fail if it is missing),
-# and the NVRTC compile check of every CUDA kernel (no GPU needed; NVRTC comes from its PyPI wheel).
+# The whole test suite, as README.md gives it and as CI runs it (.ci/run): formatting, lints, the tidy
+# checks (no import cycles, a thin CLI), every test of the workspace (the SmolLM2 tests read
+# ../shared/fixtures; with CI=true they fail if it is missing), the Python package built as a wheel and
+# tested with pytest in its own venv, and the NVRTC compile check of every CUDA kernel (no GPU needed;
+# NVRTC comes from its PyPI wheel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,8 +13,14 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== cargo xtask tidy"
+cargo xtask tidy
+
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast
+
+echo "== Python package (maturin wheel, pytest)"
+bash scripts/python-tests.sh
 
 echo "== CUDA kernels compile with NVRTC"
 cargo xtask nvrtc-check
