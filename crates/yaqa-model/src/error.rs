@@ -14,6 +14,14 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
+    /// A file could not be written; `path` is the file the user asked for, never the temporary file
+    /// it is written through.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The file ends before a header field or a tensor's data does.
     #[error("{path}: truncated file: {what} needs bytes {start}..{end} but the file has {len}")]
     Truncated {

@@ -316,8 +316,5 @@ pub fn eval_models<B: Backend + ModelOps<f32>>(
 pub fn write_json(path: &Path, v: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v)
         .map_err(|e| ModelError::Input(format!("formatting JSON: {e}")))?;
-    write_atomic(path, |tmp| {
-        std::fs::write(tmp, &text).map_err(|e| ModelError::io(tmp, e))
-    })
-    .with_context(|| format!("writing {}", path.display()))
+    write_atomic(path, |tmp| std::fs::write(tmp, &text))
 }

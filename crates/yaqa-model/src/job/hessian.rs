@@ -411,8 +411,7 @@ pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<MergeReport> {
                 merge_into(&mut acc, &other, &p)?;
             }
             let dest = out.join(&name);
-            write_factors(&dest, acc.layer, acc.m, &acc.factors, &acc.provenance)
-                .with_context(|| format!("writing {}", dest.display()))?;
+            write_factors(&dest, acc.layer, acc.m, &acc.factors, &acc.provenance)?;
             written += 1;
         }
     }

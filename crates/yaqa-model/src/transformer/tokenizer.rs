@@ -137,14 +137,14 @@ impl Tokenizer {
     ///
     /// **Errors**: serialisation or I/O, naming `path`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::formats::hf::write_atomic(path, |tmp| {
-            self.inner
-                .save(tmp, true)
-                .map_err(|e| ModelError::Tokenizer {
-                    path: path.to_path_buf(),
-                    why: format!("saving: {e}"),
-                })
-        })
+        let text = self
+            .inner
+            .to_string(true)
+            .map_err(|e| ModelError::Tokenizer {
+                path: path.to_path_buf(),
+                why: format!("serialising: {e}"),
+            })?;
+        crate::formats::hf::write_atomic(path, |tmp| std::fs::write(tmp, text))
     }
 
     /// The vocabulary size including added tokens.

@@ -1,0 +1,95 @@
+//! Inputs that are valid files but wrong for the job, refused before any long work with one error
+//! that names the file, tensor or flag to change (issue #28): outputs that cannot be written.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{fails, ok, s, scratch};
+use yaqa_model::formats::hf::{RawTensor, write_hf, write_safetensors};
+use yaqa_model::transformer::weights::tiny_config;
+use yaqa_model::{Family, Model};
+
+/// The tiny Llama of `common::tiny_model` (vocab 37, 2 blocks) after `edit`, written as a Hugging
+/// Face folder `dir/<name>`.
+fn model_with(dir: &Path, name: &str, edit: impl FnOnce(&mut Model)) -> PathBuf {
+    let mut model = Model::synthetic(tiny_config(Family::Llama, true), 7);
+    edit(&mut model);
+    let out = dir.join(name);
+    write_hf(&model, &out).unwrap();
+    out
+}
+
+/// Asserts that `err` holds every one of `parts`.
+fn says(err: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(err.contains(part), "expected {part:?} in:\n{err}");
+    }
+}
+
+/// A quick `hessian` run on `model` into `out` with `extra` flags (one sequence of 8 tokens unless
+/// `extra` says otherwise).
+fn hessian(model: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "hessian",
+        "--model",
+        s(model),
+        "--out",
+        s(out),
+        "--sketch",
+        "xtx",
+    ]
+    .map(String::from)
+    .to_vec();
+    for (flag, value) in [("--n-seqs", "1"), ("--seq-len", "8")] {
+        if !extra.contains(&flag) {
+            args.extend([flag.into(), value.into()]);
+        }
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// An output that cannot be written is reported under its own name, as an I/O error: it used to name
+/// the hidden temporary file and call the failure a bad format.
+#[test]
+fn an_unwritable_output_is_named() {
+    let dir = scratch("bad-output");
+    let model = model_with(&dir, "model", |_| {});
+    let factors = dir.join("factors");
+    ok(&hessian(&model, &factors, &[])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    let weights = dir.join("w.safetensors");
+    let m = Model::synthetic(tiny_config(Family::Llama, true), 7);
+    let q = &m.layers[0].q_proj;
+    let tensors = [(
+        "q".to_string(),
+        RawTensor::f32s(vec![q.rows, q.cols], &q.data),
+    )];
+    write_safetensors(&weights, &tensors, "format", "pt").unwrap();
+    let out = dir.join("missing").join("r.safetensors");
+    let err = fails(&[
+        "round",
+        "--weights",
+        s(&weights),
+        "--factors",
+        s(&factors.join("model.layers.0.self_attn.q_proj.xtx.safetensors")),
+        "--method",
+        "ldlq",
+        "--out",
+        s(&out),
+    ]);
+    says(
+        &err,
+        &[&format!(
+            "cannot write {}: No such file or directory",
+            out.display()
+        )],
+    );
+    assert!(
+        !err.contains(".tmp-") && !err.contains("bad format"),
+        "{err}"
+    );
+}
