@@ -1,5 +1,6 @@
 //! Inputs that are valid files but wrong for the job, refused before any long work with one error
-//! that names the file, tensor or flag to change (issue #28): outputs that cannot be written.
+//! that names the file, tensor or flag to change (issue #28): folders where files belong and
+//! outputs that cannot be written.
 
 mod common;
 
@@ -48,6 +49,65 @@ fn hessian(model: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     }
     args.extend(extra.iter().map(|a| a.to_string()));
     args
+}
+
+fn run_fails(args: &[String]) -> String {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails(&args)
+}
+
+/// A folder given where a file belongs used to fail in mmap with "No such device".
+#[test]
+fn a_folder_where_a_file_belongs_is_named() {
+    let dir = scratch("bad-folder");
+    let model = model_with(&dir, "model", |_| {});
+    let folder = dir.join("a-folder");
+    std::fs::create_dir_all(&folder).unwrap();
+    let expected = format!("{} is a folder, expected a file", folder.display());
+
+    let err = run_fails(&[
+        "hessian".into(),
+        "--model".into(),
+        s(&model).into(),
+        "--out".into(),
+        s(&dir.join("h")).into(),
+        "--calib-ids".into(),
+        s(&folder).into(),
+    ]);
+    says(&err, &[&expected]);
+    assert!(!err.contains("No such device"), "{err}");
+
+    let weights = dir.join("w.safetensors");
+    let w: Vec<f32> = (0..16 * 16).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+    let tensors = [("w".to_string(), RawTensor::f32s(vec![16, 16], &w))];
+    write_safetensors(&weights, &tensors, "format", "pt").unwrap();
+    let out = dir.join("r.safetensors");
+    let round = |weights: &Path, factors: &Path| {
+        fails(&[
+            "round",
+            "--weights",
+            s(weights),
+            "--factors",
+            s(factors),
+            "--out",
+            s(&out),
+        ])
+    };
+    says(&round(&folder, &weights), &[&expected]);
+    says(&round(&weights, &folder), &[&expected]);
+
+    let err = fails(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--quantized",
+        s(&folder),
+        "--window",
+        "8",
+        "--n-windows",
+        "1",
+    ]);
+    says(&err, &[&expected]);
 }
 
 /// An output that cannot be written is reported under its own name, as an I/O error: it used to name

@@ -22,6 +22,9 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
+    /// A folder where a file was expected (memory-mapping one fails with a bare "No such device").
+    #[error("{path} is a folder, expected a file")]
+    NotAFile { path: PathBuf },
     /// The file ends before a header field or a tensor's data does.
     #[error("{path}: truncated file: {what} needs bytes {start}..{end} but the file has {len}")]
     Truncated {

@@ -1341,6 +1341,32 @@ fn more_blocks_than_the_file_holds_is_a_missing_tensor() {
     assert!(matches!(err, ModelError::MissingTensor { .. }), "{err}");
 }
 
+/// A folder where a file belongs is named as such: mapping it used to fail with "No such device".
+#[test]
+fn folders_where_files_belong_are_named() {
+    let dir = Scratch::new("folders");
+    let folder = dir.0.join("not-a-file");
+    std::fs::create_dir_all(&folder).unwrap();
+    let expected = format!("{} is a folder, expected a file", folder.display());
+    let cases: [(&str, Reader); 5] = [
+        (
+            "safetensors",
+            Box::new(|p| SafetensorsFile::open(p).map(|_| true)),
+        ),
+        ("gguf", Box::new(|p| GgufFile::open(p).map(|_| true))),
+        ("quantized", Box::new(|p| QuantFile::open(p).map(|_| true))),
+        ("factors", Box::new(|p| read_factors(p).map(|_| true))),
+        (
+            "calibration",
+            Box::new(|p| read_calib_file(p, None).map(|_| true)),
+        ),
+    ];
+    for (what, read) in cases {
+        let err = refused(&folder, read, &[&expected]);
+        assert!(!err.to_string().contains("No such device"), "{what}: {err}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // mutation fuzz
 

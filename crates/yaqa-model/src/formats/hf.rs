@@ -10,7 +10,6 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
@@ -174,7 +173,7 @@ impl SafetensorsFile {
     /// of an overlap).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|e| ModelError::io(&path, e))?;
+        let file = super::open_file(&path)?;
         // SAFETY: read-only private map; checkpoints are not modified while loaded.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(&path, e))?;
         let len = mmap.len() as u64;
