@@ -1,12 +1,13 @@
 //! Inputs that are valid files but wrong for the job, refused before any long work with one error
-//! that names the file, tensor or flag to change (issue #28): folders where files belong and
-//! outputs that cannot be written.
+//! that names the file, tensor or flag to change (issue #28): more blocks than the configuration
+//! declares, folders where files belong, and outputs that cannot be written.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
 use common::{fails, ok, s, scratch};
+use serde_json::{Value, json};
 use yaqa_model::formats::hf::{RawTensor, write_hf, write_safetensors};
 use yaqa_model::transformer::weights::tiny_config;
 use yaqa_model::{Family, Model};
@@ -19,6 +20,14 @@ fn model_with(dir: &Path, name: &str, edit: impl FnOnce(&mut Model)) -> PathBuf 
     let out = dir.join(name);
     write_hf(&model, &out).unwrap();
     out
+}
+
+/// Edits `config.json` of the model folder `model`.
+fn edit_config(model: &Path, edit: impl FnOnce(&mut Value)) {
+    let path = model.join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&path, config.to_string()).unwrap();
 }
 
 /// Asserts that `err` holds every one of `parts`.
@@ -54,6 +63,28 @@ fn hessian(model: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
 fn run_fails(args: &[String]) -> String {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     fails(&args)
+}
+
+/// A checkpoint with a third block under `num_hidden_layers: 2` used to run as a 2-block model.
+#[test]
+fn blocks_beyond_the_declared_count_are_refused() {
+    let dir = scratch("bad-blocks");
+    let model = model_with(&dir, "three", |m| {
+        let extra = m.layers[1].clone();
+        m.layers.push(extra);
+        m.config.n_layers = 3;
+    });
+    edit_config(&model, |c| c["num_hidden_layers"] = json!(2));
+    let err = run_fails(&hessian(&model, &dir.join("out"), &[]));
+    let config = model.join("config.json");
+    says(
+        &err,
+        &[
+            "holds 3 decoder blocks",
+            "model.layers.2.",
+            &format!("num_hidden_layers in {} declares 2", config.display()),
+        ],
+    );
 }
 
 /// A folder given where a file belongs used to fail in mmap with "No such device".

@@ -25,6 +25,19 @@ pub enum ModelError {
     /// A folder where a file was expected (memory-mapping one fails with a bare "No such device").
     #[error("{path} is a folder, expected a file")]
     NotAFile { path: PathBuf },
+    /// A checkpoint holding decoder blocks beyond the number its configuration declares: the model
+    /// would run without them, silently.
+    #[error(
+        "{path}: holds {present} decoder blocks ({tensor} is in the last), but {key} declares \
+         {declared}: fix the configuration or remove the extra blocks"
+    )]
+    ExtraBlocks {
+        path: PathBuf,
+        tensor: String,
+        present: usize,
+        declared: usize,
+        key: String,
+    },
     /// The file ends before a header field or a tensor's data does.
     #[error("{path}: truncated file: {what} needs bytes {start}..{end} but the file has {len}")]
     Truncated {

@@ -1341,6 +1341,48 @@ fn more_blocks_than_the_file_holds_is_a_missing_tensor() {
     assert!(matches!(err, ModelError::MissingTensor { .. }), "{err}");
 }
 
+/// Blocks past `num_hidden_layers` used to be dropped silently: the model ran with fewer blocks than its
+/// checkpoint holds. Refused for both checkpoint kinds, naming both numbers.
+#[test]
+fn more_blocks_in_the_file_than_declared_is_refused() {
+    let dir = Scratch::new("extra-blocks");
+    let hf = dir.0.join("hf");
+    let mut model = Model::synthetic(tiny_config(Family::Llama, true), 40);
+    model.layers.push(model.layers[0].clone());
+    model.config.n_layers = 3;
+    write_hf(&model, &hf).unwrap();
+    let mut config = model.config.to_hf_json();
+    config["num_hidden_layers"] = json!(2);
+    std::fs::write(hf.join("config.json"), config.to_string()).unwrap();
+    let open = |p: &Path| HfCheckpoint::open(p).and_then(|c| c.load_model());
+    let err = refused(
+        &hf,
+        open,
+        &[
+            "model.safetensors: holds 3 decoder blocks",
+            "(model.layers.2.input_layernorm.weight is in the last)",
+            "num_hidden_layers in",
+            "config.json declares 2",
+        ],
+    );
+    assert!(matches!(err, ModelError::ExtraBlocks { .. }), "{err}");
+
+    let gguf = dir.file("extra.gguf", &tiny_gguf_blocks(2, 1).0);
+    let err = refused(
+        &gguf,
+        |p: &Path| Model::from_gguf(p),
+        &[
+            "holds 2 decoder blocks",
+            "blk.1.attn_k.weight",
+            "llama.block_count in its metadata declares 1",
+        ],
+    );
+    assert!(matches!(err, ModelError::ExtraBlocks { .. }), "{err}");
+    // The file itself is fine when it says what it holds.
+    let fine = dir.file("fine.gguf", &tiny_gguf_blocks(2, 2).0);
+    Model::from_gguf(&fine).unwrap();
+}
+
 /// A folder where a file belongs is named as such: mapping it used to fail with "No such device".
 #[test]
 fn folders_where_files_belong_are_named() {
@@ -1470,24 +1512,37 @@ fn mutate(rng: &mut Rng, base: &[u8], mut header: usize, prefixed: bool) -> Vec<
 /// A tiny llama GGUF with every dequantized type (hidden 32, 4 heads of 8, 2 KV heads, 1 block, vocab
 /// 40): its bytes and where its data section starts.
 fn tiny_gguf() -> (Vec<u8>, usize) {
+    tiny_gguf_blocks(1, 1)
+}
+
+/// [`tiny_gguf`] with the tensors of `present` blocks and `llama.block_count = declared`.
+fn tiny_gguf_blocks(present: usize, declared: u32) -> (Vec<u8>, usize) {
     // (name, dimensions fastest first, ggml type)
-    let specs: [(&str, Vec<u64>, u32); 11] = [
-        ("token_embd.weight", vec![32, 40], 8),
-        ("blk.0.attn_norm.weight", vec![32], 0),
-        ("blk.0.ffn_norm.weight", vec![32], 0),
-        ("blk.0.attn_q.weight", vec![32, 32], 3),
-        ("blk.0.attn_k.weight", vec![32, 16], 2),
-        ("blk.0.attn_v.weight", vec![32, 16], 1),
-        ("blk.0.attn_output.weight", vec![32, 32], 30),
-        ("blk.0.ffn_gate.weight", vec![32, 64], 2),
-        ("blk.0.ffn_up.weight", vec![32, 64], 8),
-        ("blk.0.ffn_down.weight", vec![64, 32], 0),
-        ("output_norm.weight", vec![32], 0),
+    let block: [(&str, Vec<u64>, u32); 9] = [
+        ("attn_norm.weight", vec![32], 0),
+        ("ffn_norm.weight", vec![32], 0),
+        ("attn_q.weight", vec![32, 32], 3),
+        ("attn_k.weight", vec![32, 16], 2),
+        ("attn_v.weight", vec![32, 16], 1),
+        ("attn_output.weight", vec![32, 32], 30),
+        ("ffn_gate.weight", vec![32, 64], 2),
+        ("ffn_up.weight", vec![32, 64], 8),
+        ("ffn_down.weight", vec![64, 32], 0),
     ];
+    let mut specs = vec![("token_embd.weight".to_string(), vec![32, 40], 8)];
+    for b in 0..present {
+        specs.extend(
+            block
+                .iter()
+                .map(|(name, dims, ty)| (format!("blk.{b}.{name}"), dims.clone(), *ty)),
+        );
+    }
+    specs.push(("output_norm.weight".into(), vec![32], 0));
     let mut rng = Rng::derive(5, "bad-files-gguf");
     let mut data = Vec::new();
     let mut tensors = Vec::new();
-    for (name, dims, ty) in specs {
+    for (name, dims, ty) in &specs {
+        let (name, dims, ty) = (name.as_str(), dims.clone(), *ty);
         let n: u64 = dims.iter().product();
         let (block_elems, block_bytes) = match ty {
             0 => (1, 4),
@@ -1506,7 +1561,7 @@ fn tiny_gguf() -> (Vec<u8>, usize) {
     }
     let mut kv = llama_kv(&[]);
     kv.retain(|(k, _, _)| k != "llama.block_count");
-    kv.push(kv_u32("llama.block_count", 1));
+    kv.push(kv_u32("llama.block_count", declared));
     gguf_raw(&kv, &tensors, &data)
 }
 

@@ -521,6 +521,20 @@ impl TensorSource for HfCheckpoint {
             Some(&i) => self.files[i].tensor_f32(name).map(Some),
         }
     }
+
+    fn last_block(&self) -> Option<(usize, String)> {
+        crate::transformer::weights::last_block(
+            self.index.keys().map(String::as_str),
+            "model.layers.",
+        )
+    }
+
+    fn layer_count_key(&self) -> String {
+        format!(
+            "num_hidden_layers in {}",
+            self.dir.join("config.json").display()
+        )
+    }
 }
 
 /// A tensor as raw little-endian bytes, for the safetensors writer (factor and quantized-model files).

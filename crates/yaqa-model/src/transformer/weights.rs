@@ -123,6 +123,31 @@ pub trait TensorSource {
     fn file_of(&self, name: &str) -> PathBuf;
     /// The row-major shape and values of `name`, or `None` if the checkpoint lacks it.
     fn load(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>>;
+    /// The highest decoder block any tensor of the checkpoint belongs to, with the name (as the
+    /// checkpoint spells it) of a tensor of that block; `None` when no tensor belongs to a block.
+    fn last_block(&self) -> Option<(usize, String)>;
+    /// Where the configuration's number of blocks comes from, for messages (`num_hidden_layers in
+    /// …/config.json`).
+    fn layer_count_key(&self) -> String;
+}
+
+/// The block of a tensor named `<prefix><block>.<rest>`, such as `model.layers.3.mlp.up_proj.weight`.
+pub fn block_of(name: &str, prefix: &str) -> Option<usize> {
+    let (block, _) = name.strip_prefix(prefix)?.split_once('.')?;
+    block.parse().ok()
+}
+
+/// The highest block among `names` (see [`block_of`]) with one tensor of it.
+pub fn last_block<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    prefix: &str,
+) -> Option<(usize, String)> {
+    names
+        .into_iter()
+        .filter_map(|n| block_of(n, prefix).map(|b| (b, n)))
+        // The smallest name of the highest block, so that the message does not depend on map order.
+        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+        .map(|(b, n)| (b, n.to_string()))
 }
 
 fn map_mat<T: Copy, U>(m: &Mat<T>, f: impl Fn(T) -> U) -> Mat<U> {
@@ -231,6 +256,17 @@ impl Model<f32> {
     /// plus whatever the source reports (truncation, unknown dtypes).
     pub fn load(config: ModelConfig, source: &dyn TensorSource) -> Result<Self> {
         let c = &config;
+        if let Some((block, tensor)) = source.last_block()
+            && block >= c.n_layers
+        {
+            return Err(ModelError::ExtraBlocks {
+                path: source.file_of(&tensor),
+                tensor,
+                present: block.saturating_add(1),
+                declared: c.n_layers,
+                key: source.layer_count_key(),
+            });
+        }
         let get = |name: &str, expected: &[usize]| -> Result<Vec<f32>> {
             let (shape, data) = source
                 .load(name)?
@@ -390,6 +426,19 @@ impl TensorSource for GgufSource<'_> {
             }
         };
         Ok(Some((shape, data)))
+    }
+
+    fn last_block(&self) -> Option<(usize, String)> {
+        last_block(self.gguf.tensors.iter().map(|t| t.name.as_str()), "blk.")
+    }
+
+    fn layer_count_key(&self) -> String {
+        let arch = self
+            .gguf
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .unwrap_or("llama");
+        format!("{arch}.block_count in its metadata")
     }
 }
 
