@@ -1,6 +1,6 @@
 //! Inputs that are valid files but wrong for the job, refused before any long work with one error
-//! that names the file, tensor or flag to change (issue #28): more blocks than the configuration
-//! declares, folders where files belong, and outputs that cannot be written.
+//! that names the file, tensor or flag to change (issue #28): non-finite weights, more blocks than
+//! the configuration declares, folders where files belong, and outputs that cannot be written.
 
 mod common;
 
@@ -63,6 +63,38 @@ fn hessian(model: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
 fn run_fails(args: &[String]) -> String {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     fails(&args)
+}
+
+/// +Inf in the tied embedding used to quantize and evaluate to perplexity NaN with KL 0; a NaN in a norm
+/// went as far. Both are refused when the model is loaded, naming the tensor and the count.
+#[test]
+fn non_finite_weights_are_refused_at_load() {
+    let dir = scratch("bad-nonfinite");
+    let inf = model_with(&dir, "inf", |m| m.embed.data[5] = f32::INFINITY);
+    let out = dir.join("out-inf");
+    let err = run_fails(&hessian(&inf, &out, &[]));
+    says(
+        &err,
+        &[
+            "model.safetensors",
+            "tensor model.embed_tokens.weight: 1 of 592 values are not finite",
+            "the first, inf, at index 5",
+        ],
+    );
+    assert!(!out.exists(), "nothing may be written:\n{err}");
+
+    let nan = model_with(&dir, "nan", |m| {
+        m.layers[1].post_norm[2] = f32::NAN;
+        m.layers[1].post_norm[9] = f32::NEG_INFINITY;
+    });
+    let err = run_fails(&hessian(&nan, &dir.join("out-nan"), &[]));
+    says(
+        &err,
+        &[
+            "tensor model.layers.1.post_attention_layernorm.weight: 2 of 16 values are not finite",
+            "the first, NaN, at index 2",
+        ],
+    );
 }
 
 /// A checkpoint with a third block under `num_hidden_layers: 2` used to run as a 2-block model.

@@ -25,6 +25,20 @@ pub enum ModelError {
     /// A folder where a file was expected (memory-mapping one fails with a bare "No such device").
     #[error("{path} is a folder, expected a file")]
     NotAFile { path: PathBuf },
+    /// A tensor of a checkpoint holds infinities or NaNs, which every later stage would carry into
+    /// NaN perplexities and meaningless factors instead of failing.
+    #[error(
+        "{path}: tensor {tensor}: {count} of {len} values are not finite (the first, {first}, at \
+         index {index}); the checkpoint is damaged"
+    )]
+    NonFinite {
+        path: PathBuf,
+        tensor: String,
+        count: usize,
+        len: usize,
+        first: f32,
+        index: usize,
+    },
     /// A checkpoint holding decoder blocks beyond the number its configuration declares: the model
     /// would run without them, silently.
     #[error(

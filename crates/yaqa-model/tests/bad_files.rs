@@ -1383,6 +1383,49 @@ fn more_blocks_in_the_file_than_declared_is_refused() {
     Model::from_gguf(&fine).unwrap();
 }
 
+/// Infinities and NaNs in a checkpoint's weights used to flow into perplexity NaN and KL 0; they are
+/// refused when the tensor is loaded, counted, with the first one's position.
+#[test]
+fn non_finite_weights_are_refused_at_load() {
+    let dir = Scratch::new("non-finite");
+    let (mut bytes, start) = tiny_gguf();
+    let gguf = dir.file("clean.gguf", &bytes);
+    let info = GgufFile::open(&gguf)
+        .unwrap()
+        .info("blk.0.ffn_down.weight")
+        .unwrap()
+        .clone();
+    assert_eq!(info.type_id, 0, "an F32 tensor");
+    let at = start + info.offset as usize;
+    for (i, v) in [(3, f32::NAN), (70, f32::INFINITY), (71, f32::NEG_INFINITY)] {
+        bytes[at + 4 * i..at + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    let gguf = dir.file("inf.gguf", &bytes);
+    let err = refused(
+        &gguf,
+        |p: &Path| Model::from_gguf(p),
+        &[
+            "tensor model.layers.0.mlp.down_proj.weight: 3 of 2048 values are not finite",
+            "the first, NaN, at index 3",
+        ],
+    );
+    assert!(matches!(err, ModelError::NonFinite { .. }), "{err}");
+
+    // The tied embedding of a Hugging Face folder.
+    let hf = dir.0.join("hf");
+    let mut model = Model::synthetic(tiny_config(Family::Llama, true), 40);
+    model.embed.data[100] = f32::INFINITY;
+    write_hf(&model, &hf).unwrap();
+    let open = |p: &Path| HfCheckpoint::open(p).and_then(|c| c.load_model());
+    refused(
+        &hf,
+        open,
+        &[
+            "tensor model.embed_tokens.weight: 1 of 592 values are not finite (the first, inf, at index 100)",
+        ],
+    );
+}
+
 /// A folder where a file belongs is named as such: mapping it used to fail with "No such device".
 #[test]
 fn folders_where_files_belong_are_named() {

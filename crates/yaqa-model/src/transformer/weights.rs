@@ -150,6 +150,30 @@ pub fn last_block<'a>(
         .map(|(b, n)| (b, n.to_string()))
 }
 
+/// Refuses a tensor holding infinities or NaNs, counting them: one pass over the values, spread over
+/// the threads.
+///
+/// **Errors**: [`ModelError::NonFinite`] naming `path`, `tensor`, the count and the first one.
+pub fn check_finite(path: &Path, tensor: &str, data: &[f32]) -> Result<()> {
+    use rayon::prelude::*;
+    let count = data
+        .par_chunks(1 << 16)
+        .map(|c| c.iter().filter(|v| !v.is_finite()).count())
+        .sum::<usize>();
+    if count == 0 {
+        return Ok(());
+    }
+    let index = data.iter().position(|v| !v.is_finite()).unwrap_or(0);
+    Err(ModelError::NonFinite {
+        path: path.to_path_buf(),
+        tensor: tensor.to_string(),
+        count,
+        len: data.len(),
+        first: data[index],
+        index,
+    })
+}
+
 fn map_mat<T: Copy, U>(m: &Mat<T>, f: impl Fn(T) -> U) -> Mat<U> {
     Mat {
         rows: m.rows,
@@ -250,10 +274,12 @@ impl<T: Real> Model<T> {
 }
 
 impl Model<f32> {
-    /// Loads every tensor `config` needs from `source`, checking shapes.
+    /// Loads every tensor `config` needs from `source`, checking shapes and that every value is finite.
     ///
-    /// **Errors**: [`ModelError::MissingTensor`] and [`ModelError::ShapeMismatch`] naming file and tensor,
-    /// plus whatever the source reports (truncation, unknown dtypes).
+    /// **Errors**: [`ModelError::ExtraBlocks`] for a checkpoint with blocks beyond `config.n_layers`
+    /// (before any tensor is read), [`ModelError::MissingTensor`], [`ModelError::ShapeMismatch`] and
+    /// [`ModelError::NonFinite`] naming file and tensor, plus whatever the source reports (truncation,
+    /// unknown dtypes).
     pub fn load(config: ModelConfig, source: &dyn TensorSource) -> Result<Self> {
         let c = &config;
         if let Some((block, tensor)) = source.last_block()
@@ -282,6 +308,7 @@ impl Model<f32> {
                     found: shape,
                 });
             }
+            check_finite(&source.file_of(name), name, &data)?;
             Ok(data)
         };
         let mat = |name: &str, rows: usize, cols: usize| -> Result<Mat<f32>> {
