@@ -1,12 +1,13 @@
 //! Inputs that are valid files but wrong for the job, refused before any long work with one error
 //! that names the file, tensor or flag to change (issue #28): non-finite weights, more blocks than
-//! the configuration declares, folders where files belong, and outputs that cannot be written.
+//! the configuration declares, a tokenizer larger than the model's vocabulary, folders where files
+//! belong, and outputs that cannot be written.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fails, ok, s, scratch};
+use common::{fails, ok, ok_stderr, s, scratch};
 use serde_json::{Value, json};
 use yaqa_model::formats::hf::{RawTensor, write_hf, write_safetensors};
 use yaqa_model::transformer::weights::tiny_config;
@@ -117,6 +118,95 @@ fn blocks_beyond_the_declared_count_are_refused() {
             &format!("num_hidden_layers in {} declares 2", config.display()),
         ],
     );
+}
+
+/// A word-level `tokenizer.json` with `vocab` (word → id) and, with `added`, one added token, which the
+/// `tokenizers` crate numbers after the vocabulary's size.
+fn word_tokenizer(path: &Path, vocab: &[(String, u32)], added: bool) {
+    let vocab: serde_json::Map<String, Value> =
+        vocab.iter().map(|(w, id)| (w.clone(), json!(id))).collect();
+    let added: Vec<Value> = added
+        .then(|| {
+            json!({"id": 0, "content": "<extra>", "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": true})
+        })
+        .into_iter()
+        .collect();
+    let spec = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "unk_token": "w0", "vocab": vocab}
+    });
+    std::fs::write(path, spec.to_string()).unwrap();
+}
+
+/// Words `w0`..`w{n-1}` with ids `0..n`.
+fn words(n: u32) -> Vec<(String, u32)> {
+    (0..n).map(|i| (format!("w{i}"), i)).collect()
+}
+
+/// A tokenizer that can produce ids the model has no embedding for is refused when it is loaded, for
+/// calibration and evaluation text alike, counting its largest id (not its number of entries) and its
+/// added tokens; one that fits runs.
+#[test]
+fn a_tokenizer_beyond_the_vocabulary_is_refused() {
+    let dir = scratch("bad-tokenizer");
+    let model = model_with(&dir, "model", |_| {});
+    let text = dir.join("text.txt");
+    std::fs::write(&text, "w0 w1 w2 w3 w4 w5 ".repeat(40)).unwrap();
+    let config = model.join("config.json");
+    let vocab_37 = format!("the model {} has vocab_size 37", config.display());
+
+    // Six words, the last with id 40.
+    let sparse = dir.join("sparse.json");
+    let mut six = words(5);
+    six.push(("w5".into(), 40));
+    word_tokenizer(&sparse, &six, false);
+    let calib = ["--calib", s(&text), "--tokenizer", s(&sparse)];
+    let err = run_fails(&hessian(&model, &dir.join("out-sparse"), &calib));
+    says(
+        &err,
+        &[
+            &format!("the tokenizer {} has token ids up to 40", sparse.display()),
+            "a vocabulary of 41, added tokens included",
+            &vocab_37,
+            "--tokenizer",
+        ],
+    );
+
+    // 37 words fit; an added token on top (id 37) does not. As the model folder's own tokenizer.json,
+    // for evaluation text: refused before any quantized file is read (this one does not exist).
+    word_tokenizer(&model.join("tokenizer.json"), &words(37), true);
+    let err = fails(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--quantized",
+        s(&dir.join("absent.safetensors")),
+        "--text",
+        s(&text),
+        "--window",
+        "8",
+        "--n-windows",
+        "1",
+    ]);
+    says(
+        &err,
+        &[
+            &format!(
+                "{} has token ids up to 37",
+                model.join("tokenizer.json").display()
+            ),
+            &vocab_37,
+        ],
+    );
+
+    let fits = dir.join("fits.json");
+    word_tokenizer(&fits, &words(37), false);
+    let calib = ["--calib", s(&text), "--tokenizer", s(&fits)];
+    let args = hessian(&model, &dir.join("out-fits"), &calib);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok_stderr(&args, &[]);
 }
 
 /// A folder given where a file belongs used to fail in mmap with "No such device".

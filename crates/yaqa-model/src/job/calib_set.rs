@@ -73,7 +73,7 @@ pub fn calibration_set<B: Backend + ModelOps<f32>>(
         labels: None,
     };
     if !config.text.is_empty() {
-        let tok = tokenizer_for(&loaded.path, config.tokenizer.as_deref())
+        let tok = tokenizer_for(loaded, config.tokenizer.as_deref())
             .context("loading the tokenizer for the calibration text")?;
         let tokens = text_tokens(&tok, &config.text).context("reading the calibration text")?;
         let seqs = text_windows(&tokens, config.seq_len, config.n_seqs, config.seed, shard)

@@ -113,9 +113,8 @@ fn fetch_model(cache: &Path, progress: &dyn Progress) -> Result<PathBuf> {
 pub fn tokenizer(model: &Path) -> Result<Tokenizer> {
     match find_shared("fixtures/smollm2-135m/tokenizer.json") {
         Some(p) => Tokenizer::from_file(&p).with_context(|| format!("loading {}", p.display())),
-        None => {
-            checkpoint::tokenizer_for(model, None).context("rebuilding the tokenizer from the GGUF")
-        }
+        None => checkpoint::find_tokenizer(model, None)
+            .context("rebuilding the tokenizer from the GGUF"),
     }
 }
 

@@ -10,7 +10,7 @@ use yaqa_core::backend::Backend;
 use yaqa_core::model_ops::ModelOps;
 
 use crate::error::{Context, ModelError, Result};
-use crate::formats::checkpoint::{Loaded, tokenizer_for};
+use crate::formats::checkpoint::{Loaded, check_tokenizer, tokenizer_for};
 use crate::formats::hf::write_atomic;
 use crate::formats::quant_file::QuantFile;
 use crate::job::calib::{Shard, sample_sequences};
@@ -219,9 +219,12 @@ pub fn eval_tokens<B: Backend + ModelOps<f32>>(
     if let Some(path) = &text.text {
         let owned;
         let tok = match tokenizer {
-            Some(t) => t,
+            Some(t) => {
+                check_tokenizer(t, loaded).context("checking the evaluation tokenizer")?;
+                t
+            }
             None => {
-                owned = tokenizer_for(&loaded.path, text.tokenizer.as_deref())
+                owned = tokenizer_for(loaded, text.tokenizer.as_deref())
                     .context("loading the tokenizer")?;
                 &owned
             }

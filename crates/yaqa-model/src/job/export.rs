@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use yaqa_core::backend::Backend;
 
 use crate::error::{Context, ModelError, Result};
-use crate::formats::checkpoint::{Loaded, tokenizer_for};
+use crate::formats::checkpoint::{Loaded, find_tokenizer};
 use crate::formats::gptq::{GptqSummary, write_gptq};
 use crate::formats::hf::{Half, half_tensors, write_hf, write_safetensors};
 use crate::formats::quant_file::QuantFile;
@@ -41,7 +41,7 @@ pub fn convert(config: &ConvertConfig) -> Result<()> {
     let loaded = open_model(&config.model)?;
     write_hf(&loaded.model, &config.out)?;
     let tok =
-        tokenizer_for(&config.model, None).context("rebuilding the tokenizer from the GGUF")?;
+        find_tokenizer(&config.model, None).context("rebuilding the tokenizer from the GGUF")?;
     let tpath = config.out.join("tokenizer.json");
     tok.save(&tpath)
 }
@@ -100,7 +100,7 @@ pub fn export(backend: &dyn Backend, config: &ExportConfig) -> Result<ExportRepo
             Some(write_gptq(&loaded, &q, &config.out)?)
         }
     };
-    if let Ok(tok) = tokenizer_for(&config.model, None) {
+    if let Ok(tok) = find_tokenizer(&config.model, None) {
         let tpath = config.out.join("tokenizer.json");
         tok.save(&tpath)?;
     }

@@ -151,4 +151,20 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+
+    /// One more than the largest token id the tokenizer can produce, added tokens included: the number
+    /// of embedding rows a model needs for it (ids need not be contiguous, so this is not
+    /// [`Tokenizer::vocab_size`]).
+    pub fn id_bound(&self) -> usize {
+        self.inner
+            .get_vocab(true)
+            .values()
+            .max()
+            .map_or(0, |&id| id as usize + 1)
+    }
+
+    /// The file the tokenizer was read from (`tokenizer.json`, or the GGUF it was rebuilt from).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
