@@ -87,6 +87,10 @@ pub struct CalibArgs {
     /// Seed of the calibration windows or samples and of the sampled Fisher labels (recorded).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Accept calibration sequences and evaluation windows longer than the model's context
+    /// (max_position_embeddings), at positions it was not trained for
+    #[arg(long)]
+    pub allow_long_context: bool,
 }
 
 /// Calibration sequences from a file of token ids (`hessian` and `quantize`).
@@ -112,6 +116,7 @@ pub fn calib_config(calib: &CalibArgs, ids: &CalibIdsArgs) -> CalibConfig {
         n_seqs: calib.n_seqs,
         seq_len: calib.seq_len,
         seed: calib.seed,
+        allow_long_context: calib.allow_long_context,
     }
 }
 

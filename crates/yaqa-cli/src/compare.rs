@@ -114,6 +114,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             n_windows: args.n_windows,
             // The evaluation text is sampled with the calibration seed (its stream is kept apart).
             seed: args.calib.seed,
+            allow_long_context: args.calib.allow_long_context,
         },
         sign_seed: args.sign_seed,
         damp: args.damp.damp,

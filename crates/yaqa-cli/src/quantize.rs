@@ -68,6 +68,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             tokenizer: args.calib.tokenizer.clone(),
             window: args.eval_window,
             n_windows: args.eval_windows,
+            allow_long_context: args.calib.allow_long_context,
             ..default_eval()
         }),
     };

@@ -1,7 +1,8 @@
 //! Inputs that are valid files but wrong for the job, refused before any long work with one error
 //! that names the file, tensor or flag to change (issue #28): non-finite weights, more blocks than
-//! the configuration declares, a tokenizer larger than the model's vocabulary, folders where files
-//! belong, and outputs that cannot be written.
+//! the configuration declares, a tokenizer larger than the model's vocabulary, sequences and
+//! windows longer than the model's context, folders where files belong, and outputs that cannot be
+//! written.
 
 mod common;
 
@@ -13,10 +14,11 @@ use yaqa_model::formats::hf::{RawTensor, write_hf, write_safetensors};
 use yaqa_model::transformer::weights::tiny_config;
 use yaqa_model::{Family, Model};
 
-/// The tiny Llama of `common::tiny_model` (vocab 37, 2 blocks) after `edit`, written as a Hugging
-/// Face folder `dir/<name>`.
+/// The tiny Llama of `common::tiny_model` (vocab 37, 2 blocks) with a context of 64 tokens, after
+/// `edit`, written as a Hugging Face folder `dir/<name>`.
 fn model_with(dir: &Path, name: &str, edit: impl FnOnce(&mut Model)) -> PathBuf {
     let mut model = Model::synthetic(tiny_config(Family::Llama, true), 7);
+    model.config.max_position_embeddings = Some(64);
     edit(&mut model);
     let out = dir.join(name);
     write_hf(&model, &out).unwrap();
@@ -205,6 +207,130 @@ fn a_tokenizer_beyond_the_vocabulary_is_refused() {
     word_tokenizer(&fits, &words(37), false);
     let calib = ["--calib", s(&text), "--tokenizer", s(&fits)];
     let args = hessian(&model, &dir.join("out-fits"), &calib);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok_stderr(&args, &[]);
+}
+
+/// Sequences and windows longer than `max_position_embeddings` (64 here) are refused, naming the flag
+/// and the limit, unless `--allow-long-context`; sizes that leave nothing to predict are refused too.
+#[test]
+fn lengths_the_model_cannot_use_are_refused_before_work() {
+    let dir = scratch("bad-context");
+    let model = model_with(&dir, "model", |_| {});
+    let m = s(&model);
+    let config = model.join("config.json");
+    let limit = format!(
+        "exceeds the model's context of 64 tokens (max_position_embeddings in {})",
+        config.display()
+    );
+
+    let err = run_fails(&hessian(&model, &dir.join("h"), &["--seq-len", "65"]));
+    says(
+        &err,
+        &[
+            "--seq-len 65 ",
+            &limit,
+            "lower --seq-len to at most 64",
+            "--allow-long-context",
+        ],
+    );
+    // The override runs it.
+    let long = hessian(
+        &model,
+        &dir.join("h-long"),
+        &["--seq-len", "65", "--allow-long-context"],
+    );
+    let long: Vec<&str> = long.iter().map(String::as_str).collect();
+    ok_stderr(&long, &[]);
+
+    let q = dir.join("q.safetensors");
+    let quantize = |extra: &[&str]| {
+        let mut a = vec![
+            "quantize",
+            "--model",
+            m,
+            "--out",
+            s(&q),
+            "--n-seqs",
+            "1",
+            "--seq-len",
+            "8",
+        ];
+        a.extend(extra);
+        fails(&a)
+    };
+    says(
+        &quantize(&["--eval-window", "100"]),
+        &[
+            "--eval-window 100 ",
+            &limit,
+            "lower --eval-window to at most 64",
+        ],
+    );
+    says(
+        &quantize(&["--eval-window", "0"]),
+        &["--eval-window 0: an evaluation window needs at least 2 tokens"],
+    );
+    says(
+        &quantize(&["--eval-windows", "0"]),
+        &["--eval-windows 0: evaluation needs at least one window"],
+    );
+    assert!(!q.exists());
+
+    let absent = dir.join("absent.safetensors");
+    let eval = |extra: &[&str]| {
+        let mut a = vec!["eval", "--model", m, "--quantized", s(&absent)];
+        a.extend(extra);
+        fails(&a)
+    };
+    says(
+        &eval(&["--window", "65", "--n-windows", "1"]),
+        &["--window 65 ", &limit, "lower --window to at most 64"],
+    );
+    says(
+        &eval(&["--window", "0"]),
+        &["--window 0: an evaluation window needs at least 2 tokens"],
+    );
+    says(
+        &eval(&["--n-windows", "0", "--window", "8"]),
+        &["--n-windows 0: evaluation needs at least one window"],
+    );
+
+    let work = dir.join("work");
+    let compare = |extra: &[&str]| {
+        let mut a = vec!["compare", "--model", m, "--work", s(&work), "--n-seqs", "1"];
+        a.extend(extra);
+        fails(&a)
+    };
+    says(
+        &compare(&["--seq-len", "8", "--window", "65"]),
+        &["--window 65 ", &limit],
+    );
+    says(
+        &compare(&["--seq-len", "80", "--window", "8"]),
+        &["--seq-len 80 ", &limit],
+    );
+    assert!(!work.exists());
+
+    says(
+        &run_fails(&hessian(&model, &dir.join("h1"), &["--seq-len", "1"])),
+        &["--seq-len 1: a calibration sequence needs at least 2 tokens"],
+    );
+    says(
+        &run_fails(&hessian(&model, &dir.join("h0"), &["--n-seqs", "0"])),
+        &["--n-seqs 0: calibration needs at least one sequence"],
+    );
+}
+
+/// A model without `max_position_embeddings` has no known limit: a long sequence is not refused.
+#[test]
+fn an_unknown_context_limits_nothing() {
+    let dir = scratch("bad-context-unknown");
+    let model = model_with(&dir, "model", |_| {});
+    edit_config(&model, |c| {
+        c.as_object_mut().unwrap().remove("max_position_embeddings");
+    });
+    let args = hessian(&model, &dir.join("h"), &["--seq-len", "70"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ok_stderr(&args, &[]);
 }

@@ -187,6 +187,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
             window: config.window,
             n_windows: config.n_windows,
             seed: config.seed,
+            allow_long_context: false,
         },
         sign_seed: config.seed,
         refine: 0,

@@ -34,6 +34,36 @@ pub struct EvalText {
     pub n_windows: usize,
     /// Seed of the sampled text when there is no file.
     pub seed: u64,
+    /// Accept windows longer than the model's `max_position_embeddings`; refused by default.
+    pub allow_long_context: bool,
+}
+
+impl EvalText {
+    /// Refuses sizes no evaluation of `loaded` can use, before any work: no windows, windows of fewer
+    /// than 2 tokens (nothing to predict), or longer than the model's context unless
+    /// `allow_long_context`. `flags` are the command's names for `window` and `n_windows`.
+    ///
+    /// **Errors**: [`ModelError::Refused`] naming the flag.
+    pub fn check(&self, loaded: &Loaded, flags: [&str; 2]) -> Result<()> {
+        let [window_flag, n_windows_flag] = flags;
+        if self.n_windows == 0 {
+            crate::bail!("{n_windows_flag} 0: evaluation needs at least one window");
+        }
+        if self.window < 2 {
+            crate::bail!(
+                "{window_flag} {}: an evaluation window needs at least 2 tokens (a token and the one \
+                 it predicts)",
+                self.window
+            );
+        }
+        crate::job::check_context(
+            &format!("{window_flag} {}", self.window),
+            self.window,
+            loaded,
+            self.allow_long_context,
+            |max| format!("lower {window_flag} to at most {max}"),
+        )
+    }
 }
 
 impl Default for EvalText {
@@ -44,6 +74,7 @@ impl Default for EvalText {
             window: 512,
             n_windows: 8,
             seed: 1,
+            allow_long_context: false,
         }
     }
 }
@@ -125,14 +156,15 @@ impl fmt::Display for EvalTable {
 
 /// Evaluates every file of `config.quantized` against the original model.
 ///
-/// **Errors**: unreadable model, text or quantized files, files quantized from another model, too little
-/// text, forward errors.
+/// **Errors**: window sizes the model cannot use ([`EvalText::check`], before any work), unreadable
+/// model, text or quantized files, files quantized from another model, too little text, forward errors.
 pub fn run<B: Backend + ModelOps<f32>>(
     backend: &B,
     config: &EvalConfig,
     progress: &dyn Progress,
 ) -> Result<EvalTable> {
     let loaded = open_model(&config.model)?;
+    config.text.check(&loaded, ["--window", "--n-windows"])?;
     let (tokens, source) = eval_tokens(backend, &loaded, &config.text, None, progress)?;
     let mut models = Vec::new();
     for f in &config.quantized {

@@ -541,7 +541,8 @@ pub fn tiny_config(family: Family, tied: bool) -> ModelConfig {
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
         rope_scaling: crate::transformer::config::RopeScaling::None,
-        max_position_embeddings: 64,
+        // Above every default sequence and window length (512), so the jobs run on it with their defaults.
+        max_position_embeddings: Some(512),
         tie_word_embeddings: tied,
         attention_bias: family == Family::Qwen2,
         qk_norm: family == Family::Qwen3,
