@@ -1,8 +1,8 @@
 //! Inputs that are valid files but wrong for the job, refused before any long work with one error
 //! that names the file, tensor or flag to change (issue #28): non-finite weights, more blocks than
 //! the configuration declares, a tokenizer larger than the model's vocabulary, sequences and
-//! windows longer than the model's context, folders where files belong, and outputs that cannot be
-//! written.
+//! windows longer than the model's context, negative flag values, folders where files belong, and
+//! outputs that cannot be written.
 
 mod common;
 
@@ -333,6 +333,37 @@ fn an_unknown_context_limits_nothing() {
     let args = hessian(&model, &dir.join("h"), &["--seq-len", "70"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ok_stderr(&args, &[]);
+}
+
+/// A negative number after a numeric flag used to be read as an unknown flag ("unexpected argument
+/// '-1'"); it now reaches the flag's own parser.
+#[test]
+fn negative_values_reach_the_flag_parser() {
+    let dir = scratch("bad-negative");
+    let model = model_with(&dir, "model", |_| {});
+    let m = s(&model);
+    let q = dir.join("q.safetensors");
+    for (flag, value, message) in [
+        ("--damp", "-1", "\"-1\" is not a finite number ≥ 0"),
+        ("--damp-out", "-0.5", "\"-0.5\" is not a finite number ≥ 0"),
+        (
+            "--checkpoint-minutes",
+            "-2",
+            "\"-2\" is not a finite number of minutes > 0",
+        ),
+        ("--seq-len", "-5", "invalid digit found in string"),
+        ("--eval-window", "-3", "invalid digit found in string"),
+        ("--group", "-8", "invalid digit found in string"),
+    ] {
+        let err = fails(&["quantize", "--model", m, "--out", s(&q), flag, value]);
+        says(
+            &err,
+            &[&format!("invalid value '{value}' for '{flag} "), message],
+        );
+        assert!(!err.contains("unexpected argument"), "{err}");
+    }
+    let err = fails(&["eval", "--model", m, "--quantized", s(&q), "--window", "-1"]);
+    says(&err, &["invalid value '-1' for '--window "]);
 }
 
 /// A folder given where a file belongs used to fail in mmap with "No such device".
