@@ -418,6 +418,37 @@ fn a_folder_where_a_file_belongs_is_named() {
         "1",
     ]);
     says(&err, &[&expected]);
+
+    // Text inputs: calibration text, its tokenizer, evaluation text.
+    let text = dir.join("text.txt");
+    std::fs::write(&text, "w0 w1 w2 w3 w4 ".repeat(10)).unwrap();
+    let tok = dir.join("tok.json");
+    word_tokenizer(&tok, &words(5), false);
+    for calib in [
+        ["--calib", s(&folder), "--tokenizer", s(&tok)],
+        ["--calib", s(&text), "--tokenizer", s(&folder)],
+    ] {
+        says(
+            &run_fails(&hessian(&model, &dir.join("h"), &calib)),
+            &[&expected],
+        );
+    }
+    let err = fails(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--quantized",
+        s(&dir.join("absent.safetensors")),
+        "--text",
+        s(&folder),
+        "--tokenizer",
+        s(&tok),
+        "--window",
+        "8",
+        "--n-windows",
+        "1",
+    ]);
+    says(&err, &[&expected]);
 }
 
 /// An output that cannot be written is reported under its own name, as an I/O error: it used to name

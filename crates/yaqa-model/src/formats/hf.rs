@@ -445,8 +445,7 @@ impl HfCheckpoint {
         let mut files = Vec::new();
         let mut index = HashMap::new();
         if index_path.exists() {
-            let text =
-                std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
+            let text = super::read_text(&index_path)?;
             let v: Value = serde_json::from_str(&text)
                 .map_err(|e| ModelError::format(&index_path, format!("invalid JSON: {e}")))?;
             let map = v

@@ -32,3 +32,17 @@ pub(crate) fn open_file(path: &Path) -> Result<File> {
     }
     Ok(file)
 }
+
+/// Reads a UTF-8 text file (calibration or evaluation text, `config.json`), refusing a folder by name
+/// as [`open_file`] does.
+///
+/// **Errors**: [`ModelError::NotAFile`] for a folder, [`ModelError::Io`] for the rest (non-UTF-8 text
+/// included).
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    open_file(path)?
+        .read_to_string(&mut text)
+        .map_err(|e| ModelError::io(path, e))?;
+    Ok(text)
+}

@@ -261,9 +261,7 @@ pub fn eval_tokens<B: Backend + ModelOps<f32>>(
                 &owned
             }
         };
-        let s = std::fs::read_to_string(path)
-            .map_err(|e| ModelError::io(path, e))
-            .context("reading the evaluation text")?;
+        let s = crate::formats::read_text(path).context("reading the evaluation text")?;
         let mut ids = tok
             .encode(&s)
             .with_context(|| format!("tokenizing {}", path.display()))?;

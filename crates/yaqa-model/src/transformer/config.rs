@@ -324,7 +324,7 @@ impl ModelConfig {
     /// RoPE type or MLP bias.
     pub fn from_hf_json_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let text = crate::formats::read_text(path)?;
         let value: Value = serde_json::from_str(&text)
             .map_err(|e| ModelError::format(path, format!("invalid JSON: {e}")))?;
         Self::from_hf_json(&value, path)

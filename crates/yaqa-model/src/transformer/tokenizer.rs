@@ -16,8 +16,13 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     /// Loads a `tokenizer.json`.
+    ///
+    /// **Errors**: a folder ([`ModelError::NotAFile`]), or what the tokenizer library says of the file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        if path.is_dir() {
+            return Err(ModelError::NotAFile { path });
+        }
         let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {
             path: path.clone(),
             why: e.to_string(),
