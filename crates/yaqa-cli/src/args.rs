@@ -79,14 +79,18 @@ pub struct CalibArgs {
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
     /// Number of calibration sequences (before sharding).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 64)]
     pub n_seqs: usize,
     /// Tokens per calibration sequence.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 512)]
     pub seq_len: usize,
     /// Seed of the calibration windows or samples and of the sampled Fisher labels (recorded).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub seed: u64,
+    /// Accept calibration sequences and evaluation windows longer than the model's context
+    /// (max_position_embeddings), at positions it was not trained for
+    #[arg(long)]
+    pub allow_long_context: bool,
 }
 
 /// Calibration sequences from a file of token ids (`hessian` and `quantize`).
@@ -112,6 +116,7 @@ pub fn calib_config(calib: &CalibArgs, ids: &CalibIdsArgs) -> CalibConfig {
         n_seqs: calib.n_seqs,
         seq_len: calib.seq_len,
         seed: calib.seed,
+        allow_long_context: calib.allow_long_context,
     }
 }
 
@@ -119,11 +124,11 @@ pub fn calib_config(calib: &CalibArgs, ids: &CalibIdsArgs) -> CalibConfig {
 #[derive(Debug, Args, Clone, Copy)]
 pub struct DampArgs {
     /// First damping σ of h_in, doubled until the Cholesky succeeds (GPTQ's percdamp for --method gptq)
-    #[arg(long, value_name = "σ", value_parser = damping, default_value_t = yaqa_core::LdlParams::default().damp)]
+    #[arg(long, allow_negative_numbers = true, value_name = "σ", value_parser = damping, default_value_t = yaqa_core::LdlParams::default().damp)]
     pub damp: f64,
     /// First damping σ of h_out (YAQA): larger than h_in's, because Sketch B's h_out is noisy beyond its
     /// strongest directions at small calibration sets
-    #[arg(long, value_name = "σ", value_parser = damping, default_value_t = yaqa_core::layer::DEFAULT_DAMP_OUT)]
+    #[arg(long, allow_negative_numbers = true, value_name = "σ", value_parser = damping, default_value_t = yaqa_core::layer::DEFAULT_DAMP_OUT)]
     pub damp_out: f64,
 }
 
@@ -132,7 +137,12 @@ pub struct DampArgs {
 pub struct RefineArgs {
     /// Coordinate-descent sweeps on the method's own proxy after the rounding (0: none); each sweep
     /// revisits every weight and costs about one rounding pass
-    #[arg(long, value_name = "SWEEPS", default_value_t = 0)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "SWEEPS",
+        default_value_t = 0
+    )]
     pub refine: usize,
 }
 
@@ -145,13 +155,13 @@ pub struct SpecArgs {
     pub quantizer: QuantizerArg,
     /// Asymmetric grid with zero-points and one scale per GROUP columns (GPTQ layout); default: symmetric
     /// grid with one searched scale per matrix (with incoherence) or per row (without).
-    #[arg(long, value_name = "GROUP")]
+    #[arg(long, allow_negative_numbers = true, value_name = "GROUP")]
     pub group: Option<usize>,
     /// Skip the randomized Hadamard incoherence processing.
     #[arg(long)]
     pub no_incoherence: bool,
     /// Seed of the sign vectors of the rotations (recorded).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub sign_seed: u64,
     #[command(flatten)]
     pub damp: DampArgs,
@@ -179,13 +189,13 @@ impl SpecArgs {
 pub struct CheckpointArgs {
     /// Write the factors collected so far to a checkpoint folder beside the output (….partial/) about
     /// every MIN minutes of collection; rerunning the same command resumes from it
-    #[arg(long, value_name = "MIN", value_parser = minutes, default_value_t = 30.0)]
+    #[arg(long, allow_negative_numbers = true, value_name = "MIN", value_parser = minutes, default_value_t = 30.0)]
     pub checkpoint_minutes: f64,
     /// Checkpoint every N sequences instead
-    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub checkpoint_every: Option<usize>,
     /// Stop after K sequences, as if interrupted (for testing resumption).
-    #[arg(long, hide = true, value_name = "K")]
+    #[arg(long, allow_negative_numbers = true, hide = true, value_name = "K")]
     pub stop_after_seqs: Option<usize>,
 }
 

@@ -49,16 +49,26 @@ pub struct CompareArgs {
     #[command(flatten)]
     pub calib_ids: CalibIdsArgs,
     /// Passes of Sketch A for YAQA-A (at least 2; the reference uses 6).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 2)]
     pub passes: u32,
     /// Sequences for Sketch B and for the `Σ x xᵀ` of RTN, GPTQ and LDLQ (default: --n-seqs); Sketch A
     /// keeps the first --n-seqs, its passes being the expensive part. Sketch B improves with more
     /// sequences; a calibration set's first k sequences are the same whatever its size, so raising this
     /// later only collects the new ones.
-    #[arg(long, value_name = "N", conflicts_with = "calib_ids")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "N",
+        conflicts_with = "calib_ids"
+    )]
     pub b_seqs: Option<usize>,
     /// Bit widths of the symmetric INT grid (incoherence processing on).
-    #[arg(long, value_delimiter = ',', default_value = "2,3,4")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_delimiter = ',',
+        default_value = "2,3,4"
+    )]
     pub bits: Vec<u32>,
     /// Methods to compare (RTN always runs: it chooses the shared scales).
     #[arg(
@@ -72,19 +82,24 @@ pub struct CompareArgs {
     #[arg(long, value_name = "FILE")]
     pub text: Option<PathBuf>,
     /// Tokens per evaluation window.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 512)]
     pub window: usize,
     /// Evaluation windows (the first ones of the text).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 8)]
     pub n_windows: usize,
     /// Seed of the sign vectors of the rotations (recorded).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub sign_seed: u64,
     #[command(flatten)]
     pub damp: DampArgs,
     /// Coordinate-descent sweeps after every method but RTN (0: none); the rows are labelled
     /// `<method>-cd<SWEEPS>`, so they share a --work folder with the unrefined ones
-    #[arg(long, value_name = "SWEEPS", default_value_t = 0)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "SWEEPS",
+        default_value_t = 0
+    )]
     pub refine: usize,
     /// Folder for factors and quantized models; a rerun reuses what is finished.
     #[arg(long, value_name = "DIR")]
@@ -114,6 +129,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             n_windows: args.n_windows,
             // The evaluation text is sampled with the calibration seed (its stream is kept apart).
             seed: args.calib.seed,
+            allow_long_context: args.calib.allow_long_context,
         },
         sign_seed: args.sign_seed,
         damp: args.damp.damp,
@@ -135,21 +151,21 @@ pub fn run(args: CompareArgs) -> Result<()> {
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Data-free calibration sequences.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 8)]
     pub n_seqs: usize,
     /// Tokens per calibration sequence.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 128)]
     pub seq_len: usize,
     /// Evaluation windows.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 4)]
     pub n_windows: usize,
     /// Tokens per evaluation window.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 256)]
     pub window: usize,
     /// Folder for the downloaded model and the demo's outputs.
     #[arg(long, value_name = "DIR", default_value = ".yaqa-cache")]
     pub cache: PathBuf,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub seed: u64,
     /// Also write the table as JSON.
     #[arg(long, value_name = "FILE")]

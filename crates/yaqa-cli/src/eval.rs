@@ -26,14 +26,18 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
     /// Tokens per evaluation window.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 512)]
     pub window: usize,
     /// Number of windows (from the start of the text).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 8)]
     pub n_windows: usize,
     /// Seed of the sampled evaluation text when no --text is given.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     pub seed: u64,
+    /// Accept windows longer than the model's context (max_position_embeddings), at positions it was
+    /// not trained for
+    #[arg(long)]
+    pub allow_long_context: bool,
     /// Also write the table as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -58,6 +62,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             window: args.window,
             n_windows: args.n_windows,
             seed: args.seed,
+            allow_long_context: args.allow_long_context,
         },
     };
     let table = evaluate::run(&cpu, &config, &Bars::default())?;

@@ -52,7 +52,7 @@ pub struct HessianCollect {
     pub sketch: SketchArg,
     /// Passes of Sketch A, all in this process (at least 2; default 2; the reference uses 6). Not with
     /// --shard or --from, which run one pass each.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub passes: Option<u32>,
     /// Run the one Sketch A pass after the one stored in DIR: a merged folder of pass K (an a-pK factor
     /// file for every layer, and calibration.safetensors holding every sequence). Its sequences and

@@ -38,10 +38,10 @@ pub struct QuantizeArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "no_eval")]
     pub eval_text: Option<PathBuf>,
     /// Evaluation windows
-    #[arg(long, value_name = "N", default_value_t = default_eval().n_windows)]
+    #[arg(long, allow_negative_numbers = true, value_name = "N", default_value_t = default_eval().n_windows)]
     pub eval_windows: usize,
     /// Tokens per evaluation window
-    #[arg(long, value_name = "TOKENS", default_value_t = default_eval().window)]
+    #[arg(long, allow_negative_numbers = true, value_name = "TOKENS", default_value_t = default_eval().window)]
     pub eval_window: usize,
     /// Skip the evaluation of the result
     #[arg(long)]
@@ -49,7 +49,7 @@ pub struct QuantizeArgs {
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
     /// Stop after quantizing K layers, as if interrupted (for testing resumption).
-    #[arg(long, hide = true, value_name = "K")]
+    #[arg(long, allow_negative_numbers = true, hide = true, value_name = "K")]
     pub stop_after_layers: Option<usize>,
 }
 
@@ -68,6 +68,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             tokenizer: args.calib.tokenizer.clone(),
             window: args.eval_window,
             n_windows: args.eval_windows,
+            allow_long_context: args.calib.allow_long_context,
             ..default_eval()
         }),
     };

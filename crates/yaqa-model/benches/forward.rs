@@ -32,7 +32,7 @@ fn smollm2() -> Model<f32> {
         rms_norm_eps: 1e-5,
         rope_theta: 100000.0,
         rope_scaling: RopeScaling::None,
-        max_position_embeddings: 8192,
+        max_position_embeddings: Some(8192),
         tie_word_embeddings: true,
         attention_bias: false,
         qk_norm: false,

@@ -14,6 +14,44 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
+    /// A file could not be written; `path` is the file the user asked for, never the temporary file
+    /// it is written through.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A folder where a file was expected (memory-mapping one fails with a bare "No such device").
+    #[error("{path} is a folder, expected a file")]
+    NotAFile { path: PathBuf },
+    /// A tensor of a checkpoint holds infinities or NaNs, which every later stage would carry into
+    /// NaN perplexities and meaningless factors instead of failing.
+    #[error(
+        "{path}: tensor {tensor}: {count} of {len} values are not finite (the first, {first}, at \
+         index {index}); the checkpoint is damaged"
+    )]
+    NonFinite {
+        path: PathBuf,
+        tensor: String,
+        count: usize,
+        len: usize,
+        first: f32,
+        index: usize,
+    },
+    /// A checkpoint holding decoder blocks beyond the number its configuration declares: the model
+    /// would run without them, silently.
+    #[error(
+        "{path}: holds {present} decoder blocks ({tensor} is in the last), but {key} declares \
+         {declared}: fix the configuration or remove the extra blocks"
+    )]
+    ExtraBlocks {
+        path: PathBuf,
+        tensor: String,
+        present: usize,
+        declared: usize,
+        key: String,
+    },
     /// The file ends before a header field or a tensor's data does.
     #[error("{path}: truncated file: {what} needs bytes {start}..{end} but the file has {len}")]
     Truncated {

@@ -1341,6 +1341,117 @@ fn more_blocks_than_the_file_holds_is_a_missing_tensor() {
     assert!(matches!(err, ModelError::MissingTensor { .. }), "{err}");
 }
 
+/// Blocks past `num_hidden_layers` used to be dropped silently: the model ran with fewer blocks than its
+/// checkpoint holds. Refused for both checkpoint kinds, naming both numbers.
+#[test]
+fn more_blocks_in_the_file_than_declared_is_refused() {
+    let dir = Scratch::new("extra-blocks");
+    let hf = dir.0.join("hf");
+    let mut model = Model::synthetic(tiny_config(Family::Llama, true), 40);
+    model.layers.push(model.layers[0].clone());
+    model.config.n_layers = 3;
+    write_hf(&model, &hf).unwrap();
+    let mut config = model.config.to_hf_json();
+    config["num_hidden_layers"] = json!(2);
+    std::fs::write(hf.join("config.json"), config.to_string()).unwrap();
+    let open = |p: &Path| HfCheckpoint::open(p).and_then(|c| c.load_model());
+    let err = refused(
+        &hf,
+        open,
+        &[
+            "model.safetensors: holds 3 decoder blocks",
+            "(model.layers.2.input_layernorm.weight is in the last)",
+            "num_hidden_layers in",
+            "config.json declares 2",
+        ],
+    );
+    assert!(matches!(err, ModelError::ExtraBlocks { .. }), "{err}");
+
+    let gguf = dir.file("extra.gguf", &tiny_gguf_blocks(2, 1).0);
+    let err = refused(
+        &gguf,
+        |p: &Path| Model::from_gguf(p),
+        &[
+            "holds 2 decoder blocks",
+            "blk.1.attn_k.weight",
+            "llama.block_count in its metadata declares 1",
+        ],
+    );
+    assert!(matches!(err, ModelError::ExtraBlocks { .. }), "{err}");
+    // The file itself is fine when it says what it holds.
+    let fine = dir.file("fine.gguf", &tiny_gguf_blocks(2, 2).0);
+    Model::from_gguf(&fine).unwrap();
+}
+
+/// Infinities and NaNs in a checkpoint's weights used to flow into perplexity NaN and KL 0; they are
+/// refused when the tensor is loaded, counted, with the first one's position.
+#[test]
+fn non_finite_weights_are_refused_at_load() {
+    let dir = Scratch::new("non-finite");
+    let (mut bytes, start) = tiny_gguf();
+    let gguf = dir.file("clean.gguf", &bytes);
+    let info = GgufFile::open(&gguf)
+        .unwrap()
+        .info("blk.0.ffn_down.weight")
+        .unwrap()
+        .clone();
+    assert_eq!(info.type_id, 0, "an F32 tensor");
+    let at = start + info.offset as usize;
+    for (i, v) in [(3, f32::NAN), (70, f32::INFINITY), (71, f32::NEG_INFINITY)] {
+        bytes[at + 4 * i..at + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    let gguf = dir.file("inf.gguf", &bytes);
+    let err = refused(
+        &gguf,
+        |p: &Path| Model::from_gguf(p),
+        &[
+            "tensor model.layers.0.mlp.down_proj.weight: 3 of 2048 values are not finite",
+            "the first, NaN, at index 3",
+        ],
+    );
+    assert!(matches!(err, ModelError::NonFinite { .. }), "{err}");
+
+    // The tied embedding of a Hugging Face folder.
+    let hf = dir.0.join("hf");
+    let mut model = Model::synthetic(tiny_config(Family::Llama, true), 40);
+    model.embed.data[100] = f32::INFINITY;
+    write_hf(&model, &hf).unwrap();
+    let open = |p: &Path| HfCheckpoint::open(p).and_then(|c| c.load_model());
+    refused(
+        &hf,
+        open,
+        &[
+            "tensor model.embed_tokens.weight: 1 of 592 values are not finite (the first, inf, at index 100)",
+        ],
+    );
+}
+
+/// A folder where a file belongs is named as such: mapping it used to fail with "No such device".
+#[test]
+fn folders_where_files_belong_are_named() {
+    let dir = Scratch::new("folders");
+    let folder = dir.0.join("not-a-file");
+    std::fs::create_dir_all(&folder).unwrap();
+    let expected = format!("{} is a folder, expected a file", folder.display());
+    let cases: [(&str, Reader); 5] = [
+        (
+            "safetensors",
+            Box::new(|p| SafetensorsFile::open(p).map(|_| true)),
+        ),
+        ("gguf", Box::new(|p| GgufFile::open(p).map(|_| true))),
+        ("quantized", Box::new(|p| QuantFile::open(p).map(|_| true))),
+        ("factors", Box::new(|p| read_factors(p).map(|_| true))),
+        (
+            "calibration",
+            Box::new(|p| read_calib_file(p, None).map(|_| true)),
+        ),
+    ];
+    for (what, read) in cases {
+        let err = refused(&folder, read, &[&expected]);
+        assert!(!err.to_string().contains("No such device"), "{what}: {err}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // mutation fuzz
 
@@ -1444,24 +1555,37 @@ fn mutate(rng: &mut Rng, base: &[u8], mut header: usize, prefixed: bool) -> Vec<
 /// A tiny llama GGUF with every dequantized type (hidden 32, 4 heads of 8, 2 KV heads, 1 block, vocab
 /// 40): its bytes and where its data section starts.
 fn tiny_gguf() -> (Vec<u8>, usize) {
+    tiny_gguf_blocks(1, 1)
+}
+
+/// [`tiny_gguf`] with the tensors of `present` blocks and `llama.block_count = declared`.
+fn tiny_gguf_blocks(present: usize, declared: u32) -> (Vec<u8>, usize) {
     // (name, dimensions fastest first, ggml type)
-    let specs: [(&str, Vec<u64>, u32); 11] = [
-        ("token_embd.weight", vec![32, 40], 8),
-        ("blk.0.attn_norm.weight", vec![32], 0),
-        ("blk.0.ffn_norm.weight", vec![32], 0),
-        ("blk.0.attn_q.weight", vec![32, 32], 3),
-        ("blk.0.attn_k.weight", vec![32, 16], 2),
-        ("blk.0.attn_v.weight", vec![32, 16], 1),
-        ("blk.0.attn_output.weight", vec![32, 32], 30),
-        ("blk.0.ffn_gate.weight", vec![32, 64], 2),
-        ("blk.0.ffn_up.weight", vec![32, 64], 8),
-        ("blk.0.ffn_down.weight", vec![64, 32], 0),
-        ("output_norm.weight", vec![32], 0),
+    let block: [(&str, Vec<u64>, u32); 9] = [
+        ("attn_norm.weight", vec![32], 0),
+        ("ffn_norm.weight", vec![32], 0),
+        ("attn_q.weight", vec![32, 32], 3),
+        ("attn_k.weight", vec![32, 16], 2),
+        ("attn_v.weight", vec![32, 16], 1),
+        ("attn_output.weight", vec![32, 32], 30),
+        ("ffn_gate.weight", vec![32, 64], 2),
+        ("ffn_up.weight", vec![32, 64], 8),
+        ("ffn_down.weight", vec![64, 32], 0),
     ];
+    let mut specs = vec![("token_embd.weight".to_string(), vec![32, 40], 8)];
+    for b in 0..present {
+        specs.extend(
+            block
+                .iter()
+                .map(|(name, dims, ty)| (format!("blk.{b}.{name}"), dims.clone(), *ty)),
+        );
+    }
+    specs.push(("output_norm.weight".into(), vec![32], 0));
     let mut rng = Rng::derive(5, "bad-files-gguf");
     let mut data = Vec::new();
     let mut tensors = Vec::new();
-    for (name, dims, ty) in specs {
+    for (name, dims, ty) in &specs {
+        let (name, dims, ty) = (name.as_str(), dims.clone(), *ty);
         let n: u64 = dims.iter().product();
         let (block_elems, block_bytes) = match ty {
             0 => (1, 4),
@@ -1480,7 +1604,7 @@ fn tiny_gguf() -> (Vec<u8>, usize) {
     }
     let mut kv = llama_kv(&[]);
     kv.retain(|(k, _, _)| k != "llama.block_count");
-    kv.push(kv_u32("llama.block_count", 1));
+    kv.push(kv_u32("llama.block_count", declared));
     gguf_raw(&kv, &tensors, &data)
 }
 

@@ -99,11 +99,12 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&hash.finalize()))
 }
 
-/// The tokenizer that goes with a checkpoint: `tokenizer.json` in an HF folder, or else `explicit`, or
-/// else (for GGUF) the one rebuilt from the file's own vocabulary and merges.
+/// The tokenizer that goes with a checkpoint: `explicit`, or else `tokenizer.json` in an HF folder, or
+/// else (for GGUF) the one rebuilt from the file's own vocabulary and merges. It is not checked against
+/// the model ([`tokenizer_for`] is).
 ///
 /// **Errors**: no tokenizer to be found, or the readers' errors.
-pub fn tokenizer_for(model_path: &Path, explicit: Option<&Path>) -> Result<Tokenizer> {
+pub fn find_tokenizer(model_path: &Path, explicit: Option<&Path>) -> Result<Tokenizer> {
     if let Some(p) = explicit {
         return Tokenizer::from_file(p);
     }
@@ -111,4 +112,39 @@ pub fn tokenizer_for(model_path: &Path, explicit: Option<&Path>) -> Result<Token
         return Tokenizer::from_file(model_path.join("tokenizer.json"));
     }
     Tokenizer::from_gguf(&GgufFile::open(model_path)?)
+}
+
+/// The tokenizer for text the model `loaded` will read ([`find_tokenizer`]), checked to fit it
+/// ([`check_tokenizer`]).
+///
+/// **Errors**: those of [`find_tokenizer`] and [`check_tokenizer`].
+pub fn tokenizer_for(loaded: &Loaded, explicit: Option<&Path>) -> Result<Tokenizer> {
+    let tok = find_tokenizer(&loaded.path, explicit)?;
+    check_tokenizer(&tok, loaded)?;
+    Ok(tok)
+}
+
+/// Refuses a tokenizer that can produce token ids the model has no embedding for: its largest id
+/// (added tokens included) must be below the model's `vocab_size`. A smaller vocabulary is fine
+/// (models pad theirs).
+///
+/// **Errors**: [`ModelError::Refused`] naming both files and both sizes.
+pub fn check_tokenizer(tok: &Tokenizer, loaded: &Loaded) -> Result<()> {
+    let (bound, vocab) = (tok.id_bound(), loaded.model.config.vocab_size);
+    if bound > vocab {
+        let model = if loaded.path.is_dir() {
+            loaded.path.join("config.json")
+        } else {
+            loaded.path.clone()
+        };
+        crate::bail!(
+            "the tokenizer {} has token ids up to {} (a vocabulary of {bound}, added tokens included), \
+             but the model {} has vocab_size {vocab}: ids from {vocab} on have no embedding; pass the \
+             tokenizer made for this model with --tokenizer",
+            tok.path().display(),
+            bound - 1,
+            model.display()
+        );
+    }
+    Ok(())
 }

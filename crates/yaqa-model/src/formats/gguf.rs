@@ -13,7 +13,6 @@
 //! size or an offset is refused with the file and the tensor, never read around or wrapped.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
@@ -387,7 +386,7 @@ impl GgufFile {
     /// lies past the end or overlaps another tensor's (naming both).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|e| ModelError::io(&path, e))?;
+        let file = super::open_file(&path)?;
         // SAFETY: the map is read-only and private to this process; checkpoint files are not modified
         // while a model is loaded (the same contract as every mmap-based checkpoint loader).
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(&path, e))?;

@@ -492,9 +492,7 @@ pub struct GptqSummary {
 fn write_json(path: &Path, value: &Value) -> Result<()> {
     let text =
         serde_json::to_string_pretty(value).map_err(|e| ModelError::format(path, e.to_string()))?;
-    write_atomic(path, |tmp| {
-        std::fs::write(tmp, &text).map_err(|e| ModelError::io(tmp, e))
-    })
+    write_atomic(path, |tmp| std::fs::write(tmp, &text))
 }
 
 /// Writes `dir` as a GPTQ-format Hugging Face folder: `model.safetensors` (every quantized linear layer

@@ -10,7 +10,6 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
@@ -174,7 +173,7 @@ impl SafetensorsFile {
     /// of an overlap).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|e| ModelError::io(&path, e))?;
+        let file = super::open_file(&path)?;
         // SAFETY: read-only private map; checkpoints are not modified while loaded.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(&path, e))?;
         let len = mmap.len() as u64;
@@ -446,8 +445,7 @@ impl HfCheckpoint {
         let mut files = Vec::new();
         let mut index = HashMap::new();
         if index_path.exists() {
-            let text =
-                std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
+            let text = super::read_text(&index_path)?;
             let v: Value = serde_json::from_str(&text)
                 .map_err(|e| ModelError::format(&index_path, format!("invalid JSON: {e}")))?;
             let map = v
@@ -521,6 +519,20 @@ impl TensorSource for HfCheckpoint {
             None => Ok(None),
             Some(&i) => self.files[i].tensor_f32(name).map(Some),
         }
+    }
+
+    fn last_block(&self) -> Option<(usize, String)> {
+        crate::transformer::weights::last_block(
+            self.index.keys().map(String::as_str),
+            "model.layers.",
+        )
+    }
+
+    fn layer_count_key(&self) -> String {
+        format!(
+            "num_hidden_layers in {}",
+            self.dir.join("config.json").display()
+        )
     }
 }
 
@@ -618,6 +630,8 @@ impl View for &RawTensor {
 
 /// Writes `tensors` and one metadata entry `key → value` as a safetensors file, atomically (temporary file
 /// in the same folder, then rename). The output depends only on the arguments, byte for byte.
+///
+/// **Errors**: [`ModelError::Write`] naming `path`.
 pub fn write_safetensors(
     path: &Path,
     tensors: &[(String, RawTensor)],
@@ -628,9 +642,17 @@ pub fn write_safetensors(
         let views = tensors.iter().map(|(name, t)| (name.clone(), t));
         let mut meta = HashMap::new();
         meta.insert(key.to_string(), value.to_string());
-        safetensors::serialize_to_file(views, Some(meta), tmp)
-            .map_err(|e| ModelError::format(tmp, format!("writing safetensors: {e}")))
+        safetensors::serialize_to_file(views, Some(meta), tmp).map_err(safetensors_io)
     })
+}
+
+/// The I/O error inside a safetensors writer's error; its other errors (a view whose bytes do not
+/// match its shape) are bugs in the caller, carried as I/O errors with their message.
+fn safetensors_io(e: safetensors::SafeTensorError) -> std::io::Error {
+    match e {
+        safetensors::SafeTensorError::IoError(e) => e,
+        other => std::io::Error::other(format!("serializing safetensors: {other}")),
+    }
 }
 
 /// An f32 tensor for the safetensors writer.
@@ -654,27 +676,38 @@ impl View for F32View<'_> {
     }
 }
 
-/// Writes `bytes`-producing `write` to `path` through a temporary file in the same folder, then renames.
-pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+/// Runs `write` on a temporary file in `path`'s folder, then renames it to `path`, so that readers never
+/// see half a file and a failed write leaves what was there. The temporary name is a detail: every error
+/// names `path`, the file the user asked for.
+///
+/// **Errors**: [`ModelError::Write`] naming `path`, for an I/O error of `write` or of the rename.
+pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result =
-        write(&tmp).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e)));
+    let result = write(&tmp).and_then(|()| std::fs::rename(&tmp, path));
     if result.is_err() {
         // Best effort: the error already names the real problem.
         let _ = std::fs::remove_file(&tmp);
     }
-    result
+    result.map_err(|source| ModelError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Writes `model` as a Hugging Face folder (`config.json` + f32 `model.safetensors`) that transformers
 /// loads directly; each file is written to a temporary name and renamed, so readers never see half a file.
+///
+/// **Errors**: the folder cannot be made, or a file cannot be written (named).
 pub fn write_hf(model: &Model<f32>, dir: impl AsRef<Path>) -> Result<()> {
     let dir = dir.as_ref();
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::Write {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
     let weights = dir.join("model.safetensors");
     write_atomic(&weights, |tmp| {
         let views = model
@@ -683,13 +716,55 @@ pub fn write_hf(model: &Model<f32>, dir: impl AsRef<Path>) -> Result<()> {
             .map(|(name, shape, data)| (name, F32View { shape, data }));
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
-        safetensors::serialize_to_file(views, Some(meta), tmp)
-            .map_err(|e| ModelError::format(tmp, format!("writing safetensors: {e}")))
+        safetensors::serialize_to_file(views, Some(meta), tmp).map_err(safetensors_io)
     })?;
     let config = dir.join("config.json");
-    write_atomic(&config, |tmp| {
-        let text = serde_json::to_string_pretty(&model.config.to_hf_json())
-            .map_err(|e| ModelError::format(tmp, e.to_string()))?;
-        std::fs::write(tmp, text).map_err(|e| ModelError::io(tmp, e))
-    })
+    let text = serde_json::to_string_pretty(&model.config.to_hf_json())
+        .map_err(|e| ModelError::Input(format!("formatting config.json: {e}")))?;
+    write_atomic(&config, |tmp| std::fs::write(tmp, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An output that cannot be written is named as the user gave it, as an I/O error: the temporary
+    /// file it goes through is a detail, and the failure is not the format's.
+    #[test]
+    fn write_errors_name_the_output() {
+        let dir = std::env::temp_dir().join(format!("yaqa-hf-write-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("missing").join("y.safetensors");
+        let tensors = [("t".to_string(), RawTensor::f32s(vec![2], &[1.0, 2.0]))];
+        let err = write_safetensors(&out, &tensors, "format", "pt").unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ModelError::Write { .. }), "{msg}");
+        assert!(
+            msg.starts_with(&format!("cannot write {}: ", out.display()))
+                && msg.contains("No such file or directory"),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains(".tmp-") && !msg.contains("bad format"),
+            "{msg}"
+        );
+
+        // A folder in the way of the rename: still the output's name, and no temporary file left.
+        let taken = dir.join("taken");
+        std::fs::create_dir_all(taken.join("inside")).unwrap();
+        let msg = write_safetensors(&taken, &tensors, "format", "pt")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with(&format!("cannot write {}: ", taken.display())),
+            "{msg}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "temporary files left: {left:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

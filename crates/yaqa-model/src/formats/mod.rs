@@ -12,3 +12,37 @@ pub mod gptq;
 pub(crate) mod header;
 pub mod hf;
 pub mod quant_file;
+
+use std::fs::File;
+use std::path::Path;
+
+use crate::error::{ModelError, Result};
+
+/// Opens `path` for reading, refusing a folder by name: opening a folder succeeds on Unix, and mapping
+/// it then fails with a bare "No such device" that does not say what is wrong.
+///
+/// **Errors**: [`ModelError::NotAFile`] for a folder, [`ModelError::Io`] for the rest.
+pub(crate) fn open_file(path: &Path) -> Result<File> {
+    let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let meta = file.metadata().map_err(|e| ModelError::io(path, e))?;
+    if meta.is_dir() {
+        return Err(ModelError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(file)
+}
+
+/// Reads a UTF-8 text file (calibration or evaluation text, `config.json`), refusing a folder by name
+/// as [`open_file`] does.
+///
+/// **Errors**: [`ModelError::NotAFile`] for a folder, [`ModelError::Io`] for the rest (non-UTF-8 text
+/// included).
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    open_file(path)?
+        .read_to_string(&mut text)
+        .map_err(|e| ModelError::io(path, e))?;
+    Ok(text)
+}

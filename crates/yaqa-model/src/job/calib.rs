@@ -91,7 +91,7 @@ pub fn text_tokens(tokenizer: &Tokenizer, files: &[impl AsRef<Path>]) -> Result<
     let mut tokens = Vec::new();
     for file in files {
         let path = file.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let text = crate::formats::read_text(path)?;
         tokens.extend(tokenizer.encode(&text)?);
     }
     Ok(tokens)

@@ -10,9 +10,9 @@ use yaqa_core::model_ops::ModelOps;
 use crate::error::{Context, Result};
 use crate::formats::calib_file::{LabelOrigin, read_calib_file};
 use crate::formats::checkpoint::{Loaded, tokenizer_for};
-use crate::job::CalibConfig;
 use crate::job::calib::{CalibSeq, Shard, sample_sequences, text_tokens, text_windows};
 use crate::job::progress::{Progress, ProgressExt};
+use crate::job::{CalibConfig, check_context};
 use crate::transformer::decoder::Transformer;
 
 /// The calibration sequences of one run and what its provenance records about them.
@@ -44,12 +44,24 @@ pub fn calibration_set<B: Backend + ModelOps<f32>>(
     shard: Shard,
     progress: &dyn Progress,
 ) -> Result<Calibration> {
+    config.check(loaded)?;
     if let Some(path) = &config.ids {
         let file = read_calib_file(path, Some(loaded.model.config.vocab_size))
             .with_context(|| format!("reading calibration ids {}", path.display()))?;
         if file.seqs.is_empty() {
             crate::bail!("{}: no calibration sequences in input_ids", path.display());
         }
+        check_context(
+            &format!(
+                "--calib-ids {}: a sequence of {} tokens",
+                path.display(),
+                file.seq_len
+            ),
+            file.seq_len,
+            loaded,
+            config.allow_long_context,
+            |max| format!("use sequences of at most {max} tokens"),
+        )?;
         // The errors of `select` name the file.
         let selection = file.select(shard, &loaded.fingerprint, config.seed)?;
         return Ok(Calibration {
@@ -61,9 +73,6 @@ pub fn calibration_set<B: Backend + ModelOps<f32>>(
             labels: selection.labels,
         });
     }
-    if config.n_seqs == 0 {
-        crate::bail!("--n-seqs must be at least 1");
-    }
     let from = |seqs: Vec<CalibSeq>, source: String| Calibration {
         seqs,
         source,
@@ -73,7 +82,7 @@ pub fn calibration_set<B: Backend + ModelOps<f32>>(
         labels: None,
     };
     if !config.text.is_empty() {
-        let tok = tokenizer_for(&loaded.path, config.tokenizer.as_deref())
+        let tok = tokenizer_for(loaded, config.tokenizer.as_deref())
             .context("loading the tokenizer for the calibration text")?;
         let tokens = text_tokens(&tok, &config.text).context("reading the calibration text")?;
         let seqs = text_windows(&tokens, config.seq_len, config.n_seqs, config.seed, shard)

@@ -181,7 +181,8 @@ impl FactorSets {
 /// Runs the comparison and returns one table per bit width. `tokenizer` is the evaluation text's
 /// tokenizer (default: the one `eval` or `calib` names, or the model's).
 ///
-/// **Errors**: fewer than 2 passes with YAQA-A, bits no grid takes, `b_seqs` below `calib.n_seqs` (all
+/// **Errors**: fewer than 2 passes with YAQA-A, bits no grid takes, calibration or evaluation sizes the
+/// model cannot use ([`CalibConfig::check`], [`EvalText::check`]), `b_seqs` below `calib.n_seqs` (all
 /// before any work), and the errors of calibration, collection, quantization and evaluation; a run
 /// stopped by `checkpoint.stop_after_seqs` returns [`ModelError::Stopped`].
 pub fn run<B: Backend + ModelOps<f32>>(
@@ -197,16 +198,6 @@ pub fn run<B: Backend + ModelOps<f32>>(
     if let Some(&b) = args.bits.iter().find(|b| ![2, 3, 4, 8].contains(*b)) {
         crate::bail!("--bits: {b} is not one of 2, 3, 4, 8");
     }
-    let mut inputs = args.calib.inputs();
-    inputs.push(named("--model", &args.model));
-    inputs.extend(args.eval.text.as_deref().map(|p| named("--text", p)));
-    refuse_overwrite(&[named("--work", &args.work)], &inputs)?;
-    let loaded = open_model(&args.model)?;
-    std::fs::create_dir_all(&args.work)
-        .map_err(|e| ModelError::io(&args.work, e))
-        .with_context(|| format!("creating {}", args.work.display()))?;
-
-    let t = Instant::now();
     let b_seqs = args.b_seqs.unwrap_or(args.calib.n_seqs);
     if b_seqs < args.calib.n_seqs {
         crate::bail!(
@@ -217,6 +208,18 @@ pub fn run<B: Backend + ModelOps<f32>>(
     if b_seqs != args.calib.n_seqs && args.calib.ids.is_some() {
         crate::bail!("--b-seqs takes no --calib-ids: the ids file fixes the sequences");
     }
+    let mut inputs = args.calib.inputs();
+    inputs.push(named("--model", &args.model));
+    inputs.extend(args.eval.text.as_deref().map(|p| named("--text", p)));
+    refuse_overwrite(&[named("--work", &args.work)], &inputs)?;
+    let loaded = open_model(&args.model)?;
+    args.calib.check(&loaded)?;
+    args.eval.check(&loaded, ["--window", "--n-windows"])?;
+    std::fs::create_dir_all(&args.work)
+        .map_err(|e| ModelError::io(&args.work, e))
+        .with_context(|| format!("creating {}", args.work.display()))?;
+
+    let t = Instant::now();
     let drawn = CalibConfig {
         n_seqs: b_seqs,
         ..args.calib.clone()

@@ -113,9 +113,8 @@ fn fetch_model(cache: &Path, progress: &dyn Progress) -> Result<PathBuf> {
 pub fn tokenizer(model: &Path) -> Result<Tokenizer> {
     match find_shared("fixtures/smollm2-135m/tokenizer.json") {
         Some(p) => Tokenizer::from_file(&p).with_context(|| format!("loading {}", p.display())),
-        None => {
-            checkpoint::tokenizer_for(model, None).context("rebuilding the tokenizer from the GGUF")
-        }
+        None => checkpoint::find_tokenizer(model, None)
+            .context("rebuilding the tokenizer from the GGUF"),
     }
 }
 
@@ -188,6 +187,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
             window: config.window,
             n_windows: config.n_windows,
             seed: config.seed,
+            allow_long_context: false,
         },
         sign_seed: config.seed,
         refine: 0,

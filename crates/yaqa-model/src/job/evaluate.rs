@@ -10,7 +10,7 @@ use yaqa_core::backend::Backend;
 use yaqa_core::model_ops::ModelOps;
 
 use crate::error::{Context, ModelError, Result};
-use crate::formats::checkpoint::{Loaded, tokenizer_for};
+use crate::formats::checkpoint::{Loaded, check_tokenizer, tokenizer_for};
 use crate::formats::hf::write_atomic;
 use crate::formats::quant_file::QuantFile;
 use crate::job::calib::{Shard, sample_sequences};
@@ -34,6 +34,36 @@ pub struct EvalText {
     pub n_windows: usize,
     /// Seed of the sampled text when there is no file.
     pub seed: u64,
+    /// Accept windows longer than the model's `max_position_embeddings`; refused by default.
+    pub allow_long_context: bool,
+}
+
+impl EvalText {
+    /// Refuses sizes no evaluation of `loaded` can use, before any work: no windows, windows of fewer
+    /// than 2 tokens (nothing to predict), or longer than the model's context unless
+    /// `allow_long_context`. `flags` are the command's names for `window` and `n_windows`.
+    ///
+    /// **Errors**: [`ModelError::Refused`] naming the flag.
+    pub fn check(&self, loaded: &Loaded, flags: [&str; 2]) -> Result<()> {
+        let [window_flag, n_windows_flag] = flags;
+        if self.n_windows == 0 {
+            crate::bail!("{n_windows_flag} 0: evaluation needs at least one window");
+        }
+        if self.window < 2 {
+            crate::bail!(
+                "{window_flag} {}: an evaluation window needs at least 2 tokens (a token and the one \
+                 it predicts)",
+                self.window
+            );
+        }
+        crate::job::check_context(
+            &format!("{window_flag} {}", self.window),
+            self.window,
+            loaded,
+            self.allow_long_context,
+            |max| format!("lower {window_flag} to at most {max}"),
+        )
+    }
 }
 
 impl Default for EvalText {
@@ -44,6 +74,7 @@ impl Default for EvalText {
             window: 512,
             n_windows: 8,
             seed: 1,
+            allow_long_context: false,
         }
     }
 }
@@ -125,14 +156,15 @@ impl fmt::Display for EvalTable {
 
 /// Evaluates every file of `config.quantized` against the original model.
 ///
-/// **Errors**: unreadable model, text or quantized files, files quantized from another model, too little
-/// text, forward errors.
+/// **Errors**: window sizes the model cannot use ([`EvalText::check`], before any work), unreadable
+/// model, text or quantized files, files quantized from another model, too little text, forward errors.
 pub fn run<B: Backend + ModelOps<f32>>(
     backend: &B,
     config: &EvalConfig,
     progress: &dyn Progress,
 ) -> Result<EvalTable> {
     let loaded = open_model(&config.model)?;
+    config.text.check(&loaded, ["--window", "--n-windows"])?;
     let (tokens, source) = eval_tokens(backend, &loaded, &config.text, None, progress)?;
     let mut models = Vec::new();
     for f in &config.quantized {
@@ -219,16 +251,17 @@ pub fn eval_tokens<B: Backend + ModelOps<f32>>(
     if let Some(path) = &text.text {
         let owned;
         let tok = match tokenizer {
-            Some(t) => t,
+            Some(t) => {
+                check_tokenizer(t, loaded).context("checking the evaluation tokenizer")?;
+                t
+            }
             None => {
-                owned = tokenizer_for(&loaded.path, text.tokenizer.as_deref())
+                owned = tokenizer_for(loaded, text.tokenizer.as_deref())
                     .context("loading the tokenizer")?;
                 &owned
             }
         };
-        let s = std::fs::read_to_string(path)
-            .map_err(|e| ModelError::io(path, e))
-            .context("reading the evaluation text")?;
+        let s = crate::formats::read_text(path).context("reading the evaluation text")?;
         let mut ids = tok
             .encode(&s)
             .with_context(|| format!("tokenizing {}", path.display()))?;
@@ -316,8 +349,5 @@ pub fn eval_models<B: Backend + ModelOps<f32>>(
 pub fn write_json(path: &Path, v: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v)
         .map_err(|e| ModelError::Input(format!("formatting JSON: {e}")))?;
-    write_atomic(path, |tmp| {
-        std::fs::write(tmp, &text).map_err(|e| ModelError::io(tmp, e))
-    })
-    .with_context(|| format!("writing {}", path.display()))
+    write_atomic(path, |tmp| std::fs::write(tmp, &text))
 }

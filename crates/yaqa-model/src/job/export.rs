@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use yaqa_core::backend::Backend;
 
 use crate::error::{Context, ModelError, Result};
-use crate::formats::checkpoint::{Loaded, tokenizer_for};
+use crate::formats::checkpoint::{Loaded, find_tokenizer};
 use crate::formats::gptq::{GptqSummary, write_gptq};
 use crate::formats::hf::{Half, half_tensors, write_hf, write_safetensors};
 use crate::formats::quant_file::QuantFile;
@@ -39,13 +39,11 @@ pub fn convert(config: &ConvertConfig) -> Result<()> {
         &[named("--model", &config.model)],
     )?;
     let loaded = open_model(&config.model)?;
-    write_hf(&loaded.model, &config.out)
-        .with_context(|| format!("writing {}", config.out.display()))?;
+    write_hf(&loaded.model, &config.out)?;
     let tok =
-        tokenizer_for(&config.model, None).context("rebuilding the tokenizer from the GGUF")?;
+        find_tokenizer(&config.model, None).context("rebuilding the tokenizer from the GGUF")?;
     let tpath = config.out.join("tokenizer.json");
     tok.save(&tpath)
-        .with_context(|| format!("writing {}", tpath.display()))
 }
 
 /// The layout `export` writes.
@@ -102,10 +100,9 @@ pub fn export(backend: &dyn Backend, config: &ExportConfig) -> Result<ExportRepo
             Some(write_gptq(&loaded, &q, &config.out)?)
         }
     };
-    if let Ok(tok) = tokenizer_for(&config.model, None) {
+    if let Ok(tok) = find_tokenizer(&config.model, None) {
         let tpath = config.out.join("tokenizer.json");
-        tok.save(&tpath)
-            .with_context(|| format!("writing {}", tpath.display()))?;
+        tok.save(&tpath)?;
     }
     Ok(ExportReport {
         out: config.out.clone(),
@@ -120,8 +117,7 @@ fn export_bf16(backend: &dyn Backend, loaded: &Loaded, config: &ExportConfig) ->
     // bf16 rounds Ŵ (exact values live in the quantized file); norms and embeddings are rounded too.
     let tensors = half_tensors(&model, Half::Bf16, |_| false);
     let weights = config.out.join("model.safetensors");
-    write_safetensors(&weights, &tensors, "format", "pt")
-        .with_context(|| format!("writing {}", weights.display()))?;
+    write_safetensors(&weights, &tensors, "format", "pt")?;
     let mut config_json = model.config.to_hf_json();
     if let Value::Object(o) = &mut config_json {
         o.insert("torch_dtype".into(), json!("bfloat16"));

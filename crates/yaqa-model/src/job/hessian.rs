@@ -138,9 +138,10 @@ fn plan(args: &HessianConfig) -> Result<Option<Plan<'_>>> {
 
 /// Collects the factors `config` asks for into `config.out` (module docs).
 ///
-/// **Errors**: contradictory flags (before the model is loaded), an output folder holding another Sketch
-/// A pass, the errors of loading the model and the calibration set, of collection and of writing; a run
-/// stopped by `checkpoint.stop_after_seqs` returns [`ModelError::Stopped`].
+/// **Errors**: contradictory flags (before the model is loaded), calibration sizes the model cannot use
+/// ([`CalibConfig::check`]), an output folder holding another Sketch A pass, the errors of loading the
+/// model and the calibration set, of collection and of writing; a run stopped by
+/// `checkpoint.stop_after_seqs` returns [`ModelError::Stopped`].
 pub fn run<B: Backend + ModelOps<f32>>(
     backend: &B,
     config: &HessianConfig,
@@ -162,6 +163,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
     };
     let t0 = Instant::now();
     let loaded = open_model(&config.model)?;
+    config.calib.check(&loaded)?;
     if let Some(Plan::After(from)) = plan {
         let w = sketch_a::next_pass(
             backend,
@@ -475,8 +477,7 @@ pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<MergeReport> {
                 merge_into(&mut acc, &other, &p)?;
             }
             let dest = out.join(&name);
-            write_factors(&dest, acc.layer, acc.m, &acc.factors, &acc.provenance)
-                .with_context(|| format!("writing {}", dest.display()))?;
+            write_factors(&dest, acc.layer, acc.m, &acc.factors, &acc.provenance)?;
             written += 1;
         }
     }

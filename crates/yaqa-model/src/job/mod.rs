@@ -37,6 +37,8 @@ use std::path::PathBuf;
 use yaqa_core::layer::{LayerParams, Method, QuantizerSpec};
 use yaqa_core::{GptqParams, LdlParams};
 
+use crate::formats::checkpoint::Loaded;
+
 pub use progress::{Event, Progress, Silent};
 pub use resume::Every;
 
@@ -55,6 +57,9 @@ pub struct CalibConfig {
     pub seq_len: usize,
     /// Seed of the windows or samples and of the sampled Fisher labels (recorded).
     pub seed: u64,
+    /// Accept sequences longer than the model's `max_position_embeddings` (positions it was not trained
+    /// for); refused by default.
+    pub allow_long_context: bool,
 }
 
 impl CalibConfig {
@@ -73,6 +78,66 @@ impl CalibConfig {
         v.extend(self.ids.as_deref().map(|p| guard::named("--calib-ids", p)));
         v
     }
+
+    /// Refuses sizes no calibration of `loaded` can use, before any work: no sequences, sequences of
+    /// fewer than 2 tokens (nothing to predict), or longer than the model's context unless
+    /// `allow_long_context`. With `ids` the file fixes the sizes, and [`calib_set`] checks them when it
+    /// reads it.
+    ///
+    /// **Errors**: [`crate::ModelError::Refused`] naming the flag.
+    pub fn check(&self, loaded: &Loaded) -> crate::Result<()> {
+        if self.ids.is_some() {
+            return Ok(());
+        }
+        if self.n_seqs == 0 {
+            crate::bail!("--n-seqs 0: calibration needs at least one sequence");
+        }
+        if self.seq_len < 2 {
+            crate::bail!(
+                "--seq-len {}: a calibration sequence needs at least 2 tokens (a token and the one \
+                 it predicts)",
+                self.seq_len
+            );
+        }
+        check_context(
+            &format!("--seq-len {}", self.seq_len),
+            self.seq_len,
+            loaded,
+            self.allow_long_context,
+            |max| format!("lower --seq-len to at most {max}"),
+        )
+    }
+}
+
+/// Refuses `len` tokens of `what` (a flag and its value) when the model of `loaded` declares a shorter
+/// context and `allow` is off, saying how to `fix` it (given the model's limit).
+///
+/// **Errors**: [`crate::ModelError::Refused`] naming `what`, the model's limit and where it is declared.
+pub(crate) fn check_context(
+    what: &str,
+    len: usize,
+    loaded: &Loaded,
+    allow: bool,
+    fix: impl Fn(usize) -> String,
+) -> crate::Result<()> {
+    match loaded.model.config.max_position_embeddings {
+        Some(max) if len > max && !allow => {
+            let source = if loaded.path.is_dir() {
+                format!(
+                    "max_position_embeddings in {}",
+                    loaded.path.join("config.json").display()
+                )
+            } else {
+                format!("context_length in {}", loaded.path.display())
+            };
+            crate::bail!(
+                "{what} exceeds the model's context of {max} tokens ({source}): {}, or pass \
+                 --allow-long-context to run positions the model was not trained for",
+                fix(max)
+            )
+        }
+        _ => Ok(()),
+    }
 }
 
 impl Default for CalibConfig {
@@ -84,6 +149,7 @@ impl Default for CalibConfig {
             n_seqs: 64,
             seq_len: 512,
             seed: 0,
+            allow_long_context: false,
         }
     }
 }

@@ -98,8 +98,9 @@ pub struct QuantizeReport {
 
 /// Quantizes the model `config` names (module docs).
 ///
-/// **Errors**: a spec no quantizer takes or a factor folder that lacks layers or belongs to another
-/// model (all before any layer is rounded), the errors of collection, rounding, evaluation and writing;
+/// **Errors**: a spec no quantizer takes, calibration or evaluation sizes the model cannot use
+/// ([`CalibConfig::check`], [`EvalText::check`]) or a factor folder that lacks layers or belongs to
+/// another model (all before any layer is rounded), the errors of collection, rounding, evaluation and writing;
 /// a run stopped by `stop_after_*` returns [`ModelError::Stopped`].
 pub fn run<B: Backend + ModelOps<f32>>(
     backend: &B,
@@ -119,6 +120,12 @@ pub fn run<B: Backend + ModelOps<f32>>(
             .iter()
             .map(|id| loaded.model.layers[id.block].linear(id.kind).cols),
     )?;
+    if config.factors.is_none() {
+        config.calib.check(&loaded)?;
+    }
+    if let Some(eval) = &config.eval {
+        eval.check(&loaded, ["--eval-window", "--eval-windows"])?;
+    }
     let params = config.spec.layer_params();
     match &config.factors {
         Some(dir) => {

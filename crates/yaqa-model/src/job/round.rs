@@ -125,8 +125,7 @@ pub fn run(backend: &dyn Backend, config: &RoundConfig) -> Result<RoundReport> {
         "sign_seed": params.seed,
         "report": report_json(&q.report),
     });
-    write_safetensors(&config.out, &tensors, "yaqa", &header.to_string())
-        .with_context(|| format!("writing {}", config.out.display()))?;
+    write_safetensors(&config.out, &tensors, "yaqa", &header.to_string())?;
     Ok(RoundReport {
         tensor: name,
         report: q.report,

@@ -129,7 +129,10 @@ pub struct ModelConfig {
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub rope_scaling: RopeScaling,
-    pub max_position_embeddings: usize,
+    /// The context the model was trained for (`max_position_embeddings`, GGUF `context_length`), when the
+    /// checkpoint says; the jobs refuse longer calibration sequences and evaluation windows unless told
+    /// otherwise. Positions past it still compute (RoPE has no table), just not as the model was trained.
+    pub max_position_embeddings: Option<usize>,
     /// The LM head is the token embedding (no `lm_head.weight`).
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry biases (Qwen2; Llama's `attention_bias`).
@@ -321,7 +324,7 @@ impl ModelConfig {
     /// RoPE type or MLP bias.
     pub fn from_hf_json_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let text = crate::formats::read_text(path)?;
         let value: Value = serde_json::from_str(&text)
             .map_err(|e| ModelError::format(path, format!("invalid JSON: {e}")))?;
         Self::from_hf_json(&value, path)
@@ -457,7 +460,7 @@ impl ModelConfig {
             rms_norm_eps: f64_field(v, "rms_norm_eps").unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
-            max_position_embeddings: opt_usize("max_position_embeddings")?.unwrap_or(4096),
+            max_position_embeddings: opt_usize("max_position_embeddings")?,
             tie_word_embeddings: v
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
@@ -522,13 +525,15 @@ impl ModelConfig {
             "rope_theta": self.rope_theta,
             "rope_scaling": old_scaling,
             "rope_parameters": rope,
-            "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "attention_bias": self.attention_bias,
             "mlp_bias": false,
             "torch_dtype": "float32",
             "dtype": "float32",
         });
+        if let Some(n) = self.max_position_embeddings {
+            v["max_position_embeddings"] = json!(n);
+        }
         if let Some(w) = self.sliding_window {
             v["sliding_window"] = json!(w);
             if matches!(self.family, Family::Qwen2 | Family::Qwen3) {
@@ -652,7 +657,7 @@ impl ModelConfig {
             rms_norm_eps: opt_f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
             rope_theta: opt_f("rope.freq_base").unwrap_or(10000.0),
             rope_scaling,
-            max_position_embeddings: opt_u("context_length")?.unwrap_or(4096),
+            max_position_embeddings: opt_u("context_length")?,
             tie_word_embeddings: gguf.info("output.weight").is_none(),
             attention_bias: gguf.info("blk.0.attn_q.bias").is_some(),
             qk_norm: gguf.info("blk.0.attn_q_norm.weight").is_some(),

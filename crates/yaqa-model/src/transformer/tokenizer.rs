@@ -16,8 +16,13 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     /// Loads a `tokenizer.json`.
+    ///
+    /// **Errors**: a folder ([`ModelError::NotAFile`]), or what the tokenizer library says of the file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        if path.is_dir() {
+            return Err(ModelError::NotAFile { path });
+        }
         let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {
             path: path.clone(),
             why: e.to_string(),
@@ -137,18 +142,34 @@ impl Tokenizer {
     ///
     /// **Errors**: serialisation or I/O, naming `path`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::formats::hf::write_atomic(path, |tmp| {
-            self.inner
-                .save(tmp, true)
-                .map_err(|e| ModelError::Tokenizer {
-                    path: path.to_path_buf(),
-                    why: format!("saving: {e}"),
-                })
-        })
+        let text = self
+            .inner
+            .to_string(true)
+            .map_err(|e| ModelError::Tokenizer {
+                path: path.to_path_buf(),
+                why: format!("serialising: {e}"),
+            })?;
+        crate::formats::hf::write_atomic(path, |tmp| std::fs::write(tmp, text))
     }
 
     /// The vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// One more than the largest token id the tokenizer can produce, added tokens included: the number
+    /// of embedding rows a model needs for it (ids need not be contiguous, so this is not
+    /// [`Tokenizer::vocab_size`]).
+    pub fn id_bound(&self) -> usize {
+        self.inner
+            .get_vocab(true)
+            .values()
+            .max()
+            .map_or(0, |&id| id as usize + 1)
+    }
+
+    /// The file the tokenizer was read from (`tokenizer.json`, or the GGUF it was rebuilt from).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }

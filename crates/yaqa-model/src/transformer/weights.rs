@@ -123,6 +123,55 @@ pub trait TensorSource {
     fn file_of(&self, name: &str) -> PathBuf;
     /// The row-major shape and values of `name`, or `None` if the checkpoint lacks it.
     fn load(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>>;
+    /// The highest decoder block any tensor of the checkpoint belongs to, with the name (as the
+    /// checkpoint spells it) of a tensor of that block; `None` when no tensor belongs to a block.
+    fn last_block(&self) -> Option<(usize, String)>;
+    /// Where the configuration's number of blocks comes from, for messages (`num_hidden_layers in
+    /// …/config.json`).
+    fn layer_count_key(&self) -> String;
+}
+
+/// The block of a tensor named `<prefix><block>.<rest>`, such as `model.layers.3.mlp.up_proj.weight`.
+pub fn block_of(name: &str, prefix: &str) -> Option<usize> {
+    let (block, _) = name.strip_prefix(prefix)?.split_once('.')?;
+    block.parse().ok()
+}
+
+/// The highest block among `names` (see [`block_of`]) with one tensor of it.
+pub fn last_block<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    prefix: &str,
+) -> Option<(usize, String)> {
+    names
+        .into_iter()
+        .filter_map(|n| block_of(n, prefix).map(|b| (b, n)))
+        // The smallest name of the highest block, so that the message does not depend on map order.
+        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+        .map(|(b, n)| (b, n.to_string()))
+}
+
+/// Refuses a tensor holding infinities or NaNs, counting them: one pass over the values, spread over
+/// the threads.
+///
+/// **Errors**: [`ModelError::NonFinite`] naming `path`, `tensor`, the count and the first one.
+pub fn check_finite(path: &Path, tensor: &str, data: &[f32]) -> Result<()> {
+    use rayon::prelude::*;
+    let count = data
+        .par_chunks(1 << 16)
+        .map(|c| c.iter().filter(|v| !v.is_finite()).count())
+        .sum::<usize>();
+    if count == 0 {
+        return Ok(());
+    }
+    let index = data.iter().position(|v| !v.is_finite()).unwrap_or(0);
+    Err(ModelError::NonFinite {
+        path: path.to_path_buf(),
+        tensor: tensor.to_string(),
+        count,
+        len: data.len(),
+        first: data[index],
+        index,
+    })
 }
 
 fn map_mat<T: Copy, U>(m: &Mat<T>, f: impl Fn(T) -> U) -> Mat<U> {
@@ -225,12 +274,25 @@ impl<T: Real> Model<T> {
 }
 
 impl Model<f32> {
-    /// Loads every tensor `config` needs from `source`, checking shapes.
+    /// Loads every tensor `config` needs from `source`, checking shapes and that every value is finite.
     ///
-    /// **Errors**: [`ModelError::MissingTensor`] and [`ModelError::ShapeMismatch`] naming file and tensor,
-    /// plus whatever the source reports (truncation, unknown dtypes).
+    /// **Errors**: [`ModelError::ExtraBlocks`] for a checkpoint with blocks beyond `config.n_layers`
+    /// (before any tensor is read), [`ModelError::MissingTensor`], [`ModelError::ShapeMismatch`] and
+    /// [`ModelError::NonFinite`] naming file and tensor, plus whatever the source reports (truncation,
+    /// unknown dtypes).
     pub fn load(config: ModelConfig, source: &dyn TensorSource) -> Result<Self> {
         let c = &config;
+        if let Some((block, tensor)) = source.last_block()
+            && block >= c.n_layers
+        {
+            return Err(ModelError::ExtraBlocks {
+                path: source.file_of(&tensor),
+                tensor,
+                present: block.saturating_add(1),
+                declared: c.n_layers,
+                key: source.layer_count_key(),
+            });
+        }
         let get = |name: &str, expected: &[usize]| -> Result<Vec<f32>> {
             let (shape, data) = source
                 .load(name)?
@@ -246,6 +308,7 @@ impl Model<f32> {
                     found: shape,
                 });
             }
+            check_finite(&source.file_of(name), name, &data)?;
             Ok(data)
         };
         let mat = |name: &str, rows: usize, cols: usize| -> Result<Mat<f32>> {
@@ -391,6 +454,19 @@ impl TensorSource for GgufSource<'_> {
         };
         Ok(Some((shape, data)))
     }
+
+    fn last_block(&self) -> Option<(usize, String)> {
+        last_block(self.gguf.tensors.iter().map(|t| t.name.as_str()), "blk.")
+    }
+
+    fn layer_count_key(&self) -> String {
+        let arch = self
+            .gguf
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .unwrap_or("llama");
+        format!("{arch}.block_count in its metadata")
+    }
 }
 
 impl Model<f32> {
@@ -465,7 +541,8 @@ pub fn tiny_config(family: Family, tied: bool) -> ModelConfig {
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
         rope_scaling: crate::transformer::config::RopeScaling::None,
-        max_position_embeddings: 64,
+        // Above every default sequence and window length (512), so the jobs run on it with their defaults.
+        max_position_embeddings: Some(512),
         tie_word_embeddings: tied,
         attention_bias: family == Family::Qwen2,
         qk_norm: family == Family::Qwen3,
