@@ -136,6 +136,7 @@ pub fn calib(
         n_seqs,
         seq_len,
         seed,
+        allow_long_context: false,
     })
 }
 

@@ -91,6 +91,7 @@ pub fn compare<'py>(
             // As on the command line: sampled evaluation text takes the calibration seed (its stream
             // is kept apart from the calibration samples').
             seed,
+            allow_long_context: false,
         },
         sign_seed,
         damp: args::damping("damp", damp)?,

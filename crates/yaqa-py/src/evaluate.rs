@@ -51,6 +51,7 @@ pub fn evaluate<'py>(
             window,
             n_windows,
             seed,
+            allow_long_context: false,
         },
     };
     let table = run_job(py, progress, |p| {
