@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -208,14 +207,18 @@ def test_an_exception_in_the_callback_stops_the_job(model, tmp_path):
 
 def test_ctrl_c_stops_the_job(model, tmp_path):
     out = tmp_path / "q.safetensors"
-    # SIGINT arrives while the job runs in Rust with the GIL released; it is seen at the next event.
-    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            yaqa.quantize(model, out, method="rtn", incoherence=False, **SMALL)
-    finally:
-        timer.cancel()
+    # SIGINT arrives while the job runs: sent at the first finished layer, it stops the job at an event
+    # (a timer was racy: on a fast machine the job could end before it fired).
+    sent = []
+
+    def interrupt(event):
+        if event["event"] == "layer" and not sent:
+            sent.append(event["name"])
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        yaqa.quantize(model, out, method="rtn", incoherence=False, progress=interrupt, **SMALL)
+    assert sent, "no layer event arrived"
     assert not out.exists()
 
 
