@@ -216,8 +216,14 @@ def test_ctrl_c_stops_the_job(model, tmp_path):
             sent.append(event["name"])
             os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(KeyboardInterrupt):
-        yaqa.quantize(model, out, method="rtn", incoherence=False, progress=interrupt, **SMALL)
+    # A shell that starts the suite in the background (as a CI runner may) leaves SIGINT ignored, and
+    # Python then installs no handler for it: install Python's own, as in an interactive session.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yaqa.quantize(model, out, method="rtn", incoherence=False, progress=interrupt, **SMALL)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert sent, "no layer event arrived"
     assert not out.exists()
 
