@@ -338,17 +338,23 @@ impl SafetensorsFile {
             })
     }
 
-    /// A tensor converted to f32 (from F32, F16 or BF16).
+    /// The header entry of tensor `name`.
     ///
-    /// **Errors**: missing tensor; any other dtype ([`ModelError::UnknownDtype`]).
-    pub fn tensor_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let t = self
-            .tensors
+    /// **Errors**: [`ModelError::MissingTensor`] naming the file.
+    fn info(&self, name: &str) -> Result<&StTensorInfo> {
+        self.tensors
             .get(name)
             .ok_or_else(|| ModelError::MissingTensor {
                 path: self.path.clone(),
                 tensor: name.to_string(),
-            })?;
+            })
+    }
+
+    /// A tensor converted to f32 (from F32, F16 or BF16).
+    ///
+    /// **Errors**: missing tensor; any other dtype ([`ModelError::UnknownDtype`]).
+    pub fn tensor_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let t = self.info(name)?;
         let bytes = self.bytes_of(name, t)?;
         let data: Vec<f32> = match t.dtype.as_str() {
             "F32" => bytes
@@ -378,13 +384,7 @@ impl SafetensorsFile {
     ///
     /// **Errors**: missing tensor, or a dtype other than `dtype` ([`ModelError::UnknownDtype`]).
     pub fn raw(&self, name: &str, dtype: &str) -> Result<(&StTensorInfo, &[u8])> {
-        let t = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor {
-                path: self.path.clone(),
-                tensor: name.to_string(),
-            })?;
+        let t = self.info(name)?;
         if t.dtype != dtype {
             return Err(ModelError::UnknownDtype {
                 path: self.path.clone(),
@@ -397,13 +397,7 @@ impl SafetensorsFile {
 
     /// A tensor stored as I64 (token ids in reference fixtures).
     pub fn tensor_i64(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
-        let t = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor {
-                path: self.path.clone(),
-                tensor: name.to_string(),
-            })?;
+        let t = self.info(name)?;
         if t.dtype != "I64" {
             return Err(ModelError::UnknownDtype {
                 path: self.path.clone(),
