@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use yaqa_model::job::hessian::{self, HessianConfig, Sketch};
+use yaqa_model::job::memory;
 
 use crate::args::{CalibArgs, CalibIdsArgs, CheckpointArgs, Device, backend, calib_config};
 use crate::progress::Bars;
@@ -74,6 +75,15 @@ pub struct HessianCollect {
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub checkpoint: CheckpointArgs,
+    /// Collect only the layers of blocks A to B−1 (a layer group); `yaqa hessian merge` joins the
+    /// folders of disjoint groups of the same calibration. Default: every block.
+    #[arg(long, value_name = "A..B", value_parser = memory::parse_blocks)]
+    pub layers: Option<std::ops::Range<usize>>,
+    /// The memory this run may use, such as 20G: when the whole model and its factors do not fit, the
+    /// blocks are streamed from the checkpoint and the layers collected in groups one after another
+    /// (the plan is printed first). Default: no limit, every block resident.
+    #[arg(long, value_name = "SIZE", value_parser = memory::parse_bytes)]
+    pub max_memory: Option<u64>,
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
 }
@@ -109,6 +119,8 @@ pub fn run(args: HessianArgs) -> Result<()> {
         shard: a.shard,
         out,
         checkpoint: a.checkpoint.policy(),
+        layers: a.layers,
+        max_memory: a.max_memory,
     };
     let cpu = backend(a.device)?;
     let r = hessian::run(&cpu, &config, &Bars::default())?;

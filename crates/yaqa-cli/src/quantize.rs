@@ -46,6 +46,10 @@ pub struct QuantizeArgs {
     /// Skip the evaluation of the result
     #[arg(long)]
     pub no_eval: bool,
+    /// The memory this run may use, such as 20G: when the model does not fit, its blocks are streamed
+    /// from the checkpoint one at a time (needs --factors and --no-eval). Default: no limit.
+    #[arg(long, value_name = "SIZE", value_parser = yaqa_model::job::memory::parse_bytes)]
+    pub max_memory: Option<u64>,
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
     /// Stop after quantizing K layers, as if interrupted (for testing resumption).
@@ -71,6 +75,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             allow_long_context: args.calib.allow_long_context,
             ..default_eval()
         }),
+        max_memory: args.max_memory,
     };
     let r = quantize::run(&cpu, &config, &Bars::default())?;
     eprintln!(

@@ -106,7 +106,7 @@ fn blocks_beyond_the_declared_count_are_refused() {
     let dir = scratch("bad-blocks");
     let model = model_with(&dir, "three", |m| {
         let extra = m.layers[1].clone();
-        m.layers.push(extra);
+        m.layers.as_resident_mut().unwrap().push(extra);
         m.config.n_layers = 3;
     });
     edit_config(&model, |c| c["num_hidden_layers"] = json!(2));

@@ -1348,7 +1348,8 @@ fn more_blocks_in_the_file_than_declared_is_refused() {
     let dir = Scratch::new("extra-blocks");
     let hf = dir.0.join("hf");
     let mut model = Model::synthetic(tiny_config(Family::Llama, true), 40);
-    model.layers.push(model.layers[0].clone());
+    let first = model.layers[0].clone();
+    model.layers.as_resident_mut().unwrap().push(first);
     model.config.n_layers = 3;
     write_hf(&model, &hf).unwrap();
     let mut config = model.config.to_hf_json();

@@ -53,6 +53,7 @@ fn entries(
 ) -> Vec<(String, &'static str, Vec<usize>, Vec<u8>)> {
     model
         .hf_tensors()
+        .unwrap()
         .into_iter()
         .map(|(name, shape, data)| {
             let bytes = match dtype {
@@ -567,7 +568,7 @@ fn gguf_every_type_dequantizes_exactly_and_unpermutes() {
     std::fs::write(&path, bytes).unwrap();
     let model = Model::from_gguf(&path).unwrap();
     assert!(model.config.tie_word_embeddings);
-    let tensors = model.hf_tensors();
+    let tensors = model.hf_tensors().unwrap();
     assert_eq!(tensors.len(), expected.len());
     for (name, values) in &expected {
         let got = tensors.iter().find(|t| &t.0 == name).unwrap();

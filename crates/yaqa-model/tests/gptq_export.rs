@@ -190,7 +190,7 @@ fn gptq_checkpoint_dequantizes_to_the_quantized_file() {
         .map(|id| id.kind.hf_name(id.block))
         .collect();
     let mut others = 0;
-    for (name, shape, data) in loaded.model.hf_tensors() {
+    for (name, shape, data) in loaded.model.hf_tensors().unwrap() {
         if linear.contains(&name) {
             continue;
         }

@@ -58,7 +58,9 @@ fn weight_grads<T: Real, B: ModelOps<T>>(
 }
 
 fn check_finite_differences(family: Family, tied: bool) {
-    let model = Model::synthetic(tiny_config(family, tied), 42).cast::<f64>();
+    let model = Model::synthetic(tiny_config(family, tied), 42)
+        .cast::<f64>()
+        .unwrap();
     let (batch, seq) = (2, 5);
     let ids = ids(model.config.vocab_size, batch * seq, 7);
     let tf = Transformer::new(&model, &Reference);
@@ -132,7 +134,7 @@ fn qwen2_biases_match_finite_differences() {
 fn cpu_backward_matches_reference_and_labels_replay() {
     for family in [Family::Llama, Family::Qwen3, Family::Qwen2] {
         let model = Model::synthetic(tiny_config(family, family != Family::Qwen3), 9);
-        let wide = model.cast::<f64>();
+        let wide = model.cast::<f64>().unwrap();
         let (batch, seq) = (3, 6);
         let ids = ids(model.config.vocab_size, batch * seq, 3);
         let cpu = Cpu::default();

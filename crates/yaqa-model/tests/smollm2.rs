@@ -73,6 +73,7 @@ fn gguf_header_and_config() {
     let m = model(&shared);
     let params: usize = m
         .hf_tensors()
+        .unwrap()
         .iter()
         .map(|(_, s, _)| s.iter().product::<usize>())
         .sum();

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use yaqa_backend_cpu::Cpu;
 use yaqa_model::job::hessian::{self, HessianConfig};
+use yaqa_model::job::memory;
 
 use crate::args;
 use crate::progress::run_job;
@@ -25,7 +26,9 @@ use crate::progress::run_job;
 /// with neither, sampled from the model; ``seed`` seeds them and the Fisher labels. ``shard="I/N"``
 /// collects only shard I of N (0-based), to be added up by ``yaqa.merge``. The collection checkpoints
 /// about every ``checkpoint_minutes``, or every ``checkpoint_every`` sequences, into
-/// ``OUT.partial/``; calling again with the same arguments resumes.
+/// ``OUT.partial/``; calling again with the same arguments resumes. ``layers="A..B"`` collects only the
+/// layers of blocks A to B−1 (``yaqa.merge`` joins disjoint groups); ``max_memory="20G"`` streams the
+/// blocks from the checkpoint and collects the layers in groups when the model does not fit.
 ///
 /// ``progress``, when given, is called with a dict per event (see the package docs).
 ///
@@ -39,7 +42,8 @@ use crate::progress::run_job;
 #[pyo3(signature = (
     model, out, *, sketch = "b", passes = None, from_dir = None, calib = None, tokenizer = None,
     calib_ids = None, n_seqs = 64, seq_len = 512, seed = 0, shard = None,
-    checkpoint_minutes = 30.0, checkpoint_every = None, progress = None
+    checkpoint_minutes = 30.0, checkpoint_every = None, layers = None, max_memory = None,
+    progress = None
 ))]
 pub fn collect<'py>(
     py: Python<'py>,
@@ -57,8 +61,11 @@ pub fn collect<'py>(
     shard: Option<&str>,
     checkpoint_minutes: f64,
     checkpoint_every: Option<usize>,
+    layers: Option<&str>,
+    max_memory: Option<&str>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let bad = |e: String| pyo3::exceptions::PyValueError::new_err(e);
     let config = HessianConfig {
         model,
         sketch: args::sketch(sketch)?,
@@ -68,6 +75,11 @@ pub fn collect<'py>(
         shard: shard.map(args::shard).transpose()?,
         out,
         checkpoint: args::checkpoint(checkpoint_minutes, checkpoint_every)?,
+        layers: layers.map(memory::parse_blocks).transpose().map_err(bad)?,
+        max_memory: max_memory
+            .map(memory::parse_bytes)
+            .transpose()
+            .map_err(bad)?,
     };
     let r = run_job(py, progress, |p| hessian::run(&Cpu::default(), &config, p))?;
     let d = PyDict::new(py);

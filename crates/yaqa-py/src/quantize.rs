@@ -107,6 +107,7 @@ pub fn quantize<'py>(
             n_windows: eval_windows,
             ..default_eval()
         }),
+        max_memory: None,
     };
     let report = run_job(py, progress, |p| {
         yaqa_model::job::quantize::run(&Cpu::default(), &config, p)

@@ -10,14 +10,16 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 use crate::error::{ModelError, Result};
 use crate::formats::gguf::GgufFile;
 use crate::formats::hf::HfCheckpoint;
+use crate::transformer::config::ModelConfig;
 use crate::transformer::tokenizer::Tokenizer;
-use crate::transformer::weights::Model;
+use crate::transformer::weights::{GgufSource, Model, TensorSource};
 
 /// A loaded checkpoint.
 #[derive(Debug)]
@@ -72,16 +74,43 @@ pub fn fingerprint(path: &Path) -> Result<String> {
 ///
 /// **Errors**: whatever the readers report, naming the file.
 pub fn load(path: &Path) -> Result<Loaded> {
-    let model = if path.is_dir() {
-        HfCheckpoint::open(path)?.load_model()?
+    load_with(path, None)
+}
+
+/// Loads a checkpoint like [`load`], with every block resident (`keep: None`) or streamed from the file
+/// with the `keep` most recently used blocks kept widened ([`Model::load_streamed`]).
+///
+/// **Errors**: whatever the readers report, naming the file.
+pub fn load_with(path: &Path, keep: Option<usize>) -> Result<Loaded> {
+    let (config, source): (ModelConfig, Arc<dyn TensorSource + Send + Sync>) = if path.is_dir() {
+        let ckpt = HfCheckpoint::open(path)?;
+        (ckpt.config.clone(), Arc::new(ckpt))
     } else {
-        Model::from_gguf(path)?
+        let gguf = Arc::new(GgufFile::open(path)?);
+        let config = ModelConfig::from_gguf(&gguf)?;
+        let source = GgufSource::new(gguf, &config);
+        (config, Arc::new(source))
+    };
+    let model = match keep {
+        None => Model::load(config, &*source)?,
+        Some(keep) => Model::load_streamed(config, source, keep)?,
     };
     Ok(Loaded {
         path: path.to_path_buf(),
         model,
         fingerprint: fingerprint(path)?,
     })
+}
+
+/// The configuration of a GGUF file or Hugging Face folder, without reading any tensor.
+///
+/// **Errors**: whatever the readers report, naming the file.
+pub fn config(path: &Path) -> Result<ModelConfig> {
+    if path.is_dir() {
+        ModelConfig::from_hf_json_file(path.join("config.json"))
+    } else {
+        ModelConfig::from_gguf(&GgufFile::open(path)?)
+    }
 }
 
 /// The hex SHA-256 of a whole file (the demo checks the downloaded GGUF with it).

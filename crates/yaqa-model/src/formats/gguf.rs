@@ -666,7 +666,9 @@ impl GgufFile {
             .mmap
             .get(s..e)
             .ok_or_else(|| self.beyond(t, Some(s as u64), Some(e as u64)))?;
-        Ok((t.shape(), dequantize(ty, bytes)))
+        let values = dequantize(ty, bytes);
+        crate::formats::pages::release(&self.mmap, s, e);
+        Ok((t.shape(), values))
     }
 }
 

@@ -531,7 +531,7 @@ pub fn write_gptq(original: &Loaded, quant: &QuantFile, dir: &Path) -> Result<Gp
     let mut summary: Option<GptqSummary> = None;
     for &id in &ids {
         let layer = GptqLayer::from_quant_file(quant, id)?;
-        let expected = model.layers[id.block].linear(id.kind).shape();
+        let expected = id.kind.shape(&model.config);
         if (layer.m, layer.n) != expected {
             return Err(ModelError::ShapeMismatch {
                 path: qpath.to_path_buf(),
@@ -574,7 +574,7 @@ pub fn write_gptq(original: &Loaded, quant: &QuantFile, dir: &Path) -> Result<Gp
 
     let quantized: HashSet<String> = ids.iter().map(|id| id.kind.hf_name(id.block)).collect();
     let f16_max = f16::MAX.to_f32();
-    for (name, _, data) in model.hf_tensors() {
+    for (name, _, data) in model.hf_tensors()? {
         if quantized.contains(&name) {
             continue;
         }
@@ -587,7 +587,7 @@ pub fn write_gptq(original: &Loaded, quant: &QuantFile, dir: &Path) -> Result<Gp
             });
         }
     }
-    let mut tensors = half_tensors(model, Half::F16, |name| quantized.contains(name));
+    let mut tensors = half_tensors(model, Half::F16, |name| quantized.contains(name))?;
     for (id, layer) in &packed {
         tensors.extend(layer.tensors(&id.name()));
     }

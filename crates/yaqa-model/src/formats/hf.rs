@@ -377,6 +377,7 @@ impl SafetensorsFile {
                 });
             }
         };
+        crate::formats::pages::release(&self.mmap, t.start, t.end);
         Ok((t.shape.clone(), data))
     }
 
@@ -515,6 +516,14 @@ impl TensorSource for HfCheckpoint {
         }
     }
 
+    fn shape(&self, name: &str) -> Result<Option<Vec<usize>>> {
+        Ok(self
+            .index
+            .get(name)
+            .and_then(|&i| self.files[i].tensors.get(name))
+            .map(|t| t.shape.clone()))
+    }
+
     fn last_block(&self) -> Option<(usize, String)> {
         crate::transformer::weights::last_block(
             self.index.keys().map(String::as_str),
@@ -598,13 +607,13 @@ pub fn half_tensors(
     model: &Model<f32>,
     half: Half,
     skip: impl Fn(&str) -> bool,
-) -> Vec<(String, RawTensor)> {
-    model
-        .hf_tensors()
+) -> Result<Vec<(String, RawTensor)>> {
+    Ok(model
+        .hf_tensors()?
         .into_iter()
         .filter(|(name, _, _)| !skip(name))
         .map(|(name, shape, data)| (name, RawTensor::half(shape, data, half)))
-        .collect()
+        .collect())
 }
 
 impl View for &RawTensor {
@@ -703,9 +712,9 @@ pub fn write_hf(model: &Model<f32>, dir: impl AsRef<Path>) -> Result<()> {
         source: e,
     })?;
     let weights = dir.join("model.safetensors");
+    let tensors = model.hf_tensors()?;
     write_atomic(&weights, |tmp| {
-        let views = model
-            .hf_tensors()
+        let views = tensors
             .into_iter()
             .map(|(name, shape, data)| (name, F32View { shape, data }));
         let mut meta = HashMap::new();

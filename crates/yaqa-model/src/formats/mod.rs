@@ -11,6 +11,7 @@ pub mod gguf;
 pub mod gptq;
 pub(crate) mod header;
 pub mod hf;
+pub mod pages;
 pub mod quant_file;
 
 use std::fs::File;

@@ -272,7 +272,8 @@ impl<'t, 'a, B: ModelOps<f32>> Decoder<'t, 'a, B> {
         let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads.max(1));
         let scale = 1.0 / (hd as f64).sqrt();
         let mut h = self.tf.embed(tokens);
-        for (li, l) in self.tf.model.layers.iter().enumerate() {
+        for li in 0..self.tf.model.layers.len() {
+            let l = self.tf.model.layers.get(li)?;
             let xn1 = ops.rms_norm(&h, &l.input_norm, eps)?;
             let mut q = ops.linear(&xn1, &l.q_proj, l.q_bias.as_deref())?;
             let mut k = ops.linear(&xn1, &l.k_proj, l.k_bias.as_deref())?;

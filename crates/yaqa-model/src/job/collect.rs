@@ -33,11 +33,11 @@ pub fn empty_factors<T>(model: &Model<T>, kind: SketchKind) -> BTreeMap<LayerId,
     LayerId::all(model)
         .into_iter()
         .map(|id| {
-            let w = model.layers[id.block].linear(id.kind);
+            let (rows, cols) = id.kind.shape(&model.config);
             let f = match kind {
-                SketchKind::Xtx => Factors::xtx(w.cols),
-                SketchKind::B => Factors::sketch_b(w.rows, w.cols),
-                SketchKind::A { .. } => Factors::sketch_a_start(w.cols),
+                SketchKind::Xtx => Factors::xtx(cols),
+                SketchKind::B => Factors::sketch_b(rows, cols),
+                SketchKind::A { .. } => Factors::sketch_a_start(cols),
             };
             (id, f)
         })
@@ -75,7 +75,7 @@ pub fn collect<B: Backend + ModelOps<f32>>(
         let list = factors.get(&id).ok_or_else(|| {
             ModelError::Input(format!("no factors to accumulate for layer {}", id.name()))
         })?;
-        let (m, n) = model.layers[id.block].linear(id.kind).shape();
+        let (m, n) = id.kind.shape(&model.config);
         for f in list {
             if f.h_in.n != n || f.h_out.as_ref().is_some_and(|h| h.n != m) {
                 return Err(ModelError::Input(format!(

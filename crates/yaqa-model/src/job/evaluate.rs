@@ -216,8 +216,13 @@ pub(crate) fn dequantize_into(
         let w = q
             .dequantize(backend, id)
             .with_context(|| format!("dequantizing {} from {}", id.name(), file.display()))?;
-        let slot = model
-            .layers
+        let layers = model.layers.as_resident_mut().with_context(|| {
+            format!(
+                "{}: dequantizing into a streamed model is not implemented",
+                file.display()
+            )
+        })?;
+        let slot = layers
             .get_mut(id.block)
             .with_context(|| format!("{}: layer {} beyond the model", file.display(), id.name()))?
             .linear_mut(id.kind);

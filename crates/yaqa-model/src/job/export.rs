@@ -115,7 +115,7 @@ fn export_bf16(backend: &dyn Backend, loaded: &Loaded, config: &ExportConfig) ->
     let model = dequantized_model(backend, loaded, &config.quantized)?;
     std::fs::create_dir_all(&config.out).map_err(|e| ModelError::io(&config.out, e))?;
     // bf16 rounds Ŵ (exact values live in the quantized file); norms and embeddings are rounded too.
-    let tensors = half_tensors(&model, Half::Bf16, |_| false);
+    let tensors = half_tensors(&model, Half::Bf16, |_| false)?;
     let weights = config.out.join("model.safetensors");
     write_safetensors(&weights, &tensors, "format", "pt")?;
     let mut config_json = model.config.to_hf_json();

@@ -114,7 +114,7 @@ pub fn write_factor_dir(
         .map_err(|e| ModelError::io(dir, e))
         .with_context(|| format!("creating {}", dir.display()))?;
     for (id, f) in factors {
-        let m = model.layers[id.block].linear(id.kind).rows;
+        let m = id.kind.shape(&model.config).0;
         let path = factor_path(dir, *id, f.kind);
         write_factors(&path, *id, m, f, prov)
             .with_context(|| format!("writing factors {}", path.display()))?;
@@ -147,7 +147,7 @@ pub fn load_set(
 pub fn next_sketch_a_pass(model: &Model<f32>, set: &Set, pass: u32) -> Result<Set> {
     set.iter()
         .map(|(id, f)| {
-            let m = model.layers[id.block].linear(id.kind).rows;
+            let m = id.kind.shape(&model.config).0;
             f.next_sketch_a_pass(m)
                 .map(|n| (*id, n))
                 .with_context(|| format!("starting Sketch A pass {pass} of {}", id.name()))

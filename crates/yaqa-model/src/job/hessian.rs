@@ -5,6 +5,7 @@
 //! Sketch B and `Σ x xᵀ` take one pass. Sketch A takes `passes` passes here in one process; on a cluster
 //! each pass is a job array instead ([`crate::job::sketch_a`]).
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -24,10 +25,11 @@ use crate::job::calib_set::{Calibration, calibration_set};
 use crate::job::collect::{Set, empty_factors, sampled_labels};
 use crate::job::factors::{factor_index, load_set, next_sketch_a_pass, write_factor_dir};
 use crate::job::guard::{named, refuse_overwrite};
+use crate::job::memory::{self, Residency};
 use crate::job::progress::{Progress, ProgressExt};
 use crate::job::resume::{self, Job, Outcome, labels_from_record};
 use crate::job::sketch_a::{self, DEFAULT_PASSES};
-use crate::job::{CalibConfig, CheckpointPolicy, open_model};
+use crate::job::{CalibConfig, CheckpointPolicy};
 use crate::transformer::weights::Model;
 
 /// Which factors to collect.
@@ -69,6 +71,13 @@ pub struct HessianConfig {
     /// The factor folder written.
     pub out: PathBuf,
     pub checkpoint: CheckpointPolicy,
+    /// Collect only the linear layers of these blocks (`--layers A..B`); `hessian merge` joins the
+    /// folders of disjoint groups. Default: every block.
+    pub layers: Option<Range<usize>>,
+    /// The memory this run may use (`--max-memory`): the blocks are streamed from the checkpoint and
+    /// the layers collected in groups, one after another, when the whole model does not fit
+    /// ([`crate::job::memory`]). Default: no limit, every block resident.
+    pub max_memory: Option<u64>,
 }
 
 /// What a finished `hessian` run wrote.
@@ -162,7 +171,42 @@ pub fn run<B: Backend + ModelOps<f32>>(
         _ => 0,
     };
     let t0 = Instant::now();
-    let loaded = open_model(&config.model)?;
+    let model_config = crate::formats::checkpoint::config(&config.model)
+        .with_context(|| format!("loading the model {}", config.model.display()))?;
+    let n_blocks = model_config.n_layers;
+    let selected = match &config.layers {
+        Some(r) if r.start >= r.end || r.end > n_blocks => crate::bail!(
+            "--layers {}..{}: the model has {n_blocks} blocks (0..{n_blocks})",
+            r.start,
+            r.end
+        ),
+        Some(r) => r.clone(),
+        None => 0..n_blocks,
+    };
+    let kinds: Vec<SketchKind> = match config.sketch {
+        Sketch::Xtx => vec![SketchKind::Xtx],
+        Sketch::B => vec![SketchKind::B],
+        // A pass holds its sums and the previous pass's factors it multiplies by, both two-sided.
+        Sketch::A => vec![SketchKind::A { pass: 1 }; 2],
+    };
+    let mem = memory::plan(
+        &model_config,
+        selected.clone(),
+        &kinds,
+        config.calib.seq_len,
+        config.max_memory,
+    )?;
+    progress.note(mem.to_string());
+    if mem.groups.len() > 1 {
+        return run_groups(backend, config, &mem.groups, t0, progress);
+    }
+    let keep = match mem.residency {
+        Residency::Resident => None,
+        Residency::Streamed { keep } => Some(keep),
+    };
+    let mut loaded = crate::formats::checkpoint::load_with(&config.model, keep)
+        .with_context(|| format!("loading the model {}", config.model.display()))?;
+    loaded.model.selected = selected;
     config.calib.check(&loaded)?;
     if let Some(Plan::After(from)) = plan {
         let w = sketch_a::next_pass(
@@ -285,6 +329,141 @@ pub fn run<B: Backend + ModelOps<f32>>(
         n_seqs: seqs.len(),
         seconds: t0.elapsed().as_secs_f64(),
         next,
+    })
+}
+
+/// Collects `groups` of blocks one after another, each into its own folder `OUT.groups/blocks-A-B/` (a
+/// finished one is not redone, so a killed run resumes in the group it stopped in), then joins them into
+/// `out` with [`merge`] and removes the group folders.
+///
+/// **Errors**: those of [`run`] for each group and of [`merge`].
+fn run_groups<B: Backend + ModelOps<f32>>(
+    backend: &B,
+    config: &HessianConfig,
+    groups: &[Range<usize>],
+    t0: Instant,
+    progress: &dyn Progress,
+) -> Result<HessianReport> {
+    let out = &config.out;
+    let root = resume::sibling(out, "groups");
+    let mut dirs = Vec::new();
+    let mut last = None;
+    for (i, g) in groups.iter().enumerate() {
+        let dir = root.join(format!("blocks-{}-{}", g.start, g.end));
+        dirs.push(dir.clone());
+        if dir.join(RECORD_FILE).is_file() && !resume::has_checkpoint(&dir) {
+            progress.note(format!(
+                "group {}/{} (blocks {g:?}) already collected in {}",
+                i + 1,
+                groups.len(),
+                dir.display()
+            ));
+            continue;
+        }
+        progress.note(format!("group {}/{}: blocks {g:?}", i + 1, groups.len()));
+        let group = HessianConfig {
+            layers: Some(g.clone()),
+            out: dir,
+            ..config.clone()
+        };
+        let started = Instant::now();
+        last = Some(run(backend, &group, progress)?);
+        // Every group runs the same passes over the same sequences: the first measures the rest.
+        let took = started.elapsed().as_secs_f64();
+        let left = groups.len() - i - 1;
+        if left > 0 {
+            progress.note(format!(
+                "group {}/{} took {took:.0} s; the {left} left about {:.0} s more",
+                i + 1,
+                groups.len(),
+                took * left as f64
+            ));
+        }
+    }
+    let merged = merge(out, &dirs)?;
+    std::fs::remove_dir_all(&root).map_err(|e| ModelError::io(&root, e))?;
+    let n_seqs = match last {
+        Some(r) => r.n_seqs,
+        None => read_calib_file(&out.join(RECORD_FILE), None)
+            .map(|f| f.seqs.len())
+            .unwrap_or(0),
+    };
+    Ok(HessianReport {
+        out: out.clone(),
+        files: merged.files,
+        sketch: match config.sketch {
+            Sketch::A => sketch_tag(SketchKind::A {
+                pass: config.passes.unwrap_or(DEFAULT_PASSES) - 1,
+            }),
+            Sketch::B => sketch_tag(SketchKind::B),
+            Sketch::Xtx => sketch_tag(SketchKind::Xtx),
+        },
+        n_seqs,
+        seconds: t0.elapsed().as_secs_f64(),
+        next: None,
+    })
+}
+
+/// [`merge`] of layer groups: every group's factor files copied (read, checked and rewritten) into
+/// `out`, and the calibration record, which every group must share, once.
+fn join_groups(
+    out: &Path,
+    dirs: &[PathBuf],
+    indexes: &[std::collections::BTreeMap<
+        crate::LayerId,
+        std::collections::BTreeMap<String, PathBuf>,
+    >],
+) -> Result<MergeReport> {
+    let mut owner: std::collections::BTreeMap<crate::LayerId, &Path> = Default::default();
+    for (dir, index) in dirs.iter().zip(indexes) {
+        for id in index.keys() {
+            if let Some(other) = owner.insert(*id, dir) {
+                crate::bail!(
+                    "{} and {} both hold {} but not the same layers: merge adds shards of the same \
+                     layers or joins disjoint layer groups",
+                    other.display(),
+                    dir.display(),
+                    id.name()
+                );
+            }
+        }
+    }
+    let records: Vec<PathBuf> = dirs.iter().map(|d| d.join(RECORD_FILE)).collect();
+    let first = read_calib_file(&records[0], None)
+        .with_context(|| format!("reading {}", records[0].display()))?;
+    for r in &records[1..] {
+        let other = read_calib_file(r, None).with_context(|| format!("reading {}", r.display()))?;
+        if (&other.seqs, other.seq_len, &other.header)
+            != (&first.seqs, first.seq_len, &first.header)
+        {
+            crate::bail!(
+                "{} and {} differ: layer groups must come from the same calibration (model, \
+                 sequences and labels)",
+                records[0].display(),
+                r.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(out)
+        .map_err(|e| ModelError::io(out, e))
+        .with_context(|| format!("creating {}", out.display()))?;
+    let mut written = 0;
+    for index in indexes {
+        for path in index.values().flat_map(|files| files.values()) {
+            let f = read_factors(path).with_context(|| format!("reading {}", path.display()))?;
+            let dest = out.join(path.file_name().context("factor file without a name")?);
+            write_factors(&dest, f.layer, f.m, &f.factors, &f.provenance)?;
+            written += 1;
+        }
+    }
+    let dest = out.join(RECORD_FILE);
+    let bytes = std::fs::read(&records[0]).map_err(|e| ModelError::io(&records[0], e))?;
+    crate::formats::hf::write_atomic(&dest, |tmp| std::fs::write(tmp, &bytes))?;
+    Ok(MergeReport {
+        out: out.to_path_buf(),
+        shards: dirs.len(),
+        files: written,
+        records: true,
     })
 }
 
@@ -423,10 +602,12 @@ pub struct MergeReport {
     pub records: bool,
 }
 
-/// Adds factor shards (folders written by `hessian` with a shard each) into `out`.
+/// Adds factor shards (folders written by `hessian` with a shard each) into `out`, or joins the folders
+/// of disjoint layer groups (`hessian --layers A..B`, same calibration) into one.
 ///
-/// **Errors**: shards that do not hold the same layers, repeat a shard or sequence, or come from other
-/// runs; a folder of another Sketch A pass as `out`; I/O. Each names the folder or file.
+/// **Errors**: shards that neither hold the same layers nor disjoint ones, repeat a shard or sequence,
+/// or come from other runs; layer groups whose calibration records differ; a folder of another Sketch A
+/// pass as `out`; I/O. Each names the folder or file.
 pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<MergeReport> {
     let Some(first) = shards.first() else {
         crate::bail!("hessian merge needs at least one shard folder");
@@ -434,6 +615,14 @@ pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<MergeReport> {
     let inputs: Vec<_> = shards.iter().map(|p| named("shard", p)).collect();
     refuse_overwrite(&[named("--out", out)], &inputs)?;
     let index = factor_index(first)?;
+    let indexes = shards
+        .iter()
+        .map(|d| factor_index(d))
+        .collect::<Result<Vec<_>>>()?;
+    let same = indexes.iter().all(|i| i.keys().eq(index.keys()));
+    if !same {
+        return join_groups(out, shards, &indexes);
+    }
     // A merged Sketch A pass is the start of the next one: it must not land among another pass's files.
     for tag in index.values().flat_map(|files| files.keys()) {
         if let Some(SketchKind::A { pass }) = parse_sketch_tag(tag) {

@@ -25,6 +25,7 @@ pub mod export;
 pub mod factors;
 pub mod guard;
 pub mod hessian;
+pub mod memory;
 pub mod pipeline;
 pub mod progress;
 pub mod quantize;

@@ -184,7 +184,8 @@ pub fn quantize_layers(
             return Ok(outcome);
         }
         let started = std::time::Instant::now();
-        let w = model.layers[id.block].linear(id.kind);
+        let block = model.layers.get(id.block)?;
+        let w = block.linear(id.kind);
         let f = factors(id)?;
         let layer_params = LayerParams {
             scale_c: scales.and_then(|s| s.get(&id).copied()).or(params.scale_c),

@@ -25,7 +25,9 @@ use crate::job::collect::empty_factors;
 use crate::job::evaluate::{EvalTable, EvalText, dequantize_into, eval_models, eval_tokens};
 use crate::job::factors::{factor_index, pick_factor_file, read_factor_checked};
 use crate::job::guard::{named, refuse_overwrite};
+use crate::job::memory::{self, Residency};
 use crate::job::pipeline::{assemble_parts, quantize_layers, run_header};
+use crate::job::progress::ProgressExt;
 use crate::job::progress::{Event, Progress};
 use crate::job::resume::{self, Job, Outcome};
 use crate::job::{CalibConfig, CheckpointPolicy, QuantSpec, open_model};
@@ -49,6 +51,10 @@ pub struct QuantizeConfig {
     pub stop_after_layers: Option<usize>,
     /// The text the result is evaluated on; `None`: no evaluation.
     pub eval: Option<EvalText>,
+    /// The memory this run may use (`--max-memory`): when the model does not fit, its blocks are
+    /// streamed from the checkpoint one at a time ([`memory::quantize_plan`]); that needs `factors`
+    /// and no evaluation. Default: no limit, every block resident.
+    pub max_memory: Option<u64>,
 }
 
 impl Default for QuantizeConfig {
@@ -62,6 +68,7 @@ impl Default for QuantizeConfig {
             checkpoint: CheckpointPolicy::default(),
             stop_after_layers: None,
             eval: Some(default_eval()),
+            max_memory: None,
         }
     }
 }
@@ -113,12 +120,43 @@ pub fn run<B: Backend + ModelOps<f32>>(
     let eval_text = config.eval.as_ref().and_then(|e| e.text.as_deref());
     inputs.extend(eval_text.map(|p| named("--eval-text", p)));
     refuse_overwrite(&[named("--out", &config.out)], &inputs)?;
-    let loaded = open_model(&config.model)?;
+    let loaded = match config.max_memory {
+        None => open_model(&config.model)?,
+        Some(budget) => {
+            let model_config = crate::formats::checkpoint::config(&config.model)
+                .with_context(|| format!("loading the model {}", config.model.display()))?;
+            let plan = memory::quantize_plan(&model_config, budget)?;
+            progress.note(plan.to_string());
+            let keep = match plan.residency {
+                Residency::Resident => None,
+                Residency::Streamed { keep } => {
+                    if config.factors.is_none() {
+                        crate::bail!(
+                            "--max-memory {}: the model does not fit, and collecting factors while \
+                             streaming it is `yaqa hessian --max-memory`'s work: collect them there \
+                             and pass --factors",
+                            memory::Bytes(budget)
+                        );
+                    }
+                    if config.eval.is_some() {
+                        crate::bail!(
+                            "--max-memory {}: the model does not fit, and evaluating the result needs \
+                             the original and the quantized model in memory: pass --no-eval",
+                            memory::Bytes(budget)
+                        );
+                    }
+                    Some(keep)
+                }
+            };
+            crate::formats::checkpoint::load_with(&config.model, keep)
+                .with_context(|| format!("loading the model {}", config.model.display()))?
+        }
+    };
     let layers = LayerId::all(&loaded.model);
     config.spec.check(
         layers
             .iter()
-            .map(|id| loaded.model.layers[id.block].linear(id.kind).cols),
+            .map(|id| id.kind.shape(&loaded.model.config).1),
     )?;
     if config.factors.is_none() {
         config.calib.check(&loaded)?;

@@ -124,7 +124,13 @@ fn remove_dir_if_present(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn sibling(out: &Path, suffix: &str) -> PathBuf {
+/// Whether `out` has a checkpoint folder next to it (a run into it has not finished).
+pub fn has_checkpoint(out: &Path) -> bool {
+    partial_dir(out).exists()
+}
+
+/// `OUT.suffix` next to the output folder `out`.
+pub fn sibling(out: &Path, suffix: &str) -> PathBuf {
     let name = out
         .file_name()
         .map_or_else(|| "factors".into(), |n| n.to_string_lossy().into_owned());

@@ -217,7 +217,7 @@ pub fn read_pass_factors(from: &PassDir, loaded: &Loaded) -> Result<Set> {
     for (&id, path) in &from.files {
         // Names the file when the model differs.
         let file = read_factor_checked(path, &loaded.fingerprint)?;
-        let (m, n) = loaded.model.layers[id.block].linear(id.kind).shape();
+        let (m, n) = id.kind.shape(&loaded.model.config);
         if file.layer != id || (file.m, file.factors.h_in.n) != (m, n) {
             crate::bail!(
                 "{}: factors of {} ({}×{}), but the model's {} is {m}×{n}",

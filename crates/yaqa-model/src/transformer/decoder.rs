@@ -243,8 +243,10 @@ impl<'a, T: Real, B: ModelOps<T>> Transformer<'a, T, B> {
         let seq = self.check_batch(ids, batch)?;
         let mut h = self.embed(ids);
         observe(0, &h);
-        for (i, l) in self.model.layers.iter().enumerate() {
-            h = self.layer_trace(l, &h, batch, seq)?.out;
+        for i in 0..self.model.layers.len() {
+            h = self
+                .layer_trace(&*self.model.layers.get(i)?, &h, batch, seq)?
+                .out;
             observe(i + 1, &h);
         }
         Ok(self
@@ -252,8 +254,9 @@ impl<'a, T: Real, B: ModelOps<T>> Transformer<'a, T, B> {
             .rms_norm(&h, &self.model.norm, self.model.config.rms_norm_eps)?)
     }
 
-    /// Runs the decoder like [`Transformer::forward`] and hands every linear layer's input to
-    /// `visit(layer, kind, x)` as soon as its block has run (`x` is `(batch · seq) × n`; q, k and v share
+    /// Runs the decoder like [`Transformer::forward`] and hands every linear layer's input of the
+    /// model's selected blocks ([`Model::selected`]) to `visit(layer, kind, x)` as soon as its block has
+    /// run, stopping after the last selected block (`x` is `(batch · seq) × n`; q, k and v share
     /// one input, as do gate and up, and each is visited once per kind). Only one block's activations are
     /// alive at a time, so `Σ x xᵀ` factors (DESIGN.md §2) can be accumulated without a backward pass.
     ///
@@ -266,8 +269,12 @@ impl<'a, T: Real, B: ModelOps<T>> Transformer<'a, T, B> {
     ) -> Result<()> {
         let seq = self.check_batch(ids, batch)?;
         let mut h = self.embed(ids);
-        for (i, l) in self.model.layers.iter().enumerate() {
-            let tr = self.layer_trace(l, &h, batch, seq)?;
+        for i in 0..self.model.selected.end.min(self.model.layers.len()) {
+            let tr = self.layer_trace(&*self.model.layers.get(i)?, &h, batch, seq)?;
+            if i < self.model.selected.start {
+                h = tr.out;
+                continue;
+            }
             for kind in LinearKind::ALL {
                 let x = match kind {
                     LinearKind::Q | LinearKind::K | LinearKind::V => &tr.xn1,
@@ -366,7 +373,8 @@ impl<'a, T: Real, B: ModelOps<T>> Transformer<'a, T, B> {
     }
 
     /// Forward and backward of the mean cross-entropy against `labels`; calls
-    /// `visit(layer, kind, x, g)` for every linear layer, last block first. Returns the loss.
+    /// `visit(layer, kind, x, g)` for every linear layer of the model's selected blocks
+    /// ([`Model::selected`]), last block first, and stops below the first of them. Returns the loss.
     pub fn backward(
         &self,
         ids: &[u32],
@@ -381,8 +389,10 @@ impl<'a, T: Real, B: ModelOps<T>> Transformer<'a, T, B> {
         // Forward, keeping each block's residual input.
         let mut inputs = Vec::with_capacity(self.model.layers.len());
         let mut h = self.embed(ids);
-        for l in &self.model.layers {
-            let out = self.layer_trace(l, &h, batch, seq)?.out;
+        for i in 0..self.model.layers.len() {
+            let out = self
+                .layer_trace(&*self.model.layers.get(i)?, &h, batch, seq)?
+                .out;
             inputs.push(std::mem::replace(&mut h, out));
         }
         let hidden = ops.rms_norm(&h, &self.model.norm, eps)?;
@@ -413,7 +423,17 @@ impl<'a, T: Real, B: ModelOps<T>> Transformer<'a, T, B> {
         // Blocks, last first.
         let shape = self.attention_shape(batch, seq);
         let rope = self.rope(seq);
-        for (i, l) in self.model.layers.iter().enumerate().rev() {
+        let lowest = self.model.selected.start;
+        for i in (lowest..self.model.layers.len()).rev() {
+            let l = &*self.model.layers.get(i)?;
+            let selected = self.model.selected.contains(&i);
+            let mut visit = |i, kind, x: &Mat<T>, g: &Mat<T>| {
+                if selected {
+                    visit(i, kind, x, g)
+                } else {
+                    Ok(())
+                }
+            };
             let x = &inputs[i];
             let tr = self.layer_trace(l, x, batch, seq)?;
             // MLP.

@@ -2,6 +2,7 @@
 //! identity of each linear layer ([`weights`]), the decoder's forward and Fisher backward over the
 //! layer-level operations of [`yaqa_core::model_ops::ModelOps`] ([`decoder`]), and the tokenizer.
 
+pub mod blocks;
 pub mod config;
 pub mod decoder;
 pub mod tokenizer;

@@ -6,13 +6,16 @@
 //! by [`LinearKind`] and a layer index.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use yaqa_core::Mat;
 use yaqa_core::model_ops::Real;
 
 use crate::error::{ModelError, Result};
 use crate::formats::gguf::{GgufFile, gguf_to_hf_name, unpermute_rows};
+use crate::transformer::blocks::{BlockLoader, Blocks};
 use crate::transformer::config::{Family, ModelConfig};
 
 /// The seven linear layers of a decoder block.
@@ -49,6 +52,22 @@ impl LinearKind {
             Self::Gate => "mlp.gate_proj",
             Self::Up => "mlp.up_proj",
             Self::Down => "mlp.down_proj",
+        }
+    }
+
+    /// The weight's `(rows, cols)` = `(out, in)` under `config` (head widths saturate: a configuration
+    /// that overflows them was refused by [`ModelConfig::validate`] or fails the shape checks).
+    pub fn shape(self, config: &ModelConfig) -> (usize, usize) {
+        let c = config;
+        let (d, f) = (c.hidden_size, c.intermediate_size);
+        let qd = c.n_heads.saturating_mul(c.head_dim);
+        let kd = c.n_kv_heads.saturating_mul(c.head_dim);
+        match self {
+            Self::Q => (qd, d),
+            Self::K | Self::V => (kd, d),
+            Self::O => (d, qd),
+            Self::Gate | Self::Up => (f, d),
+            Self::Down => (d, f),
         }
     }
 
@@ -104,7 +123,30 @@ impl<T> LayerWeights<T> {
             LinearKind::Down => &mut self.down_proj,
         }
     }
+
+    /// The number of values the block holds (every weight, norm and bias).
+    pub fn len(&self) -> usize {
+        let opt = |v: &Option<Vec<T>>| v.as_ref().map_or(0, Vec::len);
+        LinearKind::ALL
+            .iter()
+            .map(|&k| self.linear(k).data.len())
+            .sum::<usize>()
+            + self.input_norm.len()
+            + self.post_norm.len()
+            + opt(&self.q_bias)
+            + opt(&self.k_bias)
+            + opt(&self.v_bias)
+            + opt(&self.q_norm)
+            + opt(&self.k_norm)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
+
+/// A tensor under its Hugging Face name, with its row-major shape and values.
+pub type HfTensor<'a, T> = (String, Vec<usize>, &'a [T]);
 
 /// A whole decoder: configuration plus weights in element type `T`.
 #[derive(Clone, Debug, PartialEq)]
@@ -112,17 +154,24 @@ pub struct Model<T = f32> {
     pub config: ModelConfig,
     /// `vocab × hidden`; also the LM head when `lm_head` is `None` (tied).
     pub embed: Mat<T>,
-    pub layers: Vec<LayerWeights<T>>,
+    /// The decoder blocks, resident or streamed from the checkpoint ([`Blocks`]).
+    pub layers: Blocks<LayerWeights<T>>,
     pub norm: Vec<T>,
     pub lm_head: Option<Mat<T>>,
+    /// The blocks whose linear layers jobs collect factors for ([`LayerId::all`]): all of them unless a
+    /// run works on one layer group (`hessian --layers A..B`). The passes still run through every
+    /// block; the backward stops below the group and a forward-only pass after it.
+    pub selected: Range<usize>,
 }
 
 /// A checkpoint that can produce f32 tensors by Hugging Face name.
-pub trait TensorSource {
+pub trait TensorSource: std::fmt::Debug {
     /// The file that holds (or would hold) `name`, for error messages.
     fn file_of(&self, name: &str) -> PathBuf;
     /// The row-major shape and values of `name`, or `None` if the checkpoint lacks it.
     fn load(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>>;
+    /// The row-major shape of `name` from the file's header (no data read), or `None` if it lacks it.
+    fn shape(&self, name: &str) -> Result<Option<Vec<usize>>>;
     /// The highest decoder block any tensor of the checkpoint belongs to, with the name (as the
     /// checkpoint spells it) of a tensor of that block; `None` when no tensor belongs to a block.
     fn last_block(&self) -> Option<(usize, String)>;
@@ -187,13 +236,15 @@ fn map_vec<T: Copy, U>(v: &[T], f: impl Fn(T) -> U) -> Vec<U> {
 }
 
 impl<T: Real> Model<T> {
-    /// The same model in another element type (f32 → f64 for gradient checks is exact).
-    pub fn cast<U: Real>(&self) -> Model<U> {
+    /// The same model in another element type (f32 → f64 for gradient checks is exact), resident.
+    ///
+    /// **Errors**: a streamed model's loader errors.
+    pub fn cast<U: Real>(&self) -> Result<Model<U>> {
         let f = |v: T| U::from_f64(v.to_f64());
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| LayerWeights {
+        let mut layers = Vec::new();
+        for i in 0..self.layers.len() {
+            let l = self.layers.get(i)?;
+            layers.push(LayerWeights {
                 input_norm: map_vec(&l.input_norm, f),
                 q_proj: map_mat(&l.q_proj, f),
                 k_proj: map_mat(&l.k_proj, f),
@@ -208,15 +259,16 @@ impl<T: Real> Model<T> {
                 gate_proj: map_mat(&l.gate_proj, f),
                 up_proj: map_mat(&l.up_proj, f),
                 down_proj: map_mat(&l.down_proj, f),
-            })
-            .collect();
-        Model {
+            });
+        }
+        Ok(Model {
             config: self.config.clone(),
             embed: map_mat(&self.embed, f),
-            layers,
+            layers: Blocks::resident(layers),
             norm: map_vec(&self.norm, f),
             lm_head: self.lm_head.as_ref().map(|m| map_mat(m, f)),
-        }
+            selected: self.selected.clone(),
+        })
     }
 
     /// The LM head (`vocab × hidden`): `lm_head` or, when tied, the embedding.
@@ -225,15 +277,22 @@ impl<T: Real> Model<T> {
     }
 
     /// Every tensor under its Hugging Face name with its row-major shape (tied heads are not repeated).
-    pub fn hf_tensors(&self) -> Vec<(String, Vec<usize>, &[T])> {
-        let mut out: Vec<(String, Vec<usize>, &[T])> = Vec::new();
+    ///
+    /// **Errors**: a streamed model, whose blocks are not in memory to be borrowed.
+    pub fn hf_tensors(&self) -> Result<Vec<HfTensor<'_, T>>> {
+        let layers = self.layers.as_resident().ok_or_else(|| {
+            ModelError::Input(
+                "the tensors of a streamed model cannot be listed at once; load it resident".into(),
+            )
+        })?;
+        let mut out: Vec<HfTensor<'_, T>> = Vec::new();
         let mat = |m: &Mat<T>| vec![m.rows, m.cols];
         out.push((
             "model.embed_tokens.weight".into(),
             mat(&self.embed),
             &self.embed.data,
         ));
-        for (i, l) in self.layers.iter().enumerate() {
+        for (i, l) in layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
             out.push((
                 format!("{p}.input_layernorm.weight"),
@@ -269,8 +328,153 @@ impl<T: Real> Model<T> {
         if let Some(h) = &self.lm_head {
             out.push(("lm_head.weight".into(), mat(h), &h.data));
         }
-        out
+        Ok(out)
     }
+}
+
+/// The widths of a configuration's projections, `(q, kv)` = heads × head_dim, checked: a configuration
+/// read from a file was validated ([`ModelConfig::validate`]), one built in code may not have been.
+fn head_widths(c: &ModelConfig) -> Result<(usize, usize)> {
+    let width = |heads: usize, what: &str| {
+        heads.checked_mul(c.head_dim).ok_or_else(|| {
+            ModelError::Input(format!(
+                "{what} {heads} × head_dim {} overflows",
+                c.head_dim
+            ))
+        })
+    };
+    Ok((
+        width(c.n_heads, "num_attention_heads")?,
+        width(c.n_kv_heads, "num_key_value_heads")?,
+    ))
+}
+
+/// A tensor of `source` with the shape `expected`, every value finite.
+fn get_tensor(source: &dyn TensorSource, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+    let (shape, data) = source
+        .load(name)?
+        .ok_or_else(|| ModelError::MissingTensor {
+            path: source.file_of(name),
+            tensor: name.to_string(),
+        })?;
+    if shape != expected {
+        return Err(ModelError::ShapeMismatch {
+            path: source.file_of(name),
+            tensor: name.to_string(),
+            expected: expected.to_vec(),
+            found: shape,
+        });
+    }
+    check_finite(&source.file_of(name), name, &data)?;
+    Ok(data)
+}
+
+fn get_mat(source: &dyn TensorSource, name: &str, rows: usize, cols: usize) -> Result<Mat<f32>> {
+    Ok(Mat {
+        rows,
+        cols,
+        data: get_tensor(source, name, &[rows, cols])?,
+    })
+}
+
+/// Every tensor name of block `index` with its expected shape, optional ones only when `config` has them.
+pub fn block_tensors(config: &ModelConfig, index: usize) -> Result<Vec<(String, Vec<usize>)>> {
+    let c = config;
+    let (d, hd) = (c.hidden_size, c.head_dim);
+    let (qd, kd) = head_widths(c)?;
+    let p = format!("model.layers.{index}");
+    let mut v = vec![
+        (format!("{p}.input_layernorm.weight"), vec![d]),
+        (format!("{p}.post_attention_layernorm.weight"), vec![d]),
+    ];
+    for kind in LinearKind::ALL {
+        let (rows, cols) = kind.shape(c);
+        v.push((kind.hf_name(index), vec![rows, cols]));
+    }
+    if c.attention_bias {
+        v.push((format!("{p}.self_attn.q_proj.bias"), vec![qd]));
+        v.push((format!("{p}.self_attn.k_proj.bias"), vec![kd]));
+        v.push((format!("{p}.self_attn.v_proj.bias"), vec![kd]));
+    }
+    if c.qk_norm {
+        v.push((format!("{p}.self_attn.q_norm.weight"), vec![hd]));
+        v.push((format!("{p}.self_attn.k_norm.weight"), vec![hd]));
+    }
+    Ok(v)
+}
+
+/// Reads and widens block `index` of `source`, checked like [`Model::load`].
+///
+/// **Errors**: as [`Model::load`], for this block's tensors.
+pub fn load_block(
+    config: &ModelConfig,
+    source: &dyn TensorSource,
+    index: usize,
+) -> Result<LayerWeights<f32>> {
+    let c = config;
+    let d = c.hidden_size;
+    let (qd, kd) = head_widths(c)?;
+    let p = format!("model.layers.{index}");
+    let opt = |on: bool, name: &str, len: usize| -> Result<Option<Vec<f32>>> {
+        if on {
+            get_tensor(source, &format!("{p}.{name}"), &[len]).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let lin = |kind: LinearKind| {
+        let (rows, cols) = kind.shape(c);
+        get_mat(source, &kind.hf_name(index), rows, cols)
+    };
+    Ok(LayerWeights {
+        input_norm: get_tensor(source, &format!("{p}.input_layernorm.weight"), &[d])?,
+        q_proj: lin(LinearKind::Q)?,
+        k_proj: lin(LinearKind::K)?,
+        v_proj: lin(LinearKind::V)?,
+        o_proj: lin(LinearKind::O)?,
+        q_bias: opt(c.attention_bias, "self_attn.q_proj.bias", qd)?,
+        k_bias: opt(c.attention_bias, "self_attn.k_proj.bias", kd)?,
+        v_bias: opt(c.attention_bias, "self_attn.v_proj.bias", kd)?,
+        q_norm: opt(c.qk_norm, "self_attn.q_norm.weight", c.head_dim)?,
+        k_norm: opt(c.qk_norm, "self_attn.k_norm.weight", c.head_dim)?,
+        post_norm: get_tensor(
+            source,
+            &format!("{p}.post_attention_layernorm.weight"),
+            &[d],
+        )?,
+        gate_proj: lin(LinearKind::Gate)?,
+        up_proj: lin(LinearKind::Up)?,
+        down_proj: lin(LinearKind::Down)?,
+    })
+}
+
+/// The blocks of a checkpoint, read and widened one at a time ([`Blocks::streamed`]).
+#[derive(Debug)]
+pub struct SourceBlocks {
+    pub config: ModelConfig,
+    pub source: Arc<dyn TensorSource + Send + Sync>,
+}
+
+impl BlockLoader<LayerWeights<f32>> for SourceBlocks {
+    fn load(&self, index: usize) -> Result<LayerWeights<f32>> {
+        load_block(&self.config, &*self.source, index)
+    }
+}
+
+/// Refuses a checkpoint with blocks beyond `config.n_layers`, before any tensor is read.
+fn check_block_count(config: &ModelConfig, source: &dyn TensorSource) -> Result<()> {
+    if let Some((block, tensor)) = source.last_block()
+        && block >= config.n_layers
+    {
+        return Err(ModelError::ExtraBlocks {
+            path: source.file_of(&tensor),
+            tensor,
+            present: block.saturating_add(1),
+            declared: config.n_layers,
+            key: source.layer_count_key(),
+        });
+    }
+    Ok(())
 }
 
 impl Model<f32> {
@@ -281,120 +485,99 @@ impl Model<f32> {
     /// [`ModelError::NonFinite`] naming file and tensor, plus whatever the source reports (truncation,
     /// unknown dtypes).
     pub fn load(config: ModelConfig, source: &dyn TensorSource) -> Result<Self> {
-        let c = &config;
-        if let Some((block, tensor)) = source.last_block()
-            && block >= c.n_layers
-        {
-            return Err(ModelError::ExtraBlocks {
-                path: source.file_of(&tensor),
-                tensor,
-                present: block.saturating_add(1),
-                declared: c.n_layers,
-                key: source.layer_count_key(),
-            });
-        }
-        let get = |name: &str, expected: &[usize]| -> Result<Vec<f32>> {
-            let (shape, data) = source
-                .load(name)?
-                .ok_or_else(|| ModelError::MissingTensor {
-                    path: source.file_of(name),
-                    tensor: name.to_string(),
-                })?;
-            if shape != expected {
-                return Err(ModelError::ShapeMismatch {
-                    path: source.file_of(name),
-                    tensor: name.to_string(),
-                    expected: expected.to_vec(),
-                    found: shape,
-                });
-            }
-            check_finite(&source.file_of(name), name, &data)?;
-            Ok(data)
-        };
-        let mat = |name: &str, rows: usize, cols: usize| -> Result<Mat<f32>> {
-            Ok(Mat {
-                rows,
-                cols,
-                data: get(name, &[rows, cols])?,
-            })
-        };
-        let (d, f, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
-        // A configuration read from a file was validated ([`ModelConfig::validate`]); one built in code
-        // may not have been, so these products are checked too.
-        let width = |heads: usize, what: &str| {
-            heads.checked_mul(hd).ok_or_else(|| {
-                ModelError::Input(format!("{what} {heads} × head_dim {hd} overflows"))
-            })
-        };
-        let (qd, kd) = (
-            width(c.n_heads, "num_attention_heads")?,
-            width(c.n_kv_heads, "num_key_value_heads")?,
-        );
-        let embed = mat("model.embed_tokens.weight", c.vocab_size, d)?;
+        check_block_count(&config, source)?;
         // Grown one block at a time: `n_layers` is not trusted with an allocation up front.
         let mut layers = Vec::new();
-        for i in 0..c.n_layers {
-            let p = format!("model.layers.{i}");
-            let opt = |on: bool, name: &str, len: usize| -> Result<Option<Vec<f32>>> {
-                if on {
-                    get(&format!("{p}.{name}"), &[len]).map(Some)
-                } else {
-                    Ok(None)
-                }
-            };
-            layers.push(LayerWeights {
-                input_norm: get(&format!("{p}.input_layernorm.weight"), &[d])?,
-                q_proj: mat(&LinearKind::Q.hf_name(i), qd, d)?,
-                k_proj: mat(&LinearKind::K.hf_name(i), kd, d)?,
-                v_proj: mat(&LinearKind::V.hf_name(i), kd, d)?,
-                o_proj: mat(&LinearKind::O.hf_name(i), d, qd)?,
-                q_bias: opt(c.attention_bias, "self_attn.q_proj.bias", qd)?,
-                k_bias: opt(c.attention_bias, "self_attn.k_proj.bias", kd)?,
-                v_bias: opt(c.attention_bias, "self_attn.v_proj.bias", kd)?,
-                q_norm: opt(c.qk_norm, "self_attn.q_norm.weight", hd)?,
-                k_norm: opt(c.qk_norm, "self_attn.k_norm.weight", hd)?,
-                post_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
-                gate_proj: mat(&LinearKind::Gate.hf_name(i), f, d)?,
-                up_proj: mat(&LinearKind::Up.hf_name(i), f, d)?,
-                down_proj: mat(&LinearKind::Down.hf_name(i), d, f)?,
-            });
+        for i in 0..config.n_layers {
+            layers.push(load_block(&config, source, i)?);
         }
-        let norm = get("model.norm.weight", &[d])?;
-        let lm_head = if c.tie_word_embeddings {
+        Self::with_blocks(config, source, Blocks::resident(layers))
+    }
+
+    /// Like [`Model::load`], but the blocks stay in their file and are read and widened when a pass
+    /// reaches them, the `keep` most recently used cached ([`Blocks::streamed`]). The embedding, final
+    /// norm and head are loaded now; every block tensor's presence and shape is checked now (from the
+    /// file's header), its values (finite) when it is first read.
+    ///
+    /// **Errors**: as [`Model::load`] for what is checked now.
+    pub fn load_streamed(
+        config: ModelConfig,
+        source: Arc<dyn TensorSource + Send + Sync>,
+        keep: usize,
+    ) -> Result<Self> {
+        check_block_count(&config, &*source)?;
+        for i in 0..config.n_layers {
+            for (name, expected) in block_tensors(&config, i)? {
+                let shape = source
+                    .shape(&name)?
+                    .ok_or_else(|| ModelError::MissingTensor {
+                        path: source.file_of(&name),
+                        tensor: name.clone(),
+                    })?;
+                if shape != expected {
+                    return Err(ModelError::ShapeMismatch {
+                        path: source.file_of(&name),
+                        tensor: name,
+                        expected,
+                        found: shape,
+                    });
+                }
+            }
+        }
+        let loader = Arc::new(SourceBlocks {
+            config: config.clone(),
+            source: source.clone(),
+        });
+        let blocks = Blocks::streamed(config.n_layers, loader, keep);
+        Self::with_blocks(config, &*source, blocks)
+    }
+
+    /// The embedding, final norm and head of `source` around `layers`.
+    fn with_blocks(
+        config: ModelConfig,
+        source: &dyn TensorSource,
+        layers: Blocks<LayerWeights<f32>>,
+    ) -> Result<Self> {
+        let (v, d) = (config.vocab_size, config.hidden_size);
+        let embed = get_mat(source, "model.embed_tokens.weight", v, d)?;
+        let norm = get_tensor(source, "model.norm.weight", &[d])?;
+        let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(mat("lm_head.weight", c.vocab_size, d)?)
+            Some(get_mat(source, "lm_head.weight", v, d)?)
         };
+        let selected = 0..layers.len();
         Ok(Self {
             config,
             embed,
             layers,
             norm,
             lm_head,
+            selected,
         })
     }
 
     /// Loads a Llama/Qwen2/Qwen3 GGUF as the exact f32 dequantization, Q/K rows un-permuted for `llama`.
     pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self> {
-        let gguf = GgufFile::open(path)?;
+        let gguf = Arc::new(GgufFile::open(path)?);
         let config = ModelConfig::from_gguf(&gguf)?;
-        let source = GgufSource::new(&gguf, &config);
+        let source = GgufSource::new(gguf, &config);
         Self::load(config.clone(), &source)
     }
 }
 
 /// A GGUF file seen through Hugging Face names.
 #[derive(Debug)]
-pub struct GgufSource<'a> {
-    gguf: &'a GgufFile,
+pub struct GgufSource {
+    gguf: Arc<GgufFile>,
     hf_to_gguf: HashMap<String, String>,
     /// `(n_head, head_dim)` of the q and k projections when the llama.cpp permutation must be undone.
     unpermute: Option<((usize, usize), (usize, usize))>,
 }
 
-impl<'a> GgufSource<'a> {
+impl GgufSource {
     /// Indexes the file's tensors by HF name. Only `general.architecture = llama` files are permuted.
-    pub fn new(gguf: &'a GgufFile, config: &ModelConfig) -> Self {
+    pub fn new(gguf: Arc<GgufFile>, config: &ModelConfig) -> Self {
         let hf_to_gguf = gguf
             .tensors
             .iter()
@@ -412,7 +595,7 @@ impl<'a> GgufSource<'a> {
     }
 }
 
-impl TensorSource for GgufSource<'_> {
+impl TensorSource for GgufSource {
     fn file_of(&self, _name: &str) -> PathBuf {
         self.gguf.path().to_path_buf()
     }
@@ -453,6 +636,14 @@ impl TensorSource for GgufSource<'_> {
             }
         };
         Ok(Some((shape, data)))
+    }
+
+    fn shape(&self, name: &str) -> Result<Option<Vec<usize>>> {
+        Ok(self
+            .hf_to_gguf
+            .get(name)
+            .and_then(|g| self.gguf.info(g))
+            .map(|t| t.shape()))
     }
 
     fn last_block(&self) -> Option<(usize, String)> {
@@ -517,12 +708,14 @@ impl Model<f32> {
         }
         let norm = (0..d).map(|_| (1.0 + 0.1 * rng.normal()) as f32).collect();
         let lm_head = (!c.tie_word_embeddings).then(|| mat(&mut rng, c.vocab_size, d, 1.0));
+        let selected = 0..layers.len();
         Self {
             config,
             embed,
-            layers,
+            layers: Blocks::resident(layers),
             norm,
             lm_head,
+            selected,
         }
     }
 }
@@ -560,9 +753,11 @@ pub struct LayerId {
 }
 
 impl LayerId {
-    /// Every linear layer of `model`, in block order.
+    /// Every linear layer of `model`'s selected blocks ([`Model::selected`]), in block order.
     pub fn all<T>(model: &Model<T>) -> Vec<LayerId> {
-        (0..model.layers.len())
+        model
+            .selected
+            .clone()
             .flat_map(|block| LinearKind::ALL.map(|kind| LayerId { block, kind }))
             .collect()
     }
