@@ -110,6 +110,11 @@ pub fn compare<'py>(
             d.set_item("model", &r.name)?;
             d.set_item("bits", t.bits)?;
             d.set_item("kl", r.kl)?;
+            d.set_item("kl_se", r.kl_se())?;
+            if let Some((ratio, se)) = t.table.reference_row().and_then(|b| r.ratio_to(b)) {
+                d.set_item("ratio_to_ldlq", ratio)?;
+                d.set_item("ratio_se", se)?;
+            }
             d.set_item("ppl", r.ppl)?;
             d.set_item("original_ppl", t.table.original_ppl)?;
             rows.append(d)?;

@@ -60,13 +60,15 @@ pub fn evaluate<'py>(
     eval_dict(py, &table)
 }
 
-/// The table as a dict: `original_ppl`, `rows` of `{model, kl, ppl}`, `text`, `window`, `n_windows`.
+/// The table as a dict: `original_ppl`, `rows` of `{model, kl, kl_se, ppl}`, `text`, `window`,
+/// `n_windows`.
 pub fn eval_dict<'py>(py: Python<'py>, t: &EvalTable) -> PyResult<Bound<'py, PyDict>> {
     let rows = PyList::empty(py);
     for r in &t.rows {
         let d = PyDict::new(py);
         d.set_item("model", &r.name)?;
         d.set_item("kl", r.kl)?;
+        d.set_item("kl_se", r.kl_se())?;
         d.set_item("ppl", r.ppl)?;
         rows.append(d)?;
     }

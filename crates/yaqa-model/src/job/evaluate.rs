@@ -96,6 +96,50 @@ pub struct EvalRow {
     /// Mean KL(original ‖ quantized) per token.
     pub kl: f64,
     pub ppl: f64,
+    /// The mean KL of each window (the windows have equal lengths, so `kl` is their mean).
+    pub window_kl: Vec<f64>,
+}
+
+impl EvalRow {
+    /// The standard error of `kl` over windows: their sample standard deviation / √windows (0 for a
+    /// single window).
+    pub fn kl_se(&self) -> f64 {
+        let n = self.window_kl.len();
+        if n < 2 {
+            return 0.0;
+        }
+        let mean = self.window_kl.iter().sum::<f64>() / n as f64;
+        let var = self
+            .window_kl
+            .iter()
+            .map(|k| (k - mean).powi(2))
+            .sum::<f64>()
+            / (n - 1) as f64;
+        (var / n as f64).sqrt()
+    }
+
+    /// `kl / reference.kl` with its standard error over the same windows, paired (the delta method on
+    /// the per-window differences `a_i − r·b_i`, which keeps the windows' shared difficulty out of the
+    /// error). `None` when the windows differ in number or the reference KL is not positive.
+    pub fn ratio_to(&self, reference: &EvalRow) -> Option<(f64, f64)> {
+        let n = self.window_kl.len();
+        if n == 0 || n != reference.window_kl.len() || reference.kl <= 0.0 {
+            return None;
+        }
+        let r = self.kl / reference.kl;
+        if n < 2 {
+            return Some((r, 0.0));
+        }
+        let d: Vec<f64> = self
+            .window_kl
+            .iter()
+            .zip(&reference.window_kl)
+            .map(|(a, b)| a - r * b)
+            .collect();
+        let mean = d.iter().sum::<f64>() / n as f64;
+        let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+        Some((r, (var / n as f64).sqrt() / reference.kl))
+    }
 }
 
 /// The KL table: the original's perplexity and one row per model, on the same windows.
@@ -112,43 +156,61 @@ pub struct EvalTable {
 }
 
 impl EvalTable {
-    /// The table as JSON (`original_ppl`, `rows` of `{model, kl, ppl}`, and `setup`).
+    /// The table as JSON (`original_ppl`, `rows` of `{model, kl, kl_se, window_kl, ppl}` with
+    /// `ratio_to_reference` and `ratio_se` when there is a reference row, and `setup`).
     pub fn to_json(&self, setup: Value) -> Value {
+        let reference = self.reference_row();
+        let rows: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let mut v = json!({
+                    "model": r.name, "kl": r.kl, "kl_se": r.kl_se(), "window_kl": r.window_kl,
+                    "ppl": r.ppl,
+                });
+                if let Some((ratio, se)) = reference.and_then(|b| r.ratio_to(b)) {
+                    v["ratio_to_reference"] = json!(ratio);
+                    v["ratio_se"] = json!(se);
+                }
+                v
+            })
+            .collect();
         json!({
             "original_ppl": self.original_ppl,
-            "rows": self.rows.iter().map(|r| json!({"model": r.name, "kl": r.kl, "ppl": r.ppl})).collect::<Vec<_>>(),
+            "reference": self.reference,
+            "rows": rows,
             "setup": setup,
         })
+    }
+
+    /// The row named by `reference`, if any.
+    pub fn reference_row(&self) -> Option<&EvalRow> {
+        let name = self.reference.as_ref()?;
+        self.rows.iter().find(|r| &r.name == name)
     }
 }
 
 impl fmt::Display for EvalTable {
     /// The table as text, with the relative KL against the row named `reference`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let refkl = self
-            .reference
-            .as_ref()
-            .and_then(|r| self.rows.iter().find(|x| &x.name == r).map(|x| x.kl));
+        let reference = self.reference_row();
         writeln!(
             f,
-            "{:<28} {:>12} {:>10} {:>14}",
-            "model", "KL(orig‖q)", "PPL", "KL vs ref"
+            "{:<28} {:>20} {:>10} {:>16}",
+            "model", "KL(orig‖q) ± se", "PPL", "× ref ± se"
         )?;
         writeln!(
             f,
-            "{:<28} {:>12} {:>10.3} {:>14}",
+            "{:<28} {:>20} {:>10.3} {:>16}",
             "original", "0", self.original_ppl, ""
         )?;
         for r in &self.rows {
-            let rel = match refkl {
-                Some(k) if k > 0.0 => format!("{:+.1}%", 100.0 * (r.kl / k - 1.0)),
-                _ => String::new(),
+            let rel = match reference.and_then(|b| r.ratio_to(b)) {
+                Some((ratio, se)) => format!("{ratio:.3} ± {se:.3}"),
+                None => String::new(),
             };
-            writeln!(
-                f,
-                "{:<28} {:>12.5} {:>10.3} {:>14}",
-                r.name, r.kl, r.ppl, rel
-            )?;
+            let kl = format!("{:.5} ± {:.5}", r.kl, r.kl_se());
+            writeln!(f, "{:<28} {:>20} {:>10.3} {:>16}", r.name, kl, r.ppl, rel)?;
         }
         Ok(())
     }
@@ -336,6 +398,11 @@ pub fn eval_models<B: Backend + ModelOps<f32>>(
             name: name.clone(),
             kl: kl.mean,
             ppl: ppl.ppl,
+            window_kl: kl
+                .per_position
+                .chunks((kl.per_position.len() / ppl.window_nll.len().max(1)).max(1))
+                .map(|w| w.iter().sum::<f64>() / w.len() as f64)
+                .collect(),
         })
         .collect();
     Ok(EvalTable {
@@ -355,4 +422,35 @@ pub fn write_json(path: &Path, v: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v)
         .map_err(|e| ModelError::Input(format!("formatting JSON: {e}")))?;
     write_atomic(path, |tmp| std::fs::write(tmp, &text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, window_kl: &[f64]) -> EvalRow {
+        EvalRow {
+            name: name.into(),
+            kl: window_kl.iter().sum::<f64>() / window_kl.len() as f64,
+            ppl: 1.0,
+            window_kl: window_kl.to_vec(),
+        }
+    }
+
+    #[test]
+    fn standard_errors_of_the_kl_and_of_the_paired_ratio() {
+        // Sample sd of (1, 2, 3) is 1: se = 1/√3.
+        let a = row("a", &[1.0, 2.0, 3.0]);
+        assert!((a.kl_se() - 1.0 / 3f64.sqrt()).abs() < 1e-15);
+        // Proportional windows: the ratio is exact, whatever the spread of the windows.
+        let b = row("b", &[2.0, 4.0, 6.0]);
+        assert_eq!(a.ratio_to(&b), Some((0.5, 0.0)));
+        // a_i − r b_i = (0.5, −0.5, 0) for b = (1, 5, 6)·… : r = 2/4, d = (0.5, -0.5, 0), sd 0.5.
+        let c = row("c", &[1.0, 5.0, 6.0]);
+        let (r, se) = a.ratio_to(&c).unwrap();
+        assert!((r - 0.5).abs() < 1e-15);
+        assert!((se - 0.5 / 3f64.sqrt() / 4.0).abs() < 1e-15, "{se}");
+        assert_eq!(a.ratio_to(&row("d", &[1.0, 2.0])), None);
+        assert_eq!(row("e", &[0.3]).kl_se(), 0.0);
+    }
 }
