@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use yaqa_model::job::compare::{self, CompareConfig, CompareMethod, CompareReport};
 use yaqa_model::job::demo::{self, DemoConfig};
-use yaqa_model::job::evaluate::{EvalText, write_json};
+use yaqa_model::job::evaluate::{EvalTable, EvalText, write_json};
 use yaqa_model::job::guard::{named, refuse_overwrite};
 
 use crate::args::{
@@ -145,7 +145,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         refuse_overwrite(&[named("--json", json)], &inputs)?;
     }
     let report = compare::run(&cpu, &config, None, &Bars::default())?;
-    print_report(&report, args.json.as_deref())
+    print_report(&report, args.json.as_deref(), &|_| None)
 }
 
 #[derive(Debug, Args)]
@@ -156,8 +156,11 @@ pub struct DemoArgs {
     /// Tokens per calibration sequence.
     #[arg(long, allow_negative_numbers = true, default_value_t = 128)]
     pub seq_len: usize,
-    /// Evaluation windows.
+    /// Passes of Sketch A for YAQA-A (at least 2).
     #[arg(long, allow_negative_numbers = true, default_value_t = 4)]
+    pub passes: u32,
+    /// Evaluation windows.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 8)]
     pub n_windows: usize,
     /// Tokens per evaluation window.
     #[arg(long, allow_negative_numbers = true, default_value_t = 256)]
@@ -172,26 +175,63 @@ pub struct DemoArgs {
     pub json: Option<PathBuf>,
 }
 
-pub fn demo(args: DemoArgs) -> Result<()> {
-    let config = DemoConfig {
-        n_seqs: args.n_seqs,
-        seq_len: args.seq_len,
-        n_windows: args.n_windows,
-        window: args.window,
-        cache: args.cache,
-        seed: args.seed,
-    };
-    let (_, report) = demo::run(&yaqa_backend_cpu::Cpu::default(), &config, &Bars::default())?;
-    print_report(&report, args.json.as_deref())
+impl From<DemoArgs> for DemoConfig {
+    fn from(args: DemoArgs) -> Self {
+        DemoConfig {
+            n_seqs: args.n_seqs,
+            seq_len: args.seq_len,
+            passes: args.passes,
+            n_windows: args.n_windows,
+            window: args.window,
+            cache: args.cache,
+            seed: args.seed,
+        }
+    }
 }
 
-fn print_report(report: &CompareReport, json: Option<&std::path::Path>) -> Result<()> {
+pub fn demo(args: DemoArgs) -> Result<()> {
+    let json = args.json.clone();
+    let config = DemoConfig::from(args);
+    let (_, report) = demo::run(&yaqa_backend_cpu::Cpu::default(), &config, &Bars::default())?;
+    print_report(&report, json.as_deref(), &|t| {
+        Some(demo::legend(&config, t))
+    })
+}
+
+/// Prints each bit width's table, with the line `legend` gives for it (if any) below it.
+fn print_report(
+    report: &CompareReport,
+    json: Option<&std::path::Path>,
+    legend: &dyn Fn(&EvalTable) -> Option<String>,
+) -> Result<()> {
     for t in &report.tables {
         println!("INT{}, KL vs {}:\n{}", t.bits, t.reference, t.table);
+        if let Some(line) = legend(&t.table) {
+            println!("{line}\n");
+        }
     }
     println!("total wall time: {:.1} s", report.seconds);
     if let Some(path) = json {
         write_json(path, &report.json)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::{Cli, Command};
+
+    /// `yaqa demo` with no flags runs the library's default demo, so the sizes measured in
+    /// docs/BENCHMARKS.md for `DemoConfig::default()` are the ones the README's command gets.
+    #[test]
+    fn demo_flags_default_to_the_library_defaults() {
+        let cli = Cli::try_parse_from(["yaqa", "demo"]).expect("parses");
+        let Command::Demo(args) = cli.command else {
+            panic!("not the demo subcommand");
+        };
+        assert_eq!(DemoConfig::from(args), DemoConfig::default());
+    }
 }

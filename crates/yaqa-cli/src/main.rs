@@ -52,7 +52,7 @@ pub enum Command {
     /// Quantize one model with several methods and bit widths from one calibration set, and print the KL
     /// table (resumable).
     Compare(compare::CompareArgs),
-    /// Quantize SmolLM2-135M with RTN, LDLQ and YAQA-B at INT3, data-free, and print the KL table.
+    /// Quantize SmolLM2-135M with RTN, LDLQ, YAQA-A and YAQA-B at INT3, data-free, and print the KL table.
     Demo(compare::DemoArgs),
 }
 

