@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# The KL table of README.md: SmolLM2-135M, calibration on the five calibration novels, evaluation on
-# prideprejudice.txt, INT2/3/4 with incoherence processing, RTN / GPTQ / LDLQ / YAQA-A / YAQA-B with
-# shared scales; 512-token calibration sequences (the evaluation windows' length), Sketch A on 256 of
-# them, Sketch B (and the Σ x xᵀ of RTN, GPTQ and LDLQ) on 512. Then the same LDLQ and YAQA-B
-# rows again with 3 sweeps of coordinate descent after the rounding (`--refine 3`, rows `*-cd3-*`,
-# table-cd3.json), reusing the factors and RTN's scales. Needs ../shared (the fixtures); about 2 h 15 min
-# on two CPU cores. Rerunning continues where a killed run stopped (everything lands in WORK, default
-# .yaqa-cache/kl-table).
+# The KL table of README.md at issue #23's protocol: SmolLM2-135M, calibration on the five calibration
+# novels, evaluation on 64 windows of 512 tokens of prideprejudice.txt (KL ± standard error over the
+# windows, and each model's KL as a multiple of LDLQ's with its paired standard error), INT2/3/4 with
+# incoherence processing, RTN / GPTQ / LDLQ / YAQA-A / YAQA-B with shared scales; 512-token calibration
+# sequences (the evaluation windows' length), Sketch A (2 passes) on 256 of them, Sketch B (and the
+# Σ x xᵀ of RTN, GPTQ and LDLQ) on 1024. Then the same LDLQ and YAQA-B rows again with 3 sweeps of
+# coordinate descent after the rounding (`--refine 3`, rows `*-cd3-*`, table-cd3.json), reusing the
+# factors and RTN's scales. Needs ../shared (the fixtures); about 5 hours on two CPU cores, so it is
+# meant to be killed and rerun: a rerun continues where the killed one stopped (everything lands in
+# WORK, default .yaqa-cache/kl-table-1024, checkpointed about every 30 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${SHARED:-../shared}
-work=${1:-.yaqa-cache/kl-table}
+work=${1:-.yaqa-cache/kl-table-1024}
 data="$shared/data/austen"
 fixture="$shared/fixtures/smollm2-135m"
 for f in "$fixture/SmolLM2-135M-Instruct.Q4_1.gguf" "$data/prideprejudice.txt"; do
@@ -22,8 +24,8 @@ common=(
   --tokenizer "$fixture/tokenizer.json"
   --calib "$data/emma.txt" "$data/mansfieldpark.txt" "$data/northangerabbey.txt"
           "$data/persuasion.txt" "$data/sensesensibility.txt"
-  --n-seqs 256 --b-seqs 512 --seq-len 512 --seed 0 --passes 2 --bits 2,3,4
-  --text "$data/prideprejudice.txt" --window 512 --n-windows 8
+  --n-seqs 256 --b-seqs 1024 --seq-len 512 --seed 0 --passes 2 --bits 2,3,4
+  --text "$data/prideprejudice.txt" --window 512 --n-windows 64
   --work "$work"
 )
 yaqa compare "${common[@]}" --methods rtn,gptq,ldlq,yaqa-a,yaqa-b \

@@ -167,7 +167,8 @@ pub fn legend(config: &DemoConfig, table: &EvalTable) -> String {
         "KL(orig‖q) is how far each INT3 model's next-token distribution is from the original's, \
          averaged over {} windows of {} tokens of {} (lower is better): rtn rounds to nearest, ldlq \
          rounds against each layer's own inputs (Σ x xᵀ, as GPTQ), yaqa-a and yaqa-b against sketches of \
-         the whole model's KL (Sketch A over {} passes, Sketch B); the last column is relative to ldlq.",
+         the whole model's KL (Sketch A over {} passes, Sketch B); ± is the standard error over the \
+         windows, and the last column each model's KL as a multiple of ldlq's.",
         table.n_windows, table.window, table.source, config.passes
     )
 }
