@@ -154,6 +154,25 @@ def test_collect_shards_and_merge(model, tmp_path):
         yaqa.merge(tmp_path / "aa", [tmp_path / "a", tmp_path / "a"])
 
 
+def test_collect_layer_groups_and_join(model, tmp_path):
+    kw = dict(sketch="xtx", n_seqs=1, seq_len=32)
+    whole = yaqa.collect(model, tmp_path / "all", **kw)
+    half = BLOCKS // 2
+    low = yaqa.collect(model, tmp_path / "low", layers=f"0..{half}", **kw)
+    high = yaqa.collect(model, tmp_path / "high", layers=f"{half}..{BLOCKS}", **kw)
+    assert (low["files"], high["files"]) == (half * len(KINDS), (BLOCKS - half) * len(KINDS))
+    joined = yaqa.merge(tmp_path / "joined", [tmp_path / "low", tmp_path / "high"])
+    assert joined["files"] == whole["files"]
+    for f in (tmp_path / "all").iterdir():
+        assert (tmp_path / "joined" / f.name).read_bytes() == f.read_bytes(), f.name
+    with pytest.raises(ValueError, match="A..B"):
+        yaqa.collect(model, tmp_path / "x", layers="3", **kw)
+    with pytest.raises(ValueError, match="20G"):
+        yaqa.collect(model, tmp_path / "x", max_memory="lots", **kw)
+    with pytest.raises(yaqa.YaqaError, match="too small for one block"):
+        yaqa.collect(model, tmp_path / "x", max_memory="1M", **kw)
+
+
 def test_missing_model_raises_yaqa_error(tmp_path):
     out = tmp_path / "q.safetensors"
     with pytest.raises(yaqa.YaqaError, match="/nonexistent/model.gguf") as err:
