@@ -299,28 +299,19 @@ pub fn plan(
     let gram = gram_bytes(config);
     let all_factors = per_factors * blocks + gram;
     let fixed = activations + PROCESS_BYTES + gram;
-    let Some(budget) = budget else {
+    // Resident when there is no budget or everything fits in what it leaves usable.
+    let fits = |b: u64| resident + all_factors + activations + PROCESS_BYTES <= usable(b);
+    let Some(full) = budget.filter(|&b| !fits(b)) else {
         return Ok(MemoryPlan {
             residency: Residency::Resident,
             groups: vec![selected],
             weights: resident,
             factors: all_factors,
             activations,
-            budget: None,
+            budget,
         });
     };
-    let full = budget;
-    let budget = usable(budget);
-    if resident + all_factors + activations + PROCESS_BYTES <= budget {
-        return Ok(MemoryPlan {
-            residency: Residency::Resident,
-            groups: vec![selected],
-            weights: resident,
-            factors: all_factors,
-            activations,
-            budget: Some(full),
-        });
-    }
+    let budget = usable(full);
     let minimum = edge + per_block + per_factors + fixed;
     if minimum > budget {
         let needed = minimum_budget(config, kinds, seq);
