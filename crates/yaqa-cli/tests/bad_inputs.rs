@@ -8,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fails, ok, ok_stderr, s, scratch};
+use common::{fails, ok, ok_stderr, s, scratch, word_tokenizer, words};
 use serde_json::{Value, json};
 use yaqa_model::formats::hf::{RawTensor, write_hf, write_safetensors};
 use yaqa_model::transformer::weights::tiny_config;
@@ -120,31 +120,6 @@ fn blocks_beyond_the_declared_count_are_refused() {
             &format!("num_hidden_layers in {} declares 2", config.display()),
         ],
     );
-}
-
-/// A word-level `tokenizer.json` with `vocab` (word → id) and, with `added`, one added token, which the
-/// `tokenizers` crate numbers after the vocabulary's size.
-fn word_tokenizer(path: &Path, vocab: &[(String, u32)], added: bool) {
-    let vocab: serde_json::Map<String, Value> =
-        vocab.iter().map(|(w, id)| (w.clone(), json!(id))).collect();
-    let added: Vec<Value> = added
-        .then(|| {
-            json!({"id": 0, "content": "<extra>", "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": true})
-        })
-        .into_iter()
-        .collect();
-    let spec = json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null, "model": {"type": "WordLevel", "unk_token": "w0", "vocab": vocab}
-    });
-    std::fs::write(path, spec.to_string()).unwrap();
-}
-
-/// Words `w0`..`w{n-1}` with ids `0..n`.
-fn words(n: u32) -> Vec<(String, u32)> {
-    (0..n).map(|i| (format!("w{i}"), i)).collect()
 }
 
 /// A tokenizer that can produce ids the model has no embedding for is refused when it is loaded, for

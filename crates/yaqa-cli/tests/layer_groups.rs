@@ -3,7 +3,7 @@
 //! the files of one all-layer run; a budget below one block is refused with the minimum it needs.
 
 mod common;
-use common::{fails, ok, ok_stderr, s, scratch};
+use common::{fails, ok, ok_stderr, s, scratch, word_tokenizer, words};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -158,10 +158,25 @@ fn max_memory_streams_blocks_and_collects_groups_that_fit() {
 
 #[test]
 fn quantize_under_max_memory_streams_blocks_and_writes_the_same_file() {
-    use yaqa_model::job::memory::{PROCESS_BYTES, block_bytes, edge_bytes, rounding_bytes, usable};
+    use yaqa_model::job::memory::{
+        PROCESS_BYTES, block_bytes, edge_bytes, eval_bytes, rounding_bytes, usable,
+    };
     use yaqa_model::transformer::weights::LinearKind;
     let dir = scratch("quantize-memory");
     let (m, c) = model(&dir, 3);
+    // Evaluation text for the streamed evaluation: words the model's own tokenizer knows.
+    word_tokenizer(&m.join("tokenizer.json"), &words(37), false);
+    let text = dir.join("text.txt");
+    let line: String = (0..37).map(|i| format!("w{} ", (i * 11) % 37)).collect();
+    std::fs::write(&text, line.repeat(4)).unwrap();
+    let eval = [
+        "--eval-text",
+        s(&text),
+        "--eval-window",
+        "8",
+        "--eval-windows",
+        "6",
+    ];
     let factors = dir.join("factors");
     ok(&strs(&hessian(&m, &factors, "b", &[])));
     let round = LinearKind::ALL
@@ -171,7 +186,8 @@ fn quantize_under_max_memory_streams_blocks_and_writes_the_same_file() {
             rounding_bytes(r, n)
         })
         .max()
-        .unwrap();
+        .unwrap()
+        .max(eval_bytes(&c, 8, 6));
     let need = edge_bytes(&c) + block_bytes(&c) + round + PROCESS_BYTES;
     let budget = need + need / 7 + 1;
     assert!(usable(budget) >= need && usable(budget) < need + block_bytes(&c));
@@ -186,7 +202,6 @@ fn quantize_under_max_memory_streams_blocks_and_writes_the_same_file() {
             "int4",
             "--factors",
             s(&factors),
-            "--no-eval",
             "--out",
             s(out),
         ];
@@ -194,30 +209,30 @@ fn quantize_under_max_memory_streams_blocks_and_writes_the_same_file() {
         a.iter().map(|x| x.to_string()).collect::<Vec<_>>()
     };
     let resident = dir.join("resident.safetensors");
-    ok(&strs(&quantize(&resident, &[])));
+    ok(&strs(&quantize(&resident, &eval)));
     let streamed = dir.join("streamed.safetensors");
     let err = ok_stderr(
-        &strs(&quantize(&streamed, &[])),
+        &strs(&quantize(&streamed, &eval)),
         &["--max-memory", &budget.to_string()],
     );
     assert!(
         err.contains("blocks streamed from the checkpoint, one at a time"),
         "{err}"
     );
-    let header = |p: &Path| {
-        let f = yaqa_model::formats::hf::SafetensorsFile::open(p).unwrap();
-        let names: Vec<String> = f.tensors.keys().cloned().collect();
-        names
-            .iter()
-            .map(|n| f.raw(n, &f.tensors[n].dtype).unwrap().1.to_vec())
-            .collect::<Vec<_>>()
-    };
+    assert!(err.contains("evaluation "), "the plan counts it: {err}");
+    assert!(err.contains("layers left about"), "a time estimate: {err}");
+    // The evaluation, recorded in the header, is the resident one's too: the same file byte for byte.
     assert_eq!(
-        header(&streamed),
-        header(&resident),
-        "the same tensors, byte for byte"
+        std::fs::read(&streamed).unwrap(),
+        std::fs::read(&resident).unwrap()
     );
-    // Streaming needs factors from `hessian` and no evaluation; too little memory is refused.
+    let kl = |p: &Path| {
+        let q = yaqa_model::formats::quant_file::QuantFile::open(p).unwrap();
+        q.header["eval"]["kl"].as_f64().unwrap()
+    };
+    assert!(kl(&streamed) > 0.0);
+    // Streaming needs factors from `hessian` and evaluation text (or none); too little memory is
+    // refused.
     let b = budget.to_string();
     let err = fails(&[
         "quantize",
@@ -225,7 +240,12 @@ fn quantize_under_max_memory_streams_blocks_and_writes_the_same_file() {
         s(&m),
         "--quantizer",
         "int4",
-        "--no-eval",
+        eval[0],
+        eval[1],
+        eval[2],
+        eval[3],
+        eval[4],
+        eval[5],
         "--out",
         s(&dir.join("x.safetensors")),
         "--max-memory",
@@ -240,15 +260,19 @@ fn quantize_under_max_memory_streams_blocks_and_writes_the_same_file() {
         "int4",
         "--factors",
         s(&factors),
+        eval[2],
+        eval[3],
+        eval[4],
+        eval[5],
         "--out",
         s(&dir.join("x.safetensors")),
         "--max-memory",
         &b,
     ]);
-    assert!(err.contains("pass --no-eval"), "{err}");
+    assert!(err.contains("pass --eval-text FILE or --no-eval"), "{err}");
     let err = fails(&strs(&quantize(
         &dir.join("x.safetensors"),
-        &["--max-memory", &(need / 2).to_string()],
+        &["--no-eval", "--max-memory", &(need / 2).to_string()],
     )));
     assert!(err.contains("too small to quantize one layer"), "{err}");
     assert!(!dir.join("x.safetensors").exists());

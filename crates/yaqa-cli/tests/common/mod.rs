@@ -67,3 +67,30 @@ pub fn tiny_model(dir: &Path, seed: u64) -> PathBuf {
     yaqa_model::formats::hf::write_hf(&model, &model_dir).unwrap();
     model_dir
 }
+
+/// A word-level `tokenizer.json` with `vocab` (word → id) and, with `added`, one added token, which the
+/// `tokenizers` crate numbers after the vocabulary's size.
+pub fn word_tokenizer(path: &Path, vocab: &[(String, u32)], added: bool) {
+    let vocab: serde_json::Map<String, serde_json::Value> = vocab
+        .iter()
+        .map(|(w, id)| (w.clone(), serde_json::json!(id)))
+        .collect();
+    let added: Vec<serde_json::Value> = added
+        .then(|| {
+            serde_json::json!({"id": 0, "content": "<extra>", "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": true})
+        })
+        .into_iter()
+        .collect();
+    let spec = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "unk_token": "w0", "vocab": vocab}
+    });
+    std::fs::write(path, spec.to_string()).unwrap();
+}
+
+/// Words `w0`..`w{n-1}` with ids `0..n`.
+pub fn words(n: u32) -> Vec<(String, u32)> {
+    (0..n).map(|i| (format!("w{i}"), i)).collect()
+}

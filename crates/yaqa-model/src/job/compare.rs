@@ -27,7 +27,7 @@ use crate::formats::quant_file::QuantFile;
 use crate::job::calib::{CalibSeq, Shard};
 use crate::job::calib_set::{Calibration, calibration_set};
 use crate::job::collect::{Set, empty_factors, sampled_labels};
-use crate::job::evaluate::{EvalTable, EvalText, dequantized_model, eval_models, eval_tokens};
+use crate::job::evaluate::{EvalTable, EvalText, QuantizedModel, eval_models, eval_tokens};
 use crate::job::factors::{load_set, next_sketch_a_pass, write_factor_dir};
 use crate::job::guard::{named, refuse_overwrite};
 use crate::job::pipeline::{quantize_model, run_header};
@@ -358,7 +358,11 @@ pub fn run<B: Backend + ModelOps<f32>>(
         }
         let models = files
             .iter()
-            .map(|(label, out)| Ok((label.clone(), dequantized_model(backend, &loaded, out)?)))
+            .map(|(label, out)| {
+                let q =
+                    QuantFile::open(out).with_context(|| format!("opening {}", out.display()))?;
+                QuantizedModel::from_files(label.clone(), vec![q], &loaded.model)
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut table = eval_models(
             backend,

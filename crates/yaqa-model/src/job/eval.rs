@@ -8,7 +8,9 @@ use yaqa_core::Mat;
 use yaqa_core::model_ops::{ModelOps, Real};
 
 use crate::error::{ModelError, Result};
+use crate::transformer::blocks::Block;
 use crate::transformer::decoder::{Transformer, logsumexp};
+use crate::transformer::weights::LayerWeights;
 
 /// Perplexity over windows.
 #[derive(Clone, Debug, PartialEq)]
@@ -147,11 +149,17 @@ pub struct Comparison {
     pub models: Vec<(KlReport, Perplexity)>,
 }
 
+/// How a model under evaluation gets its block `i`, given the original's block `i`: its own weights,
+/// or the original's with its linear layers replaced (dequantized) on the fly. Candidates share the
+/// original's embedding, final norm and head, which quantization does not touch.
+pub type Candidate<'a, T> =
+    dyn Fn(usize, &LayerWeights<T>) -> Result<Block<'a, LayerWeights<T>>> + 'a;
+
 /// KL to the original and perplexity of several models over the same windows, running the original once
 /// per window and each model once (the KL and the perplexity come from the same logits).
-/// `progress(windows_done)` is called after each group of windows.
+/// `progress(windows_done)` is called as the windows advance.
 ///
-/// **Errors**: a model whose vocabulary differs from the original's, or any forward error.
+/// **Errors**: models whose configurations differ from the original's, or any forward error.
 pub fn compare<T: Real, B: ModelOps<T>>(
     original: &Transformer<'_, T, B>,
     quantized: &[&Transformer<'_, T, B>],
@@ -162,63 +170,119 @@ pub fn compare<T: Real, B: ModelOps<T>>(
 ) -> Result<Comparison> {
     if quantized
         .iter()
-        .any(|q| q.model.config.vocab_size != original.model.config.vocab_size)
+        .any(|q| q.model.config != original.model.config)
     {
         return Err(ModelError::Input(
-            "the models have different vocabularies".into(),
+            "the models have different configurations".into(),
         ));
     }
+    let candidates: Vec<_> = quantized
+        .iter()
+        .map(|q| {
+            let m = q.model;
+            move |i: usize, _: &LayerWeights<T>| m.layers.get(i)
+        })
+        .collect();
+    let refs: Vec<&Candidate<'_, T>> = candidates.iter().map(|c| c as &Candidate<'_, T>).collect();
+    let n = tokens.len() / window.max(1);
+    compare_blocks(original, &refs, tokens, window, batch_windows, n, progress)
+}
+
+/// [`compare`] block by block: `chunk_windows` windows at a time, each block is read once (from the
+/// original's blocks, resident or streamed, and from each candidate) and run on every window of the
+/// chunk, `batch_windows` per forward, before the next block; so a streamed model is read once per
+/// chunk, not once per window. Holds the residual stream of the chunk's windows for every model.
+/// The numbers equal a window-by-window forward with the same batches.
+///
+/// **Errors**: as [`compare`].
+pub fn compare_blocks<T: Real, B: ModelOps<T>>(
+    original: &Transformer<'_, T, B>,
+    candidates: &[&Candidate<'_, T>],
+    tokens: &[u32],
+    window: usize,
+    batch_windows: usize,
+    chunk_windows: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Comparison> {
     let wins = windows(tokens, window)?;
-    let mut kl: Vec<Vec<f64>> = vec![Vec::with_capacity(tokens.len()); quantized.len()];
+    let batch_windows = batch_windows.max(1);
+    // Whole batches per chunk, so the batches (and so the numbers) do not depend on the chunking.
+    let chunk_windows = chunk_windows.max(batch_windows) / batch_windows * batch_windows;
+    let n_blocks = original.model.layers.len();
+    let mut kl: Vec<Vec<f64>> = vec![Vec::with_capacity(tokens.len()); candidates.len()];
     // Next-token NLL per window and model; index 0 is the original.
-    let mut nll: Vec<Vec<f64>> = vec![Vec::with_capacity(wins.len()); quantized.len() + 1];
+    let mut nll: Vec<Vec<f64>> = vec![Vec::with_capacity(wins.len()); candidates.len() + 1];
     let ops = original.ops;
-    for group in wins.chunks(batch_windows.max(1)) {
-        let ids: Vec<u32> = group.concat();
-        let h_orig = original.forward(&ids, group.len(), &mut |_, _| {})?;
-        let h_quant = quantized
-            .iter()
-            .map(|q| q.forward(&ids, group.len(), &mut |_, _| {}))
-            .collect::<Result<Vec<_>>>()?;
-        // Summed NLL of each window of this group, per model.
-        let mut sums = vec![vec![0.0; group.len()]; quantized.len() + 1];
-        let mut start = 0;
-        while start < h_orig.rows {
-            let end = (start + crate::transformer::decoder::HEAD_CHUNK).min(h_orig.rows);
-            let head = |tf: &Transformer<'_, T, B>, h: &Mat<T>| {
-                ops.linear(
-                    &crate::transformer::decoder::rows_of(h, start, end),
-                    tf.model.head(),
-                    None,
-                )
-                .map_err(ModelError::from)
-            };
-            let lp = head(original, &h_orig)?;
-            let lq = quantized
-                .iter()
-                .zip(&h_quant)
-                .map(|(q, h)| head(q, h))
-                .collect::<Result<Vec<_>>>()?;
-            for r in 0..lp.rows {
-                let row = start + r;
-                let (w, t) = (row / window, row % window);
-                let target = (t + 1 < window).then(|| ids[row + 1] as usize);
-                if let Some(y) = target {
-                    sums[0][w] += logsumexp(lp.row(r)) - lp.row(r)[y].to_f64();
-                }
-                for (k, l) in lq.iter().enumerate() {
-                    kl[k].push(kl_row(lp.row(r), l.row(r)));
-                    if let Some(y) = target {
-                        sums[k + 1][w] += logsumexp(l.row(r)) - l.row(r)[y].to_f64();
-                    }
+    let mut before = 0;
+    for chunk in wins.chunks(chunk_windows) {
+        let groups: Vec<Vec<u32>> = chunk.chunks(batch_windows).map(|g| g.concat()).collect();
+        let sizes: Vec<usize> = chunk.chunks(batch_windows).map(|g| g.len()).collect();
+        // The residual stream of every batch, per model (0: the original).
+        let mut states: Vec<Vec<Mat<T>>> = vec![Vec::new(); candidates.len() + 1];
+        for (ids, &b) in groups.iter().zip(&sizes) {
+            original.check_batch(ids, b)?;
+            let h = original.embed(ids);
+            for s in &mut states {
+                s.push(h.clone());
+            }
+        }
+        for i in 0..n_blocks {
+            let ob = original.model.layers.get(i)?;
+            for (k, s) in states.iter_mut().enumerate() {
+                let block = match k {
+                    0 => None,
+                    _ => Some(candidates[k - 1](i, &ob)?),
+                };
+                let l: &LayerWeights<T> = block.as_deref().unwrap_or(&ob);
+                for (h, &b) in s.iter_mut().zip(&sizes) {
+                    *h = original.block_forward(l, h, b)?;
                 }
             }
-            start = end;
+            progress(before + chunk.len() * (i + 1) / n_blocks.max(1));
         }
-        for (all, s) in nll.iter_mut().zip(&sums) {
-            all.extend(s.iter().map(|v| v / (window - 1) as f64));
+        for (g, ids) in groups.iter().enumerate() {
+            let h_orig = original.final_norm(&states[0][g])?;
+            let h_quant = states[1..]
+                .iter()
+                .map(|s| original.final_norm(&s[g]))
+                .collect::<Result<Vec<_>>>()?;
+            // Summed NLL of each window of this batch, per model.
+            let mut sums = vec![vec![0.0; sizes[g]]; candidates.len() + 1];
+            let mut start = 0;
+            while start < h_orig.rows {
+                let end = (start + crate::transformer::decoder::HEAD_CHUNK).min(h_orig.rows);
+                let head = |h: &Mat<T>| {
+                    ops.linear(
+                        &crate::transformer::decoder::rows_of(h, start, end),
+                        original.model.head(),
+                        None,
+                    )
+                    .map_err(ModelError::from)
+                };
+                let lp = head(&h_orig)?;
+                let lq = h_quant.iter().map(head).collect::<Result<Vec<_>>>()?;
+                for r in 0..lp.rows {
+                    let row = start + r;
+                    let (w, t) = (row / window, row % window);
+                    let target = (t + 1 < window).then(|| ids[row + 1] as usize);
+                    if let Some(y) = target {
+                        sums[0][w] += logsumexp(lp.row(r)) - lp.row(r)[y].to_f64();
+                    }
+                    for (k, l) in lq.iter().enumerate() {
+                        kl[k].push(kl_row(lp.row(r), l.row(r)));
+                        if let Some(y) = target {
+                            sums[k + 1][w] += logsumexp(l.row(r)) - l.row(r)[y].to_f64();
+                        }
+                    }
+                }
+                start = end;
+            }
+            for (all, s) in nll.iter_mut().zip(&sums) {
+                all.extend(s.iter().map(|v| v / (window - 1) as f64));
+            }
         }
-        progress(nll[0].len());
+        before += chunk.len();
+        progress(before);
     }
     let ppl = |window_nll: Vec<f64>| {
         let mean_nll = window_nll.iter().sum::<f64>() / window_nll.len() as f64;
@@ -308,5 +372,12 @@ mod tests {
         assert!((c.models[0].1.mean_nll - pq.mean_nll).abs() < 1e-9);
         assert!(c.models[1].0.mean.abs() < 1e-6);
         assert!((c.models[1].1.mean_nll - p.mean_nll).abs() < 1e-9);
+        // Block by block in chunks of 2 windows (each block read three times) gives the same numbers,
+        // and a candidate that swaps in the noisy block on the fly is the noisy model.
+        let swap = |i: usize, _: &LayerWeights<f32>| noisy.layers.get(i);
+        let c2 = compare_blocks(&tf, &[&swap], &tokens, 8, 2, 2, &mut |_| {}).unwrap();
+        let c4 = compare(&tf, &[&tq], &tokens, 8, 2, &mut |_| {}).unwrap();
+        assert_eq!(c2, c4);
+        assert!((c2.models[0].0.mean - kl.mean).abs() < 1e-9);
     }
 }

@@ -15,11 +15,14 @@ use crate::formats::hf::write_atomic;
 use crate::formats::quant_file::QuantFile;
 use crate::job::calib::{Shard, sample_sequences};
 use crate::job::calib_set::file_name;
+use crate::job::eval::{Candidate, compare_blocks};
+use crate::job::memory;
 use crate::job::open_model;
 use crate::job::progress::{Progress, ProgressExt};
+use crate::transformer::blocks::Block;
 use crate::transformer::decoder::Transformer;
 use crate::transformer::tokenizer::Tokenizer;
-use crate::transformer::weights::Model;
+use crate::transformer::weights::{LayerId, LayerWeights, Model};
 
 /// The evaluation text: the first windows of a file, or sequences sampled from the original model.
 #[derive(Clone, Debug, PartialEq)]
@@ -228,13 +231,11 @@ pub fn run<B: Backend + ModelOps<f32>>(
     let loaded = open_model(&config.model)?;
     config.text.check(&loaded, ["--window", "--n-windows"])?;
     let (tokens, source) = eval_tokens(backend, &loaded, &config.text, None, progress)?;
-    let mut models = Vec::new();
-    for f in &config.quantized {
-        let name = f
-            .file_stem()
-            .map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into());
-        models.push((name, dequantized_model(backend, &loaded, f)?));
-    }
+    let models = config
+        .quantized
+        .iter()
+        .map(|f| QuantizedModel::open(&loaded, f))
+        .collect::<Result<Vec<_>>>()?;
     eval_models(
         backend,
         &loaded.model,
@@ -246,52 +247,109 @@ pub fn run<B: Backend + ModelOps<f32>>(
     )
 }
 
-/// The original model with every quantized layer of `file` replaced by its dequantized `Ŵ`.
+/// A quantized model under evaluation: the files holding its layers (one quantized file, or the part
+/// files of a run), dequantized block by block as the evaluation reaches them, so it never exists as a
+/// whole model in memory.
+#[derive(Debug)]
+pub struct QuantizedModel {
+    pub name: String,
+    files: Vec<QuantFile>,
+    /// Which file holds each quantized layer.
+    index: std::collections::BTreeMap<LayerId, usize>,
+}
+
+impl QuantizedModel {
+    /// The quantized file `file`, named by its stem, checked against `original`'s fingerprint.
+    ///
+    /// **Errors**: an unreadable file, one quantized from another model (naming both).
+    pub fn open(original: &Loaded, file: &Path) -> Result<Self> {
+        let q = QuantFile::open(file).with_context(|| format!("opening {}", file.display()))?;
+        let fp = q.header["model_fingerprint"].as_str().unwrap_or("");
+        if fp != original.fingerprint {
+            crate::bail!(
+                "{} was quantized from a different model than {}",
+                file.display(),
+                original.path.display()
+            );
+        }
+        let name = file.file_stem().map_or_else(
+            || file.display().to_string(),
+            |n| n.to_string_lossy().into(),
+        );
+        Self::from_files(name, vec![q], &original.model)
+    }
+
+    /// A model made of the layers of `files` (each layer in at most one of them).
+    ///
+    /// **Errors**: unreadable layer lists, a layer in two files, layers beyond `model` (each naming the
+    /// file).
+    pub fn from_files(name: String, files: Vec<QuantFile>, model: &Model<f32>) -> Result<Self> {
+        let mut index = std::collections::BTreeMap::new();
+        for (k, q) in files.iter().enumerate() {
+            let path = q.file.path();
+            for id in q.layers()? {
+                if id.block >= model.layers.len() {
+                    crate::bail!("{}: layer {} beyond the model", path.display(), id.name());
+                }
+                if let Some(other) = index.insert(id, k) {
+                    crate::bail!(
+                        "{}: layer {} is also in {}",
+                        path.display(),
+                        id.name(),
+                        files[other].file.path().display()
+                    );
+                }
+            }
+        }
+        Ok(Self { name, files, index })
+    }
+
+    /// Block `i` of this model: `original` (the original model's block `i`) with each of its linear
+    /// layers that this model quantized replaced by the dequantized `Ŵ`.
+    ///
+    /// **Errors**: dequantization errors and a layer of the wrong shape (naming the file and layer).
+    pub fn block(
+        &self,
+        backend: &dyn Backend,
+        i: usize,
+        original: &LayerWeights<f32>,
+    ) -> Result<LayerWeights<f32>> {
+        original.with_linears(|kind| {
+            let id = LayerId { block: i, kind };
+            let Some(&k) = self.index.get(&id) else {
+                return Ok(None);
+            };
+            let file = self.files[k].file.path();
+            let w = self.files[k]
+                .dequantize(backend, id)
+                .with_context(|| format!("dequantizing {} from {}", id.name(), file.display()))?;
+            if w.shape() != original.linear(kind).shape() {
+                crate::bail!("{}: {} has the wrong shape", file.display(), id.name());
+            }
+            Ok(Some(w))
+        })
+    }
+}
+
+/// The original model with every quantized layer of `file` replaced by its dequantized `Ŵ`, whole in
+/// memory (for export; evaluation goes block by block through [`QuantizedModel`]).
 ///
-/// **Errors**: an unreadable file, one quantized from another model, layers beyond the model or of the
-/// wrong shape (each naming the file).
+/// **Errors**: those of [`QuantizedModel::open`] and [`QuantizedModel::block`]; a streamed original.
 pub fn dequantized_model(
     backend: &dyn Backend,
     original: &Loaded,
     file: &Path,
 ) -> Result<Model<f32>> {
-    let q = QuantFile::open(file).with_context(|| format!("opening {}", file.display()))?;
-    let fp = q.header["model_fingerprint"].as_str().unwrap_or("");
-    if fp != original.fingerprint {
-        crate::bail!(
-            "{} was quantized from a different model than {}",
-            file.display(),
-            original.path.display()
-        );
-    }
-    dequantize_into(backend, original.model.clone(), &q)
-}
-
-/// `model` with every layer of `q` replaced by its dequantized `Ŵ`.
-pub(crate) fn dequantize_into(
-    backend: &dyn Backend,
-    mut model: Model<f32>,
-    q: &QuantFile,
-) -> Result<Model<f32>> {
-    let file = q.file.path();
-    for id in q.layers()? {
-        let w = q
-            .dequantize(backend, id)
-            .with_context(|| format!("dequantizing {} from {}", id.name(), file.display()))?;
-        let layers = model.layers.as_resident_mut().with_context(|| {
-            format!(
-                "{}: dequantizing into a streamed model is not implemented",
-                file.display()
-            )
-        })?;
-        let slot = layers
-            .get_mut(id.block)
-            .with_context(|| format!("{}: layer {} beyond the model", file.display(), id.name()))?
-            .linear_mut(id.kind);
-        if slot.shape() != w.shape() {
-            crate::bail!("{}: {} has the wrong shape", file.display(), id.name());
-        }
-        *slot = w;
+    let q = QuantizedModel::open(original, file)?;
+    let mut model = original.model.clone();
+    let layers = model.layers.as_resident_mut().with_context(|| {
+        format!(
+            "{}: dequantizing into a streamed model is not implemented",
+            file.display()
+        )
+    })?;
+    for (i, block) in layers.iter_mut().enumerate() {
+        *block = q.block(backend, i, block)?;
     }
     Ok(model)
 }
@@ -366,36 +424,51 @@ pub fn eval_tokens<B: Backend + ModelOps<f32>>(
 }
 
 /// KL to the original and perplexity of each model over the same windows of `tokens` (the original runs
-/// once).
+/// once), block by block ([`crate::job::eval::compare_blocks`]): each block of the original, resident
+/// or streamed, is read once per chunk of windows and each model's block is dequantized from its
+/// files then, so only one block of each model is in memory at a time.
 ///
-/// **Errors**: forward errors.
+/// **Errors**: forward and dequantization errors.
 pub fn eval_models<B: Backend + ModelOps<f32>>(
     backend: &B,
     original: &Model<f32>,
-    models: &[(String, Model<f32>)],
+    models: &[QuantizedModel],
     tokens: &[u32],
     text: &EvalText,
     source: String,
     progress: &dyn Progress,
 ) -> Result<EvalTable> {
-    let batch = 2;
     let tf = Transformer::new(original, backend);
-    let tqs: Vec<_> = models
+    let candidates: Vec<_> = models
         .iter()
-        .map(|(_, m)| Transformer::new(m, backend))
+        .map(|m| {
+            move |i: usize, ob: &LayerWeights<f32>| {
+                Ok(Block::Shared(std::sync::Arc::new(m.block(backend, i, ob)?)))
+            }
+        })
         .collect();
-    let refs: Vec<_> = tqs.iter().collect();
+    let refs: Vec<&Candidate<'_, f32>> = candidates
+        .iter()
+        .map(|c| c as &Candidate<'_, f32>)
+        .collect();
+    let chunk = memory::eval_chunk_windows(&original.config, text.window, models.len());
     let stage = progress.stage("evaluating", tokens.len() / text.window);
-    let c = crate::job::eval::compare(&tf, &refs, tokens, text.window, batch, &mut |d| {
-        stage.step(d)
-    })
+    let c = compare_blocks(
+        &tf,
+        &refs,
+        tokens,
+        text.window,
+        memory::EVAL_BATCH,
+        chunk,
+        &mut |d| stage.step(d),
+    )
     .context("evaluating KL and perplexity")?;
     drop(stage);
     let rows = models
         .iter()
         .zip(&c.models)
-        .map(|((name, _), (kl, ppl))| EvalRow {
-            name: name.clone(),
+        .map(|(m, (kl, ppl))| EvalRow {
+            name: m.name.clone(),
             kl: kl.mean,
             ppl: ppl.ppl,
             window_kl: kl

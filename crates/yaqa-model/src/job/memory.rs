@@ -189,6 +189,36 @@ pub fn activation_bytes(config: &ModelConfig, seq: usize, gradients: bool) -> u6
     }
 }
 
+/// Windows per forward in an evaluation.
+pub const EVAL_BATCH: usize = 2;
+
+/// What an evaluation may spend on the residual streams of the windows it runs block by block
+/// ([`crate::job::eval::compare_blocks`]): more windows per chunk read each streamed block fewer times.
+pub const EVAL_STATE_BYTES: u64 = 1 << 30;
+
+/// Windows of `window` tokens an evaluation of `models` quantized models runs per chunk: as many whole
+/// batches as fit [`EVAL_STATE_BYTES`] with one residual stream per model and one for the original,
+/// at least one batch.
+pub fn eval_chunk_windows(config: &ModelConfig, window: usize, models: usize) -> usize {
+    let per_window = (window as u64)
+        .saturating_mul(config.hidden_size as u64)
+        .saturating_mul(4)
+        .saturating_mul(models as u64 + 1)
+        .max(1);
+    let fit = usize::try_from(EVAL_STATE_BYTES / per_window).unwrap_or(usize::MAX);
+    (fit / EVAL_BATCH).max(1) * EVAL_BATCH
+}
+
+/// Memory an evaluation of one quantized model needs beyond the original's weights: the quantized
+/// block being run (dequantized from the file), the residual streams of a chunk of windows, one
+/// batch's activations and a chunk of logits per model.
+pub fn eval_bytes(config: &ModelConfig, window: usize, n_windows: usize) -> u64 {
+    let chunk = eval_chunk_windows(config, window, 1).min(n_windows.max(1)) as u64;
+    let states = 2 * chunk * window as u64 * config.hidden_size as u64 * 4;
+    let logits = 2 * HEAD_CHUNK as u64 * config.vocab_size as u64 * 4;
+    block_bytes(config) + states + activation_bytes(config, EVAL_BATCH * window, false) + logits
+}
+
 /// How a run holds its blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Residency {
@@ -365,12 +395,16 @@ pub struct QuantizePlan {
     pub weights: u64,
     /// Rounding the largest layer.
     pub rounding: u64,
+    /// Evaluating the result after the rounding ([`eval_bytes`]); 0 without evaluation.
+    pub evaluation: u64,
     pub budget: u64,
 }
 
 impl QuantizePlan {
+    /// The peak: the weights and the larger of the rounding and the evaluation, which run one after
+    /// the other.
     pub fn total(&self) -> u64 {
-        self.weights + self.rounding + PROCESS_BYTES
+        self.weights + self.rounding.max(self.evaluation) + PROCESS_BYTES
     }
 }
 
@@ -387,16 +421,28 @@ impl fmt::Display for QuantizePlan {
             "  rounding     {} (the largest layer)",
             Bytes(self.rounding)
         )?;
+        if self.evaluation > 0 {
+            writeln!(
+                f,
+                "  evaluation   {} (after the rounding: a dequantized block, the windows' states)",
+                Bytes(self.evaluation)
+            )?;
+        }
         writeln!(f, "  process      {}", Bytes(PROCESS_BYTES))?;
         write!(f, "  peak         {} estimated", Bytes(self.total()))
     }
 }
 
 /// How `quantize` holds the model under `budget`: resident when the widened model and the largest
-/// layer's rounding fit, otherwise one streamed block at a time.
+/// layer's rounding (or the evaluation of `eval = (window, n_windows)`, whichever is larger) fit,
+/// otherwise one streamed block at a time.
 ///
-/// **Errors**: a budget below the embedding, one block and the largest layer's rounding.
-pub fn quantize_plan(config: &ModelConfig, budget: u64) -> Result<QuantizePlan> {
+/// **Errors**: a budget below the embedding, one block and the largest layer's rounding or evaluation.
+pub fn quantize_plan(
+    config: &ModelConfig,
+    budget: u64,
+    eval: Option<(usize, usize)>,
+) -> Result<QuantizePlan> {
     let edge = edge_bytes(config);
     let per_block = block_bytes(config);
     let round = LinearKind::ALL
@@ -407,23 +453,30 @@ pub fn quantize_plan(config: &ModelConfig, budget: u64) -> Result<QuantizePlan> 
         })
         .max()
         .unwrap_or(0);
+    let evaluation = eval.map_or(0, |(window, n)| eval_bytes(config, window, n));
+    let work = round.max(evaluation);
     let resident = edge + per_block * config.n_layers as u64;
     let usable_bytes = usable(budget);
-    let (residency, weights) = if resident + round + PROCESS_BYTES <= usable_bytes {
+    let (residency, weights) = if resident + work + PROCESS_BYTES <= usable_bytes {
         (Residency::Resident, resident)
-    } else if edge + per_block + round + PROCESS_BYTES <= usable_bytes {
+    } else if edge + per_block + work + PROCESS_BYTES <= usable_bytes {
         (Residency::Streamed { keep: 1 }, edge + per_block)
     } else {
-        let need = edge + per_block + round + PROCESS_BYTES;
+        let need = edge + per_block + work + PROCESS_BYTES;
         crate::bail!(
             "--max-memory {}: too small to quantize one layer of this model; it needs at least {} \
-             (the embedding and head {}, one block {}, rounding its largest layer {}, the process {}, \
-             and an eighth of the budget kept free)",
+             (the embedding and head {}, one block {}, rounding its largest layer {}{}, the process \
+             {}, and an eighth of the budget kept free)",
             Bytes(budget),
             Bytes(need + need / 7 + 1),
             Bytes(edge),
             Bytes(per_block),
             Bytes(round),
+            if evaluation > 0 {
+                format!(" or evaluating the result {}", Bytes(evaluation))
+            } else {
+                String::new()
+            },
             Bytes(PROCESS_BYTES)
         );
     };
@@ -431,6 +484,7 @@ pub fn quantize_plan(config: &ModelConfig, budget: u64) -> Result<QuantizePlan> 
         residency,
         weights,
         rounding: round,
+        evaluation,
         budget,
     })
 }

@@ -19,6 +19,7 @@ pub mod calib_set;
 pub mod collect;
 pub mod compare;
 pub mod demo;
+pub mod estimate;
 pub mod eval;
 pub mod evaluate;
 pub mod export;

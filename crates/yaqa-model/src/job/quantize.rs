@@ -22,7 +22,8 @@ use crate::formats::quant_file::QuantFile;
 use crate::job::calib::Shard;
 use crate::job::calib_set::{Calibration, calibration_set};
 use crate::job::collect::empty_factors;
-use crate::job::evaluate::{EvalTable, EvalText, dequantize_into, eval_models, eval_tokens};
+use crate::job::estimate::LayerClock;
+use crate::job::evaluate::{EvalTable, EvalText, QuantizedModel, eval_models, eval_tokens};
 use crate::job::factors::{factor_index, pick_factor_file, read_factor_checked};
 use crate::job::guard::{named, refuse_overwrite};
 use crate::job::memory::{self, Residency};
@@ -125,7 +126,8 @@ pub fn run<B: Backend + ModelOps<f32>>(
         Some(budget) => {
             let model_config = crate::formats::checkpoint::config(&config.model)
                 .with_context(|| format!("loading the model {}", config.model.display()))?;
-            let plan = memory::quantize_plan(&model_config, budget)?;
+            let eval = config.eval.as_ref().map(|e| (e.window, e.n_windows));
+            let plan = memory::quantize_plan(&model_config, budget, eval)?;
             progress.note(plan.to_string());
             let keep = match plan.residency {
                 Residency::Resident => None,
@@ -138,10 +140,11 @@ pub fn run<B: Backend + ModelOps<f32>>(
                             memory::Bytes(budget)
                         );
                     }
-                    if config.eval.is_some() {
+                    if config.eval.as_ref().is_some_and(|e| e.text.is_none()) {
                         crate::bail!(
-                            "--max-memory {}: the model does not fit, and evaluating the result needs \
-                             the original and the quantized model in memory: pass --no-eval",
+                            "--max-memory {}: the model does not fit, and sampling evaluation text \
+                             from it decodes token by token through every block: pass --eval-text \
+                             FILE or --no-eval",
                             memory::Bytes(budget)
                         );
                     }
@@ -308,6 +311,7 @@ fn quantize_with<B: Backend + ModelOps<f32>>(
     let run = run_header(&params, &loaded.fingerprint, factors_json);
     let layers = LayerId::all(&loaded.model);
     let mut lines = Vec::with_capacity(layers.len());
+    let mut clock = LayerClock::new(&loaded.model.config, params.method);
     progress.event(Event::Start {
         label: params.method.name(),
         total: layers.len(),
@@ -331,6 +335,11 @@ fn quantize_with<B: Backend + ModelOps<f32>>(
                 done: l.done,
                 total: l.total,
             });
+            if l.result.is_some()
+                && let Some(line) = clock.record(l.id, l.seconds, &layers[l.done..])
+            {
+                progress.note(line);
+            }
             lines.push(LayerLine {
                 name,
                 report: l.result.map(|q| q.report.clone()),
@@ -348,17 +357,18 @@ fn quantize_with<B: Backend + ModelOps<f32>>(
     }
     let eval = match &config.eval {
         Some(text) => {
-            let mut model = loaded.model.clone();
-            for (_, part) in &outcome.parts {
-                let q = QuantFile::open_part(part)?;
-                model = dequantize_into(backend, model, &q)?;
-            }
-            let (tokens, source) = eval_tokens(backend, loaded, text, None, progress)?;
+            let parts = outcome
+                .parts
+                .iter()
+                .map(|(_, part)| QuantFile::open_part(part))
+                .collect::<Result<Vec<_>>>()?;
             let name = crate::job::calib_set::file_name(&config.out);
+            let model = QuantizedModel::from_files(name, parts, &loaded.model)?;
+            let (tokens, source) = eval_tokens(backend, loaded, text, None, progress)?;
             let table = eval_models(
                 backend,
                 &loaded.model,
-                &[(name, model)],
+                &[model],
                 &tokens,
                 text,
                 source,

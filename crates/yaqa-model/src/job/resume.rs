@@ -33,6 +33,7 @@ use crate::formats::calib_file::{
 use crate::formats::factor_file::{Provenance, factor_path, read_factors};
 use crate::job::calib::CalibSeq;
 use crate::job::collect::{Set, attach_labels, collect_sets, sampled_labels};
+use crate::job::estimate::SeqWarmUp;
 use crate::job::factors::{load_set, write_factor_dir};
 use crate::job::progress::{Progress, ProgressExt};
 use crate::transformer::weights::{LayerId, Model};
@@ -177,6 +178,7 @@ pub fn collect<B: Backend + ModelOps<f32>>(
     let first = done;
     let stage = job.progress.stage(job.label, to - first);
     let t0 = Instant::now();
+    let mut warm_up = SeqWarmUp::new(to - first);
     let mut last = Instant::now();
     let mut budget = job.budget;
     while done < to {
@@ -191,7 +193,10 @@ pub fn collect<B: Backend + ModelOps<f32>>(
         let offset = done - first;
         let (next, labels) =
             collect_sets(backend, model, &seqs[done..end], job.seed, sets, &mut |d| {
-                stage.step(offset + d)
+                stage.step(offset + d);
+                if let Some(line) = warm_up.after(job.label, offset + d) {
+                    job.progress.note(line);
+                }
             })
             .with_context(|| format!("{}: sequences {done}..{end}", job.label))?;
         sets = next;

@@ -115,7 +115,8 @@ impl<'a, T: Real, B: ModelOps<T>> Transformer<'a, T, B> {
         }
     }
 
-    fn check_batch(&self, ids: &[u32], batch: usize) -> Result<usize> {
+    /// Checks that `ids` split into `batch` sequences the model can take; returns their length.
+    pub(crate) fn check_batch(&self, ids: &[u32], batch: usize) -> Result<usize> {
         if batch == 0 || ids.is_empty() || !ids.len().is_multiple_of(batch) {
             return Err(ModelError::Input(format!(
                 "{} token ids do not split into {batch} equal sequences",
@@ -252,6 +253,28 @@ impl<'a, T: Real, B: ModelOps<T>> Transformer<'a, T, B> {
         Ok(self
             .ops
             .rms_norm(&h, &self.model.norm, self.model.config.rms_norm_eps)?)
+    }
+
+    /// Runs one block `l` on the residual stream `x` of `batch` sequences (`(batch · seq) × hidden`) and
+    /// returns the block's output: one step of [`Transformer::forward`], for callers that run many
+    /// batches through one block before the next (evaluation of streamed models).
+    ///
+    /// **Errors**: a ragged batch, operation shape errors.
+    pub fn block_forward(&self, l: &LayerWeights<T>, x: &Mat<T>, batch: usize) -> Result<Mat<T>> {
+        if batch == 0 || !x.rows.is_multiple_of(batch) {
+            return Err(ModelError::Input(format!(
+                "{} rows do not split into {batch} equal sequences",
+                x.rows
+            )));
+        }
+        Ok(self.layer_trace(l, x, batch, x.rows / batch)?.out)
+    }
+
+    /// The final RMSNorm of the residual stream after the last block.
+    pub fn final_norm(&self, h: &Mat<T>) -> Result<Mat<T>> {
+        Ok(self
+            .ops
+            .rms_norm(h, &self.model.norm, self.model.config.rms_norm_eps)?)
     }
 
     /// Runs the decoder like [`Transformer::forward`] and hands every linear layer's input of the

@@ -97,6 +97,37 @@ pub struct LayerWeights<T> {
     pub down_proj: Mat<T>,
 }
 
+impl<T: Clone> LayerWeights<T> {
+    /// This block with each linear layer for which `replace` returns a matrix replaced by it; norms,
+    /// biases and the other layers copied. The caller checks the shapes.
+    ///
+    /// **Errors**: the first error of `replace`.
+    pub fn with_linears(
+        &self,
+        mut replace: impl FnMut(LinearKind) -> Result<Option<Mat<T>>>,
+    ) -> Result<Self> {
+        let mut lin = |kind: LinearKind| -> Result<Mat<T>> {
+            Ok(replace(kind)?.unwrap_or_else(|| self.linear(kind).clone()))
+        };
+        Ok(Self {
+            q_proj: lin(LinearKind::Q)?,
+            k_proj: lin(LinearKind::K)?,
+            v_proj: lin(LinearKind::V)?,
+            o_proj: lin(LinearKind::O)?,
+            gate_proj: lin(LinearKind::Gate)?,
+            up_proj: lin(LinearKind::Up)?,
+            down_proj: lin(LinearKind::Down)?,
+            input_norm: self.input_norm.clone(),
+            post_norm: self.post_norm.clone(),
+            q_bias: self.q_bias.clone(),
+            k_bias: self.k_bias.clone(),
+            v_bias: self.v_bias.clone(),
+            q_norm: self.q_norm.clone(),
+            k_norm: self.k_norm.clone(),
+        })
+    }
+}
+
 impl<T> LayerWeights<T> {
     /// The weight of one linear layer.
     pub fn linear(&self, kind: LinearKind) -> &Mat<T> {
