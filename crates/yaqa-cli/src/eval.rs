@@ -38,6 +38,11 @@ pub struct EvalArgs {
     /// not trained for
     #[arg(long)]
     pub allow_long_context: bool,
+    /// The memory this run may use, such as 20G: when the original model does not fit with the
+    /// evaluation, its blocks are streamed from the checkpoint one at a time (needs --text). Default: no
+    /// limit.
+    #[arg(long, value_name = "SIZE", value_parser = yaqa_model::job::memory::parse_bytes)]
+    pub max_memory: Option<u64>,
     /// Also write the table as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -64,6 +69,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             seed: args.seed,
             allow_long_context: args.allow_long_context,
         },
+        max_memory: args.max_memory,
     };
     let table = evaluate::run(&cpu, &config, &Bars::default())?;
     println!(

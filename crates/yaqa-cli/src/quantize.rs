@@ -47,7 +47,8 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub no_eval: bool,
     /// The memory this run may use, such as 20G: when the model does not fit, its blocks are streamed
-    /// from the checkpoint one at a time (needs --factors and --no-eval). Default: no limit.
+    /// from the checkpoint one at a time (needs --factors, and --eval-text or --no-eval). Default: no
+    /// limit.
     #[arg(long, value_name = "SIZE", value_parser = yaqa_model::job::memory::parse_bytes)]
     pub max_memory: Option<u64>,
     #[arg(long, value_enum, default_value_t = Device::Cpu)]

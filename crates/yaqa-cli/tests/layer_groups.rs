@@ -187,7 +187,7 @@ fn quantize_under_max_memory_streams_blocks_and_writes_the_same_file() {
         })
         .max()
         .unwrap()
-        .max(eval_bytes(&c, 8, 6));
+        .max(eval_bytes(&c, 8, 6, 1));
     let need = edge_bytes(&c) + block_bytes(&c) + round + PROCESS_BYTES;
     let budget = need + need / 7 + 1;
     assert!(usable(budget) >= need && usable(budget) < need + block_bytes(&c));
@@ -231,6 +231,36 @@ fn quantize_under_max_memory_streams_blocks_and_writes_the_same_file() {
         q.header["eval"]["kl"].as_f64().unwrap()
     };
     assert!(kl(&streamed) > 0.0);
+    // `eval` streams too: the same table as with every block resident.
+    let eval_need = edge_bytes(&c) + block_bytes(&c) + eval_bytes(&c, 8, 6, 1) + PROCESS_BYTES;
+    let table = |extra: &[&str]| {
+        let mut a = vec![
+            "eval",
+            "--model",
+            s(&m),
+            "--quantized",
+            s(&resident),
+            "--text",
+            s(&text),
+            "--window",
+            "8",
+            "--n-windows",
+            "6",
+        ];
+        a.extend_from_slice(extra);
+        let out = common::yaqa(&a);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (text(&out.stdout), text(&out.stderr))
+    };
+    let (want, _) = table(&[]);
+    let (got, err) = table(&["--max-memory", &(eval_need + eval_need / 7 + 1).to_string()]);
+    assert!(err.contains("blocks streamed from the checkpoint"), "{err}");
+    assert_eq!(got, want);
     // Streaming needs factors from `hessian` and evaluation text (or none); too little memory is
     // refused.
     let b = budget.to_string();

@@ -157,3 +157,10 @@ pub fn checkpoint(minutes: f64, every: Option<usize>) -> PyResult<CheckpointPoli
         stop_after_seqs: None,
     })
 }
+
+/// ``max_memory="20G"`` as bytes (``None``: no limit).
+pub fn max_memory(text: Option<&str>) -> PyResult<Option<u64>> {
+    text.map(yaqa_model::job::memory::parse_bytes)
+        .transpose()
+        .map_err(pyo3::exceptions::PyValueError::new_err)
+}

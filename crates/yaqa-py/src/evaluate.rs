@@ -18,6 +18,9 @@ use crate::progress::run_job;
 /// ``window`` tokens of ``text`` (tokenized by ``tokenizer``, default the model's), or, without
 /// ``text``, sequences sampled from the original model with ``seed``.
 ///
+/// ``max_memory="20G"`` streams the original's blocks from the checkpoint when it does not fit with
+/// the evaluation (that needs ``text``).
+///
 /// ``progress``, when given, is called with a dict per event (see the package docs).
 ///
 /// Returns a dict: ``original_ppl``, ``rows`` (one dict ``model``, ``kl``, ``ppl`` per quantized file,
@@ -29,7 +32,7 @@ use crate::progress::run_job;
 #[pyfunction]
 #[pyo3(signature = (
     model, quantized, *, text = None, tokenizer = None,
-    window = 512, n_windows = 8, seed = 1, progress = None
+    window = 512, n_windows = 8, seed = 1, max_memory = None, progress = None
 ))]
 pub fn evaluate<'py>(
     py: Python<'py>,
@@ -40,6 +43,7 @@ pub fn evaluate<'py>(
     window: usize,
     n_windows: usize,
     seed: u64,
+    max_memory: Option<&str>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let config = EvalConfig {
@@ -53,6 +57,7 @@ pub fn evaluate<'py>(
             seed,
             allow_long_context: false,
         },
+        max_memory: args::max_memory(max_memory)?,
     };
     let table = run_job(py, progress, |p| {
         yaqa_model::job::evaluate::run(&Cpu::default(), &config, p)

@@ -76,10 +76,7 @@ pub fn collect<'py>(
         out,
         checkpoint: args::checkpoint(checkpoint_minutes, checkpoint_every)?,
         layers: layers.map(memory::parse_blocks).transpose().map_err(bad)?,
-        max_memory: max_memory
-            .map(memory::parse_bytes)
-            .transpose()
-            .map_err(bad)?,
+        max_memory: args::max_memory(max_memory)?,
     };
     let r = run_job(py, progress, |p| hessian::run(&Cpu::default(), &config, p))?;
     let d = PyDict::new(py);

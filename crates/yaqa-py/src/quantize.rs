@@ -37,6 +37,9 @@ use crate::progress::run_job;
 /// Evaluation (unless ``evaluate=False``): ``eval_windows`` windows of ``eval_window`` tokens of
 /// ``eval_text``, or sampled from the original model.
 ///
+/// ``max_memory="20G"`` streams the blocks from the checkpoint when the model does not fit; that needs
+/// ``factors``, and ``eval_text`` or ``evaluate=False``.
+///
 /// ``progress``, when given, is called with a dict per event (see the package docs).
 ///
 /// Returns a dict: ``out`` (a ``pathlib.Path``), ``layers`` (a list of dicts ``name``,
@@ -53,7 +56,7 @@ use crate::progress::run_job;
     sign_seed = 0, damp = 0.01, damp_out = 1.0, refine = 0, factors = None, calib = None,
     tokenizer = None, calib_ids = None, n_seqs = 64, seq_len = 512, seed = 0, evaluate = true,
     eval_text = None, eval_windows = 8, eval_window = 256, checkpoint_minutes = 30.0,
-    checkpoint_every = None, progress = None
+    checkpoint_every = None, max_memory = None, progress = None
 ))]
 pub fn quantize<'py>(
     py: Python<'py>,
@@ -81,6 +84,7 @@ pub fn quantize<'py>(
     eval_window: usize,
     checkpoint_minutes: f64,
     checkpoint_every: Option<usize>,
+    max_memory: Option<&str>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let config = QuantizeConfig {
@@ -107,7 +111,7 @@ pub fn quantize<'py>(
             n_windows: eval_windows,
             ..default_eval()
         }),
-        max_memory: None,
+        max_memory: args::max_memory(max_memory)?,
     };
     let report = run_job(py, progress, |p| {
         yaqa_model::job::quantize::run(&Cpu::default(), &config, p)

@@ -90,6 +90,10 @@ pub struct EvalConfig {
     /// Quantized model files.
     pub quantized: Vec<PathBuf>,
     pub text: EvalText,
+    /// The memory this run may use (`--max-memory`): when the original does not fit with the
+    /// evaluation, its blocks are streamed from the checkpoint ([`memory::eval_plan`]), which needs
+    /// evaluation text (sampling it decodes token by token through every block). Default: no limit.
+    pub max_memory: Option<u64>,
 }
 
 /// One row of the KL table.
@@ -228,7 +232,37 @@ pub fn run<B: Backend + ModelOps<f32>>(
     config: &EvalConfig,
     progress: &dyn Progress,
 ) -> Result<EvalTable> {
-    let loaded = open_model(&config.model)?;
+    let loaded = match config.max_memory {
+        None => open_model(&config.model)?,
+        Some(budget) => {
+            let model_config = crate::formats::checkpoint::config(&config.model)
+                .with_context(|| format!("loading the model {}", config.model.display()))?;
+            let t = &config.text;
+            let plan = memory::eval_plan(
+                &model_config,
+                budget,
+                t.window,
+                t.n_windows,
+                config.quantized.len(),
+            )?;
+            progress.note(plan.to_string());
+            let keep = match plan.residency {
+                memory::Residency::Resident => None,
+                memory::Residency::Streamed { keep } => {
+                    if t.text.is_none() {
+                        crate::bail!(
+                            "--max-memory {}: the model does not fit, and sampling evaluation text \
+                             from it decodes token by token through every block: pass --text FILE",
+                            memory::Bytes(budget)
+                        );
+                    }
+                    Some(keep)
+                }
+            };
+            crate::formats::checkpoint::load_with(&config.model, keep)
+                .with_context(|| format!("loading the model {}", config.model.display()))?
+        }
+    };
     config.text.check(&loaded, ["--window", "--n-windows"])?;
     let (tokens, source) = eval_tokens(backend, &loaded, &config.text, None, progress)?;
     let models = config

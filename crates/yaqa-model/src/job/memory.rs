@@ -209,13 +209,14 @@ pub fn eval_chunk_windows(config: &ModelConfig, window: usize, models: usize) ->
     (fit / EVAL_BATCH).max(1) * EVAL_BATCH
 }
 
-/// Memory an evaluation of one quantized model needs beyond the original's weights: the quantized
-/// block being run (dequantized from the file), the residual streams of a chunk of windows, one
-/// batch's activations and a chunk of logits per model.
-pub fn eval_bytes(config: &ModelConfig, window: usize, n_windows: usize) -> u64 {
-    let chunk = eval_chunk_windows(config, window, 1).min(n_windows.max(1)) as u64;
-    let states = 2 * chunk * window as u64 * config.hidden_size as u64 * 4;
-    let logits = 2 * HEAD_CHUNK as u64 * config.vocab_size as u64 * 4;
+/// Memory an evaluation of `models` quantized models needs beyond the original's weights: the
+/// quantized block being run (dequantized from its file; one at a time), the residual streams of a
+/// chunk of windows and a chunk of logits for every model and the original, one batch's activations.
+pub fn eval_bytes(config: &ModelConfig, window: usize, n_windows: usize, models: usize) -> u64 {
+    let streams = models as u64 + 1;
+    let chunk = eval_chunk_windows(config, window, models).min(n_windows.max(1)) as u64;
+    let states = streams * chunk * window as u64 * config.hidden_size as u64 * 4;
+    let logits = streams * HEAD_CHUNK as u64 * config.vocab_size as u64 * 4;
     block_bytes(config) + states + activation_bytes(config, EVAL_BATCH * window, false) + logits
 }
 
@@ -388,27 +389,75 @@ pub fn rounding_bytes(m: usize, n: usize) -> u64 {
     tri_bytes(m as usize) + tri_bytes(n as usize) + 3 * 8 * (m * m + n * n) + 3 * 8 * m * n
 }
 
-/// `quantize`'s plan: how it holds the model, and the estimated bytes.
-#[derive(Clone, Debug, PartialEq)]
-pub struct QuantizePlan {
+/// How `quantize` or `eval` holds the model under `--max-memory` ([`quantize_plan`], [`eval_plan`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RunPlan {
     pub residency: Residency,
     pub weights: u64,
-    /// Rounding the largest layer.
+    /// Rounding the largest layer; 0 for `eval`.
     pub rounding: u64,
-    /// Evaluating the result after the rounding ([`eval_bytes`]); 0 without evaluation.
+    /// Evaluating the result ([`eval_bytes`]); 0 without evaluation.
     pub evaluation: u64,
     pub budget: u64,
 }
 
-impl QuantizePlan {
+impl RunPlan {
     /// The peak: the weights and the larger of the rounding and the evaluation, which run one after
     /// the other.
     pub fn total(&self) -> u64 {
         self.weights + self.rounding.max(self.evaluation) + PROCESS_BYTES
     }
+
+    /// Resident when every block and `rounding` or `evaluation` (whichever is larger) fit `budget`,
+    /// else one streamed block at a time; `what` says what the run could not do in the error.
+    fn fit(
+        config: &ModelConfig,
+        budget: u64,
+        rounding: u64,
+        evaluation: u64,
+        what: &str,
+    ) -> Result<Self> {
+        let edge = edge_bytes(config);
+        let per_block = block_bytes(config);
+        let work = rounding.max(evaluation);
+        let resident = edge + per_block * config.n_layers as u64;
+        let usable_bytes = usable(budget);
+        let (residency, weights) = if resident + work + PROCESS_BYTES <= usable_bytes {
+            (Residency::Resident, resident)
+        } else if edge + per_block + work + PROCESS_BYTES <= usable_bytes {
+            (Residency::Streamed { keep: 1 }, edge + per_block)
+        } else {
+            let need = edge + per_block + work + PROCESS_BYTES;
+            let mut parts = vec![
+                format!("the embedding and head {}", Bytes(edge)),
+                format!("one block {}", Bytes(per_block)),
+            ];
+            if rounding > 0 {
+                parts.push(format!("rounding its largest layer {}", Bytes(rounding)));
+            }
+            if evaluation > 0 {
+                parts.push(format!("evaluating {}", Bytes(evaluation)));
+            }
+            crate::bail!(
+                "--max-memory {}: too small to {what}; it needs at least {} ({}, the process {}, and \
+                 an eighth of the budget kept free)",
+                Bytes(budget),
+                Bytes(need + need / 7 + 1),
+                parts.join(", "),
+                Bytes(PROCESS_BYTES)
+            );
+        };
+        Ok(Self {
+            residency,
+            weights,
+            rounding,
+            evaluation,
+            budget,
+        })
+    }
 }
 
-impl fmt::Display for QuantizePlan {
+impl fmt::Display for RunPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let res = match self.residency {
             Residency::Resident => "every block resident in f32",
@@ -416,15 +465,17 @@ impl fmt::Display for QuantizePlan {
         };
         writeln!(f, "memory plan (--max-memory {}):", Bytes(self.budget))?;
         writeln!(f, "  weights      {} ({res})", Bytes(self.weights))?;
-        writeln!(
-            f,
-            "  rounding     {} (the largest layer)",
-            Bytes(self.rounding)
-        )?;
+        if self.rounding > 0 {
+            writeln!(
+                f,
+                "  rounding     {} (the largest layer)",
+                Bytes(self.rounding)
+            )?;
+        }
         if self.evaluation > 0 {
             writeln!(
                 f,
-                "  evaluation   {} (after the rounding: a dequantized block, the windows' states)",
+                "  evaluation   {} (a dequantized block, the windows' residual streams)",
                 Bytes(self.evaluation)
             )?;
         }
@@ -442,9 +493,7 @@ pub fn quantize_plan(
     config: &ModelConfig,
     budget: u64,
     eval: Option<(usize, usize)>,
-) -> Result<QuantizePlan> {
-    let edge = edge_bytes(config);
-    let per_block = block_bytes(config);
+) -> Result<RunPlan> {
     let round = LinearKind::ALL
         .iter()
         .map(|k| {
@@ -453,40 +502,30 @@ pub fn quantize_plan(
         })
         .max()
         .unwrap_or(0);
-    let evaluation = eval.map_or(0, |(window, n)| eval_bytes(config, window, n));
-    let work = round.max(evaluation);
-    let resident = edge + per_block * config.n_layers as u64;
-    let usable_bytes = usable(budget);
-    let (residency, weights) = if resident + work + PROCESS_BYTES <= usable_bytes {
-        (Residency::Resident, resident)
-    } else if edge + per_block + work + PROCESS_BYTES <= usable_bytes {
-        (Residency::Streamed { keep: 1 }, edge + per_block)
-    } else {
-        let need = edge + per_block + work + PROCESS_BYTES;
-        crate::bail!(
-            "--max-memory {}: too small to quantize one layer of this model; it needs at least {} \
-             (the embedding and head {}, one block {}, rounding its largest layer {}{}, the process \
-             {}, and an eighth of the budget kept free)",
-            Bytes(budget),
-            Bytes(need + need / 7 + 1),
-            Bytes(edge),
-            Bytes(per_block),
-            Bytes(round),
-            if evaluation > 0 {
-                format!(" or evaluating the result {}", Bytes(evaluation))
-            } else {
-                String::new()
-            },
-            Bytes(PROCESS_BYTES)
-        );
-    };
-    Ok(QuantizePlan {
-        residency,
-        weights,
-        rounding: round,
-        evaluation,
+    let evaluation = eval.map_or(0, |(window, n)| eval_bytes(config, window, n, 1));
+    RunPlan::fit(
+        config,
         budget,
-    })
+        round,
+        evaluation,
+        "quantize one layer of this model",
+    )
+}
+
+/// How `eval` of `models` quantized files over `n_windows` windows of `window` tokens holds the
+/// original under `budget`: resident when it fits with the evaluation, otherwise one streamed block at
+/// a time.
+///
+/// **Errors**: a budget below the embedding, one block and the evaluation.
+pub fn eval_plan(
+    config: &ModelConfig,
+    budget: u64,
+    window: usize,
+    n_windows: usize,
+    models: usize,
+) -> Result<RunPlan> {
+    let evaluation = eval_bytes(config, window, n_windows, models);
+    RunPlan::fit(config, budget, 0, evaluation, "evaluate this model")
 }
 
 /// The smallest `--max-memory` a streamed collection of `kinds` over `seq`-token sequences accepts: one
