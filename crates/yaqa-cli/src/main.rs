@@ -1,6 +1,7 @@
 //! The `yaqa` command line: collect Fisher factor sketches (`hessian`), quantize a model (`quantize`),
 //! measure it (`eval`), round one matrix (`round`), convert GGUF to Hugging Face (`convert`), export a
-//! quantized checkpoint (`export`), compare methods (`compare`) and run the whole story on SmolLM2-135M
+//! quantized checkpoint (`export`), compare methods (`compare`), fine-tune a model for the delta
+//! metrics (`finetune`) and run the whole story on SmolLM2-135M
 //! (`demo`).
 //!
 //! A thin shell over [`yaqa_model::job`]: each subcommand's file turns its flags into the library's
@@ -11,6 +12,7 @@ mod args;
 mod compare;
 mod eval;
 mod export;
+mod finetune;
 mod hessian;
 mod progress;
 mod quantize;
@@ -52,6 +54,9 @@ pub enum Command {
     /// Quantize one model with several methods and bit widths from one calibration set, and print the KL
     /// table (resumable).
     Compare(compare::CompareArgs),
+    /// Fine-tune a model's linear layers on a text for a few deterministic Adam steps, as a Hugging Face
+    /// folder: the base/fine-tuned pair that delta-aware quantization and `eval --base` measure.
+    Finetune(finetune::FinetuneArgs),
     /// Quantize SmolLM2-135M with RTN, LDLQ, YAQA-A and YAQA-B at INT3, data-free, and print the KL table.
     Demo(compare::DemoArgs),
 }
@@ -66,6 +71,7 @@ fn main() -> std::process::ExitCode {
         Command::Convert(a) => export::convert(a),
         Command::Export(a) => export::export(a),
         Command::Compare(a) => compare::run(a),
+        Command::Finetune(a) => finetune::run(a),
         Command::Demo(a) => compare::demo(a),
     };
     match result {

@@ -11,7 +11,7 @@ use std::path::Path;
 fn help_texts() {
     insta::assert_snapshot!("help", ok(&["--help"]));
     for sub in [
-        "hessian", "quantize", "eval", "round", "convert", "export", "compare", "demo",
+        "hessian", "quantize", "eval", "round", "convert", "export", "compare", "demo", "finetune",
     ] {
         insta::assert_snapshot!(format!("help_{sub}"), ok(&[sub, "--help"]));
     }

@@ -24,6 +24,7 @@ pub mod eval;
 pub mod evaluate;
 pub mod export;
 pub mod factors;
+pub mod finetune;
 pub mod guard;
 pub mod hessian;
 pub mod memory;
