@@ -43,6 +43,10 @@ pub struct EvalArgs {
     /// limit.
     #[arg(long, value_name = "SIZE", value_parser = yaqa_model::job::memory::parse_bytes)]
     pub max_memory: Option<u64>,
+    /// The base model --model was fine-tuned from: also report how much of the fine-tune's weight delta
+    /// each quantized model keeps (sign preservation, cosine per 128×128 block and per row).
+    #[arg(long, value_name = "PATH")]
+    pub base: Option<PathBuf>,
     /// Also write the table as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -56,6 +60,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let mut inputs = vec![named("--model", &args.model)];
         inputs.extend(args.quantized.iter().map(|p| named("--quantized", p)));
         inputs.extend(args.text.as_deref().map(|p| named("--text", p)));
+        inputs.extend(args.base.as_deref().map(|p| named("--base", p)));
         refuse_overwrite(&[named("--json", json)], &inputs)?;
     }
     let config = EvalConfig {
@@ -70,6 +75,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             allow_long_context: args.allow_long_context,
         },
         max_memory: args.max_memory,
+        base: args.base,
     };
     let table = evaluate::run(&cpu, &config, &Bars::default())?;
     println!(

@@ -5,6 +5,8 @@
 mod common;
 use common::{fails, ok, s, scratch, tiny_model, word_tokenizer, words};
 
+use std::path::Path;
+
 use yaqa_model::formats::checkpoint;
 
 #[test]
@@ -77,6 +79,97 @@ fn finetune_lowers_perplexity_and_changes_only_linear_layers() {
         std::fs::read(out.join("model.safetensors")).unwrap(),
         std::fs::read(again.join("model.safetensors")).unwrap()
     );
+    // The delta metrics of `eval --base`: INT8 keeps more of the fine-tune's delta than INT2, and the
+    // base itself as the "fine-tune" is refused (no delta).
+    let mut rows = Vec::new();
+    for bits in ["int2", "int8"] {
+        let q = dir.join(format!("{bits}.safetensors"));
+        ok(&[
+            "quantize",
+            "--model",
+            s(&out),
+            "--method",
+            "rtn",
+            "--quantizer",
+            bits,
+            "--no-eval",
+            "--calib",
+            s(&text),
+            "--n-seqs",
+            "2",
+            "--seq-len",
+            "16",
+            "--out",
+            s(&q),
+        ]);
+        let json = dir.join(format!("{bits}.json"));
+        let table = ok(&[
+            "eval",
+            "--model",
+            s(&out),
+            "--quantized",
+            s(&q),
+            "--base",
+            s(&base),
+            "--text",
+            s(&text),
+            "--window",
+            "16",
+            "--n-windows",
+            "4",
+            "--json",
+            s(&json),
+        ]);
+        assert!(table.contains("sign kept"), "{table}");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let d = v["rows"][0]["delta"].clone();
+        assert_eq!(
+            d["layers"].as_array().unwrap().len(),
+            7 * 2,
+            "every layer: {d}"
+        );
+        rows.push((
+            d["sign_preservation"].as_f64().unwrap(),
+            d["block_cosine"].as_f64().unwrap(),
+        ));
+    }
+    let ((s2, c2), (s8, c8)) = (rows[0], rows[1]);
+    assert!(s8 > s2 && c8 > c2, "INT8 {s8} {c8} vs INT2 {s2} {c2}");
+    assert!((0.0..=1.0).contains(&s2) && s8 <= 1.0);
+    // A "base" with the fine-tune's own weights has no delta: nothing counted, shown as "-"; the
+    // model itself as its base is refused.
+    let q8 = dir.join("int8.safetensors");
+    let eval = |base: &Path| {
+        let args = [
+            "eval",
+            "--model",
+            s(&out),
+            "--quantized",
+            s(&q8),
+            "--base",
+            s(base),
+            "--text",
+            s(&text),
+            "--window",
+            "16",
+            "--n-windows",
+            "4",
+        ];
+        common::yaqa(&args)
+    };
+    let same = eval(&again);
+    assert!(same.status.success());
+    let table = String::from_utf8_lossy(&same.stdout);
+    let row = table.lines().last().unwrap();
+    assert_eq!(
+        row.split_whitespace().skip(1).collect::<Vec<_>>(),
+        ["-", "-", "-"],
+        "{table}"
+    );
+    let err = String::from_utf8_lossy(&eval(&out).stderr).into_owned();
+    assert!(err.contains("is the model itself"), "{err}");
+
     // Bad flags and an output that is the input are refused before any work.
     let mut bad = args.to_vec();
     bad[last] = s(&base);

@@ -18,6 +18,9 @@ use crate::progress::run_job;
 /// ``window`` tokens of ``text`` (tokenized by ``tokenizer``, default the model's), or, without
 /// ``text``, sequences sampled from the original model with ``seed``.
 ///
+/// ``base``, the model ``model`` was fine-tuned from, adds to each row ``delta``: the share of the
+/// fine-tune's weight delta it keeps (``sign_preservation``, ``block_cosine``, ``row_cosine``).
+///
 /// ``max_memory="20G"`` streams the original's blocks from the checkpoint when it does not fit with
 /// the evaluation (that needs ``text``).
 ///
@@ -32,7 +35,7 @@ use crate::progress::run_job;
 #[pyfunction]
 #[pyo3(signature = (
     model, quantized, *, text = None, tokenizer = None,
-    window = 512, n_windows = 8, seed = 1, max_memory = None, progress = None
+    window = 512, n_windows = 8, seed = 1, max_memory = None, base = None, progress = None
 ))]
 pub fn evaluate<'py>(
     py: Python<'py>,
@@ -44,6 +47,7 @@ pub fn evaluate<'py>(
     n_windows: usize,
     seed: u64,
     max_memory: Option<&str>,
+    base: Option<PathBuf>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let config = EvalConfig {
@@ -58,6 +62,7 @@ pub fn evaluate<'py>(
             allow_long_context: false,
         },
         max_memory: args::max_memory(max_memory)?,
+        base,
     };
     let table = run_job(py, progress, |p| {
         yaqa_model::job::evaluate::run(&Cpu::default(), &config, p)
@@ -75,6 +80,14 @@ pub fn eval_dict<'py>(py: Python<'py>, t: &EvalTable) -> PyResult<Bound<'py, PyD
         d.set_item("kl", r.kl)?;
         d.set_item("kl_se", r.kl_se())?;
         d.set_item("ppl", r.ppl)?;
+        if let Some(delta) = &r.delta {
+            let t = &delta.total;
+            let dd = PyDict::new(py);
+            dd.set_item("sign_preservation", t.sign_rate())?;
+            dd.set_item("block_cosine", t.block_cos())?;
+            dd.set_item("row_cosine", t.row_cos())?;
+            d.set_item("delta", dd)?;
+        }
         rows.append(d)?;
     }
     let d = PyDict::new(py);

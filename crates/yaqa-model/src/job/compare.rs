@@ -371,6 +371,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
             &tokens,
             &text,
             text_name.clone(),
+            None,
             progress,
         )?;
         base_ppl = table.original_ppl;

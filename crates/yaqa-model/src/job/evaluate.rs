@@ -2,8 +2,10 @@
 //! (DESIGN.md §6), as a table; the original runs once. Also the pieces `quantize` and `compare` share:
 //! the evaluation tokens, a quantized file turned back into a model, and the table itself.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde_json::{Value, json};
 use yaqa_core::backend::Backend;
@@ -15,6 +17,7 @@ use crate::formats::hf::write_atomic;
 use crate::formats::quant_file::QuantFile;
 use crate::job::calib::{Shard, sample_sequences};
 use crate::job::calib_set::file_name;
+use crate::job::delta::DeltaStats;
 use crate::job::eval::{Candidate, compare_blocks};
 use crate::job::memory;
 use crate::job::open_model;
@@ -22,7 +25,7 @@ use crate::job::progress::{Progress, ProgressExt};
 use crate::transformer::blocks::Block;
 use crate::transformer::decoder::Transformer;
 use crate::transformer::tokenizer::Tokenizer;
-use crate::transformer::weights::{LayerId, LayerWeights, Model};
+use crate::transformer::weights::{LayerId, LayerWeights, LinearKind, Model};
 
 /// The evaluation text: the first windows of a file, or sequences sampled from the original model.
 #[derive(Clone, Debug, PartialEq)]
@@ -94,6 +97,18 @@ pub struct EvalConfig {
     /// evaluation, its blocks are streamed from the checkpoint ([`memory::eval_plan`]), which needs
     /// evaluation text (sampling it decodes token by token through every block). Default: no limit.
     pub max_memory: Option<u64>,
+    /// The base model `config.model` was fine-tuned from (`--base`): each row then carries the delta
+    /// metrics of [`crate::job::delta`]. Streamed, one block at a time.
+    pub base: Option<PathBuf>,
+}
+
+/// The delta metrics of one quantized model against a base ([`crate::job::delta`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeltaReport {
+    /// Per quantized layer, in model order.
+    pub layers: Vec<(LayerId, DeltaStats)>,
+    /// Every layer pooled.
+    pub total: DeltaStats,
 }
 
 /// One row of the KL table.
@@ -105,6 +120,8 @@ pub struct EvalRow {
     pub ppl: f64,
     /// The mean KL of each window (the windows have equal lengths, so `kl` is their mean).
     pub window_kl: Vec<f64>,
+    /// With a base model: how much of the fine-tune's delta survived.
+    pub delta: Option<DeltaReport>,
 }
 
 impl EvalRow {
@@ -179,6 +196,25 @@ impl EvalTable {
                     v["ratio_to_reference"] = json!(ratio);
                     v["ratio_se"] = json!(se);
                 }
+                if let Some(d) = &r.delta {
+                    let stats = |s: &DeltaStats| {
+                        json!({
+                            "sign_preservation": s.sign_rate(), "block_cosine": s.block_cos(),
+                            "row_cosine": s.row_cos(), "counted": s.counted,
+                        })
+                    };
+                    let mut total = stats(&d.total);
+                    total["layers"] = d
+                        .layers
+                        .iter()
+                        .map(|(id, s)| {
+                            let mut v = stats(s);
+                            v["layer"] = json!(id.name());
+                            v
+                        })
+                        .collect();
+                    v["delta"] = total;
+                }
                 v
             })
             .collect();
@@ -218,6 +254,32 @@ impl fmt::Display for EvalTable {
             };
             let kl = format!("{:.5} ± {:.5}", r.kl, r.kl_se());
             writeln!(f, "{:<28} {:>20} {:>10.3} {:>16}", r.name, kl, r.ppl, rel)?;
+        }
+        if self.rows.iter().any(|r| r.delta.is_some()) {
+            writeln!(
+                f,
+                "\nthe fine-tune's delta ΔW = W − W_base kept by each model (every layer pooled):"
+            )?;
+            writeln!(
+                f,
+                "{:<28} {:>12} {:>14} {:>12}",
+                "model", "sign kept", "cos 128×128", "cos row"
+            )?;
+            let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v));
+            let num = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
+            for r in &self.rows {
+                if let Some(d) = &r.delta {
+                    let t = &d.total;
+                    writeln!(
+                        f,
+                        "{:<28} {:>12} {:>14} {:>12}",
+                        r.name,
+                        pct(t.sign_rate()),
+                        num(t.block_cos()),
+                        num(t.row_cos())
+                    )?;
+                }
+            }
         }
         Ok(())
     }
@@ -270,6 +332,10 @@ pub fn run<B: Backend + ModelOps<f32>>(
         .iter()
         .map(|f| QuantizedModel::open(&loaded, f))
         .collect::<Result<Vec<_>>>()?;
+    let base = match &config.base {
+        Some(path) => Some(open_base(&loaded, path)?),
+        None => None,
+    };
     eval_models(
         backend,
         &loaded.model,
@@ -277,8 +343,42 @@ pub fn run<B: Backend + ModelOps<f32>>(
         &tokens,
         &config.text,
         source,
+        base.as_ref().map(|b| &b.model),
         progress,
     )
+}
+
+/// The base model of `eval --base`, streamed one block at a time, refused unless its shapes are the
+/// fine-tuned model's and it is another checkpoint. (Fingerprints cannot tell a fine-tune from its
+/// base: they hash the layout, which a fine-tune keeps. Identical weights show as no delta counted.)
+///
+/// **Errors**: an unreadable base (named), other shapes, the fine-tuned model's own path.
+pub fn open_base(tuned: &Loaded, path: &Path) -> Result<Loaded> {
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same(path, &tuned.path) {
+        crate::bail!(
+            "--base {} is the model itself: pass the checkpoint it was fine-tuned from",
+            path.display()
+        );
+    }
+    let base = crate::formats::checkpoint::load_with(path, Some(1))
+        .with_context(|| format!("loading the base model {}", path.display()))?;
+    let (a, b) = (&base.model.config, &tuned.model.config);
+    if (a.hidden_size, a.intermediate_size, a.n_layers, a.vocab_size)
+        != (b.hidden_size, b.intermediate_size, b.n_layers, b.vocab_size)
+        || LinearKind::ALL.iter().any(|k| k.shape(a) != k.shape(b))
+    {
+        crate::bail!(
+            "the base model {} has other shapes than {}: it is not the model this one was fine-tuned \
+             from",
+            path.display(),
+            tuned.path.display()
+        );
+    }
+    Ok(base)
 }
 
 /// A quantized model under evaluation: the files holding its layers (one quantized file, or the part
@@ -336,6 +436,11 @@ impl QuantizedModel {
             }
         }
         Ok(Self { name, files, index })
+    }
+
+    /// Whether this model quantized layer `id`.
+    pub fn has(&self, id: LayerId) -> bool {
+        self.index.contains_key(&id)
     }
 
     /// Block `i` of this model: `original` (the original model's block `i`) with each of its linear
@@ -470,14 +575,35 @@ pub fn eval_models<B: Backend + ModelOps<f32>>(
     tokens: &[u32],
     text: &EvalText,
     source: String,
+    base: Option<&Model<f32>>,
     progress: &dyn Progress,
 ) -> Result<EvalTable> {
     let tf = Transformer::new(original, backend);
+    // Per model, the delta metrics of each layer, measured the first time its block is dequantized.
+    let deltas: Vec<Mutex<BTreeMap<LayerId, DeltaStats>>> =
+        models.iter().map(|_| Mutex::default()).collect();
     let candidates: Vec<_> = models
         .iter()
-        .map(|m| {
+        .zip(&deltas)
+        .map(|(m, deltas)| {
             move |i: usize, ob: &LayerWeights<f32>| {
-                Ok(Block::Shared(std::sync::Arc::new(m.block(backend, i, ob)?)))
+                let q = m.block(backend, i, ob)?;
+                if let Some(base) = base {
+                    let bb = base.layers.get(i)?;
+                    let mut d = deltas.lock().unwrap_or_else(|e| e.into_inner());
+                    for kind in LinearKind::ALL {
+                        let id = LayerId { block: i, kind };
+                        if m.has(id) && !d.contains_key(&id) {
+                            let stats = DeltaStats::of_layer(
+                                ob.linear(kind),
+                                bb.linear(kind),
+                                q.linear(kind),
+                            );
+                            d.insert(id, stats);
+                        }
+                    }
+                }
+                Ok(Block::Shared(std::sync::Arc::new(q)))
             }
         })
         .collect();
@@ -501,7 +627,20 @@ pub fn eval_models<B: Backend + ModelOps<f32>>(
     let rows = models
         .iter()
         .zip(&c.models)
-        .map(|(m, (kl, ppl))| EvalRow {
+        .zip(deltas)
+        .map(|((m, (kl, ppl)), d)| EvalRow {
+            delta: base.map(|_| {
+                let layers: Vec<_> = d
+                    .into_inner()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .into_iter()
+                    .collect();
+                let mut total = DeltaStats::default();
+                for (_, s) in &layers {
+                    total.add(s);
+                }
+                DeltaReport { layers, total }
+            }),
             name: m.name.clone(),
             kl: kl.mean,
             ppl: ppl.ppl,
@@ -541,6 +680,7 @@ mod tests {
             kl: window_kl.iter().sum::<f64>() / window_kl.len() as f64,
             ppl: 1.0,
             window_kl: window_kl.to_vec(),
+            delta: None,
         }
     }
 

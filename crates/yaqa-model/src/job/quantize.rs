@@ -372,6 +372,7 @@ fn quantize_with<B: Backend + ModelOps<f32>>(
                 &tokens,
                 text,
                 source,
+                None,
                 progress,
             )?;
             Some(table)
