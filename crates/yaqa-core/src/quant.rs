@@ -4,6 +4,7 @@
 //! writes its codes. It knows where the tile sits in the matrix, so per-group scales and zero-points can
 //! be looked up. Concrete quantizers live in the submodules.
 
+pub mod fp8;
 pub mod int;
 
 use crate::rng::Rng;
