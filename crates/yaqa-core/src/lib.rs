@@ -7,6 +7,8 @@
 
 pub mod backend;
 pub mod conformance;
+pub mod daq;
+pub mod delta;
 pub mod error;
 pub mod hadamard;
 pub mod layer;

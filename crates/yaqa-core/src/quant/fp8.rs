@@ -37,41 +37,27 @@ pub fn e4m3_decode(b: u8) -> f32 {
 }
 
 /// The E4M3 byte nearest to `x` (ties to even), saturating beyond ±448; `NaN` encodes as `0x7F`.
+///
+/// Normal results come from `x`'s f32 bits: rounding away the low 20 of the 23 mantissa bits (ties to
+/// even) leaves the f32 exponent and 3 mantissa bits, and rebiasing the exponent from 127 to 7 is a
+/// subtraction; a carry out of the mantissa moves to the next binade by itself. Below 2⁻⁶ the values
+/// are the multiples of 2⁻⁹.
 pub fn e4m3_encode(x: f32) -> u8 {
     if x.is_nan() {
         return 0x7F;
     }
     let sign: u8 = if x.is_sign_negative() { 0x80 } else { 0 };
     let a = x.abs().min(E4M3_MAX);
-    // The binade of `a` decides the spacing of the representable values around it: 2^(e − 3) for
-    // normals with exponent e ≥ −6, 2^−9 for subnormals.
-    let e = if a >= 2f32.powi(-6) {
-        a.log2().floor() as i32
+    let mag = if a < 2f32.powi(-6) {
+        // Subnormal (or zero, or the smallest normal 2⁻⁶ = 8 · 2⁻⁹ when it rounds up).
+        (a * 512.0).round_ties_even() as u8
     } else {
-        -6
+        let bits = a.to_bits();
+        let rounded = (bits + 0x7_FFFF + ((bits >> 20) & 1)) >> 20;
+        // f32 exponent bias 127, E4M3's 7: 120 binades apart, 3 mantissa bits each.
+        (rounded - (120 << 3)) as u8
     };
-    // log2 can be off by one at binade boundaries; correct it.
-    let e = if a >= 2f32.powi(e + 1) {
-        e + 1
-    } else if e > -6 && a < 2f32.powi(e) {
-        e - 1
-    } else {
-        e
-    };
-    let step = 2f32.powi(e - 3);
-    // Multiples of `step` (exact in f32: a power of two); ties to even multiple.
-    let k = (a / step).round_ties_even();
-    let q = k * step;
-    let code_mag = if e == -6 && q < 2f32.powi(-6) {
-        // Subnormal (or zero): the mantissa is k.
-        k as u8
-    } else if q >= 2f32.powi(e + 1) {
-        // Rounded up into the next binade: mantissa 0 there.
-        (((e + 1 + 7) as u8) << 3) & 0x78
-    } else {
-        (((e + 7) as u8) << 3) | ((k as u8).wrapping_sub(8) & 0x07)
-    };
-    sign | code_mag
+    sign | mag
 }
 
 /// How many weights share one scale.

@@ -17,7 +17,6 @@ use crate::formats::hf::write_atomic;
 use crate::formats::quant_file::QuantFile;
 use crate::job::calib::{Shard, sample_sequences};
 use crate::job::calib_set::file_name;
-use crate::job::delta::DeltaStats;
 use crate::job::eval::{Candidate, compare_blocks};
 use crate::job::memory;
 use crate::job::open_model;
@@ -26,6 +25,7 @@ use crate::transformer::blocks::Block;
 use crate::transformer::decoder::Transformer;
 use crate::transformer::tokenizer::Tokenizer;
 use crate::transformer::weights::{LayerId, LayerWeights, LinearKind, Model};
+use yaqa_core::delta::DeltaStats;
 
 /// The evaluation text: the first windows of a file, or sequences sampled from the original model.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,11 +98,11 @@ pub struct EvalConfig {
     /// evaluation text (sampling it decodes token by token through every block). Default: no limit.
     pub max_memory: Option<u64>,
     /// The base model `config.model` was fine-tuned from (`--base`): each row then carries the delta
-    /// metrics of [`crate::job::delta`]. Streamed, one block at a time.
+    /// metrics of [`yaqa_core::delta`]. Streamed, one block at a time.
     pub base: Option<PathBuf>,
 }
 
-/// The delta metrics of one quantized model against a base ([`crate::job::delta`]).
+/// The delta metrics of one quantized model against a base ([`yaqa_core::delta`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeltaReport {
     /// Per quantized layer, in model order.

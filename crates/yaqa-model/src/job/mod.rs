@@ -18,7 +18,6 @@ pub mod calib;
 pub mod calib_set;
 pub mod collect;
 pub mod compare;
-pub mod delta;
 pub mod demo;
 pub mod estimate;
 pub mod eval;

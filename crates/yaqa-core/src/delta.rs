@@ -8,7 +8,7 @@
 //!
 //! Sums in f64. A layer's [`DeltaStats`] are sums, so layers pool into the model's figures by adding.
 
-use yaqa_core::Mat;
+use crate::mat::Mat;
 
 /// Entries with `|ΔW|` at or below this are not counted by sign preservation (DAQ's threshold).
 pub const SIGN_THRESHOLD: f64 = 1e-5;
