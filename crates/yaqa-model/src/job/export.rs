@@ -39,6 +39,10 @@ pub fn convert(config: &ConvertConfig) -> Result<()> {
         &[named("--model", &config.model)],
     )?;
     let loaded = open_model(&config.model)?;
+    let mc = &loaded.model.config;
+    let f32_bytes = crate::job::memory::edge_bytes(mc)
+        .saturating_add(crate::job::memory::block_bytes(mc).saturating_mul(mc.n_layers as u64));
+    crate::job::preflight::check_output("--out", &config.out, f32_bytes, "the f32 checkpoint")?;
     write_hf(&loaded.model, &config.out)?;
     let tok =
         find_tokenizer(&config.model, None).context("rebuilding the tokenizer from the GGUF")?;
@@ -88,6 +92,10 @@ pub fn export(backend: &dyn Backend, config: &ExportConfig) -> Result<ExportRepo
         ],
     )?;
     let loaded = open_model(&config.model)?;
+    let mc = &loaded.model.config;
+    let f32_bytes = crate::job::memory::edge_bytes(mc)
+        .saturating_add(crate::job::memory::block_bytes(mc).saturating_mul(mc.n_layers as u64));
+    crate::job::preflight::check_output("--out", &config.out, f32_bytes / 2, "the checkpoint")?;
     let gptq = match config.format {
         ExportFormat::Bf16 => {
             export_bf16(backend, &loaded, config)?;

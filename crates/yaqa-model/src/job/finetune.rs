@@ -28,6 +28,7 @@ use crate::job::evaluate::{EvalText, eval_tokens};
 use crate::job::guard::{named, refuse_overwrite};
 use crate::job::progress::{Progress, ProgressExt};
 use crate::job::{CalibConfig, open_model, resume};
+use crate::job::{memory, preflight};
 use crate::transformer::decoder::Transformer;
 use crate::transformer::weights::LayerId;
 
@@ -110,6 +111,10 @@ pub fn run<B: Backend + ModelOps<f32>>(
     inputs.push(named("--model", &config.model));
     refuse_overwrite(&[named("--out", &config.out)], &inputs)?;
     let loaded = open_model(&config.model)?;
+    let mc = &loaded.model.config;
+    let f32_bytes = memory::edge_bytes(mc)
+        .saturating_add(memory::block_bytes(mc).saturating_mul(mc.n_layers as u64));
+    preflight::check_output("--out", &config.out, f32_bytes, "the fine-tuned checkpoint")?;
     let windows = config
         .steps
         .checked_mul(config.batch)

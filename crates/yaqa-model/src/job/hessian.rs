@@ -26,6 +26,7 @@ use crate::job::collect::{Set, empty_factors, sampled_labels};
 use crate::job::factors::{factor_index, load_set, next_sketch_a_pass, write_factor_dir};
 use crate::job::guard::{named, refuse_overwrite};
 use crate::job::memory::{self, Residency};
+use crate::job::preflight;
 use crate::job::progress::{Progress, ProgressExt};
 use crate::job::resume::{self, Job, Outcome, labels_from_record};
 use crate::job::sketch_a::{self, DEFAULT_PASSES};
@@ -197,6 +198,28 @@ pub fn run<B: Backend + ModelOps<f32>>(
         config.max_memory,
     )?;
     progress.note(mem.to_string());
+    // The files this run writes, twice (the checkpoint beside them), three times with layer groups
+    // (the groups' folders until they are joined).
+    let file_kinds: Vec<SketchKind> = match (config.sketch, &plan) {
+        (Sketch::A, Some(Plan::FromStart(p))) => {
+            (0..*p).map(|pass| SketchKind::A { pass }).collect()
+        }
+        (Sketch::A, _) => vec![SketchKind::A { pass: 1 }],
+        (Sketch::B, _) => vec![SketchKind::B],
+        (Sketch::Xtx, _) => vec![SketchKind::Xtx],
+    };
+    let files = file_kinds
+        .iter()
+        .map(|&k| memory::block_factor_file_bytes(&model_config, k))
+        .sum::<u64>()
+        .saturating_mul(selected.len() as u64);
+    let copies = if mem.groups.len() > 1 { 3 } else { 2 };
+    preflight::check_output(
+        "--out",
+        out,
+        files.saturating_mul(copies),
+        "the factor files and their checkpoint",
+    )?;
     if mem.groups.len() > 1 {
         return run_groups(backend, config, &mem.groups, t0, progress);
     }

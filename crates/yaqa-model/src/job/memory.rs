@@ -152,6 +152,36 @@ pub fn block_factor_bytes(config: &ModelConfig, kinds: &[SketchKind]) -> u64 {
         .sum()
 }
 
+/// Bytes one block's factor files of `kind` take on disk: every file holds `h_in` as a packed f64
+/// triangle; two-sided files (Sketch B, Sketch A after pass 0) also `h_out` and the same sequences'
+/// `Σ x xᵀ`, which the one-sided methods read. (A few kilobytes of headers per file are left out.)
+pub fn block_factor_file_bytes(config: &ModelConfig, kind: SketchKind) -> u64 {
+    LinearKind::ALL
+        .iter()
+        .map(|k| {
+            let (m, n) = k.shape(config);
+            match kind {
+                SketchKind::Xtx | SketchKind::A { pass: 0 } => tri_bytes(n),
+                _ => 2 * tri_bytes(n) + tri_bytes(m),
+            }
+        })
+        .sum()
+}
+
+/// Bytes of a quantized file of every linear layer at `bits_per_weight` (codes, scales and side data
+/// amortised).
+pub fn quantized_file_bytes(config: &ModelConfig, bits_per_weight: f64) -> u64 {
+    let weights: u64 = LinearKind::ALL
+        .iter()
+        .map(|k| {
+            let (m, n) = k.shape(config);
+            m as u64 * n as u64
+        })
+        .sum::<u64>()
+        .saturating_mul(config.n_layers as u64);
+    (weights as f64 * bits_per_weight / 8.0).ceil() as u64
+}
+
 /// Bytes of the dense f32 Gram one sequence adds to the widest factor of a block (the transient of
 /// accumulating a sketch).
 pub fn gram_bytes(config: &ModelConfig) -> u64 {

@@ -29,6 +29,7 @@ pub mod guard;
 pub mod hessian;
 pub mod memory;
 pub mod pipeline;
+pub mod preflight;
 pub mod progress;
 pub mod quantize;
 pub mod resume;

@@ -28,6 +28,7 @@ use crate::job::factors::{factor_index, pick_factor_file, read_factor_checked};
 use crate::job::guard::{named, refuse_overwrite};
 use crate::job::memory::{self, Residency};
 use crate::job::pipeline::{assemble_parts, quantize_layers, run_header};
+use crate::job::preflight;
 use crate::job::progress::ProgressExt;
 use crate::job::progress::{Event, Progress};
 use crate::job::resume::{self, Job, Outcome};
@@ -164,6 +165,26 @@ pub fn run<B: Backend + ModelOps<f32>>(
     if config.factors.is_none() {
         config.calib.check(&loaded)?;
     }
+    // The parts and the file assembled from them (generously: scales and headers as half a bit per
+    // weight), and the factors this run collects with their checkpoint.
+    let mc = &loaded.model.config;
+    let mut need =
+        memory::quantized_file_bytes(mc, config.spec.bits as f64 + 0.5).saturating_mul(2);
+    if config.factors.is_none() {
+        let kind = if config.spec.method == Method::Yaqa {
+            SketchKind::B
+        } else {
+            SketchKind::Xtx
+        };
+        let factors = memory::block_factor_file_bytes(mc, kind).saturating_mul(mc.n_layers as u64);
+        need = need.saturating_add(factors.saturating_mul(2));
+    }
+    preflight::check_output(
+        "--out",
+        &config.out,
+        need,
+        "the quantized file with its parts",
+    )?;
     if let Some(eval) = &config.eval {
         eval.check(&loaded, ["--eval-window", "--eval-windows"])?;
     }
