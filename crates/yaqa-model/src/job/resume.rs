@@ -48,15 +48,18 @@ pub enum Every {
 }
 
 impl Every {
-    /// Sequences to collect before the next decision, given the seconds per sequence so far (`None`
-    /// before any) and the seconds since the last checkpoint: under `Secs`, one sequence to measure the
-    /// rate, then enough to reach the interval.
+    /// Sequences to collect before the next decision, given the seconds per sequence of the last chunk
+    /// (`None` before any) and the seconds since the last checkpoint: under `Secs`, one sequence to
+    /// measure the rate, then enough to reach the interval but at most a quarter of it at that rate,
+    /// so a run that slows down (a machine that gets busy) is re-measured and still checkpoints
+    /// about on time instead of running a chunk sized by its fast start for hours.
     fn chunk(self, rate: Option<f64>, since: f64) -> usize {
         match (self, rate) {
             (Every::Seqs(n), _) => n.max(1),
             (Every::Secs(_), None) => 1,
             (Every::Secs(s), Some(r)) => {
-                ((s - since) / r.max(1e-9)).ceil().clamp(1.0, 1e9) as usize
+                let r = r.max(1e-9);
+                ((s - since) / r).min(s / 4.0 / r).ceil().clamp(1.0, 1e9) as usize
             }
         }
     }
@@ -177,20 +180,21 @@ pub fn collect<B: Backend + ModelOps<f32>>(
     };
     let first = done;
     let stage = job.progress.stage(job.label, to - first);
-    let t0 = Instant::now();
     let mut warm_up = SeqWarmUp::new(to - first);
     let mut last = Instant::now();
+    // Seconds per sequence of the last chunk.
+    let mut recent: Option<f64> = None;
     let mut budget = job.budget;
     while done < to {
         if budget == Some(0) {
             return Ok(Outcome::Stopped(done));
         }
-        let rate = (done > first).then(|| t0.elapsed().as_secs_f64() / (done - first) as f64);
-        let mut end = (done + job.every.chunk(rate, last.elapsed().as_secs_f64())).min(to);
+        let mut end = (done + job.every.chunk(recent, last.elapsed().as_secs_f64())).min(to);
         if let Some(b) = budget {
             end = end.min(done + b);
         }
         let offset = done - first;
+        let chunk_start = Instant::now();
         let (next, labels) =
             collect_sets(backend, model, &seqs[done..end], job.seed, sets, &mut |d| {
                 stage.step(offset + d);
@@ -204,8 +208,9 @@ pub fn collect<B: Backend + ModelOps<f32>>(
             attach_labels(&mut seqs[done..end], labels);
         }
         budget = budget.map(|b| b - (end - done));
+        let rate = chunk_start.elapsed().as_secs_f64() / (end - done) as f64;
+        recent = Some(rate);
         done = end;
-        let rate = t0.elapsed().as_secs_f64() / (done - first) as f64;
         if done < to && (job.every.due(rate, last.elapsed().as_secs_f64()) || budget == Some(0)) {
             save(model, &sets, seqs, from, done, job)?;
             last = Instant::now();
@@ -448,8 +453,11 @@ mod tests {
         let every = Every::Secs(600.0);
         // One sequence first, to measure.
         assert_eq!(every.chunk(None, 0.0), 1);
-        // 4 s per sequence, 100 s since the last checkpoint: 125 more reach 600 s.
-        assert_eq!(every.chunk(Some(4.0), 100.0), 125);
+        // 4 s per sequence, 500 s since the last checkpoint: 25 more reach 600 s.
+        assert_eq!(every.chunk(Some(4.0), 500.0), 25);
+        // 100 s since: 125 more would reach it, but a chunk is at most a quarter of the interval (150 s)
+        // so a rate that changes is measured again before the checkpoint is due.
+        assert_eq!(every.chunk(Some(4.0), 100.0), 38);
         // Past the interval (a slow checkpoint write): still one at a time, never zero.
         assert_eq!(every.chunk(Some(4.0), 700.0), 1);
         assert!(!every.due(4.0, 100.0));
