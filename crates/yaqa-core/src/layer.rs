@@ -12,9 +12,11 @@ use crate::error::{CoreError, Result, check_finite};
 use crate::hadamard::sign_vector;
 use crate::ldl::{LdlParams, normalize_mean_diag};
 use crate::mat::Mat;
+use crate::optq::{OptqReport, RunFacts};
 use crate::quant::TileQuantizer;
 use crate::quant::int::{AsymFitParams, IntAsymGroup, IntSym, search_sym_scale};
 use crate::refine::{RefineStats, refine_coordinate};
+use crate::rng::Rng;
 use crate::sketch::Factors;
 use crate::sym::SymMat;
 
@@ -189,6 +191,9 @@ pub struct LayerReport {
     pub bits_per_weight: f64,
     /// What the coordinate-descent refinement did, when it ran.
     pub refine: Option<RefineStats>,
+    /// The OPTQ identity and bounds ([`crate::optq`]) of GPTQ, LDLQ and YAQA runs with 1 × 1 tiles on a
+    /// uniform grid, when the backend kept the rounding errors and no refinement moved the result.
+    pub optq: Option<OptqReport>,
 }
 
 /// A rounded layer: the dequantized weights in the original basis and what reproduces them.
@@ -340,11 +345,21 @@ fn quantize_layer_inner(
             },
         )
     };
+    // The pivots of `h_out`'s LDL (YAQA with 1 × 1 tiles), for the OPTQ report.
+    let mut pivots_out: Option<Vec<f64>> = None;
     let (mut rounded, damp_in, damp_out, pivots): (Rounded, f64, Option<f64>, Vec<f64>) =
         match params.method {
             Method::Rtn => (round_to_nearest(&w_r, q), 0.0, None, Vec::new()),
             Method::Gptq => {
-                let r = backend.gptq(&w_r, &h_in, q, &params.gptq)?;
+                // Each layer draws its own stream of the recorded seed.
+                let gptq = GptqParams {
+                    stochastic_seed: params
+                        .gptq
+                        .stochastic_seed
+                        .map(|seed| Rng::derive(seed, &format!("{name}/stochastic")).next_u64()),
+                    ..params.gptq
+                };
+                let r = backend.gptq(&w_r, &h_in, q, &gptq)?;
                 let pivots = r.pivots.clone();
                 (r, params.gptq.damp * h_in.mean_diag(), None, pivots)
             }
@@ -390,9 +405,25 @@ fn quantize_layer_inner(
                     q,
                     &params.round,
                 )?;
+                pivots_out = Some(ldl_out.pivots());
                 (r, ldl.damp_added, Some(ldl_out.damp_added), ldl.pivots())
             }
         };
+    let optq = if params.refine_sweeps == 0 {
+        optq_report(
+            backend,
+            params,
+            &w_r,
+            &h_in,
+            h_out.as_ref(),
+            &rounded,
+            (damp_in, damp_out),
+            (&pivots, pivots_out.as_deref()),
+            q,
+        )?
+    } else {
+        None
+    };
 
     let refine = if params.refine_sweeps > 0 {
         // The proxy the rounding minimised: the same normalised, rotated and damped factors.
@@ -448,7 +479,102 @@ fn quantize_layer_inner(
             scale_c,
             bits_per_weight,
             refine,
+            optq,
         },
         quantizer,
     })
+}
+
+/// The OPTQ report of a finished rounding ([`crate::optq`]): the measured error on the damped factors the
+/// rounding used, against the run's pivots and rounding errors. `None` for RTN, tiles larger than 1 × 1
+/// (block pivots), a backend that kept no rounding errors, or a quantizer that is not a uniform grid.
+///
+/// GPTQ's dead columns (zero diagonal) are rounded by GPTQ as zero weights against `H_ii = 1`, so the
+/// measured error uses the same `H` and `W`.
+#[allow(clippy::too_many_arguments)]
+fn optq_report(
+    backend: &dyn Backend,
+    params: &LayerParams,
+    w_r: &Mat<f32>,
+    h_in: &SymMat,
+    h_out: Option<&SymMat>,
+    rounded: &Rounded,
+    (damp_in, damp_out): (f64, Option<f64>),
+    (pivots, pivots_out): (&[f64], Option<&[f64]>),
+    q: &dyn TileQuantizer,
+) -> Result<Option<OptqReport>> {
+    let Some(eps) = rounded.eps.as_ref() else {
+        return Ok(None);
+    };
+    let n = w_r.cols;
+    let one_by_one = params.round.tile_rows == 1 && params.round.tile_cols == 1;
+    let mut w = w_r.clone();
+    let mut h = h_in.clone();
+    let mut h_out_damped = None;
+    let (pivots_in, gains) = match params.method {
+        Method::Gptq => {
+            let order: Vec<usize> = if rounded.order.is_empty() {
+                (0..n).collect()
+            } else {
+                rounded.order.clone()
+            };
+            if rounded.pivots.len() != n || order.len() != n {
+                return Ok(None);
+            }
+            let mut at = vec![0.0; n];
+            for (t, &col) in order.iter().enumerate() {
+                at[col] = rounded.pivots[t];
+            }
+            let gains = (rounded.drift_gains.len() == n).then(|| {
+                let mut g = vec![0.0; n];
+                for (t, &col) in order.iter().enumerate() {
+                    g[col] = rounded.drift_gains[t];
+                }
+                g
+            });
+            let dead: Vec<usize> = (0..n).filter(|&i| h.at(i, i) == 0.0).collect();
+            for &i in &dead {
+                *h.at_mut(i, i) = 1.0;
+                for r in 0..w.rows {
+                    *w.at_mut(r, i) = 0.0;
+                }
+            }
+            h.add_diag(params.gptq.damp * h.mean_diag());
+            (at, gains)
+        }
+        Method::Ldlq | Method::Yaqa if one_by_one => {
+            h.add_diag(damp_in);
+            if let (Method::Yaqa, Some(ho), Some(d)) = (params.method, h_out, damp_out) {
+                let mut ho = ho.clone();
+                ho.add_diag(d);
+                h_out_damped = Some(ho);
+            }
+            if pivots.len() != n {
+                return Ok(None);
+            }
+            (pivots.to_vec(), None)
+        }
+        _ => return Ok(None),
+    };
+    if params.method == Method::Yaqa && (h_out_damped.is_none() || pivots_out.is_none()) {
+        return Ok(None);
+    }
+    let delta = Mat {
+        rows: w.rows,
+        cols: n,
+        data: w
+            .data
+            .iter()
+            .zip(&rounded.w_hat.data)
+            .map(|(a, b)| a - b)
+            .collect(),
+    };
+    let measured = backend.weighted_error(&delta, &h, h_out_damped.as_ref())?;
+    let facts = RunFacts {
+        measured,
+        pivots_in: &pivots_in,
+        pivots_out,
+        drift_gains: gains.as_deref(),
+    };
+    Ok(crate::optq::report(&w, &rounded.w_hat, eps, q, &facts))
 }
