@@ -578,3 +578,101 @@ fn optq_report(
     };
     Ok(crate::optq::report(&w, &rounded.w_hat, eps, q, &facts))
 }
+
+#[cfg(test)]
+mod optq_tests {
+    use crate::layer::{LayerFactors, LayerParams, Method, QuantizerSpec, quantize_layer};
+    use crate::reference::Reference;
+    use crate::sym::SymMat;
+    use crate::synthetic;
+
+    fn factor(n: usize, seed: u64) -> SymMat {
+        let x = synthetic::activations(3 * n, n, 0.8, seed);
+        let mut h = SymMat::zeros(n);
+        for t in 0..x.rows {
+            for i in 0..n {
+                for j in 0..=i {
+                    *h.at_mut(i, j) += x.at(t, i) as f64 * x.at(t, j) as f64;
+                }
+            }
+        }
+        h
+    }
+
+    /// Every method with pivots reports the OPTQ identity ([`crate::optq`]) through `quantize_layer` (rotated, normalised,
+    /// damped coordinates), to f32 round-off; RTN and refined runs report none.
+    #[test]
+    fn layer_reports_carry_the_identity() {
+        let (m, n) = (16, 32);
+        let h_in = factor(n, 1);
+        let h_out = factor(m, 2);
+        let w = synthetic::weights(m, n, 3);
+        let factors = LayerFactors {
+            h_in: &h_in,
+            h_out: Some(&h_out),
+            xtx: None,
+        };
+        for method in [Method::Gptq, Method::Ldlq, Method::Yaqa] {
+            for quantizer in [
+                QuantizerSpec::IntSym { bits: 3 },
+                QuantizerSpec::IntAsym {
+                    bits: 4,
+                    group_size: Some(8),
+                },
+            ] {
+                let params = LayerParams {
+                    method,
+                    quantizer,
+                    ..LayerParams::default()
+                };
+                let q = quantize_layer(&Reference, "l", &w, &factors, &params).expect("layer");
+                let o = q.report.optq.expect("optq report");
+                assert!(o.measured > 0.0 && o.bound > 0.0);
+                // f32 storage of ε and Δ: tests/gptq.rs measures about 1e-7 (IDENTITY_REL_TOL).
+                assert!(o.discrepancy() < 1e-5, "{method:?} {quantizer:?}: {o:?}");
+                if o.clipped == 0 {
+                    assert!(o.measured <= o.bound, "{method:?}: {o:?}");
+                }
+            }
+        }
+        let rtn = LayerParams {
+            method: Method::Rtn,
+            ..LayerParams::default()
+        };
+        let q = quantize_layer(&Reference, "l", &w, &factors, &rtn).expect("rtn");
+        assert!(q.report.optq.is_none());
+        let refined = LayerParams {
+            method: Method::Gptq,
+            refine_sweeps: 1,
+            ..LayerParams::default()
+        };
+        let q = quantize_layer(&Reference, "l", &w, &factors, &refined).expect("refined");
+        assert!(q.report.optq.is_none());
+    }
+
+    /// Stochastic GPTQ through `quantize_layer`: the same seed replays bit for bit, another seed or
+    /// another layer name draws another stream, and the stochastic bounds are reported.
+    #[test]
+    fn stochastic_layers_replay_by_seed_and_name() {
+        let (m, n) = (8, 32);
+        let h = factor(n, 4);
+        let w = synthetic::weights(m, n, 5);
+        let run = |name: &str, seed: u64| {
+            let mut params = LayerParams {
+                method: Method::Gptq,
+                quantizer: QuantizerSpec::IntSym { bits: 4 },
+                ..LayerParams::default()
+            };
+            params.gptq.stochastic_seed = Some(seed);
+            quantize_layer(&Reference, name, &w, &LayerFactors::xtx(&h), &params).expect("gptq")
+        };
+        let a = run("a", 7);
+        assert_eq!(a.codes, run("a", 7).codes);
+        assert_ne!(a.codes, run("a", 8).codes);
+        assert_ne!(a.codes, run("b", 7).codes);
+        let o = a.report.optq.expect("optq");
+        let s = o.stochastic.expect("stochastic bounds");
+        assert!(s.drift_bound_steps > 0.0 && s.linf_bound_steps == s.drift_bound_steps + 1.0);
+        assert!(o.discrepancy() < 1e-5, "{o:?}");
+    }
+}
