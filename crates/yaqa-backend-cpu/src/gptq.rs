@@ -43,12 +43,14 @@ const MIN_CHUNK_ROWS: usize = 256;
 /// The feedback coefficients `C` (`C_kt = V_kt/V_tt` for `k < t`, zero elsewhere; column-major `n × n`
 /// f32, so column `t` holds the coefficients feeding column `t`) and the pivots `d_t = V_tt²` in processing
 /// order, from one Cholesky of the reversed, permuted, damped Hessian (see the module documentation).
+/// With `drift`, also the drift gains `ρ_t` of stochastic GPTQ ([`yaqa_core::optq`]), from `U = V⁻¹`.
 fn feedback_factor(
     h: &SymMat,
     dead: &[bool],
     damp_added: f64,
     perm: &[usize],
-) -> Result<(Vec<f32>, Vec<f64>)> {
+    drift: bool,
+) -> Result<(Vec<f32>, Vec<f64>, Vec<f64>)> {
     let n = h.n;
     let par = Par::rayon(0);
     // Lower triangle of P H_p P: entry (i, j) is H at the original columns of steps n−1−i and n−1−j.
@@ -96,7 +98,26 @@ fn feedback_factor(
             *out = (col[n - 1 - k] / v_tt) as f32;
         }
     }
-    Ok((c, pivots))
+    // ρ_t² = Σ_{s<t} (U_st/U_ss)² with U = V⁻¹ = P L'⁻¹ P: for j = n−1−t it is the part of column j of
+    // L'⁻¹ below the diagonal, each entry (row i) scaled by 1/(L'⁻¹)_ii = L'_ii.
+    let drift_gains = if drift {
+        let mut inv = faer::Mat::<f64>::zeros(n, n);
+        faer::linalg::triangular_inverse::invert_lower_triangular(inv.as_mut(), a.as_ref(), par);
+        after_faer(par);
+        (0..n)
+            .map(|t| {
+                let j = n - 1 - t;
+                let col = inv.col_as_slice(j);
+                (j + 1..n)
+                    .map(|i| (col[i] * a.col_as_slice(i)[i]).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok((c, pivots, drift_gains))
 }
 
 /// `x = w + f` (pulp SIMD): the weights GPTQ rounds, with their feedback.
@@ -175,10 +196,11 @@ impl WithSimd for AddScaled<'_> {
 
 /// One block of columns restricted to rows `row0..row0 + len`, one slice per block column: the block's
 /// rows of `Wᵀ` (original weights in, rounded weights out), of the feedback `F`, of the errors `Δ` and of
-/// the codes.
+/// the codes, and the rounding errors `ε` (value given to the quantizer minus its reconstruction).
 struct BlockChunk<'a> {
     row0: usize,
     w: Vec<&'a mut [f32]>,
+    eps: Vec<&'a mut [f32]>,
     feedback: Vec<&'a mut [f32]>,
     delta: Vec<&'a mut [f32]>,
     codes: Vec<&'a mut [u16]>,
@@ -199,6 +221,7 @@ fn round_block_chunk(
     let BlockChunk {
         row0,
         mut w,
+        mut eps,
         mut feedback,
         mut delta,
         mut codes,
@@ -219,6 +242,7 @@ fn round_block_chunk(
                 }
             }
         }
+        eps[t].copy_from_slice(&q);
         quantizer.quantize_tile(
             row0,
             perm[col],
@@ -228,6 +252,9 @@ fn round_block_chunk(
             codes[t],
             dither.as_deref_mut(),
         );
+        for (e, qv) in eps[t].iter_mut().zip(&q) {
+            *e -= qv;
+        }
         match arch {
             Some(arch) => arch.dispatch(TakeError {
                 w: w[t],
@@ -287,7 +314,13 @@ pub(crate) fn gptq(
         // Decreasing diag(H), ties by column index (stable sort).
         perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
     }
-    let (c, pivots) = feedback_factor(h, &dead, damp_added, &perm)?;
+    let (c, pivots, drift_gains) = feedback_factor(
+        h,
+        &dead,
+        damp_added,
+        &perm,
+        params.stochastic_seed.is_some(),
+    )?;
 
     // Wᵀ in processing order (row t is column perm[t] of W), in row tiles so reads and writes stay cached.
     let mut wt = vec![0f32; n * m];
@@ -302,6 +335,7 @@ pub(crate) fn gptq(
         }
     }
     let mut feedback = vec![0f32; n * m];
+    let mut eps_t = vec![0f32; n * m];
     let mut codes_t = vec![0u16; n * m];
     let block = params.block_size.min(n);
     let mut delta = vec![0f32; block * m];
@@ -323,6 +357,7 @@ pub(crate) fn gptq(
             .map(|row0| BlockChunk {
                 row0,
                 w: Vec::with_capacity(bs),
+                eps: Vec::with_capacity(bs),
                 feedback: Vec::with_capacity(bs),
                 delta: Vec::with_capacity(bs),
                 codes: Vec::with_capacity(bs),
@@ -330,17 +365,22 @@ pub(crate) fn gptq(
             .collect();
         let rows = wt[b0 * m..b1 * m]
             .chunks_mut(m)
+            .zip(eps_t[b0 * m..b1 * m].chunks_mut(m))
             .zip(feedback[b0 * m..b1 * m].chunks_mut(m))
             .zip(delta[..bs * m].chunks_mut(m))
             .zip(codes_t[b0 * m..b1 * m].chunks_mut(m));
-        for (((w_row, f_row), d_row), c_row) in rows {
+        for ((((w_row, e_row), f_row), d_row), c_row) in rows {
             let parts = w_row
                 .chunks_mut(chunk_len)
+                .zip(e_row.chunks_mut(chunk_len))
                 .zip(f_row.chunks_mut(chunk_len))
                 .zip(d_row.chunks_mut(chunk_len))
                 .zip(c_row.chunks_mut(chunk_len));
-            for (chunk, (((w_part, f_part), d_part), c_part)) in chunks.iter_mut().zip(parts) {
+            for (chunk, ((((w_part, e_part), f_part), d_part), c_part)) in
+                chunks.iter_mut().zip(parts)
+            {
                 chunk.w.push(w_part);
+                chunk.eps.push(e_part);
                 chunk.feedback.push(f_part);
                 chunk.delta.push(d_part);
                 chunk.codes.push(c_part);
@@ -369,12 +409,14 @@ pub(crate) fn gptq(
     }
 
     let mut w_hat = Mat::<f32>::zeros(m, n);
+    let mut eps = Mat::<f32>::zeros(m, n);
     let mut codes = vec![0u16; m * n];
     for r0 in (0..m).step_by(TRANSPOSE_ROWS) {
         let r1 = (r0 + TRANSPOSE_ROWS).min(m);
         for (t, &col) in perm.iter().enumerate() {
             for r in r0..r1 {
                 w_hat.data[r * n + col] = wt[t * m + r];
+                eps.data[r * n + col] = eps_t[t * m + r];
                 codes[r * n + col] = codes_t[t * m + r];
             }
         }
@@ -383,6 +425,9 @@ pub(crate) fn gptq(
         w_hat,
         codes,
         pivots,
+        order: perm,
+        eps: Some(eps),
+        drift_gains,
     })
 }
 
@@ -421,7 +466,7 @@ mod tests {
         let mut perm: Vec<usize> = (0..n).collect();
         perm.reverse();
         perm.swap(3, 30);
-        let (c, pivots) = feedback_factor(&h, &dead, damp, &perm).expect("spd");
+        let (c, pivots, _) = feedback_factor(&h, &dead, damp, &perm, false).expect("spd");
         let v = |k: usize, t: usize| -> f64 {
             if k == t {
                 pivots[t].sqrt()

@@ -10,6 +10,7 @@ mod hadamard;
 mod ldl;
 mod model;
 mod proxy;
+mod qronos;
 mod round;
 mod sketch;
 
@@ -118,6 +119,17 @@ impl Backend for Cpu {
         params: &GptqParams,
     ) -> Result<Rounded> {
         gptq::gptq(self.simd, w, h, quantizer, params)
+    }
+
+    fn qronos(
+        &self,
+        w: &Mat<f32>,
+        h: &SymMat,
+        g: &Mat<f64>,
+        quantizer: &dyn TileQuantizer,
+        params: &GptqParams,
+    ) -> Result<Rounded> {
+        qronos::qronos(self.simd, w, h, g, quantizer, params)
     }
 
     fn weighted_error(&self, d: &Mat<f32>, h_in: &SymMat, h_out: Option<&SymMat>) -> Result<f64> {

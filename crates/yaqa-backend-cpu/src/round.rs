@@ -135,6 +135,7 @@ pub(crate) fn round_adaptive(
     };
     let block_cols = tc * (BLOCK_COLS / tc).max(1);
     let mut e_all = vec![0f32; m * n];
+    let mut eps_all = vec![0f32; m * n];
     let mut w_hat_all = vec![0f32; m * n];
     let mut codes_all = vec![0u16; m * n / code_dim];
 
@@ -200,6 +201,11 @@ pub(crate) fn round_adaptive(
             c_hi = c_lo;
         }
         e_all[lo * n..hi * n].copy_from_slice(&s.e);
+        // The rounding error of a weight is the value the quantizer was given minus its reconstruction:
+        // `W + U + intra + V − Ŵ = P + V`, and a column's `V` is final once the column is rounded.
+        for ((eps, p), v) in eps_all[lo * n..hi * n].iter_mut().zip(&s.p).zip(&s.v) {
+            *eps = p + v;
+        }
         w_hat_all[lo * n..hi * n].copy_from_slice(&s.w_hat);
         codes_all[lo * n / code_dim..hi * n / code_dim].copy_from_slice(&s.codes);
         hi = lo;
@@ -208,6 +214,9 @@ pub(crate) fn round_adaptive(
         w_hat: Mat::from_vec(m, n, w_hat_all)?,
         codes: codes_all,
         pivots: Vec::new(),
+        order: Vec::new(),
+        eps: Some(Mat::from_vec(m, n, eps_all)?),
+        drift_gains: Vec::new(),
     })
 }
 

@@ -268,6 +268,20 @@ impl Backend for Cuda {
         Err(CudaError::NotYetOnCuda { operation: "gptq" }.into_core("gptq"))
     }
 
+    fn qronos(
+        &self,
+        _w: &Mat<f32>,
+        _h: &SymMat,
+        _g: &Mat<f64>,
+        _quantizer: &dyn TileQuantizer,
+        _params: &GptqParams,
+    ) -> Result<Rounded> {
+        Err(CudaError::NotYetOnCuda {
+            operation: "qronos",
+        }
+        .into_core("qronos"))
+    }
+
     fn weighted_error(&self, d: &Mat<f32>, h_in: &SymMat, h_out: Option<&SymMat>) -> Result<f64> {
         let _g = self.guard();
         proxy::weighted_error(&self.dev(), d, h_in, h_out)

@@ -167,10 +167,19 @@ pub struct SpecArgs {
     pub damp: DampArgs,
     #[command(flatten)]
     pub refine: RefineArgs,
+    /// GPTQ: round columns by decreasing diag(H) (act-order); groups keep the original column index
+    /// (GPTQ's static groups)
+    #[arg(long)]
+    pub act_order: bool,
+    /// GPTQ: unbiased stochastic rounding inside the error feedback, seeded by --seed (recorded in the
+    /// output); the OPTQ drift and ℓ∞ bounds are printed per layer
+    #[arg(long)]
+    pub stochastic: bool,
 }
 
 impl SpecArgs {
-    pub fn spec(&self) -> QuantSpec {
+    /// The library's spec; `seed` seeds stochastic rounding when `--stochastic` is given.
+    pub fn spec(&self, seed: u64) -> QuantSpec {
         QuantSpec {
             method: self.method.into(),
             bits: self.quantizer.bits(),
@@ -180,6 +189,8 @@ impl SpecArgs {
             damp: self.damp.damp,
             damp_out: self.damp.damp_out,
             refine: self.refine.refine,
+            act_order: self.act_order,
+            stochastic: self.stochastic.then_some(seed),
         }
     }
 }

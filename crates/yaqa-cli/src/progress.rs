@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle, TermLike};
 use yaqa_core::layer::LayerReport;
+use yaqa_core::optq::OptqReport;
 use yaqa_model::job::{Event, Progress};
 
 /// Renders [`Event`]s with indicatif.
@@ -72,9 +73,40 @@ fn layer_line(name: &str, r: &LayerReport, seconds: f64) -> String {
     let refine = r.refine.map_or_else(String::new, |s| {
         format!(" cd {} sweeps/{} moves", s.sweeps, s.moves)
     });
+    let optq = r
+        .optq
+        .as_ref()
+        .map_or_else(String::new, |o| format!(" | {}", optq_line(o)));
     format!(
-        "{name:<36} proxy {:.3e}{two} damp {:.3}{damp_out}{scale}{refine} {seconds:.2} s",
+        "{name:<36} proxy {:.3e}{two} damp {:.3}{damp_out}{scale}{refine} {seconds:.2} s{optq}",
         r.proxy_one_sided, r.damp_in
+    )
+}
+
+/// The OPTQ figures of one layer: measured error against the bound, the identity's discrepancy, and for
+/// stochastic GPTQ the drift and ℓ∞ bounds in grid steps with the headroom to the grid's ends.
+pub fn optq_line(o: &OptqReport) -> String {
+    let clipped = if o.clipped > 0 {
+        format!(" clipped {}", o.clipped)
+    } else {
+        String::new()
+    };
+    let stochastic = o.stochastic.map_or_else(String::new, |s| {
+        format!(
+            " drift {:.2}/{:.2} ℓ∞ {:.2}/{:.2} headroom {:.2} steps",
+            s.drift_measured_steps,
+            s.drift_bound_steps,
+            s.linf_measured_steps,
+            s.linf_bound_steps,
+            s.headroom_steps
+        )
+    });
+    format!(
+        "optq {:.3e} ≤ {:.3e} ({:.3}) identity Δ {:.1e}{clipped}{stochastic}",
+        o.measured,
+        o.bound,
+        o.ratio(),
+        o.discrepancy()
     )
 }
 

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use yaqa_model::job::evaluate::EvalText;
+use yaqa_model::job::evaluate::{EvalText, write_json};
+use yaqa_model::job::guard::{named, refuse_overwrite};
 use yaqa_model::job::quantize::{self, QuantizeConfig, default_eval};
 
 use crate::args::{
@@ -51,6 +52,10 @@ pub struct QuantizeArgs {
     /// limit.
     #[arg(long, value_name = "SIZE", value_parser = yaqa_model::job::memory::parse_bytes)]
     pub max_memory: Option<u64>,
+    /// Also write the report as JSON: every layer's proxy errors and OPTQ bounds, their totals and the
+    /// evaluation.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
     /// Stop after quantizing K layers, as if interrupted (for testing resumption).
@@ -60,9 +65,15 @@ pub struct QuantizeArgs {
 
 pub fn run(args: QuantizeArgs) -> Result<()> {
     let cpu = backend(args.device)?;
+    if let Some(json) = &args.json {
+        let mut inputs = vec![named("--model", &args.model), named("--out", &args.out)];
+        inputs.extend(args.factors.as_deref().map(|p| named("--factors", p)));
+        inputs.extend(args.calib.calib.iter().map(|p| named("--calib", p)));
+        refuse_overwrite(&[named("--json", json)], &inputs)?;
+    }
     let config = QuantizeConfig {
         model: args.model,
-        spec: args.spec.spec(),
+        spec: args.spec.spec(args.calib.seed),
         factors: args.factors,
         calib: calib_config(&args.calib, &args.calib_ids),
         out: args.out,
@@ -86,6 +97,23 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         r.resumed,
         r.seconds
     );
+    if let Some(t) = r.optq_totals() {
+        let clipped = if t.clipped > 0 {
+            format!(", {} clipped weights (the bound assumes none)", t.clipped)
+        } else {
+            String::new()
+        };
+        println!(
+            "OPTQ over {} layers: measured {:.4e}, bound (δ²/4)·Σd {:.4e} (ratio {:.3}), identity Σ d·ε² \
+             {:.4e} (worst relative discrepancy {:.1e}){clipped}",
+            t.layers,
+            t.measured,
+            t.bound,
+            t.measured / t.bound,
+            t.identity,
+            t.worst_discrepancy
+        );
+    }
     if let Some(t) = &r.eval {
         let row = &t.rows[0];
         println!(
@@ -93,6 +121,9 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
              {} tokens of {}",
             row.kl, row.ppl, t.original_ppl, t.n_windows, t.window, t.source
         );
+    }
+    if let Some(path) = &args.json {
+        write_json(path, &r.to_json())?;
     }
     Ok(())
 }

@@ -21,6 +21,9 @@ pub struct RoundArgs {
     pub factors: PathBuf,
     #[command(flatten)]
     pub spec: SpecArgs,
+    /// Seed of the stochastic rounding (--stochastic).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
+    pub seed: u64,
     /// Output safetensors: `w_hat` (F32) and `codes` (U8) plus the report.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
@@ -36,10 +39,13 @@ pub fn run(args: RoundArgs) -> Result<()> {
             weights: args.weights,
             tensor: args.tensor,
             factors: args.factors,
-            spec: args.spec.spec(),
+            spec: args.spec.spec(args.seed),
             out: args.out,
         },
     )?;
+    if let Some(o) = &r.report.optq {
+        eprintln!("{}", crate::progress::optq_line(o));
+    }
     println!("{}", serde_json::to_string_pretty(&r.to_json())?);
     Ok(())
 }

@@ -87,6 +87,15 @@ pub struct Rounded {
     pub codes: Vec<u16>,
     /// The LDL pivots (`d_t`) the run used, in processing order, for the OPTQ error bound (DESIGN.md §9).
     pub pivots: Vec<f64>,
+    /// The column rounded at each step (`pivots[t]` belongs to column `order[t]`); empty means the
+    /// natural order `0..n`.
+    pub order: Vec<usize>,
+    /// The rounding errors `ε` of the run ([`crate::optq`], DESIGN.md §9): for every weight, the
+    /// feedback-corrected value handed to the quantizer minus its reconstruction, `m × n` at the weight's
+    /// own position. `None` where a backend does not record them.
+    pub eps: Option<Mat<f32>>,
+    /// Stochastic GPTQ only: the drift gains `ρ_t` in processing order ([`crate::optq`]); empty otherwise.
+    pub drift_gains: Vec<f64>,
 }
 
 /// Round-to-nearest over the whole matrix: every tile quantized with no feedback.
@@ -111,6 +120,9 @@ pub fn round_to_nearest(w: &Mat<f32>, quantizer: &dyn TileQuantizer) -> Rounded 
         w_hat,
         codes,
         pivots: Vec::new(),
+        order: Vec::new(),
+        eps: None,
+        drift_gains: Vec::new(),
     }
 }
 
@@ -191,6 +203,20 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         &self,
         w: &Mat<f32>,
         h: &SymMat,
+        quantizer: &dyn TileQuantizer,
+        params: &GptqParams,
+    ) -> Result<Rounded>;
+
+    /// Qronos (arXiv 2505.11695, DESIGN.md §9) against `h = X̃ᵀX̃` and `g = X̃ᵀX` (both `n × n`), columns
+    /// left to right: the corrective first step, then GPTQ's updates ([`crate::reference`]'s `qronos`
+    /// states the equations). `params.act_order` is refused.
+    ///
+    /// **Errors**: those of [`check_qronos_inputs`]; `H + λI` not positive definite.
+    fn qronos(
+        &self,
+        w: &Mat<f32>,
+        h: &SymMat,
+        g: &Mat<f64>,
         quantizer: &dyn TileQuantizer,
         params: &GptqParams,
     ) -> Result<Rounded>;
@@ -424,5 +450,29 @@ pub fn check_gptq_inputs(
     }
     crate::error::check_finite("gptq W", &w.data)?;
     crate::error::check_finite("gptq H", &h.data)?;
+    Ok(())
+}
+
+/// Checks the inputs of [`Backend::qronos`] (shared by every backend): those of [`check_gptq_inputs`],
+/// `g` is `n × n` and finite, and no act-order (Qronos's first step is defined for the first column of the
+/// order the caller chose; permute `W`, `H` and `G` before calling instead).
+pub fn check_qronos_inputs(
+    w: &Mat<f32>,
+    h: &SymMat,
+    g: &Mat<f64>,
+    quantizer: &dyn TileQuantizer,
+    params: &GptqParams,
+) -> Result<()> {
+    check_gptq_inputs(w, h, quantizer, params)?;
+    let n = w.cols;
+    g.expect_shape("qronos G = X̃ᵀX (n × n)", n, n)?;
+    crate::error::check_finite("qronos G", &g.data)?;
+    if params.act_order {
+        return Err(crate::error::CoreError::InvalidParameter {
+            name: "act_order",
+            value: "true".into(),
+            why: "Qronos takes the columns in the order given; permute W, H and G first".into(),
+        });
+    }
     Ok(())
 }

@@ -12,9 +12,11 @@ use crate::error::{CoreError, Result, check_finite};
 use crate::hadamard::sign_vector;
 use crate::ldl::{LdlParams, normalize_mean_diag};
 use crate::mat::Mat;
+use crate::optq::{OptqReport, RunFacts};
 use crate::quant::TileQuantizer;
 use crate::quant::int::{AsymFitParams, IntAsymGroup, IntSym, search_sym_scale};
 use crate::refine::{RefineStats, refine_coordinate};
+use crate::rng::Rng;
 use crate::sketch::Factors;
 use crate::sym::SymMat;
 
@@ -189,6 +191,9 @@ pub struct LayerReport {
     pub bits_per_weight: f64,
     /// What the coordinate-descent refinement did, when it ran.
     pub refine: Option<RefineStats>,
+    /// The OPTQ identity and bounds ([`crate::optq`]) of GPTQ, LDLQ and YAQA runs with 1 × 1 tiles on a
+    /// uniform grid, when the backend kept the rounding errors and no refinement moved the result.
+    pub optq: Option<OptqReport>,
 }
 
 /// A rounded layer: the dequantized weights in the original basis and what reproduces them.
@@ -340,11 +345,21 @@ fn quantize_layer_inner(
             },
         )
     };
+    // The pivots of `h_out`'s LDL (YAQA with 1 × 1 tiles), for the OPTQ report.
+    let mut pivots_out: Option<Vec<f64>> = None;
     let (mut rounded, damp_in, damp_out, pivots): (Rounded, f64, Option<f64>, Vec<f64>) =
         match params.method {
             Method::Rtn => (round_to_nearest(&w_r, q), 0.0, None, Vec::new()),
             Method::Gptq => {
-                let r = backend.gptq(&w_r, &h_in, q, &params.gptq)?;
+                // Each layer draws its own stream of the recorded seed.
+                let gptq = GptqParams {
+                    stochastic_seed: params
+                        .gptq
+                        .stochastic_seed
+                        .map(|seed| Rng::derive(seed, &format!("{name}/stochastic")).next_u64()),
+                    ..params.gptq
+                };
+                let r = backend.gptq(&w_r, &h_in, q, &gptq)?;
                 let pivots = r.pivots.clone();
                 (r, params.gptq.damp * h_in.mean_diag(), None, pivots)
             }
@@ -390,9 +405,25 @@ fn quantize_layer_inner(
                     q,
                     &params.round,
                 )?;
+                pivots_out = Some(ldl_out.pivots());
                 (r, ldl.damp_added, Some(ldl_out.damp_added), ldl.pivots())
             }
         };
+    let optq = if params.refine_sweeps == 0 {
+        optq_report(
+            backend,
+            params,
+            &w_r,
+            &h_in,
+            h_out.as_ref(),
+            &rounded,
+            (damp_in, damp_out),
+            (&pivots, pivots_out.as_deref()),
+            q,
+        )?
+    } else {
+        None
+    };
 
     let refine = if params.refine_sweeps > 0 {
         // The proxy the rounding minimised: the same normalised, rotated and damped factors.
@@ -448,7 +479,200 @@ fn quantize_layer_inner(
             scale_c,
             bits_per_weight,
             refine,
+            optq,
         },
         quantizer,
     })
+}
+
+/// The OPTQ report of a finished rounding ([`crate::optq`]): the measured error on the damped factors the
+/// rounding used, against the run's pivots and rounding errors. `None` for RTN, tiles larger than 1 × 1
+/// (block pivots), a backend that kept no rounding errors, or a quantizer that is not a uniform grid.
+///
+/// GPTQ's dead columns (zero diagonal) are rounded by GPTQ as zero weights against `H_ii = 1`, so the
+/// measured error uses the same `H` and `W`.
+#[allow(clippy::too_many_arguments)]
+fn optq_report(
+    backend: &dyn Backend,
+    params: &LayerParams,
+    w_r: &Mat<f32>,
+    h_in: &SymMat,
+    h_out: Option<&SymMat>,
+    rounded: &Rounded,
+    (damp_in, damp_out): (f64, Option<f64>),
+    (pivots, pivots_out): (&[f64], Option<&[f64]>),
+    q: &dyn TileQuantizer,
+) -> Result<Option<OptqReport>> {
+    let Some(eps) = rounded.eps.as_ref() else {
+        return Ok(None);
+    };
+    let n = w_r.cols;
+    let one_by_one = params.round.tile_rows == 1 && params.round.tile_cols == 1;
+    let mut w = w_r.clone();
+    let mut h = h_in.clone();
+    let mut h_out_damped = None;
+    let (pivots_in, gains) = match params.method {
+        Method::Gptq => {
+            let order: Vec<usize> = if rounded.order.is_empty() {
+                (0..n).collect()
+            } else {
+                rounded.order.clone()
+            };
+            if rounded.pivots.len() != n || order.len() != n {
+                return Ok(None);
+            }
+            let mut at = vec![0.0; n];
+            for (t, &col) in order.iter().enumerate() {
+                at[col] = rounded.pivots[t];
+            }
+            let gains = (rounded.drift_gains.len() == n).then(|| {
+                let mut g = vec![0.0; n];
+                for (t, &col) in order.iter().enumerate() {
+                    g[col] = rounded.drift_gains[t];
+                }
+                g
+            });
+            let dead: Vec<usize> = (0..n).filter(|&i| h.at(i, i) == 0.0).collect();
+            for &i in &dead {
+                *h.at_mut(i, i) = 1.0;
+                for r in 0..w.rows {
+                    *w.at_mut(r, i) = 0.0;
+                }
+            }
+            h.add_diag(params.gptq.damp * h.mean_diag());
+            (at, gains)
+        }
+        Method::Ldlq | Method::Yaqa if one_by_one => {
+            h.add_diag(damp_in);
+            if let (Method::Yaqa, Some(ho), Some(d)) = (params.method, h_out, damp_out) {
+                let mut ho = ho.clone();
+                ho.add_diag(d);
+                h_out_damped = Some(ho);
+            }
+            if pivots.len() != n {
+                return Ok(None);
+            }
+            (pivots.to_vec(), None)
+        }
+        _ => return Ok(None),
+    };
+    if params.method == Method::Yaqa && (h_out_damped.is_none() || pivots_out.is_none()) {
+        return Ok(None);
+    }
+    let delta = Mat {
+        rows: w.rows,
+        cols: n,
+        data: w
+            .data
+            .iter()
+            .zip(&rounded.w_hat.data)
+            .map(|(a, b)| a - b)
+            .collect(),
+    };
+    let measured = backend.weighted_error(&delta, &h, h_out_damped.as_ref())?;
+    let facts = RunFacts {
+        measured,
+        pivots_in: &pivots_in,
+        pivots_out,
+        drift_gains: gains.as_deref(),
+    };
+    Ok(crate::optq::report(&w, &rounded.w_hat, eps, q, &facts))
+}
+
+#[cfg(test)]
+mod optq_tests {
+    use crate::layer::{LayerFactors, LayerParams, Method, QuantizerSpec, quantize_layer};
+    use crate::reference::Reference;
+    use crate::sym::SymMat;
+    use crate::synthetic;
+
+    fn factor(n: usize, seed: u64) -> SymMat {
+        let x = synthetic::activations(3 * n, n, 0.8, seed);
+        let mut h = SymMat::zeros(n);
+        for t in 0..x.rows {
+            for i in 0..n {
+                for j in 0..=i {
+                    *h.at_mut(i, j) += x.at(t, i) as f64 * x.at(t, j) as f64;
+                }
+            }
+        }
+        h
+    }
+
+    /// Every method with pivots reports the OPTQ identity ([`crate::optq`]) through `quantize_layer` (rotated, normalised,
+    /// damped coordinates), to f32 round-off; RTN and refined runs report none.
+    #[test]
+    fn layer_reports_carry_the_identity() {
+        let (m, n) = (16, 32);
+        let h_in = factor(n, 1);
+        let h_out = factor(m, 2);
+        let w = synthetic::weights(m, n, 3);
+        let factors = LayerFactors {
+            h_in: &h_in,
+            h_out: Some(&h_out),
+            xtx: None,
+        };
+        for method in [Method::Gptq, Method::Ldlq, Method::Yaqa] {
+            for quantizer in [
+                QuantizerSpec::IntSym { bits: 3 },
+                QuantizerSpec::IntAsym {
+                    bits: 4,
+                    group_size: Some(8),
+                },
+            ] {
+                let params = LayerParams {
+                    method,
+                    quantizer,
+                    ..LayerParams::default()
+                };
+                let q = quantize_layer(&Reference, "l", &w, &factors, &params).expect("layer");
+                let o = q.report.optq.expect("optq report");
+                assert!(o.measured > 0.0 && o.bound > 0.0);
+                // f32 storage of ε and Δ: tests/gptq.rs measures about 1e-7 (IDENTITY_REL_TOL).
+                assert!(o.discrepancy() < 1e-5, "{method:?} {quantizer:?}: {o:?}");
+                if o.clipped == 0 {
+                    assert!(o.measured <= o.bound, "{method:?}: {o:?}");
+                }
+            }
+        }
+        let rtn = LayerParams {
+            method: Method::Rtn,
+            ..LayerParams::default()
+        };
+        let q = quantize_layer(&Reference, "l", &w, &factors, &rtn).expect("rtn");
+        assert!(q.report.optq.is_none());
+        let refined = LayerParams {
+            method: Method::Gptq,
+            refine_sweeps: 1,
+            ..LayerParams::default()
+        };
+        let q = quantize_layer(&Reference, "l", &w, &factors, &refined).expect("refined");
+        assert!(q.report.optq.is_none());
+    }
+
+    /// Stochastic GPTQ through `quantize_layer`: the same seed replays bit for bit, another seed or
+    /// another layer name draws another stream, and the stochastic bounds are reported.
+    #[test]
+    fn stochastic_layers_replay_by_seed_and_name() {
+        let (m, n) = (8, 32);
+        let h = factor(n, 4);
+        let w = synthetic::weights(m, n, 5);
+        let run = |name: &str, seed: u64| {
+            let mut params = LayerParams {
+                method: Method::Gptq,
+                quantizer: QuantizerSpec::IntSym { bits: 4 },
+                ..LayerParams::default()
+            };
+            params.gptq.stochastic_seed = Some(seed);
+            quantize_layer(&Reference, name, &w, &LayerFactors::xtx(&h), &params).expect("gptq")
+        };
+        let a = run("a", 7);
+        assert_eq!(a.codes, run("a", 7).codes);
+        assert_ne!(a.codes, run("a", 8).codes);
+        assert_ne!(a.codes, run("b", 7).codes);
+        let o = a.report.optq.expect("optq");
+        let s = o.stochastic.expect("stochastic bounds");
+        assert!(s.drift_bound_steps > 0.0 && s.linf_bound_steps == s.drift_bound_steps + 1.0);
+        assert!(o.discrepancy() < 1e-5, "{o:?}");
+    }
 }

@@ -15,6 +15,7 @@ pub mod layer;
 pub mod ldl;
 pub mod mat;
 pub mod model_ops;
+pub mod optq;
 pub mod quant;
 pub mod reference;
 pub mod refine;

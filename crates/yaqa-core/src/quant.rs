@@ -9,6 +9,17 @@ pub mod int;
 
 use crate::rng::Rng;
 
+/// The uniform grid a scalar quantizer uses at one weight: its step `δ` and its first and last levels.
+/// The OPTQ bounds (DESIGN.md §9, [`crate::optq`]) are stated in these terms.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GridCell {
+    /// The distance `δ` between neighbouring levels.
+    pub step: f64,
+    /// The lowest and highest reconstruction values; values beyond them are clipped.
+    pub lo: f64,
+    pub hi: f64,
+}
+
 /// A quantizer that rounds tiles of a weight matrix.
 pub trait TileQuantizer: Send + Sync + std::fmt::Debug {
     /// A short name for reports (`int4`, `int4-asym-g128`).
@@ -21,6 +32,12 @@ pub trait TileQuantizer: Send + Sync + std::fmt::Debug {
 
     /// Bits per weight, including scales and zero-points amortised over the matrix.
     fn bits_per_weight(&self) -> f64;
+
+    /// The uniform grid used at weight `(row, col)` (original column index), or `None` for quantizers
+    /// that are not a uniform scalar grid (vector codebooks, [`Exact`]).
+    fn grid(&self, _row: usize, _col: usize) -> Option<GridCell> {
+        None
+    }
 
     /// Replaces `values` (the `rows × cols` tile at `(row0, col0)`, row-major) by their reconstruction and
     /// writes `rows × cols / code_dim` codes. With `dither`, scalar grids round stochastically

@@ -25,7 +25,9 @@ use crate::progress::run_job;
 /// asymmetric grid with one scale per ``group`` columns (GPTQ layout); ``incoherence=False`` skips the
 /// randomized Hadamard rotations, whose signs ``sign_seed`` seeds; ``damp`` and ``damp_out`` the first
 /// damping of ``h_in`` and ``h_out`` (multiples of the mean diagonal); ``refine`` coordinate-descent
-/// sweeps after the rounding.
+/// sweeps after the rounding; ``act_order=True`` (GPTQ) rounds columns by decreasing ``diag(H)`` with
+/// static groups; ``stochastic`` (GPTQ) an integer seed for unbiased stochastic rounding inside the error
+/// feedback (recorded; each layer draws its own stream), ``None`` rounds to nearest.
 ///
 /// Factors: from ``factors`` (a folder ``yaqa.collect`` wrote), or collected first (Sketch B for YAQA,
 /// Σ x xᵀ otherwise) over ``n_seqs`` sequences of ``seq_len`` tokens: windows of the ``calib`` text
@@ -44,7 +46,10 @@ use crate::progress::run_job;
 ///
 /// Returns a dict: ``out`` (a ``pathlib.Path``), ``layers`` (a list of dicts ``name``,
 /// ``proxy_one_sided``, ``proxy_two_sided``, ``damp_in``, ``damp_out``, ``bits_per_weight``,
-/// ``seconds``, ``resumed``; the numbers ``None`` for a layer an earlier run had finished),
+/// ``seconds``, ``resumed``, ``optq``; the numbers ``None`` for a layer an earlier run had finished;
+/// ``optq`` is ``None`` or a dict of the OPTQ error bounds: ``measured``, ``identity``, ``discrepancy``,
+/// ``bound``, ``clipped``, and for stochastic GPTQ ``drift_bound_steps``, ``drift_measured_steps``,
+/// ``linf_bound_steps``, ``linf_measured_steps``, ``headroom_steps``),
 /// ``resumed`` (how many), ``seconds``, and ``eval``: ``None`` or a dict ``kl``, ``ppl``,
 /// ``original_ppl``, ``text``, ``window``, ``n_windows``.
 ///
@@ -53,7 +58,8 @@ use crate::progress::run_job;
 #[pyfunction]
 #[pyo3(signature = (
     model, out, *, method = "yaqa", bits = 4, quantizer = None, group = None, incoherence = true,
-    sign_seed = 0, damp = 0.01, damp_out = 1.0, refine = 0, factors = None, calib = None,
+    sign_seed = 0, damp = 0.01, damp_out = 1.0, refine = 0, act_order = false, stochastic = None,
+    factors = None, calib = None,
     tokenizer = None, calib_ids = None, n_seqs = 64, seq_len = 512, seed = 0, evaluate = true,
     eval_text = None, eval_windows = 8, eval_window = 256, checkpoint_minutes = 30.0,
     checkpoint_every = None, max_memory = None, progress = None
@@ -71,6 +77,8 @@ pub fn quantize<'py>(
     damp: f64,
     damp_out: f64,
     refine: usize,
+    act_order: bool,
+    stochastic: Option<u64>,
     factors: Option<PathBuf>,
     calib: Option<&Bound<'py, PyAny>>,
     tokenizer: Option<PathBuf>,
@@ -98,6 +106,8 @@ pub fn quantize<'py>(
             damp: args::damping("damp", damp)?,
             damp_out: args::damping("damp_out", damp_out)?,
             refine,
+            act_order,
+            stochastic,
         },
         factors,
         calib: args::calib(calib, tokenizer.clone(), calib_ids, n_seqs, seq_len, seed)?,
@@ -132,6 +142,12 @@ fn report_dict<'py>(py: Python<'py>, r: &QuantizeReport) -> PyResult<Bound<'py, 
         d.set_item("bits_per_weight", rep.map(|r| r.bits_per_weight))?;
         d.set_item("seconds", line.seconds)?;
         d.set_item("resumed", rep.is_none())?;
+        d.set_item(
+            "optq",
+            rep.and_then(|r| r.optq)
+                .map(|o| optq_dict(py, &o))
+                .transpose()?,
+        )?;
         layers.append(d)?;
     }
     let d = PyDict::new(py);
@@ -155,5 +171,26 @@ fn report_dict<'py>(py: Python<'py>, r: &QuantizeReport) -> PyResult<Bound<'py, 
         None => None,
     };
     d.set_item("eval", eval)?;
+    Ok(d)
+}
+
+/// The OPTQ report of one layer as a dict (the keys of ``quantize``'s docs).
+fn optq_dict<'py>(
+    py: Python<'py>,
+    o: &yaqa_core::optq::OptqReport,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("measured", o.measured)?;
+    d.set_item("identity", o.identity)?;
+    d.set_item("discrepancy", o.discrepancy())?;
+    d.set_item("bound", o.bound)?;
+    d.set_item("clipped", o.clipped)?;
+    if let Some(s) = &o.stochastic {
+        d.set_item("drift_bound_steps", s.drift_bound_steps)?;
+        d.set_item("drift_measured_steps", s.drift_measured_steps)?;
+        d.set_item("linf_bound_steps", s.linf_bound_steps)?;
+        d.set_item("linf_measured_steps", s.linf_measured_steps)?;
+        d.set_item("headroom_steps", s.headroom_steps)?;
+    }
     Ok(d)
 }

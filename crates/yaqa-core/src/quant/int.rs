@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use crate::backend::{Backend, round_to_nearest};
 use crate::error::{CoreError, Result, check_finite};
 use crate::mat::Mat;
-use crate::quant::TileQuantizer;
+use crate::quant::{GridCell, TileQuantizer};
 use crate::rng::Rng;
 use crate::sym::SymMat;
 
@@ -160,6 +160,16 @@ impl TileQuantizer for IntSym {
     /// layer) and is not counted, since the quantizer does not know the matrix size.
     fn bits_per_weight(&self) -> f64 {
         self.bits as f64
+    }
+
+    /// Step `s`; levels from `−(2^k−1)/2·s` to `(2^k−1)/2·s`.
+    fn grid(&self, _row: usize, _col: usize) -> Option<GridCell> {
+        let half = (level_count(self.bits) as f64 - 1.0) / 2.0 * self.scale as f64;
+        Some(GridCell {
+            step: self.scale as f64,
+            lo: -half,
+            hi: half,
+        })
     }
 
     fn quantize_tile(
@@ -404,6 +414,19 @@ impl TileQuantizer for IntAsymGroup {
     fn bits_per_weight(&self) -> f64 {
         let k = self.bits as f64;
         k + (16.0 + k) / self.group_size as f64
+    }
+
+    /// The group's step `s`; levels from `s·(0 − z)` to `s·(2^k − 1 − z)`.
+    fn grid(&self, row: usize, col: usize) -> Option<GridCell> {
+        let g = col / self.group_size;
+        let step = self.scales.at(row, g) as f64;
+        let zero = self.zeros.at(row, g) as f64;
+        let max_q = (level_count(self.bits) - 1) as f64;
+        Some(GridCell {
+            step,
+            lo: -zero * step,
+            hi: (max_q - zero) * step,
+        })
     }
 
     /// Quantizes with the parameters of the groups the tile covers; groups follow the original column

@@ -41,7 +41,7 @@ pub(super) fn gptq(
 }
 
 /// Lower Cholesky `A = L Lᵀ` by the textbook column recurrence; the error names the failing pivot.
-fn cholesky_lower(a: &Mat<f64>, what: &str, damp_added: f64) -> Result<Mat<f64>> {
+pub(super) fn cholesky_lower(a: &Mat<f64>, what: &str, damp_added: f64) -> Result<Mat<f64>> {
     let n = a.rows;
     let mut l = Mat::<f64>::zeros(n, n);
     for j in 0..n {
@@ -126,6 +126,7 @@ pub(crate) fn gptq_trace(
     let mut column = vec![0f32; m];
     let mut column_codes = vec![0u16; m];
     let mut pivots = Vec::with_capacity(n);
+    let mut eps_at = Mat::<f32>::zeros(m, n);
     for t in 0..n {
         let original = perm[t];
         for r in 0..m {
@@ -145,6 +146,7 @@ pub(crate) fn gptq_trace(
         for r in 0..m {
             let e = wp.at(r, t) - column[r] as f64;
             *eps.at_mut(r, t) = e;
+            *eps_at.at_mut(r, original) = e as f32;
             let scaled = e / u_tt;
             for k in t + 1..n {
                 *wp.at_mut(r, k) -= scaled * u.at(t, k);
@@ -153,11 +155,28 @@ pub(crate) fn gptq_trace(
             codes[r * n + original] = column_codes[r];
         }
     }
+    // The drift of column t, w⁽ᵗ⁾_t − w_t = −Σ_{s<t} (U_st/U_ss)·ε_s, has gain ρ_t = ‖(U_st/U_ss)_{s<t}‖₂
+    // ([`crate::optq`]).
+    let drift_gains = if params.stochastic_seed.is_some() {
+        (0..n)
+            .map(|t| {
+                (0..t)
+                    .map(|s| (u.at(s, t) / u.at(s, s)).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(GptqTrace {
         rounded: Rounded {
             w_hat,
             codes,
             pivots,
+            order: perm,
+            eps: Some(eps_at),
+            drift_gains,
         },
         damp_added,
         eps,

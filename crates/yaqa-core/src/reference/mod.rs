@@ -9,6 +9,7 @@ mod hadamard;
 mod ldl;
 mod model;
 mod proxy;
+mod qronos;
 mod round;
 mod sketch;
 
@@ -104,6 +105,17 @@ impl Backend for Reference {
         params: &GptqParams,
     ) -> Result<Rounded> {
         gptq::gptq(w, h, quantizer, params)
+    }
+
+    fn qronos(
+        &self,
+        w: &Mat<f32>,
+        h: &SymMat,
+        g: &Mat<f64>,
+        quantizer: &dyn TileQuantizer,
+        params: &GptqParams,
+    ) -> Result<Rounded> {
+        qronos::qronos(w, h, g, quantizer, params)
     }
 
     fn weighted_error(&self, d: &Mat<f32>, h_in: &SymMat, h_out: Option<&SymMat>) -> Result<f64> {

@@ -49,6 +49,7 @@ pub fn round_adaptive_order(
     let mut tile = vec![0f32; tr * tc];
     let mut tile_codes = vec![0u16; tr * tc / code_dim];
     let mut e = vec![0f64; tr * tc];
+    let mut eps = Mat::<f32>::zeros(m, n);
     for (i, j) in order {
         let (r0, c0) = (i * tr, j * tc);
         for r in 0..tr {
@@ -57,6 +58,7 @@ pub fn round_adaptive_order(
                 tile[r * tc + c] = (w.at(row, col) as f64 + u.at(row, col) + v.at(row, col)) as f32;
             }
         }
+        let given = tile.clone();
         quantizer.quantize_tile(r0, c0, tr, tc, &mut tile, &mut tile_codes, None);
         let per_row = tc / code_dim;
         for r in 0..tr {
@@ -65,6 +67,7 @@ pub fn round_adaptive_order(
             for c in 0..tc {
                 let (row, col) = (r0 + r, c0 + c);
                 *w_hat.at_mut(row, col) = tile[r * tc + c];
+                *eps.at_mut(row, col) = given[r * tc + c] - tile[r * tc + c];
                 e[r * tc + c] = w.at(row, col) as f64 - tile[r * tc + c] as f64;
             }
         }
@@ -103,5 +106,8 @@ pub fn round_adaptive_order(
         w_hat,
         codes,
         pivots: Vec::new(),
+        order: Vec::new(),
+        eps: Some(eps),
+        drift_gains: Vec::new(),
     })
 }

@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use yaqa_core::Mat;
 use yaqa_core::backend::{Backend, Side};
 use yaqa_core::layer::{FittedQuantizer, LayerReport, QuantizedLayer};
+use yaqa_core::optq::OptqReport;
 use yaqa_core::quant::int::{IntAsymGroup, IntSym};
 
 use crate::error::{ModelError, Result};
@@ -65,7 +66,30 @@ pub fn report_json(r: &LayerReport) -> Value {
         "scale_c": r.scale_c,
         "bits_per_weight": r.bits_per_weight,
         "refine": r.refine.map(|s| json!({"sweeps": s.sweeps, "moves": s.moves})),
+        "optq": r.optq.as_ref().map(optq_json),
     })
+}
+
+/// The JSON form of a layer's OPTQ report (`yaqa_core::optq`).
+pub fn optq_json(o: &OptqReport) -> Value {
+    let mut v = json!({
+        "measured": o.measured,
+        "identity": o.identity,
+        "discrepancy": o.discrepancy(),
+        "bound": o.bound,
+        "clipped": o.clipped,
+    });
+    if let Some(s) = &o.stochastic {
+        v["stochastic"] = json!({
+            "failure_probability": yaqa_core::optq::STOCHASTIC_FAILURE_PROBABILITY,
+            "drift_bound_steps": s.drift_bound_steps,
+            "drift_measured_steps": s.drift_measured_steps,
+            "linf_bound_steps": s.linf_bound_steps,
+            "linf_measured_steps": s.linf_measured_steps,
+            "headroom_steps": s.headroom_steps,
+        });
+    }
+    v
 }
 
 /// The tensors of one quantized layer and its header entry.
@@ -556,6 +580,7 @@ mod tests {
                 scale_c: None,
                 bits_per_weight: f64::from(bits),
                 refine: None,
+                optq: None,
             },
         }
     }

@@ -298,6 +298,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
                 damp: args.damp,
                 damp_out: args.damp_out,
                 refine,
+                ..QuantSpec::default()
             }
             .layer_params();
             let row_seqs = if row == CompareMethod::YaqaA {

@@ -194,6 +194,12 @@ pub struct QuantSpec {
     pub damp_out: f64,
     /// Coordinate-descent sweeps on the method's own proxy after the rounding.
     pub refine: usize,
+    /// GPTQ: columns by decreasing `diag(H)` (act-order); groups stay on the original column index
+    /// (GPTQ's static groups).
+    pub act_order: bool,
+    /// GPTQ: unbiased stochastic rounding inside the error feedback with this seed (recorded); each
+    /// layer draws its own stream of it. `None` rounds to nearest.
+    pub stochastic: Option<u64>,
 }
 
 impl Default for QuantSpec {
@@ -207,6 +213,8 @@ impl Default for QuantSpec {
             damp: LdlParams::default().damp,
             damp_out: yaqa_core::layer::DEFAULT_DAMP_OUT,
             refine: 0,
+            act_order: false,
+            stochastic: None,
         }
     }
 }
@@ -241,6 +249,8 @@ impl QuantSpec {
             damp_out: self.damp_out,
             gptq: GptqParams {
                 damp: self.damp,
+                act_order: self.act_order,
+                stochastic_seed: self.stochastic,
                 ..GptqParams::default()
             },
             refine_sweeps: self.refine,
@@ -257,6 +267,14 @@ impl QuantSpec {
         for (name, v) in [("damp", self.damp), ("damp-out", self.damp_out)] {
             if !(v.is_finite() && v >= 0.0) {
                 crate::bail!("--{name} {v}: damping must be a finite number ≥ 0");
+            }
+        }
+        if self.method != Method::Gptq {
+            if self.act_order {
+                crate::bail!("--act-order is a GPTQ option: use it with --method gptq");
+            }
+            if self.stochastic.is_some() {
+                crate::bail!("--stochastic is a GPTQ option: use it with --method gptq");
             }
         }
         if let Some(g) = self.group {

@@ -58,6 +58,10 @@ pub fn run_header(params: &LayerParams, model_fingerprint: &str, factors: Value)
     if params.refine_sweeps > 0 {
         header["refine_sweeps"] = json!(params.refine_sweeps);
     }
+    // Likewise only for stochastic GPTQ: the seed every layer's stream is derived from.
+    if let Some(seed) = params.gptq.stochastic_seed {
+        header["gptq"]["stochastic_seed"] = json!(seed);
+    }
     header
 }
 

@@ -105,6 +105,80 @@ pub struct QuantizeReport {
     pub eval: Option<EvalTable>,
 }
 
+/// The OPTQ figures ([`yaqa_core::optq`]) summed over the layers that report them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OptqTotals {
+    /// Layers that reported OPTQ figures (quantized in this call, by GPTQ, LDLQ or YAQA with 1 × 1
+    /// tiles).
+    pub layers: usize,
+    pub measured: f64,
+    pub identity: f64,
+    pub bound: f64,
+    pub clipped: usize,
+    /// The largest relative discrepancy of the identity in any layer.
+    pub worst_discrepancy: f64,
+}
+
+impl QuantizeReport {
+    /// The OPTQ totals of the layers quantized in this call; `None` when none reported them.
+    pub fn optq_totals(&self) -> Option<OptqTotals> {
+        let mut t = OptqTotals {
+            layers: 0,
+            measured: 0.0,
+            identity: 0.0,
+            bound: 0.0,
+            clipped: 0,
+            worst_discrepancy: 0.0,
+        };
+        for o in self.layers.iter().filter_map(|l| l.report.as_ref()?.optq) {
+            t.layers += 1;
+            t.measured += o.measured;
+            t.identity += o.identity;
+            t.bound += o.bound;
+            t.clipped += o.clipped;
+            t.worst_discrepancy = t.worst_discrepancy.max(o.discrepancy());
+        }
+        (t.layers > 0).then_some(t)
+    }
+
+    /// The report as JSON (`quantize --json`): every layer's report (`null` for a layer an earlier run
+    /// had finished), the OPTQ totals and the evaluation.
+    pub fn to_json(&self) -> Value {
+        let layers: Vec<Value> = self
+            .layers
+            .iter()
+            .map(|l| {
+                json!({
+                    "name": l.name,
+                    "seconds": l.seconds,
+                    "report": l.report.as_ref().map(crate::formats::quant_file::report_json),
+                })
+            })
+            .collect();
+        let optq = self.optq_totals().map(|t| {
+            json!({
+                "layers": t.layers, "measured": t.measured, "identity": t.identity,
+                "bound": t.bound, "clipped": t.clipped, "worst_discrepancy": t.worst_discrepancy,
+            })
+        });
+        let eval = self.eval.as_ref().map(|t| {
+            let row = &t.rows[0];
+            json!({
+                "kl": row.kl, "ppl": row.ppl, "original_ppl": t.original_ppl,
+                "text": t.source, "window": t.window, "n_windows": t.n_windows,
+            })
+        });
+        json!({
+            "out": self.out.display().to_string(),
+            "layers": layers,
+            "resumed": self.resumed,
+            "seconds": self.seconds,
+            "optq_total": optq,
+            "eval": eval,
+        })
+    }
+}
+
 /// Quantizes the model `config` names (module docs).
 ///
 /// **Errors**: a spec no quantizer takes, calibration or evaluation sizes the model cannot use
