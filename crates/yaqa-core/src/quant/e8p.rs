@@ -582,7 +582,11 @@ mod tests {
                 lattice.iter().all(|&v| v.rem_euclid(4) == 2),
                 "{k:?} (in quarters) is not a half-integer vector shifted by ±1/4"
             );
-            assert_eq!(lattice.iter().sum::<i32>().rem_euclid(8), 0, "{k:?}: odd sum");
+            assert_eq!(
+                lattice.iter().sum::<i32>().rem_euclid(8),
+                0,
+                "{k:?}: odd sum"
+            );
         }
         keys.sort_unstable();
         keys.dedup();
@@ -645,7 +649,9 @@ mod tests {
         for _ in 0..500 {
             let a = codeword(rng.below(CODEBOOK_SIZE as u64) as u16);
             let j = rng.below(8) as usize;
-            points.push(std::array::from_fn(|i| if i == j { a[i] + 0.25 } else { a[i] }));
+            points.push(std::array::from_fn(
+                |i| if i == j { a[i] + 0.25 } else { a[i] },
+            ));
         }
         let mut same = 0;
         for x in &points {
@@ -656,7 +662,10 @@ mod tests {
                 got <= best + 1e-5 * (1.0 + best),
                 "{x:?}: code {code:04x} at {got}, best {want:04x} at {best}"
             );
-            assert!((f64::from(d) - got).abs() <= 1e-4 * (1.0 + got), "{d} vs {got}");
+            assert!(
+                (f64::from(d) - got).abs() <= 1e-4 * (1.0 + got),
+                "{d} vs {got}"
+            );
             same += usize::from(code == want);
         }
         // Exact ties are a small share of the points above; random points always agree.
