@@ -56,7 +56,8 @@ pub enum QuantizerArg {
     Int3,
     Int4,
     Int8,
-    /// The E8P lattice codebook of QuIP# (2 bits, codes of 8 weights; not with gptq or --refine)
+    // The E8P lattice codebook of QuIP# (documented on `--quantizer`: a doc comment here would switch
+    // the whole help to clap's long layout).
     E8p,
 }
 
@@ -154,6 +155,8 @@ pub struct RefineArgs {
 pub struct SpecArgs {
     #[arg(long, value_enum, default_value_t = MethodArg::Yaqa)]
     pub method: MethodArg,
+    /// INT grids, or e8p: the E8P lattice codebook of QuIP# (2 bits, codes of 8 weights; not with gptq
+    /// or --refine)
     #[arg(long, value_enum, default_value_t = QuantizerArg::Int4)]
     pub quantizer: QuantizerArg,
     /// Asymmetric grid with zero-points and one scale per GROUP columns (GPTQ layout; INT grids only);
