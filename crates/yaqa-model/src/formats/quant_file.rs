@@ -717,7 +717,7 @@ mod tests {
                 );
             }
             let codes = file.codes(ID).unwrap();
-            assert!(codes.iter().zip(&q.codes).all(|(&a, &b)| u16::from(a) == b));
+            assert!(codes.iter().zip(&q.codes).all(|(&a, &b)| a == b));
             let w = file.dequantize(&cpu, ID).unwrap();
             assert!(
                 w.data
