@@ -1,11 +1,13 @@
 //! Rounding benches (DESIGN.md §4, §8): YAQA two-sided and LDLQ one-sided at 4096 × 4096 and SmolLM2's
-//! 576 × 1536, with 1 × 1 tiles (scalar INT grids) and 16 × 16 tiles (vector codebooks), INT4, CPU backend.
+//! 576 × 1536, with 1 × 1 tiles (scalar INT grids) and 16 × 16 tiles (vector codebooks), INT4, CPU backend;
+//! and the E8P codebook: round-to-nearest alone (its nearest-point search) and LDLQ/YAQA at its 1 × 8 tiles.
 //! Anchors: reference-style YAQA code took 14 s for 4096² on an H100; the CPU target is ≤ 5 s.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::time::Duration;
 use yaqa::core::backend::round_to_nearest;
 use yaqa::core::backend::{Backend, RoundParams};
+use yaqa::core::quant::e8p::E8p;
 use yaqa::core::quant::int::IntSym;
 use yaqa::core::refine::refine_coordinate;
 use yaqa::core::sketch::Factors;
@@ -103,5 +105,39 @@ fn bench_refine(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, bench_refine);
+/// E8P at SmolLM2's largest shape and at 4096²: round-to-nearest (one nearest-point search per 8 weights;
+/// the scale search runs it 14 times), and LDLQ and YAQA with the jobs' 1 × 8 tiles.
+fn bench_e8p(c: &mut Criterion) {
+    let cpu = Cpu::default();
+    let mut group = slow_group(c, "e8p");
+    for (m, n) in [(576, 1536), (4096, 4096)] {
+        let w = synthetic::weights(m, n, 1);
+        let q = E8p::for_multiplier(&w, 1.1).expect("scale");
+        group.bench_function(format!("rtn {m}x{n}"), |b| {
+            b.iter(|| round_to_nearest(&w, &q))
+        });
+        let a_in = a_strict(n, 8, 2);
+        let a_out = a_strict(m, 1, 3);
+        let params = RoundParams {
+            tile_rows: 1,
+            tile_cols: 8,
+            ..RoundParams::default()
+        };
+        group.bench_function(format!("ldlq {m}x{n} tile 1x8"), |b| {
+            b.iter(|| {
+                cpu.round_adaptive(&w, &a_in, None, &q, &params)
+                    .expect("round")
+            })
+        });
+        group.bench_function(format!("yaqa {m}x{n} tile 1x8"), |b| {
+            b.iter(|| {
+                cpu.round_adaptive(&w, &a_in, Some(&a_out), &q, &params)
+                    .expect("round")
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_refine, bench_e8p);
 criterion_main!(benches);

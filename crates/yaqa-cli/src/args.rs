@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use yaqa_backend_cpu::Cpu;
 use yaqa_core::layer::Method;
-use yaqa_model::job::{CalibConfig, CheckpointPolicy, Every, QuantSpec};
+use yaqa_model::job::{CalibConfig, CheckpointPolicy, Every, Grid, QuantSpec};
 
 /// Where the computation runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -49,22 +49,26 @@ impl From<MethodArg> for Method {
     }
 }
 
-/// The quantizer grid.
+/// The quantizer: an INT grid, or a vector codebook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum QuantizerArg {
     Int2,
     Int3,
     Int4,
     Int8,
+    // The E8P lattice codebook of QuIP# (documented on `--quantizer`: a doc comment here would switch
+    // the whole help to clap's long layout).
+    E8p,
 }
 
-impl QuantizerArg {
-    pub fn bits(self) -> u32 {
-        match self {
-            QuantizerArg::Int2 => 2,
-            QuantizerArg::Int3 => 3,
-            QuantizerArg::Int4 => 4,
-            QuantizerArg::Int8 => 8,
+impl From<QuantizerArg> for Grid {
+    fn from(q: QuantizerArg) -> Grid {
+        match q {
+            QuantizerArg::Int2 => Grid::Int(2),
+            QuantizerArg::Int3 => Grid::Int(3),
+            QuantizerArg::Int4 => Grid::Int(4),
+            QuantizerArg::Int8 => Grid::Int(8),
+            QuantizerArg::E8p => Grid::E8p,
         }
     }
 }
@@ -151,10 +155,12 @@ pub struct RefineArgs {
 pub struct SpecArgs {
     #[arg(long, value_enum, default_value_t = MethodArg::Yaqa)]
     pub method: MethodArg,
+    /// INT grids, or e8p: the E8P lattice codebook of QuIP# (2 bits, codes of 8 weights; not with gptq
+    /// or --refine)
     #[arg(long, value_enum, default_value_t = QuantizerArg::Int4)]
     pub quantizer: QuantizerArg,
-    /// Asymmetric grid with zero-points and one scale per GROUP columns (GPTQ layout); default: symmetric
-    /// grid with one searched scale per matrix (with incoherence) or per row (without).
+    /// Asymmetric grid with zero-points and one scale per GROUP columns (GPTQ layout; INT grids only);
+    /// default: symmetric grid with one searched scale per matrix (with incoherence) or per row (without).
     #[arg(long, allow_negative_numbers = true, value_name = "GROUP")]
     pub group: Option<usize>,
     /// Skip the randomized Hadamard incoherence processing.
@@ -182,7 +188,7 @@ impl SpecArgs {
     pub fn spec(&self, seed: u64) -> QuantSpec {
         QuantSpec {
             method: self.method.into(),
-            bits: self.quantizer.bits(),
+            grid: self.quantizer.into(),
             group: self.group,
             incoherence: !self.no_incoherence,
             sign_seed: self.sign_seed,

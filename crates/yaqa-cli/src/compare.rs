@@ -1,10 +1,11 @@
 //! `yaqa compare` and `yaqa demo`: flags → [`yaqa_model::job::compare`] and [`yaqa_model::job::demo`],
-//! one KL table per bit width printed.
+//! one KL table per quantizer printed.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
+use yaqa_model::job::Grid;
 use yaqa_model::job::compare::{self, CompareConfig, CompareMethod, CompareReport};
 use yaqa_model::job::demo::{self, DemoConfig};
 use yaqa_model::job::evaluate::{EvalTable, EvalText, write_json};
@@ -62,14 +63,18 @@ pub struct CompareArgs {
         conflicts_with = "calib_ids"
     )]
     pub b_seqs: Option<usize>,
-    /// Bit widths of the symmetric INT grid (incoherence processing on).
+    /// Bit widths of the symmetric INT grid (incoherence processing on); default 2,3,4.
+    #[arg(long, allow_negative_numbers = true, value_delimiter = ',')]
+    pub bits: Vec<u32>,
+    /// The quantizers instead, one table each: int2, int3, int4, int8, e8p (E8P takes rtn, ldlq,
+    /// yaqa-a and yaqa-b, not gptq or --refine)
     #[arg(
         long,
-        allow_negative_numbers = true,
         value_delimiter = ',',
-        default_value = "2,3,4"
+        value_name = "QUANTIZER",
+        conflicts_with = "bits"
     )]
-    pub bits: Vec<u32>,
+    pub quantizers: Vec<Grid>,
     /// Methods to compare (RTN always runs: it chooses the shared scales).
     #[arg(
         long,
@@ -120,7 +125,13 @@ pub fn run(args: CompareArgs) -> Result<()> {
         calib: calib_config(&args.calib, &args.calib_ids),
         passes: args.passes,
         b_seqs: args.b_seqs,
-        bits: args.bits,
+        grids: if !args.quantizers.is_empty() {
+            args.quantizers
+        } else if !args.bits.is_empty() {
+            args.bits.into_iter().map(Grid::Int).collect()
+        } else {
+            CompareConfig::default().grids
+        },
         methods: args.methods.into_iter().map(Into::into).collect(),
         eval: EvalText {
             text: args.text,
@@ -205,7 +216,12 @@ fn print_report(
     legend: &dyn Fn(&EvalTable) -> Option<String>,
 ) -> Result<()> {
     for t in &report.tables {
-        println!("INT{}, KL vs {}:\n{}", t.bits, t.reference, t.table);
+        println!(
+            "{}, KL vs {}:\n{}",
+            t.grid.name().to_uppercase(),
+            t.reference,
+            t.table
+        );
         if let Some(line) = legend(&t.table) {
             println!("{line}\n");
         }

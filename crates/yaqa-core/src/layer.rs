@@ -3,7 +3,7 @@
 //!
 //! All methods share the preparation and the quantizer's scale, so their proxy errors (and later the
 //! model's KL) differ only by the rounding — the comparison DESIGN.md §5 asks for. The scale of a
-//! symmetric grid is searched on round-to-nearest's output error `tr(Δ Σxxᵀ Δᵀ)` whatever the method's
+//! symmetric grid or of the E8P codebook is searched on round-to-nearest's output error `tr(Δ Σxxᵀ Δᵀ)` whatever the method's
 //! own factors are, so given the same calibration tokens every method gets the same scale.
 
 use crate::backend::round_to_nearest;
@@ -14,6 +14,7 @@ use crate::ldl::{LdlParams, normalize_mean_diag};
 use crate::mat::Mat;
 use crate::optq::{OptqReport, RunFacts};
 use crate::quant::TileQuantizer;
+use crate::quant::e8p::{self, E8p, search_e8p_scale};
 use crate::quant::int::{AsymFitParams, IntAsymGroup, IntSym, search_sym_scale};
 use crate::refine::{RefineStats, refine_coordinate};
 use crate::rng::Rng;
@@ -54,6 +55,21 @@ pub enum QuantizerSpec {
         bits: u32,
         group_size: Option<usize>,
     },
+    /// The E8P lattice codebook of QuIP# (2 bits, codes of 8 weights along a row), one scale per matrix
+    /// searched like the symmetric grid's. Needs tiles whose width is a multiple of 8 (16 × 16 is
+    /// DESIGN.md's shape for vector codebooks); GPTQ and `--refine` move one weight at a time and refuse
+    /// it.
+    E8p,
+}
+
+impl QuantizerSpec {
+    /// Weights per code of the quantizer this spec fits: 8 for E8P, 1 for the scalar grids.
+    pub fn code_dim(&self) -> usize {
+        match self {
+            QuantizerSpec::E8p => e8p::CODE_DIM,
+            QuantizerSpec::IntSym { .. } | QuantizerSpec::IntAsym { .. } => 1,
+        }
+    }
 }
 
 /// A quantizer fitted to one matrix.
@@ -61,6 +77,7 @@ pub enum QuantizerSpec {
 pub enum FittedQuantizer {
     IntSym(IntSym),
     IntAsym(IntAsymGroup),
+    E8p(E8p),
 }
 
 impl FittedQuantizer {
@@ -68,6 +85,7 @@ impl FittedQuantizer {
         match self {
             FittedQuantizer::IntSym(q) => q,
             FittedQuantizer::IntAsym(q) => q,
+            FittedQuantizer::E8p(q) => q,
         }
     }
 }
@@ -87,7 +105,7 @@ pub struct LayerParams {
     pub damp_out: f64,
     pub round: RoundParams,
     pub gptq: GptqParams,
-    /// The symmetric grid's scale multiplier `c` (`s = c·RMS(W_r)/RMS(grid)`), when it was chosen
+    /// The scale multiplier `c` of the symmetric grid or E8P (`s = c·RMS(W_r)/RMS(grid)`), when it was chosen
     /// elsewhere (for example once per layer for several methods); `None` searches it.
     pub scale_c: Option<f64>,
     /// Coordinate-descent sweeps on the method's own proxy after the rounding ([`crate::refine`]); 0 runs
@@ -186,7 +204,7 @@ pub struct LayerReport {
     pub damp_in: f64,
     /// Damping added to the normalised `h_out` (YAQA only).
     pub damp_out: Option<f64>,
-    /// The scale multiplier `c` chosen by the search (symmetric grids).
+    /// The scale multiplier `c` chosen by the search (symmetric grids and E8P).
     pub scale_c: Option<f64>,
     pub bits_per_weight: f64,
     /// What the coordinate-descent refinement did, when it ran.
@@ -264,6 +282,21 @@ fn quantize_layer_inner(
             return Err(CoreError::shape("h_out vs W rows", m, h.n));
         }
     }
+    if params.quantizer == QuantizerSpec::E8p {
+        e8p::check_width(n)?;
+    }
+    // Refused before any work rather than after the rounding.
+    if params.refine_sweeps > 0 && params.quantizer.code_dim() != 1 {
+        return Err(CoreError::InvalidParameter {
+            name: "refine_sweeps",
+            value: params.refine_sweeps.to_string(),
+            why: format!(
+                "coordinate descent moves one weight at a time and needs a scalar quantizer; \
+                 this one's codes cover {} weights",
+                params.quantizer.code_dim()
+            ),
+        });
+    }
     if params.method == Method::Yaqa && h_out.is_none() {
         return Err(CoreError::InvalidParameter {
             name: "method",
@@ -281,8 +314,11 @@ fn quantize_layer_inner(
         normalize_mean_diag("h_out", h)?;
     }
     // The scale search's metric, only needed when the scale is searched here.
-    let searches =
-        params.scale_c.is_none() && matches!(params.quantizer, QuantizerSpec::IntSym { .. });
+    let searches = params.scale_c.is_none()
+        && matches!(
+            params.quantizer,
+            QuantizerSpec::IntSym { .. } | QuantizerSpec::E8p
+        );
     let mut metric = match xtx {
         Some(h) if searches => {
             let mut h = h.clone();
@@ -331,6 +367,13 @@ fn quantize_layer_inner(
                 FittedQuantizer::IntAsym(IntAsymGroup::fit(&w_r, bits, &fit)?),
                 None,
             )
+        }
+        QuantizerSpec::E8p => {
+            let (q, c) = match params.scale_c {
+                Some(c) => (E8p::for_multiplier(&w_r, c)?, c),
+                None => search_e8p_scale(backend, &w_r, metric.as_ref().unwrap_or(&h_in), None)?,
+            };
+            (FittedQuantizer::E8p(q), Some(c))
         }
     };
     let q = quantizer.as_dyn();

@@ -4,8 +4,10 @@
 //! writes its codes. It knows where the tile sits in the matrix, so per-group scales and zero-points can
 //! be looked up. Concrete quantizers live in the submodules.
 
+pub mod e8p;
 pub mod fp8;
 pub mod int;
+pub mod scale;
 
 use crate::rng::Rng;
 

@@ -47,6 +47,14 @@ pub fn refine_coordinate(
 ) -> Result<RefineStats> {
     let (m, n) = w.shape();
     rounded.w_hat.expect_shape("refine: Ŵ", m, n)?;
+    if quantizer.code_dim() != 1 {
+        return Err(CoreError::InvalidParameter {
+            name: "refine",
+            value: quantizer.name(),
+            why: "coordinate descent moves one weight at a time and needs a scalar quantizer"
+                .into(),
+        });
+    }
     if rounded.codes.len() != m * n {
         return Err(CoreError::shape(
             "refine: codes",
@@ -61,14 +69,6 @@ pub fn refine_coordinate(
         && h.n != m
     {
         return Err(CoreError::shape("refine: h_out vs W rows", m, h.n));
-    }
-    if quantizer.code_dim() != 1 {
-        return Err(CoreError::InvalidParameter {
-            name: "refine",
-            value: quantizer.name(),
-            why: "coordinate descent moves one weight at a time and needs a scalar quantizer"
-                .into(),
-        });
     }
     let hi = h_in.to_dense();
     let ho = h_out.map(SymMat::to_dense);

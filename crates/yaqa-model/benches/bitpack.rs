@@ -1,9 +1,9 @@
 //! Bit-packing a 4096 × 14336 layer's codes (Llama-3-8B's `down_proj` shape, transposed for `up_proj`)
 //! at 2, 3 and 4 bits, both ways: `pack_rows` (u16 codes to the quantized file's packed rows) and
-//! `unpack_rows` (back to one byte per code).
+//! `unpack_rows` (back to one `u16` per code).
 //!
 //! Cost model: 58.7M codes; packing reads 2 bytes and writes k/8 bytes per code, unpacking reads k/8 and
-//! writes 1, so both move 60–150 MB and stay well under 0.1 s on one core at a few GB/s; the bench is
+//! writes 2, so both move 60–150 MB and stay well under 0.1 s on one core at a few GB/s; the bench is
 //! here to show that the packing never matters next to writing the file.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

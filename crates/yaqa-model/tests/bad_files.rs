@@ -565,7 +565,7 @@ fn quantized_files_with_inconsistent_shapes_are_refused() {
 
     // The valid file reads back.
     let good = quant_file(&dir, "good.safetensors", |_, _| {});
-    let written: Vec<u8> = (0..24).map(|i| (i % 8) as u8).collect();
+    let written: Vec<u16> = (0..24).map(|i| i % 8).collect();
     assert_eq!(codes(&good).unwrap(), written);
     let w = dequantize(&good).unwrap();
     assert_eq!((w.rows, w.cols), (4, 6));

@@ -220,3 +220,99 @@ fn gguf_converts_to_hf_folder_bit_exactly() {
         "the HF folder must reload to the identical f32 model"
     );
 }
+
+/// The quantize job on the real model with the E8P codebook: the first block's 7 layers (the run stops
+/// there, as `--stop-after-layers 7` does), from `Σ x xᵀ` over two windows of the calibration text.
+/// Every part records E8P with 16-bit codes, dequantizes to a finite `Ŵ` near `W`, and LDLQ's one-sided
+/// proxy is below RTN's on every layer with the same searched scale.
+#[test]
+fn e8p_quantizes_the_first_block() {
+    use yaqa_core::layer::Method;
+    use yaqa_model::formats::quant_file::QuantFile;
+    use yaqa_model::job::pipeline::parts_dir;
+    use yaqa_model::job::quantize::{QuantizeConfig, run};
+    use yaqa_model::job::{CalibConfig, Grid, QuantSpec, Silent};
+    use yaqa_model::transformer::weights::LayerId;
+
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("yaqa-e8p-smollm2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let gguf = fixture(&shared).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let model = model(&shared);
+    let first_block: Vec<LayerId> = LayerId::all(model)
+        .into_iter()
+        .filter(|id| id.block == 0)
+        .collect();
+    let mut proxies = Vec::new();
+    for method in [Method::Rtn, Method::Ldlq] {
+        let out = dir.join(format!("{}.safetensors", method.name()));
+        let config = QuantizeConfig {
+            model: gguf.clone(),
+            spec: QuantSpec {
+                method,
+                grid: Grid::E8p,
+                ..QuantSpec::default()
+            },
+            calib: CalibConfig {
+                text: vec![shared.join("data/austen/emma.txt")],
+                tokenizer: Some(fixture(&shared).join("tokenizer.json")),
+                n_seqs: 2,
+                seq_len: 64,
+                ..CalibConfig::default()
+            },
+            out: out.clone(),
+            stop_after_layers: Some(first_block.len()),
+            eval: None,
+            ..QuantizeConfig::default()
+        };
+        match run(&Cpu::default(), &config, &Silent) {
+            Err(e) if e.is_stopped() => {}
+            other => panic!("{}: expected the run to stop, got {other:?}", method.name()),
+        }
+        let mut per_layer = Vec::new();
+        for id in &first_block {
+            let part = parts_dir(&out).join(format!("{}.safetensors", id.name()));
+            let file = QuantFile::open_part(&part).unwrap();
+            let entry = &file.header["layers"][id.name()];
+            assert_eq!(entry["quantizer"]["kind"], "e8p", "{}", id.name());
+            assert_eq!(entry["code_bits"], 16);
+            assert_eq!(entry["report"]["bits_per_weight"], 2.0);
+            let w_hat = file.dequantize(&Cpu::default(), *id).unwrap();
+            let w = model.layers[0].linear(id.kind);
+            let (num, den) = w_hat
+                .data
+                .iter()
+                .zip(&w.data)
+                .fold((0.0f64, 0.0f64), |(n, d), (&a, &b)| {
+                    (n + f64::from(a - b).powi(2), d + f64::from(b).powi(2))
+                });
+            let rel = (num / den).sqrt();
+            // Gaussian data at 2 bits leaves about 30% relative error (MSE 0.09); a broken file is far off.
+            assert!(
+                rel.is_finite() && rel < 0.6,
+                "{}: ‖Ŵ − W‖/‖W‖ = {rel}",
+                id.name()
+            );
+            per_layer.push((
+                entry["report"]["proxy_one_sided"].as_f64().unwrap(),
+                entry["report"]["scale_c"].as_f64().unwrap(),
+            ));
+        }
+        proxies.push(per_layer);
+    }
+    for (id, (rtn, ldlq)) in first_block.iter().zip(proxies[0].iter().zip(&proxies[1])) {
+        println!("{}: rtn {:.5}, ldlq {:.5}", id.name(), rtn.0, ldlq.0);
+        assert_eq!(rtn.1, ldlq.1, "{}: the searched scale differs", id.name());
+        assert!(
+            ldlq.0 < rtn.0,
+            "{}: ldlq {} vs rtn {}",
+            id.name(),
+            ldlq.0,
+            rtn.0
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

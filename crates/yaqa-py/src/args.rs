@@ -12,9 +12,9 @@ use yaqa_core::layer::Method;
 use yaqa_model::job::calib::Shard;
 use yaqa_model::job::compare::CompareMethod;
 use yaqa_model::job::hessian::Sketch;
-use yaqa_model::job::{CalibConfig, CheckpointPolicy, Every, QuantSpec};
+use yaqa_model::job::{CalibConfig, CheckpointPolicy, Every, Grid};
 
-fn value_error(msg: String) -> PyErr {
+pub fn value_error(msg: String) -> PyErr {
     PyValueError::new_err(msg)
 }
 
@@ -59,27 +59,33 @@ pub fn sketch(name: &str) -> PyResult<Sketch> {
         .ok_or_else(|| value_error(format!("sketch={name:?}: expected \"a\", \"b\" or \"xtx\"")))
 }
 
-/// The grid's bits from `bits` and the command line's spelling `quantizer="int4"`; `bits` must then be
-/// left at its default (4) or agree.
-pub fn bits(bits: u32, quantizer: Option<&str>) -> PyResult<u32> {
+/// The quantizer from `bits` (an INT grid) and the command line's spelling `quantizer="int4"` or
+/// `quantizer="e8p"`; `bits` must then be left at its default (4) or agree with the quantizer's bits.
+pub fn grid(bits: u32, quantizer: Option<&str>) -> PyResult<Grid> {
     let Some(q) = quantizer else {
-        return Ok(bits);
+        return Ok(Grid::Int(bits));
     };
-    let from_name = q
-        .strip_prefix("int")
-        .and_then(|b| b.parse::<u32>().ok())
-        .filter(|b| QuantSpec::BITS.contains(b))
-        .ok_or_else(|| {
-            value_error(format!(
-                "quantizer={q:?}: expected \"int2\", \"int3\", \"int4\" or \"int8\""
-            ))
-        })?;
-    if bits != 4 && bits != from_name {
+    let grid = quantizer_name(q)?;
+    if bits != 4 && bits != grid.bits() {
         return Err(value_error(format!(
             "bits={bits} and quantizer={q:?} disagree: give one of them"
         )));
     }
-    Ok(from_name)
+    Ok(grid)
+}
+
+/// A quantizer's name, as the command line spells it (`int2`, …, `e8p`).
+pub fn quantizer_name(q: &str) -> PyResult<Grid> {
+    Grid::parse(q).ok_or_else(|| {
+        value_error(format!(
+            "quantizer={q:?}: expected one of {}",
+            Grid::NAMES
+                .iter()
+                .map(|n| format!("\"{n}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
 }
 
 /// `shard="I/N"`.

@@ -6,19 +6,21 @@ use std::path::PathBuf;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use yaqa_backend_cpu::Cpu;
+use yaqa_model::job::Grid;
 use yaqa_model::job::compare::{CompareConfig, CompareMethod};
 use yaqa_model::job::evaluate::EvalText;
 
 use crate::args;
 use crate::progress::run_job;
 
-/// The KL table (``yaqa compare``): one calibration set collected once, every bit width quantized by
+/// The KL table (``yaqa compare``): one calibration set collected once, every quantizer quantized by
 /// each method against the same per-matrix scale (RTN's), every model evaluated on the same windows.
 ///
 /// ``model`` is a GGUF file or a Hugging Face folder; ``work`` a folder for the factors and quantized
 /// models, which a call with the same arguments reuses (an interrupted call continues). ``bits`` are
 /// widths of the symmetric INT grid, of 2, 3, 4, 8 (default ``[2, 3, 4]``; incoherence processing
-/// on); ``methods`` the rows, of ``"rtn"``, ``"gptq"``, ``"ldlq"``, ``"yaqa-a"``, ``"yaqa-b"``
+/// on), or ``quantizers`` names instead, of ``"int2"``, ``"int3"``, ``"int4"``, ``"int8"``, ``"e8p"``
+/// (the E8P lattice codebook of QuIP#, without ``"gptq"`` or ``refine``); ``methods`` the rows, of ``"rtn"``, ``"gptq"``, ``"ldlq"``, ``"yaqa-a"``, ``"yaqa-b"``
 /// (default: all; RTN always runs, it chooses the shared scales). ``passes`` are Sketch A's passes
 /// for YAQA-A (at least 2).
 ///
@@ -28,18 +30,19 @@ use crate::progress::run_job;
 /// evaluation text. ``b_seqs`` (default ``n_seqs``) sequences feed Sketch B and the Σ x xᵀ of RTN,
 /// GPTQ and LDLQ. Evaluation: the first ``n_windows`` windows of ``window`` tokens of ``text``, or
 /// sampled from the model. ``sign_seed``, ``damp``, ``damp_out`` as for ``yaqa.quantize``; ``refine``
-/// coordinate-descent sweeps after every method but RTN (rows ``<method>-cd<N>-int<bits>``).
+/// coordinate-descent sweeps after every method but RTN (rows ``<method>-cd<N>-<quantizer>``).
 ///
 /// ``progress``, when given, is called with a dict per event (see the package docs).
 ///
-/// Returns a list with one dict per row: ``model`` (``"ldlq-int4"``, ...), ``bits``, ``kl``, ``ppl``,
+/// Returns a list with one dict per row: ``model`` (``"ldlq-int4"``, ``"ldlq-e8p"``, ...),
+/// ``quantizer``, ``bits``, ``kl``, ``ppl``,
 /// and ``original_ppl`` (the original's perplexity on the same windows).
 ///
 /// Raises ``YaqaError`` with the library's message, ``ValueError`` for an argument the binding cannot
 /// read.
 #[pyfunction]
 #[pyo3(signature = (
-    model, work, *, bits = None, methods = None, passes = 2, b_seqs = None, calib = None,
+    model, work, *, bits = None, quantizers = None, methods = None, passes = 2, b_seqs = None, calib = None,
     tokenizer = None, calib_ids = None, n_seqs = 64, seq_len = 512, seed = 0, text = None,
     window = 512, n_windows = 8, sign_seed = 0, damp = 0.01, damp_out = 1.0, refine = 0,
     checkpoint_minutes = 30.0, checkpoint_every = None, progress = None
@@ -49,6 +52,7 @@ pub fn compare<'py>(
     model: PathBuf,
     work: PathBuf,
     bits: Option<Vec<u32>>,
+    quantizers: Option<Vec<String>>,
     methods: Option<Vec<String>>,
     passes: u32,
     b_seqs: Option<usize>,
@@ -81,7 +85,19 @@ pub fn compare<'py>(
         calib: args::calib(calib, tokenizer, calib_ids, n_seqs, seq_len, seed)?,
         passes,
         b_seqs,
-        bits: bits.unwrap_or_else(|| CompareConfig::default().bits),
+        grids: match (bits, quantizers) {
+            (Some(_), Some(_)) => {
+                return Err(args::value_error(
+                    "bits and quantizers both given: give one of them".into(),
+                ));
+            }
+            (Some(bits), None) => bits.into_iter().map(Grid::Int).collect(),
+            (None, Some(names)) => names
+                .iter()
+                .map(|q| args::quantizer_name(q))
+                .collect::<PyResult<_>>()?,
+            (None, None) => CompareConfig::default().grids,
+        },
         methods,
         eval: EvalText {
             text,
@@ -108,7 +124,8 @@ pub fn compare<'py>(
         for r in &t.table.rows {
             let d = PyDict::new(py);
             d.set_item("model", &r.name)?;
-            d.set_item("bits", t.bits)?;
+            d.set_item("quantizer", t.grid.name())?;
+            d.set_item("bits", t.grid.bits())?;
             d.set_item("kl", r.kl)?;
             d.set_item("kl_se", r.kl_se())?;
             if let Some((ratio, se)) = t.table.reference_row().and_then(|b| r.ratio_to(b)) {

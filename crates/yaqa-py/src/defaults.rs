@@ -22,7 +22,7 @@ pub fn _library_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let q = QuantizeConfig::default();
     let d = PyDict::new(py);
     d.set_item("method", q.spec.method.name())?;
-    d.set_item("bits", q.spec.bits)?;
+    d.set_item("bits", q.spec.grid.bits())?;
     d.set_item("group", q.spec.group)?;
     d.set_item("incoherence", q.spec.incoherence)?;
     d.set_item("sign_seed", q.spec.sign_seed)?;

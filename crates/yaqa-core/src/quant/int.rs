@@ -15,9 +15,10 @@
 
 use std::fmt::Write as _;
 
-use crate::backend::{Backend, round_to_nearest};
+use crate::backend::Backend;
 use crate::error::{CoreError, Result, check_finite};
 use crate::mat::Mat;
+use crate::quant::scale::{rms, search_scale};
 use crate::quant::{GridCell, TileQuantizer};
 use crate::rng::Rng;
 use crate::sym::SymMat;
@@ -25,9 +26,7 @@ use crate::sym::SymMat;
 /// The bit widths the INT grids support (DESIGN.md §5: k = 2, 3, 4, 8).
 pub const SUPPORTED_BITS: [u32; 4] = [2, 3, 4, 8];
 
-/// The factors `c` tried by [`search_sym_scale`]: 0.7 to 2.0 in steps of 0.1 (DESIGN.md §5), written as
-/// tenths so that no floating-point accumulation creeps into the grid.
-pub const SCALE_SEARCH_TENTHS: std::ops::RangeInclusive<u32> = 7..=20;
+pub use crate::quant::scale::SCALE_SEARCH_TENTHS;
 
 /// Errors unless `bits` is one of [`SUPPORTED_BITS`].
 pub fn validate_bits(bits: u32) -> Result<()> {
@@ -119,17 +118,7 @@ impl IntSym {
     /// **Errors**: unsupported `bits`; non-finite or all-zero `w`; a `c` that gives no positive finite step.
     pub fn for_multiplier(bits: u32, w: &Mat<f32>, c: f64) -> Result<Self> {
         validate_bits(bits)?;
-        check_finite("IntSym::for_multiplier W", &w.data)?;
-        let rms = (w.data.iter().map(|&v| v as f64 * v as f64).sum::<f64>()
-            / w.data.len().max(1) as f64)
-            .sqrt();
-        if rms == 0.0 {
-            return Err(CoreError::InvalidParameter {
-                name: "w",
-                value: "all zeros".into(),
-                why: "an all-zero matrix has no RMS to scale the grid to".into(),
-            });
-        }
+        let rms = rms("IntSym::for_multiplier W", w)?;
         Self::new(bits, (c * rms / sym_grid_rms(bits)) as f32)
     }
 
@@ -481,58 +470,9 @@ pub fn search_sym_scale(
     bits: u32,
 ) -> Result<(IntSym, f64)> {
     validate_bits(bits)?;
-    let (m, n) = w.shape();
-    if m == 0 || n == 0 {
-        return Err(CoreError::shape(
-            "search_sym_scale W",
-            "a non-empty matrix",
-            "0 entries",
-        ));
-    }
-    if h_in.n != n {
-        return Err(CoreError::shape(
-            "search_sym_scale h_in",
-            format!("{n}×{n}"),
-            h_in.n,
-        ));
-    }
-    if let Some(h) = h_out
-        && h.n != m
-    {
-        return Err(CoreError::shape(
-            "search_sym_scale h_out",
-            format!("{m}×{m}"),
-            h.n,
-        ));
-    }
-    check_finite("search_sym_scale W", &w.data)?;
-    let mut best: Option<(IntSym, f64, f64)> = None;
-    for tenths in SCALE_SEARCH_TENTHS {
-        let c = tenths as f64 / 10.0;
-        let grid = IntSym::for_multiplier(bits, w, c)?;
-        let mut delta = round_to_nearest(w, &grid).w_hat;
-        for (d, &x) in delta.data.iter_mut().zip(&w.data) {
-            *d = x - *d;
-        }
-        let err = backend.weighted_error(&delta, h_in, h_out)?;
-        if !err.is_finite() {
-            return Err(CoreError::NonFinite {
-                what: format!("search_sym_scale proxy error at c = {c}"),
-                count: 1,
-                first: 0,
-            });
-        }
-        if best.as_ref().is_none_or(|&(_, _, e)| err < e) {
-            best = Some((grid, c, err));
-        }
-    }
-    // The factor range is non-empty, so `best` is set; map the impossible case to an error anyway.
-    best.map(|(grid, c, _)| (grid, c))
-        .ok_or_else(|| CoreError::InvalidParameter {
-            name: "SCALE_SEARCH_TENTHS",
-            value: format!("{SCALE_SEARCH_TENTHS:?}"),
-            why: "no scale factor to try".into(),
-        })
+    search_scale(backend, w, h_in, h_out, "search_sym_scale", |c| {
+        IntSym::for_multiplier(bits, w, c)
+    })
 }
 
 /// The symmetric grid as a table, one line per code: `code  value` with the value in units of the scale.
@@ -582,6 +522,7 @@ pub fn render_asym_levels(bits: u32, zeros: &[u16]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::round_to_nearest;
 
     /// A structured test matrix: rows with different scales (heavy-ish rows), a smooth trend along the
     /// columns and Gaussian noise, never all zeros.

@@ -1,8 +1,9 @@
 //! Bit-packing of quantization codes, the layout of `L.codes` in quantized-model files (docs/FORMAT.md).
 //!
-//! `k`-bit codes (`1 ≤ k ≤ 8`) are stored back to back in a little-endian bit stream: code `i` occupies
+//! `k`-bit codes (`1 ≤ k ≤ 16`) are stored back to back in a little-endian bit stream: code `i` occupies
 //! bits `k·i .. k·i + k` of the stream, least significant bit first, and bit `b` of the stream is bit
-//! `b mod 8` of byte `b / 8`. The last byte's unused high bits are zero. `k = 8` is one byte per code.
+//! `b mod 8` of byte `b / 8`. The last byte's unused high bits are zero. `k = 8` is one byte per code,
+//! `k = 16` (E8P, one code per 8 weights) one little-endian `u16` per code.
 //!
 //! Quantized files pack every row of a layer's `m × n` codes as its own stream ([`pack_rows`]), so each
 //! row starts on a byte and a reader can seek to row `i` at `i·⌈n·k/8⌉` bytes; at the widths that divide
@@ -10,13 +11,13 @@
 //! `m·n` codes.
 //!
 //! Eight `k`-bit codes fill exactly `k` bytes, so both directions work on groups of eight codes through
-//! one `u64` (at most 64 bits), with the width a constant of each instantiation; only the last group of
-//! a stream is handled separately.
+//! one `u128` (at most 128 bits), with the width a constant of each instantiation; only the last group
+//! of a stream is handled separately.
 
 use crate::error::{ModelError, Result};
 
-/// The widest code packed here (codes come back as bytes).
-pub const MAX_BITS: u32 = 8;
+/// The widest code packed here (codes come back as `u16`).
+pub const MAX_BITS: u32 = 16;
 
 /// Bytes holding `len` codes of `bits` bits: `⌈len·k/8⌉`, saturating at `usize::MAX` (a size no buffer
 /// has, so a saturated value never matches a real tensor). Readers use [`checked_packed_len`].
@@ -45,17 +46,17 @@ fn pack_stream<const K: usize>(codes: &[u16], out: &mut [u8]) {
     let full = codes.len() / 8;
     let (body, tail) = out.split_at_mut(full * K);
     for (group, bytes) in codes.chunks_exact(8).zip(body.chunks_exact_mut(K)) {
-        let mut word = 0u64;
+        let mut word = 0u128;
         for (i, &c) in group.iter().enumerate() {
-            word |= u64::from(c) << (K * i);
+            word |= u128::from(c) << (K * i);
         }
         bytes.copy_from_slice(&word.to_le_bytes()[..K]);
     }
     let rest = &codes[full * 8..];
     if !rest.is_empty() {
-        let mut word = 0u64;
+        let mut word = 0u128;
         for (i, &c) in rest.iter().enumerate() {
-            word |= u64::from(c) << (K * i);
+            word |= u128::from(c) << (K * i);
         }
         let n_bytes = tail.len();
         tail.copy_from_slice(&word.to_le_bytes()[..n_bytes]);
@@ -64,31 +65,31 @@ fn pack_stream<const K: usize>(codes: &[u16], out: &mut [u8]) {
 
 /// Unpacks `out.len()` codes from `bytes` (exactly `packed_len(out.len(), K)` bytes). Returns whether
 /// the padding bits after the last code are zero.
-fn unpack_stream<const K: usize>(bytes: &[u8], out: &mut [u8]) -> bool {
-    let mask = (1u64 << K) - 1;
+fn unpack_stream<const K: usize>(bytes: &[u8], out: &mut [u16]) -> bool {
+    let mask = (1u128 << K) - 1;
     let full = out.len() / 8;
     let (body, tail) = bytes.split_at(full * K);
     for (group, src) in out.chunks_exact_mut(8).zip(body.chunks_exact(K)) {
-        let mut buf = [0u8; 8];
+        let mut buf = [0u8; 16];
         buf[..K].copy_from_slice(src);
-        let word = u64::from_le_bytes(buf);
+        let word = u128::from_le_bytes(buf);
         for (i, c) in group.iter_mut().enumerate() {
-            // Masked to K ≤ 8 bits.
-            *c = ((word >> (K * i)) & mask) as u8;
+            // Masked to K ≤ 16 bits.
+            *c = ((word >> (K * i)) & mask) as u16;
         }
     }
     let rest = &mut out[full * 8..];
-    let mut buf = [0u8; 8];
+    let mut buf = [0u8; 16];
     buf[..tail.len()].copy_from_slice(tail);
-    let word = u64::from_le_bytes(buf);
+    let word = u128::from_le_bytes(buf);
     for (i, c) in rest.iter_mut().enumerate() {
-        *c = ((word >> (K * i)) & mask) as u8;
+        *c = ((word >> (K * i)) & mask) as u16;
     }
-    // `rest.len() < 8`, so the shift is below 64.
+    // `rest.len() < 8`, so the shift is below 128.
     word >> (K * rest.len()) == 0
 }
 
-/// The instantiation of `$f::<K>` for a runtime width (checked to be in `1..=8` beforehand).
+/// The instantiation of `$f::<K>` for a runtime width (checked to be in `1..=16` beforehand).
 macro_rules! by_width {
     ($bits:expr, $f:ident($($arg:expr),*)) => {
         match $bits {
@@ -100,6 +101,14 @@ macro_rules! by_width {
             6 => $f::<6>($($arg),*),
             7 => $f::<7>($($arg),*),
             8 => $f::<8>($($arg),*),
+            9 => $f::<9>($($arg),*),
+            10 => $f::<10>($($arg),*),
+            11 => $f::<11>($($arg),*),
+            12 => $f::<12>($($arg),*),
+            13 => $f::<13>($($arg),*),
+            14 => $f::<14>($($arg),*),
+            15 => $f::<15>($($arg),*),
+            16 => $f::<16>($($arg),*),
             _ => unreachable!("bit width checked by check_bits"),
         }
     };
@@ -108,7 +117,7 @@ macro_rules! by_width {
 /// Packs `rows × cols` codes (row-major), each row as its own stream of `⌈cols·k/8⌉` bytes.
 ///
 /// **Shapes**: `codes` has `rows·cols` entries; the result has `rows·⌈cols·k/8⌉` bytes, row `i` at
-/// `i·⌈cols·k/8⌉`. **Errors**: `bits` outside `1..=8`, a length that is not `rows·cols`, a code of
+/// `i·⌈cols·k/8⌉`. **Errors**: `bits` outside `1..=16`, a length that is not `rows·cols`, a code of
 /// `2^k` or more (named by row and column).
 pub fn pack_rows(codes: &[u16], rows: usize, cols: usize, bits: u32) -> Result<Vec<u8>> {
     check_bits(bits)?;
@@ -118,8 +127,8 @@ pub fn pack_rows(codes: &[u16], rows: usize, cols: usize, bits: u32) -> Result<V
             codes.len()
         )));
     }
-    let max_code = (1u16 << bits) - 1;
-    if let Some(at) = codes.iter().position(|&c| c > max_code) {
+    let max_code = (1u32 << bits) - 1;
+    if let Some(at) = codes.iter().position(|&c| u32::from(c) > max_code) {
         return Err(ModelError::Input(format!(
             "bit-packing: code {} at row {}, column {} does not fit {bits} bits",
             codes[at],
@@ -145,11 +154,11 @@ pub fn pack_rows(codes: &[u16], rows: usize, cols: usize, bits: u32) -> Result<V
     Ok(out)
 }
 
-/// Inverse of [`pack_rows`]: the `rows × cols` codes, row-major, one byte each.
+/// Inverse of [`pack_rows`]: the `rows × cols` codes, row-major.
 ///
-/// **Errors**: `bits` outside `1..=8`, a length that is not `rows·⌈cols·k/8⌉`, a row whose padding bits
+/// **Errors**: `bits` outside `1..=16`, a length that is not `rows·⌈cols·k/8⌉`, a row whose padding bits
 /// (after its last code) are not zero, as [`pack_rows`] never writes them.
-pub fn unpack_rows(bytes: &[u8], rows: usize, cols: usize, bits: u32) -> Result<Vec<u8>> {
+pub fn unpack_rows(bytes: &[u8], rows: usize, cols: usize, bits: u32) -> Result<Vec<u16>> {
     check_bits(bits)?;
     // `rows` and `cols` may come from a file's header, so every product is checked.
     let row_bytes = checked_packed_len(cols, bits);
@@ -167,7 +176,7 @@ pub fn unpack_rows(bytes: &[u8], rows: usize, cols: usize, bits: u32) -> Result<
             bytes.len()
         )));
     }
-    let mut out = vec![0u8; n_codes];
+    let mut out = vec![0u16; n_codes];
     if row_bytes > 0 {
         for (i, (src, dst)) in bytes
             .chunks_exact(row_bytes)
@@ -190,7 +199,7 @@ pub fn pack(codes: &[u16], bits: u32) -> Result<Vec<u8>> {
 }
 
 /// Unpacks `len` codes from one stream: [`unpack_rows`] with a single row.
-pub fn unpack(bytes: &[u8], len: usize, bits: u32) -> Result<Vec<u8>> {
+pub fn unpack(bytes: &[u8], len: usize, bits: u32) -> Result<Vec<u16>> {
     unpack_rows(bytes, 1, len, bits)
 }
 
@@ -238,6 +247,15 @@ mod tests {
         assert_eq!(pack(&[0xA, 0x5, 0xF], 4).unwrap(), vec![0x5A, 0x0F]);
         // k = 8 is the plain byte layout.
         assert_eq!(pack(&[7, 255, 0], 8).unwrap(), vec![7, 255, 0]);
+        // k = 16 (E8P) is little-endian u16.
+        assert_eq!(
+            pack(&[0x1234, 0xABCD], 16).unwrap(),
+            vec![0x34, 0x12, 0xCD, 0xAB]
+        );
+        assert_eq!(
+            unpack(&[0x34, 0x12, 0xCD, 0xAB], 2, 16).unwrap(),
+            vec![0x1234, 0xABCD]
+        );
         // k = 3, one code: the padding bits above it are zero.
         assert_eq!(pack(&[5], 3).unwrap(), vec![5]);
     }
@@ -257,7 +275,7 @@ mod tests {
                 assert_eq!(bytes, spec_pack(&codes, bits), "{bits} bits, {len} codes");
                 let back = unpack(&bytes, len, bits).unwrap();
                 assert!(
-                    back.iter().zip(&codes).all(|(&b, &c)| u16::from(b) == c) && back.len() == len,
+                    back.iter().zip(&codes).all(|(&b, &c)| b == c) && back.len() == len,
                     "{bits} bits, {len} codes"
                 );
             }
@@ -272,6 +290,7 @@ mod tests {
             (3, 3, 8),
             (4, 6, 9),
             (8, 2, 3),
+            (16, 3, 5),
             (3, 3, 0),
         ] {
             let codes = random_codes(u64::from(bits) + 77, rows * cols, bits);
@@ -286,7 +305,7 @@ mod tests {
                 );
             }
             let back = unpack_rows(&bytes, rows, cols, bits).unwrap();
-            assert!(back.iter().zip(&codes).all(|(&b, &c)| u16::from(b) == c));
+            assert!(back.iter().zip(&codes).all(|(&b, &c)| b == c));
         }
     }
 
@@ -295,7 +314,7 @@ mod tests {
         let err = pack_rows(&[1, 2, 8, 0], 2, 2, 3).unwrap_err().to_string();
         assert!(err.contains("code 8 at row 1, column 0"), "{err}");
         assert!(pack(&[0], 0).is_err());
-        assert!(pack(&[0], 9).is_err());
+        assert!(pack(&[0], 17).is_err());
         assert!(
             pack_rows(&[0; 5], 2, 3, 4).is_err(),
             "length is not rows·cols"

@@ -386,6 +386,13 @@ impl GptqLayer {
                         .into(),
                 ));
             }
+            Some("e8p") => {
+                return Err(refuse(
+                    "E8P lattice codebook (codes of 8 weights); GPTQ checkpoints hold scalar grids: \
+                     quantize with --quantizer int4 --group G"
+                        .into(),
+                ));
+            }
             other => return Err(refuse(format!("unknown quantizer kind {other:?}"))),
         }
         let bits = q["bits"]
@@ -409,7 +416,12 @@ impl GptqLayer {
         }
         let groups = n / group_size;
         // Unpacked from the file's bit-packed rows, checked against m, n and the code width.
-        let codes = quant.codes(id)?;
+        let codes = quant
+            .codes(id)?
+            .into_iter()
+            .map(u8::try_from)
+            .collect::<std::result::Result<Vec<u8>, _>>()
+            .map_err(|_| refuse(format!("{bits}-bit codes above 255")))?;
         let scales = quant.f32s(&format!("{name}.scales"), &[m, groups])?;
         let zeros = quant.u8s(&format!("{name}.zeros"), &[m, groups])?;
         pack_layer(&LayerCodes {

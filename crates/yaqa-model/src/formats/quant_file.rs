@@ -16,6 +16,7 @@ use yaqa_core::Mat;
 use yaqa_core::backend::{Backend, Side};
 use yaqa_core::layer::{FittedQuantizer, LayerReport, QuantizedLayer};
 use yaqa_core::optq::OptqReport;
+use yaqa_core::quant::e8p::{self, E8p};
 use yaqa_core::quant::int::{IntAsymGroup, IntSym};
 
 use crate::error::{ModelError, Result};
@@ -96,11 +97,18 @@ pub fn optq_json(o: &OptqReport) -> Value {
 fn layer_tensors(id: LayerId, q: &QuantizedLayer) -> Result<(Vec<(String, RawTensor)>, Value)> {
     let name = id.name();
     let (m, n) = q.w_hat.shape();
-    let code_bits = match &q.quantizer {
-        FittedQuantizer::IntSym(s) => s.bits(),
-        FittedQuantizer::IntAsym(a) => a.bits(),
+    let (code_bits, code_dim) = match &q.quantizer {
+        FittedQuantizer::IntSym(s) => (s.bits(), 1),
+        FittedQuantizer::IntAsym(a) => (a.bits(), 1),
+        FittedQuantizer::E8p(_) => (e8p::CODE_BITS, e8p::CODE_DIM),
     };
-    let packed = bitpack::pack_rows(&q.codes, m, n, code_bits).map_err(|e| match e {
+    if !n.is_multiple_of(code_dim) {
+        return Err(ModelError::Input(format!(
+            "{name}: n = {n} does not split into codes of {code_dim} weights"
+        )));
+    }
+    let per_row = n / code_dim;
+    let packed = bitpack::pack_rows(&q.codes, m, per_row, code_bits).map_err(|e| match e {
         ModelError::Input(why) => ModelError::Input(format!("{name} codes: {why}")),
         other => other,
     })?;
@@ -108,7 +116,7 @@ fn layer_tensors(id: LayerId, q: &QuantizedLayer) -> Result<(Vec<(String, RawTen
         format!("{name}.codes"),
         RawTensor {
             dtype: Dtype::U8,
-            shape: vec![m, bitpack::packed_len(n, code_bits)],
+            shape: vec![m, bitpack::packed_len(per_row, code_bits)],
             bytes: packed,
         },
     )];
@@ -132,6 +140,13 @@ fn layer_tensors(id: LayerId, q: &QuantizedLayer) -> Result<(Vec<(String, RawTen
                 u8_tensor(vec![z.rows, z.cols], &z.data, &format!("{name} zeros"))?,
             ));
             json!({"kind": "int-asym", "bits": a.bits(), "group_size": a.group_size()})
+        }
+        FittedQuantizer::E8p(b) => {
+            t.push((
+                format!("{name}.scale"),
+                RawTensor::f32s(vec![1], &[b.scale()]),
+            ));
+            json!({"kind": "e8p"})
         }
     };
     if let (Some(s_in), Some(s_out)) = (&q.signs_in, &q.signs_out) {
@@ -386,50 +401,74 @@ impl QuantFile {
         Ok((dim("m")?, dim("n")?))
     }
 
-    /// The codes of layer `id`, unpacked: `m × n` row-major, one byte per code, each below `2^k`.
+    /// How layer `name` stores its codes, from its quantizer: `(bits per code, weights per code)`,
+    /// `(k, 1)` for the `k`-bit INT grids and `(16, 8)` for E8P.
+    fn code_layout(&self, name: &str) -> Result<(u32, usize)> {
+        let q = &self.header["layers"][name]["quantizer"];
+        match q["kind"].as_str() {
+            Some("e8p") => Ok((e8p::CODE_BITS, e8p::CODE_DIM)),
+            Some("int-sym" | "int-asym") => q["bits"]
+                .as_u64()
+                .and_then(|b| u32::try_from(b).ok())
+                .map(|b| (b, 1))
+                .ok_or_else(|| {
+                    self.bad(format!(
+                        "{name}: quantizer bits {} is missing or not a bit width",
+                        q["bits"]
+                    ))
+                }),
+            other => Err(self.bad(format!("{name}: unknown quantizer {other:?}"))),
+        }
+    }
+
+    /// The codes of layer `id`, unpacked: `m × n/d` row-major, each below `2^k`, where a code covers `d`
+    /// consecutive weights of a row (`d = 1` for the INT grids, 8 for E8P) and `k` is `code_bits`.
     ///
-    /// The tensor `L.codes` must be U8 `[m, ⌈n·k/8⌉]` for the layer entry's `m`, `n` and `code_bits` `k`,
+    /// The tensor `L.codes` must be U8 `[m, ⌈(n/d)·k/8⌉]` for the layer entry's `m`, `n` and `code_bits`,
     /// every row packed as in [`bitpack::pack_rows`] with zero padding bits, and `code_bits` must be the
-    /// quantizer's `bits` (the INT grids have one code per weight of exactly that width).
+    /// quantizer's (the INT grids' `bits`, 16 for E8P).
     ///
-    /// **Errors** (naming the file and the tensor or header field): a missing layer entry or field, a
-    /// `code_bits` outside `1..=8` or different from the quantizer's bits, a missing tensor, another dtype,
-    /// a shape that is not the packed size (a truncated or unpacked tensor), nonzero padding bits.
-    pub fn codes(&self, id: LayerId) -> Result<Vec<u8>> {
+    /// **Errors** (naming the file and the tensor or header field): a missing layer entry or field, an
+    /// unknown quantizer, a `code_bits` different from the quantizer's, an `n` that does not split into
+    /// codes, a missing tensor, another dtype, a shape that is not the packed size (a truncated or
+    /// unpacked tensor), nonzero padding bits.
+    pub fn codes(&self, id: LayerId) -> Result<Vec<u16>> {
         let name = id.name();
         let e = &self.header["layers"][&name];
         let (m, n) = self.dims(&name)?;
         let code_bits = e["code_bits"]
             .as_u64()
             .ok_or_else(|| self.bad(format!("{name}: header field \"code_bits\" missing")))?;
-        let grid_bits = e["quantizer"]["bits"]
-            .as_u64()
-            .ok_or_else(|| self.bad(format!("{name}: quantizer bits missing")))?;
-        if code_bits != grid_bits || !(1..=u64::from(bitpack::MAX_BITS)).contains(&code_bits) {
+        let (bits, code_dim) = self.code_layout(&name)?;
+        if code_bits != u64::from(bits) || !(1..=bitpack::MAX_BITS).contains(&bits) {
             return Err(self.bad(format!(
-                "{name}: code_bits {code_bits} with a {grid_bits}-bit quantizer; expected code_bits = \
-                 bits, at most {}",
+                "{name}: code_bits {code_bits} with a quantizer of {bits}-bit codes; expected code_bits = \
+                 {bits}, at most {}",
                 bitpack::MAX_BITS
             )));
         }
-        // At most 8, checked above.
-        let bits = code_bits as u32;
+        if !n.is_multiple_of(code_dim) {
+            return Err(self.bad(format!(
+                "{name}: header field \"n\" = {n} does not split into codes of {code_dim} weights"
+            )));
+        }
+        let cols = n / code_dim;
         let tensor = format!("{name}.codes");
         let (info, bytes) = self.file.raw(&tensor, "U8")?;
-        let row_bytes = bitpack::checked_packed_len(n, bits).ok_or_else(|| {
+        let row_bytes = bitpack::checked_packed_len(cols, bits).ok_or_else(|| {
             self.bad(format!(
-                "{name}: header field \"n\" = {n}: a row of {n} {bits}-bit codes overflows"
+                "{name}: header field \"n\" = {n}: a row of {cols} {bits}-bit codes overflows"
             ))
         })?;
         let expected = [m, row_bytes];
         if info.shape != expected {
             return Err(self.bad(format!(
-                "{tensor}: shape {:?}, expected {expected:?}: {m} rows of {n} {bits}-bit codes, each row \
-                 packed into ⌈{n}·{bits}/8⌉ bytes",
+                "{tensor}: shape {:?}, expected {expected:?}: {m} rows of {cols} {bits}-bit codes, each \
+                 row packed into ⌈{cols}·{bits}/8⌉ bytes",
                 info.shape
             )));
         }
-        bitpack::unpack_rows(bytes, m, n, bits).map_err(|e| match e {
+        bitpack::unpack_rows(bytes, m, cols, bits).map_err(|e| match e {
             ModelError::Input(why) => self.bad(format!("{tensor}: {why}")),
             other => other,
         })
@@ -446,15 +485,7 @@ impl QuantFile {
         let e = &self.header["layers"][&name];
         let (m, n) = self.dims(&name)?;
         let q = &e["quantizer"];
-        let bits = q["bits"]
-            .as_u64()
-            .and_then(|b| u32::try_from(b).ok())
-            .ok_or_else(|| {
-                self.bad(format!(
-                    "{name}: quantizer bits {} is missing or not a bit width",
-                    q["bits"]
-                ))
-            })?;
+        let (bits, _) = self.code_layout(&name)?;
         let quantizer: FittedQuantizer = match q["kind"].as_str() {
             Some("int-sym") => {
                 let s = self.f32s(&format!("{name}.scale"), &[1])?;
@@ -481,10 +512,21 @@ impl QuantFile {
                     Mat::from_vec(m, groups, zeros.into_iter().map(u16::from).collect())?,
                 )?)
             }
+            Some("e8p") => {
+                let s = self.f32s(&format!("{name}.scale"), &[1])?;
+                FittedQuantizer::E8p(E8p::new(s[0])?)
+            }
             other => return Err(self.bad(format!("{name}: unknown quantizer {other:?}"))),
         };
         // Below 2^bits by construction of the unpacking.
         let codes = self.codes(id)?;
+        if let FittedQuantizer::E8p(book) = &quantizer {
+            let mut w = Mat::<f32>::zeros(m, n);
+            for (block, &c) in w.data.chunks_exact_mut(e8p::CODE_DIM).zip(&codes) {
+                block.copy_from_slice(&book.values(c));
+            }
+            return self.unrotate(&name, backend, w);
+        }
         // The reconstruction formulas of the quantizers' `quantize_tile`, evaluated in the same order,
         // so every level is the f32 value the rounding wrote.
         let mut w = Mat::<f32>::zeros(m, n);
@@ -492,15 +534,23 @@ impl QuantFile {
             let codes_row = &codes[i * n..(i + 1) * n];
             for (j, (x, &c)) in w.row_mut(i).iter_mut().zip(codes_row).enumerate() {
                 *x = match &quantizer {
-                    FittedQuantizer::IntSym(s) => s.level(c as u16),
+                    FittedQuantizer::IntSym(s) => s.level(c),
                     FittedQuantizer::IntAsym(a) => {
                         let g = j / a.group_size();
                         a.scales().at(i, g) * (c as f32 - a.zeros().at(i, g) as f32)
                     }
+                    // Returned above.
+                    FittedQuantizer::E8p(_) => unreachable!("E8P codes cover 8 weights"),
                 };
             }
         }
-        if e["incoherence"].as_bool() == Some(true) {
+        self.unrotate(&name, backend, w)
+    }
+
+    /// The inverse rotations of layer `name` applied to its `Ŵ_r`, when it was quantized with incoherence.
+    fn unrotate(&self, name: &str, backend: &dyn Backend, mut w: Mat<f32>) -> Result<Mat<f32>> {
+        let (m, n) = w.shape();
+        if self.header["layers"][name]["incoherence"].as_bool() == Some(true) {
             let s_in = self.signs(&format!("{name}.signs_in"), n)?;
             let s_out = self.signs(&format!("{name}.signs_out"), m)?;
             backend.hadamard_rotate(&mut w, Side::Rows, &s_out, true)?;
@@ -561,6 +611,7 @@ mod tests {
                     FittedQuantizer::IntAsym(a) => {
                         a.scales().at(i, 0) * (c as f32 - a.zeros().at(i, 0) as f32)
                     }
+                    FittedQuantizer::E8p(_) => unreachable!("scalar grids only: see e8p_layer"),
                 };
             }
         }
@@ -579,6 +630,45 @@ mod tests {
                 damp_out: None,
                 scale_c: None,
                 bits_per_weight: f64::from(bits),
+                refine: None,
+                optq: None,
+            },
+        }
+    }
+
+    /// A layer of random E8P codes (one per 8 weights of a row), with incoherence so the inverse
+    /// rotations run too: `w_hat` is the codewords, scaled, rotated back with `backend`.
+    fn e8p_layer(backend: &dyn Backend, m: usize, n: usize, seed: u64) -> QuantizedLayer {
+        let mut rng = yaqa_core::Rng::derive(seed, "quant-file-test");
+        let codes: Vec<u16> = (0..m * n / 8).map(|_| rng.below(1 << 16) as u16).collect();
+        let book = E8p::new(0.03).unwrap();
+        let mut w_hat = Mat::<f32>::zeros(m, n);
+        for (block, &c) in w_hat.data.chunks_exact_mut(8).zip(&codes) {
+            block.copy_from_slice(&book.values(c));
+        }
+        let signs_in = rng.signs(n);
+        let signs_out = rng.signs(m);
+        backend
+            .hadamard_rotate(&mut w_hat, Side::Rows, &signs_out, true)
+            .unwrap();
+        backend
+            .hadamard_rotate(&mut w_hat, Side::Cols, &signs_in, true)
+            .unwrap();
+        QuantizedLayer {
+            w_hat,
+            codes,
+            quantizer: FittedQuantizer::E8p(book),
+            signs_in: Some(signs_in),
+            signs_out: Some(signs_out),
+            pivots: Vec::new(),
+            report: LayerReport {
+                method: Method::Ldlq,
+                proxy_two_sided: None,
+                proxy_one_sided: 0.0,
+                damp_in: 0.0,
+                damp_out: None,
+                scale_c: Some(1.1),
+                bits_per_weight: 2.0,
                 refine: None,
                 optq: None,
             },
@@ -653,7 +743,7 @@ mod tests {
                 );
             }
             let codes = file.codes(ID).unwrap();
-            assert!(codes.iter().zip(&q.codes).all(|(&a, &b)| u16::from(a) == b));
+            assert!(codes.iter().zip(&q.codes).all(|(&a, &b)| a == b));
             let w = file.dequantize(&cpu, ID).unwrap();
             assert!(
                 w.data
@@ -663,6 +753,56 @@ mod tests {
                 "{bits} bits, asym {asym}: dequantized levels differ"
             );
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// E8P codes take 16 bits per 8 weights: `L.codes` is U8 `[m, 2·n/8]`, each row the little-endian
+    /// `u16` codes of its 8-weight blocks, and dequantizing (codewords, then the inverse rotations) gives
+    /// `w_hat` bit for bit. A header whose `code_bits` is not 16 is refused.
+    #[test]
+    fn e8p_codes_are_packed_16_bits_per_8_weights() {
+        let dir = scratch("e8p");
+        let cpu = Cpu::default();
+        let (m, n) = (12, 48);
+        let q = e8p_layer(&cpu, m, n, 4);
+        let path = write_file(&dir, "e8p.safetensors", &q);
+        let file = QuantFile::open(&path).unwrap();
+        let name = ID.name();
+        let info = &file.file.tensors[&format!("{name}.codes")];
+        assert_eq!(
+            (info.dtype.as_str(), &info.shape[..]),
+            ("U8", &[m, n / 4][..])
+        );
+        assert_eq!(file.header["layers"][&name]["code_bits"], 16);
+        assert_eq!(file.header["layers"][&name]["quantizer"]["kind"], "e8p");
+        let (_, bytes) = file.file.raw(&format!("{name}.codes"), "U8").unwrap();
+        let le: Vec<u8> = q.codes.iter().flat_map(|c| c.to_le_bytes()).collect();
+        assert_eq!(bytes, &le[..]);
+        assert_eq!(file.codes(ID).unwrap(), q.codes);
+        let w = file.dequantize(&cpu, ID).unwrap();
+        assert!(
+            w.data
+                .iter()
+                .zip(&q.w_hat.data)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "dequantized E8P layer differs"
+        );
+        let bad = dir.join("bits.safetensors");
+        rewrite(
+            &path,
+            &bad,
+            |_, _| {},
+            |h| h["layers"][ID.name()]["code_bits"] = json!(2),
+        );
+        let err = QuantFile::open(&bad)
+            .unwrap()
+            .dequantize(&cpu, ID)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bits.safetensors") && err.contains("code_bits"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

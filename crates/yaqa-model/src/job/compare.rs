@@ -1,6 +1,6 @@
 //! `yaqa compare`: the KL table. One calibration set feeds every method: a forward pass for `Σ x xᵀ`
 //! (Sketch A's pass 0), backward passes for Sketch A's later passes and Sketch B (pass 1 collects both from
-//! the same gradients). Every bit width is quantized with each method against the same scale: round to
+//! the same gradients). Every quantizer (INT bit width or E8P) is quantized with each method against the same scale: round to
 //! nearest searches it per matrix on `tr(Δ Σxxᵀ Δᵀ)` and the other methods take RTN's choice (DESIGN.md
 //! §5). Then every model is evaluated on the same windows (KL to the original, perplexity).
 //!
@@ -33,7 +33,7 @@ use crate::job::guard::{named, refuse_overwrite};
 use crate::job::pipeline::{quantize_model, run_header};
 use crate::job::progress::{Progress, ProgressExt};
 use crate::job::resume::{self, Job, Outcome, labels_from_record};
-use crate::job::{CalibConfig, CheckpointPolicy, QuantSpec, open_model};
+use crate::job::{CalibConfig, CheckpointPolicy, Grid, QuantSpec, open_model};
 use crate::transformer::tokenizer::Tokenizer;
 use crate::transformer::weights::{LayerId, Model};
 
@@ -93,8 +93,9 @@ pub struct CompareConfig {
     /// A calibration set's first k sequences are the same whatever its size, so raising this later
     /// only collects the new ones.
     pub b_seqs: Option<usize>,
-    /// Bit widths of the symmetric INT grid (incoherence processing on).
-    pub bits: Vec<u32>,
+    /// The quantizers, one table each: symmetric INT grids of some bit widths and the E8P codebook
+    /// (incoherence processing on).
+    pub grids: Vec<Grid>,
     /// The rows (RTN always runs: it chooses the shared scales).
     pub methods: Vec<CompareMethod>,
     /// The evaluation text (the command line samples it, when there is no file, with the calibration
@@ -120,7 +121,7 @@ impl Default for CompareConfig {
             calib: CalibConfig::default(),
             passes: 2,
             b_seqs: None,
-            bits: vec![2, 3, 4],
+            grids: vec![Grid::Int(2), Grid::Int(3), Grid::Int(4)],
             methods: CompareMethod::ALL.to_vec(),
             eval: EvalText {
                 seed: 0,
@@ -136,11 +137,11 @@ impl Default for CompareConfig {
     }
 }
 
-/// The KL table of one bit width.
+/// The KL table of one quantizer.
 #[derive(Clone, Debug, PartialEq)]
-pub struct BitsTable {
-    pub bits: u32,
-    /// The row the relative column divides by (`ldlq-int<bits>`, or its refined label).
+pub struct GridTable {
+    pub grid: Grid,
+    /// The row the relative column divides by (`ldlq-<grid>`, or its refined label).
     pub reference: String,
     pub table: EvalTable,
 }
@@ -148,8 +149,8 @@ pub struct BitsTable {
 /// What a finished `compare` measured.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CompareReport {
-    pub tables: Vec<BitsTable>,
-    /// The whole report as JSON (rows of every bit width and the setup), as `--json` writes it.
+    pub tables: Vec<GridTable>,
+    /// The whole report as JSON (rows of every quantizer and the setup), as `--json` writes it.
     pub json: Value,
     /// Seconds spent on the factors, and in all.
     pub factor_seconds: f64,
@@ -178,10 +179,11 @@ impl FactorSets {
     }
 }
 
-/// Runs the comparison and returns one table per bit width. `tokenizer` is the evaluation text's
+/// Runs the comparison and returns one table per quantizer. `tokenizer` is the evaluation text's
 /// tokenizer (default: the one `eval` or `calib` names, or the model's).
 ///
-/// **Errors**: fewer than 2 passes with YAQA-A, bits no grid takes, calibration or evaluation sizes the
+/// **Errors**: fewer than 2 passes with YAQA-A, bits no grid takes, E8P with GPTQ or `refine` or layers
+/// whose width does not split into its codes, calibration or evaluation sizes the
 /// model cannot use ([`CalibConfig::check`], [`EvalText::check`]), `b_seqs` below `calib.n_seqs` (all
 /// before any work), and the errors of calibration, collection, quantization and evaluation; a run
 /// stopped by `checkpoint.stop_after_seqs` returns [`ModelError::Stopped`].
@@ -195,8 +197,26 @@ pub fn run<B: Backend + ModelOps<f32>>(
     if args.passes < 2 && args.methods.contains(&CompareMethod::YaqaA) {
         crate::bail!("--passes: Sketch A needs at least 2 passes (the reference uses 6)");
     }
-    if let Some(&b) = args.bits.iter().find(|b| ![2, 3, 4, 8].contains(*b)) {
+    if let Some(b) = args.grids.iter().find_map(|g| match g {
+        Grid::Int(b) if !QuantSpec::BITS.contains(b) => Some(b),
+        _ => None,
+    }) {
         crate::bail!("--bits: {b} is not one of 2, 3, 4, 8");
+    }
+    if args.grids.contains(&Grid::E8p) {
+        if args.methods.contains(&CompareMethod::Gptq) {
+            crate::bail!(
+                "--methods gptq with E8P: GPTQ rounds one weight at a time and E8P codes cover 8 \
+                 weights; leave gptq out of --methods (rtn, ldlq, yaqa-a and yaqa-b take E8P)"
+            );
+        }
+        if args.refine > 0 {
+            crate::bail!(
+                "--refine {} with E8P: coordinate descent moves one weight at a time and E8P codes \
+                 cover 8 weights",
+                args.refine
+            );
+        }
     }
     let b_seqs = args.b_seqs.unwrap_or(args.calib.n_seqs);
     if b_seqs < args.calib.n_seqs {
@@ -215,6 +235,27 @@ pub fn run<B: Backend + ModelOps<f32>>(
     let loaded = open_model(&args.model)?;
     args.calib.check(&loaded)?;
     args.eval.check(&loaded, ["--window", "--n-windows"])?;
+    let widths: Vec<usize> = LayerId::all(&loaded.model)
+        .iter()
+        .map(|id| id.kind.shape(&loaded.model.config).1)
+        .collect();
+    for &grid in &args.grids {
+        for row in &args.methods {
+            let refine = if *row == CompareMethod::Rtn {
+                0
+            } else {
+                args.refine
+            };
+            QuantSpec {
+                method: row.method(),
+                grid,
+                refine,
+                ..QuantSpec::default()
+            }
+            .check(widths.iter().copied())
+            .with_context(|| format!("{} with {grid}", row.label()))?;
+        }
+    }
     std::fs::create_dir_all(&args.work)
         .map_err(|e| ModelError::io(&args.work, e))
         .with_context(|| format!("creating {}", args.work.display()))?;
@@ -272,7 +313,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
     let mut tables = Vec::new();
     let mut rows_json = Vec::new();
     let mut base_ppl = 0.0;
-    for &bits in &args.bits {
+    for &grid in &args.grids {
         let mut files = Vec::new();
         let mut scales: Option<BTreeMap<LayerId, f64>> = None;
         // RTN first: its search chooses the scales every other method takes. It is never refined.
@@ -284,14 +325,14 @@ pub fn run<B: Backend + ModelOps<f32>>(
                 .map(|&m| (m, args.refine)),
         );
         for (row, refine) in rows {
-            let label = row_label(row, refine, bits);
+            let label = row_label(row, refine, grid);
             let factors = sets
                 .for_row(row)
                 .with_context(|| format!("no factors were collected for {label}"))?;
             let out = args.work.join(format!("{label}.safetensors"));
             let params = QuantSpec {
                 method: row.method(),
-                bits,
+                grid,
                 group: None,
                 incoherence: true,
                 sign_seed: args.sign_seed,
@@ -312,7 +353,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
                 "seed": prov.seed, "seq_len": prov.seq_len, "n_seqs": row_seqs, "calib": prov.calib,
             });
             if scales.is_some() {
-                factors_json["scale_c_from"] = json!(format!("rtn-int{bits}.safetensors"));
+                factors_json["scale_c_from"] = json!(format!("rtn-{grid}.safetensors"));
             }
             let run = run_header(&params, &loaded.fingerprint, factors_json);
             let t = Instant::now();
@@ -376,13 +417,15 @@ pub fn run<B: Backend + ModelOps<f32>>(
             progress,
         )?;
         base_ppl = table.original_ppl;
-        let reference = row_label(CompareMethod::Ldlq, args.refine, bits);
+        let reference = row_label(CompareMethod::Ldlq, args.refine, grid);
         table.reference = Some(reference.clone());
         for r in &table.rows {
-            rows_json.push(json!({"model": r.name, "bits": bits, "kl": r.kl, "ppl": r.ppl}));
+            rows_json.push(json!({
+                "model": r.name, "quantizer": grid.name(), "bits": grid.bits(), "kl": r.kl, "ppl": r.ppl,
+            }));
         }
-        tables.push(BitsTable {
-            bits,
+        tables.push(GridTable {
+            grid,
             reference,
             table,
         });
@@ -398,7 +441,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
                 "seq_len": calib.seq_len, "seed": args.calib.seed, "sketch_a_passes": args.passes,
             },
             "eval": {"text": text_name, "window": text.window, "n_windows": text.n_windows},
-            "quantizer": "int symmetric, one scale per matrix searched on RTN's tr(Δ Σxxᵀ Δᵀ) and shared by every method, randomized Hadamard both sides",
+            "quantizer": "int symmetric or e8p, one scale per matrix searched on RTN's tr(Δ Σxxᵀ Δᵀ) and shared by every method, randomized Hadamard both sides",
             "damp": args.damp,
             "damp_out": args.damp_out,
             "refine_sweeps": args.refine,
@@ -414,11 +457,12 @@ pub fn run<B: Backend + ModelOps<f32>>(
     })
 }
 
-/// A row's name and file stem: `ldlq-int2`, or `ldlq-cd3-int2` after 3 coordinate-descent sweeps.
-fn row_label(row: CompareMethod, refine: usize, bits: u32) -> String {
+/// A row's name and file stem: `ldlq-int2`, `ldlq-e8p`, or `ldlq-cd3-int2` after 3 coordinate-descent
+/// sweeps.
+fn row_label(row: CompareMethod, refine: usize, grid: Grid) -> String {
     match refine {
-        0 => format!("{}-int{bits}", row.label()),
-        k => format!("{}-cd{k}-int{bits}", row.label()),
+        0 => format!("{}-{grid}", row.label()),
+        k => format!("{}-cd{k}-{grid}", row.label()),
     }
 }
 

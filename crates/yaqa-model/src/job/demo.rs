@@ -20,7 +20,7 @@ use crate::formats::checkpoint;
 use crate::job::compare::{self, CompareConfig, CompareMethod, CompareReport};
 use crate::job::evaluate::{EvalTable, EvalText};
 use crate::job::progress::{Progress, ProgressExt};
-use crate::job::{CalibConfig, CheckpointPolicy};
+use crate::job::{CalibConfig, CheckpointPolicy, Grid};
 use crate::transformer::tokenizer::Tokenizer;
 
 /// The GGUF's file name inside the wheel and in the fixture folder.
@@ -203,7 +203,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
         },
         passes: config.passes,
         b_seqs: None,
-        bits: vec![3],
+        grids: vec![Grid::Int(3)],
         methods: METHODS.to_vec(),
         eval: EvalText {
             text: find_shared("data/austen/prideprejudice.txt"),

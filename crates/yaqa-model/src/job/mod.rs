@@ -39,7 +39,7 @@ pub mod sketch_a;
 use std::path::PathBuf;
 
 use yaqa_core::layer::{LayerParams, Method, QuantizerSpec};
-use yaqa_core::{GptqParams, LdlParams};
+use yaqa_core::{GptqParams, LdlParams, RoundParams};
 
 use crate::formats::checkpoint::Loaded;
 
@@ -175,14 +175,85 @@ impl Default for CheckpointPolicy {
     }
 }
 
+/// The quantizer a run asks for, as the command line spells it (`int4`, `e8p`): a family and its size.
+/// New quantizers (the QTIP trellis, FP8) become new variants here and in [`QuantSpec::layer_params`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Grid {
+    /// The INT-k grid (k = 2, 3, 4, 8): symmetric with one searched scale per matrix, or asymmetric
+    /// with zero-points and per-group scales (`QuantSpec::group`, or no incoherence).
+    Int(u32),
+    /// The E8P lattice codebook of QuIP# (2 bits, one 16-bit code per 8 weights of a row), one searched
+    /// scale per matrix; rounded in tiles of [`E8P_TILE`].
+    E8p,
+}
+
+/// The tile shape of vector codebooks: one row by one code (DESIGN.md §4's tiles with the width of a
+/// code), so every code sees the feedback of all rows below and codes to its right, as the 1 × 1 tiles of
+/// the scalar grids do (`layer::LayerParams`).
+pub const E8P_TILE: (usize, usize) = (1, yaqa_core::quant::e8p::CODE_DIM);
+
+impl Grid {
+    /// Every spelling [`Grid::parse`] takes.
+    pub const NAMES: [&'static str; 5] = ["int2", "int3", "int4", "int8", "e8p"];
+
+    /// `int<k>` or `e8p`; `None` for anything else (an INT width outside [`QuantSpec::BITS`] included).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "e8p" => Some(Grid::E8p),
+            _ => s
+                .strip_prefix("int")?
+                .parse()
+                .ok()
+                .filter(|b| QuantSpec::BITS.contains(b))
+                .map(Grid::Int),
+        }
+    }
+
+    /// The name: `int4`, `e8p`.
+    pub fn name(&self) -> String {
+        match self {
+            Grid::Int(bits) => format!("int{bits}"),
+            Grid::E8p => "e8p".into(),
+        }
+    }
+
+    /// Bits per weight of the codes (scales not counted).
+    pub fn bits(&self) -> u32 {
+        match self {
+            Grid::Int(bits) => *bits,
+            Grid::E8p => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for Grid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl std::str::FromStr for Grid {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Grid::parse(s).ok_or_else(|| {
+            format!(
+                "{s:?} is not a quantizer: expected one of {}",
+                Grid::NAMES.join(", ")
+            )
+        })
+    }
+}
+
 /// How each layer is rounded: the method, the grid and its preparation.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QuantSpec {
     pub method: Method,
-    /// Bits of the INT grid (2, 3, 4 or 8).
-    pub bits: u32,
-    /// Asymmetric grid with zero-points and one scale per `group` columns (GPTQ layout); `None`: the
-    /// symmetric grid with one searched scale per matrix (with incoherence) or per row (without).
+    /// The quantizer: an INT grid (2, 3, 4 or 8 bits) or the E8P codebook.
+    pub grid: Grid,
+    /// Asymmetric grid with zero-points and one scale per `group` columns (GPTQ layout; INT grids only);
+    /// `None`: the symmetric grid with one searched scale per matrix (with incoherence) or per row
+    /// (without).
     pub group: Option<usize>,
     /// Randomized Hadamard incoherence processing on both sides.
     pub incoherence: bool,
@@ -206,7 +277,7 @@ impl Default for QuantSpec {
     fn default() -> Self {
         Self {
             method: Method::Yaqa,
-            bits: 4,
+            grid: Grid::Int(4),
             group: None,
             incoherence: true,
             sign_seed: 0,
@@ -225,17 +296,31 @@ impl QuantSpec {
 
     /// The per-layer parameters of this spec.
     pub fn layer_params(&self) -> LayerParams {
-        let bits = self.bits;
-        let quantizer = match (self.group, self.incoherence) {
-            (Some(g), _) => QuantizerSpec::IntAsym {
-                bits,
-                group_size: Some(g),
-            },
-            (None, true) => QuantizerSpec::IntSym { bits },
-            (None, false) => QuantizerSpec::IntAsym {
-                bits,
-                group_size: None,
-            },
+        let defaults = LayerParams::default();
+        let (quantizer, round) = match (self.grid, self.group, self.incoherence) {
+            (Grid::Int(bits), Some(g), _) => (
+                QuantizerSpec::IntAsym {
+                    bits,
+                    group_size: Some(g),
+                },
+                defaults.round,
+            ),
+            (Grid::Int(bits), None, true) => (QuantizerSpec::IntSym { bits }, defaults.round),
+            (Grid::Int(bits), None, false) => (
+                QuantizerSpec::IntAsym {
+                    bits,
+                    group_size: None,
+                },
+                defaults.round,
+            ),
+            (Grid::E8p, _, _) => (
+                QuantizerSpec::E8p,
+                RoundParams {
+                    tile_rows: E8P_TILE.0,
+                    tile_cols: E8P_TILE.1,
+                    ..defaults.round
+                },
+            ),
         };
         LayerParams {
             method: self.method,
@@ -247,6 +332,7 @@ impl QuantSpec {
                 ..LdlParams::default()
             },
             damp_out: self.damp_out,
+            round,
             gptq: GptqParams {
                 damp: self.damp,
                 act_order: self.act_order,
@@ -254,15 +340,19 @@ impl QuantSpec {
                 ..GptqParams::default()
             },
             refine_sweeps: self.refine,
-            ..LayerParams::default()
+            ..defaults
         }
     }
 
     /// Refuses a spec no quantizer can take, before any work: bits outside [`Self::BITS`], a group of 0
-    /// or one that does not divide every layer's input width `widths`, negative or non-finite damping.
+    /// or one that does not divide every layer's input width `widths`, negative or non-finite damping;
+    /// for E8P, a group, GPTQ or `--refine` (they round one weight at a time) and input widths that do
+    /// not split into codes of 8 weights.
     pub fn check(&self, widths: impl IntoIterator<Item = usize>) -> crate::Result<()> {
-        if !Self::BITS.contains(&self.bits) {
-            crate::bail!("bits: {} is not one of 2, 3, 4, 8", self.bits);
+        if let Grid::Int(bits) = self.grid
+            && !Self::BITS.contains(&bits)
+        {
+            crate::bail!("bits: {bits} is not one of 2, 3, 4, 8");
         }
         for (name, v) in [("damp", self.damp), ("damp-out", self.damp_out)] {
             if !(v.is_finite() && v >= 0.0) {
@@ -276,6 +366,33 @@ impl QuantSpec {
             if self.stochastic.is_some() {
                 crate::bail!("--stochastic is a GPTQ option: use it with --method gptq");
             }
+        }
+        if self.grid == Grid::E8p {
+            if self.group.is_some() {
+                crate::bail!(
+                    "--group: the E8P codebook has one scale per matrix; groups are for the INT grids"
+                );
+            }
+            if self.method == Method::Gptq {
+                crate::bail!(
+                    "--method gptq rounds one weight at a time and needs a scalar grid; E8P codes \
+                     cover 8 weights: use --method ldlq, yaqa or rtn"
+                );
+            }
+            if self.refine > 0 {
+                crate::bail!(
+                    "--refine moves one weight at a time and needs a scalar grid; E8P codes cover \
+                     8 weights"
+                );
+            }
+            let code = yaqa_core::quant::e8p::CODE_DIM;
+            if let Some(n) = widths.into_iter().find(|n| n % code != 0) {
+                crate::bail!(
+                    "--quantizer e8p: a layer's input width {n} does not split into codes of {code} \
+                     weights"
+                );
+            }
+            return Ok(());
         }
         if let Some(g) = self.group {
             if g == 0 {

@@ -25,6 +25,7 @@ pub fn quantizer_json(q: &QuantizerSpec) -> Value {
         QuantizerSpec::IntAsym { bits, group_size } => {
             json!({"kind": "int-asym", "bits": bits, "group_size": group_size})
         }
+        QuantizerSpec::E8p => json!({"kind": "e8p"}),
     }
 }
 

@@ -243,7 +243,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
     // weight), and the factors this run collects with their checkpoint.
     let mc = &loaded.model.config;
     let mut need =
-        memory::quantized_file_bytes(mc, config.spec.bits as f64 + 0.5).saturating_mul(2);
+        memory::quantized_file_bytes(mc, config.spec.grid.bits() as f64 + 0.5).saturating_mul(2);
     if config.factors.is_none() {
         let kind = if config.spec.method == Method::Yaqa {
             SketchKind::B

@@ -1,5 +1,6 @@
 //! `round`: one weight matrix (from a safetensors file) rounded against one layer's factor file, written
-//! as `w_hat` (F32) and `codes` (U8) with the layer report in the header.
+//! as `w_hat` (F32) and `codes` (U8 `[m, n]` for the INT grids, U16 `[m, n/8]` for E8P) with the layer
+//! report in the header.
 
 use std::path::PathBuf;
 
@@ -97,25 +98,33 @@ pub fn run(backend: &dyn Backend, config: &RoundConfig) -> Result<RoundReport> {
         &params,
     )
     .with_context(|| format!("rounding {name}"))?;
-    let codes = q
-        .codes
-        .iter()
-        .map(|&c| u8::try_from(c))
-        .collect::<std::result::Result<Vec<u8>, _>>()
-        .map_err(|_| crate::ModelError::Refused(format!("{name}: codes above 255")))?;
+    // One byte per code for the scalar grids; E8P's 16-bit codes (one per 8 weights) as little-endian U16.
+    let per_row = n / params.quantizer.code_dim();
+    let codes = if params.quantizer.code_dim() == 1 {
+        let bytes = q
+            .codes
+            .iter()
+            .map(|&c| u8::try_from(c))
+            .collect::<std::result::Result<Vec<u8>, _>>()
+            .map_err(|_| crate::ModelError::Refused(format!("{name}: codes above 255")))?;
+        RawTensor {
+            dtype: Dtype::U8,
+            shape: vec![m, n],
+            bytes,
+        }
+    } else {
+        RawTensor {
+            dtype: Dtype::U16,
+            shape: vec![m, per_row],
+            bytes: q.codes.iter().flat_map(|c| c.to_le_bytes()).collect(),
+        }
+    };
     let tensors = vec![
         (
             "w_hat".to_string(),
             RawTensor::f32s(vec![m, n], &q.w_hat.data),
         ),
-        (
-            "codes".to_string(),
-            RawTensor {
-                dtype: Dtype::U8,
-                shape: vec![m, n],
-                bytes: codes,
-            },
-        ),
+        ("codes".to_string(), codes),
     ];
     let header = json!({
         "tensor": name,

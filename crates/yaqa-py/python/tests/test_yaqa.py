@@ -189,6 +189,14 @@ def test_arguments_the_binding_cannot_read_raise_value_error(tmp_path):
         yaqa.quantize("m.gguf", out, method="awq")
     with pytest.raises(ValueError, match="disagree"):
         yaqa.quantize("m.gguf", out, bits=2, quantizer="int3")
+    with pytest.raises(ValueError, match="disagree"):
+        yaqa.quantize("m.gguf", out, bits=3, quantizer="e8p")
+    with pytest.raises(ValueError, match="e8p"):
+        yaqa.quantize("m.gguf", out, quantizer="e9p")
+    with pytest.raises(ValueError, match="give one of them"):
+        yaqa.compare("m.gguf", tmp_path, bits=[2], quantizers=["e8p"])
+    with pytest.raises(ValueError, match="e8p"):
+        yaqa.compare("m.gguf", tmp_path, quantizers=["int5"])
     with pytest.raises(ValueError, match="I/N"):
         yaqa.collect("m.gguf", tmp_path, shard="2")
     with pytest.raises(ValueError, match="yaqa-a"):
@@ -203,6 +211,10 @@ def test_library_refusals_raise_yaqa_error(model, tmp_path):
         yaqa.compare(model, tmp_path, bits=[5])
     with pytest.raises(yaqa.YaqaError, match="bits: 5"):
         yaqa.quantize(model, tmp_path / "q.safetensors", bits=5)
+    with pytest.raises(yaqa.YaqaError, match="--method gptq"):
+        yaqa.quantize(model, tmp_path / "q.safetensors", method="gptq", quantizer="e8p")
+    with pytest.raises(yaqa.YaqaError, match="--methods gptq"):
+        yaqa.compare(model, tmp_path, quantizers=["e8p"])
 
 
 def test_an_exception_in_the_callback_stops_the_job(model, tmp_path):

@@ -11,7 +11,8 @@ calling process::
 - ``collect(model, out, ...)``: Kronecker factors over a calibration set (``yaqa hessian``), by shard
   with ``shard="I/N"``; ``merge(out, shards)`` adds the shards up.
 - ``evaluate(model, quantized, ...)``: KL to the original and perplexity of quantized files.
-- ``compare(model, work, ...)``: the KL table of several methods and bit widths.
+- ``compare(model, work, ...)``: the KL table of several methods and quantizers (INT bit widths,
+  ``quantizers=["e8p"]`` for the E8P lattice codebook).
 
 Every function takes paths as ``str`` or ``os.PathLike``, releases the GIL while it works, and
 accepts ``progress=``, a callable that receives one dict per event:
