@@ -198,8 +198,8 @@ pub fn run<B: Backend + ModelOps<f32>>(
         config.max_memory,
     )?;
     progress.note(mem.to_string());
-    // The files this run writes, twice (the checkpoint beside them), three times with layer groups
-    // (the groups' folders until they are joined).
+    // The files this run writes and the checkpoint beside them; with layer groups the groups' folders
+    // until they are joined, and one group's checkpoint.
     let file_kinds: Vec<SketchKind> = match (config.sketch, &plan) {
         (Sketch::A, Some(Plan::FromStart(p))) => {
             (0..*p).map(|pass| SketchKind::A { pass }).collect()
@@ -213,11 +213,13 @@ pub fn run<B: Backend + ModelOps<f32>>(
         .map(|&k| memory::block_factor_file_bytes(&model_config, k))
         .sum::<u64>()
         .saturating_mul(selected.len() as u64);
-    let copies = if mem.groups.len() > 1 { 3 } else { 2 };
+    let groups = mem.groups.len().max(1) as u64;
     preflight::check_output(
         "--out",
         out,
-        files.saturating_mul(copies),
+        files
+            .saturating_mul(2)
+            .saturating_add(if groups > 1 { files / groups } else { 0 }),
         "the factor files and their checkpoint",
     )?;
     if mem.groups.len() > 1 {
