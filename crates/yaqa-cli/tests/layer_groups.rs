@@ -264,41 +264,16 @@ fn quantize_under_max_memory_streams_blocks_and_writes_the_same_file() {
     // Streaming needs factors from `hessian` and evaluation text (or none); too little memory is
     // refused.
     let b = budget.to_string();
-    let err = fails(&[
-        "quantize",
-        "--model",
-        s(&m),
-        "--quantizer",
-        "int4",
-        eval[0],
-        eval[1],
-        eval[2],
-        eval[3],
-        eval[4],
-        eval[5],
-        "--out",
-        s(&dir.join("x.safetensors")),
-        "--max-memory",
-        &b,
-    ]);
+    let x = dir.join("x.safetensors");
+    let refused = |extra: &[&str]| {
+        let mut a = vec!["quantize", "--model", s(&m), "--quantizer", "int4"];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&["--out", s(&x), "--max-memory", &b]);
+        fails(&a)
+    };
+    let err = refused(&eval);
     assert!(err.contains("pass --factors"), "{err}");
-    let err = fails(&[
-        "quantize",
-        "--model",
-        s(&m),
-        "--quantizer",
-        "int4",
-        "--factors",
-        s(&factors),
-        eval[2],
-        eval[3],
-        eval[4],
-        eval[5],
-        "--out",
-        s(&dir.join("x.safetensors")),
-        "--max-memory",
-        &b,
-    ]);
+    let err = refused(&["--factors", s(&factors), eval[2], eval[3], eval[4], eval[5]]);
     assert!(err.contains("pass --eval-text FILE or --no-eval"), "{err}");
     let err = fails(&strs(&quantize(
         &dir.join("x.safetensors"),
