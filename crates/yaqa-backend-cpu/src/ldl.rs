@@ -1,6 +1,9 @@
 //! CPU damping loop and block LDL in f64 (DESIGN.md §3.3–3.4): faer's blocked Cholesky, then per block
 //! column `D_k = C_kk C_kkᵀ` and `L_{:,k} = C_{:,k} C_kk⁻¹`, rows spread over rayon.
 
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt::factor::cholesky_in_place;
+use faer::linalg::cholesky::llt::factor::cholesky_in_place_scratch;
 use rayon::prelude::*;
 use yaqa_core::{BlockLdl, CoreError, LdlParams, Mat, Result, SymMat};
 
@@ -11,20 +14,42 @@ pub(crate) fn block_ldl(h: &SymMat, params: &LdlParams) -> Result<BlockLdl> {
     let b = params.block;
     let mut damp = params.damp;
     let mut last_pivot = 0;
+    let par = faer::get_global_parallelism();
+    let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(n, par, Default::default()));
     for tries in 1..=params.max_tries {
-        let dense =
-            faer::Mat::<f64>::from_fn(n, n, |i, j| h.at(i, j) + if i == j { damp } else { 0.0 });
-        let llt = dense.as_ref().llt(faer::Side::Lower);
-        crate::gemm::after_faer(faer::get_global_parallelism());
-        match llt {
-            Ok(llt) => {
-                let c = llt.L();
+        // The lower triangle of H + σI, factored in place: one dense copy of the factor instead of
+        // faer's `llt()`, which factors a second. faer is column-major, so fill by columns.
+        let mut c = faer::Mat::<f64>::zeros(n, n);
+        for j in 0..n {
+            let col = c.col_as_slice_mut(j);
+            col[j] = h.at(j, j) + damp;
+            for (i, x) in col.iter_mut().enumerate().skip(j + 1) {
+                *x = h.at(i, j);
+            }
+        }
+        let factored = cholesky_in_place(
+            c.as_mut(),
+            Default::default(),
+            par,
+            MemStack::new(&mut mem),
+            Default::default(),
+        );
+        crate::gemm::after_faer(par);
+        match factored {
+            Ok(_) => {
                 let nb = n / b;
                 let mut d = vec![0.0; n * b];
                 let mut inverses = Vec::with_capacity(nb);
                 for kb in 0..nb {
                     let o = kb * b;
-                    let ckk: Vec<f64> = (0..b * b).map(|x| c[(o + x / b, o + x % b)]).collect();
+                    // The lower triangle of the diagonal block: the in-place factorization leaves
+                    // no promise about the upper one.
+                    let ckk: Vec<f64> = (0..b * b)
+                        .map(|x| {
+                            let (i, j) = (x / b, x % b);
+                            if j <= i { c[(o + i, o + j)] } else { 0.0 }
+                        })
+                        .collect();
                     for i in 0..b {
                         for j in 0..b {
                             d[kb * b * b + i * b + j] =

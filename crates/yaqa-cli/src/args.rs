@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use yaqa_backend_cpu::Cpu;
 use yaqa_core::layer::Method;
+use yaqa_core::quant::fp8::Fp8Scaling;
 use yaqa_model::job::{CalibConfig, CheckpointPolicy, Every, Grid, QuantSpec};
 
 /// Where the computation runs.
@@ -36,6 +37,7 @@ pub enum MethodArg {
     Gptq,
     Ldlq,
     Yaqa,
+    Daq,
 }
 
 impl From<MethodArg> for Method {
@@ -45,6 +47,7 @@ impl From<MethodArg> for Method {
             MethodArg::Gptq => Method::Gptq,
             MethodArg::Ldlq => Method::Ldlq,
             MethodArg::Yaqa => Method::Yaqa,
+            MethodArg::Daq => Method::Daq,
         }
     }
 }
@@ -59,6 +62,10 @@ pub enum QuantizerArg {
     // The E8P lattice codebook of QuIP# (documented on `--quantizer`: a doc comment here would switch
     // the whole help to clap's long layout).
     E8p,
+    // FP8 E4M3 with scales per 128 × 128 block, per row or per tensor.
+    Fp8,
+    Fp8Row,
+    Fp8Tensor,
 }
 
 impl From<QuantizerArg> for Grid {
@@ -69,6 +76,9 @@ impl From<QuantizerArg> for Grid {
             QuantizerArg::Int4 => Grid::Int(4),
             QuantizerArg::Int8 => Grid::Int(8),
             QuantizerArg::E8p => Grid::E8p,
+            QuantizerArg::Fp8 => Grid::Fp8(Fp8Scaling::Block),
+            QuantizerArg::Fp8Row => Grid::Fp8(Fp8Scaling::Row),
+            QuantizerArg::Fp8Tensor => Grid::Fp8(Fp8Scaling::Tensor),
         }
     }
 }
@@ -153,10 +163,13 @@ pub struct RefineArgs {
 /// The method, grid and preparation of `quantize` and `round`.
 #[derive(Debug, Args, Clone, Copy)]
 pub struct SpecArgs {
+    /// rtn, gptq, ldlq, yaqa round from factors; daq (quantize only): delta-aware FP8 scales searched
+    /// against the base checkpoint --base, data-free (with --quantizer fp8* and --no-incoherence)
     #[arg(long, value_enum, default_value_t = MethodArg::Yaqa)]
     pub method: MethodArg,
-    /// INT grids, or e8p: the E8P lattice codebook of QuIP# (2 bits, codes of 8 weights; not with gptq
-    /// or --refine)
+    /// INT grids; e8p: the E8P lattice codebook of QuIP# (2 bits, codes of 8 weights; not with gptq or
+    /// --refine); fp8: FP8 E4M3 with AbsMax scales per 128 × 128 block (fp8-row, fp8-tensor: per row,
+    /// per tensor)
     #[arg(long, value_enum, default_value_t = QuantizerArg::Int4)]
     pub quantizer: QuantizerArg,
     /// Asymmetric grid with zero-points and one scale per GROUP columns (GPTQ layout; INT grids only);

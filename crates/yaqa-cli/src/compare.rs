@@ -67,7 +67,7 @@ pub struct CompareArgs {
     #[arg(long, allow_negative_numbers = true, value_delimiter = ',')]
     pub bits: Vec<u32>,
     /// The quantizers instead, one table each: int2, int3, int4, int8, e8p (E8P takes rtn, ldlq,
-    /// yaqa-a and yaqa-b, not gptq or --refine)
+    /// yaqa-a and yaqa-b, not gptq or --refine), fp8, fp8-row, fp8-tensor
     #[arg(
         long,
         value_delimiter = ',',

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use yaqa_core::daq::DaqParams;
 use yaqa_model::job::evaluate::{EvalText, write_json};
 use yaqa_model::job::guard::{named, refuse_overwrite};
 use yaqa_model::job::quantize::{self, QuantizeConfig, default_eval};
@@ -20,6 +21,14 @@ pub struct QuantizeArgs {
     pub model: PathBuf,
     #[command(flatten)]
     pub spec: SpecArgs,
+    /// The checkpoint MODEL was fine-tuned from (GGUF or Hugging Face folder), for --method daq: read
+    /// one block at a time beside the model
+    #[arg(long, value_name = "PATH")]
+    pub base: Option<PathBuf>,
+    /// DAQ: search scale multipliers in [1, 1.5] only, so no block's largest weight is clipped (default:
+    /// [0.8, 1.5], the paper's range)
+    #[arg(long)]
+    pub daq_no_clip: bool,
     /// Factor folder from `yaqa hessian`; without it the factors are collected first (Sketch B for YAQA,
     /// Σ x xᵀ otherwise) with the calibration options below.
     #[arg(long, value_name = "DIR")]
@@ -68,6 +77,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     if let Some(json) = &args.json {
         let mut inputs = vec![named("--model", &args.model), named("--out", &args.out)];
         inputs.extend(args.factors.as_deref().map(|p| named("--factors", p)));
+        inputs.extend(args.base.as_deref().map(|p| named("--base", p)));
         inputs.extend(args.calib.calib.iter().map(|p| named("--calib", p)));
         refuse_overwrite(&[named("--json", json)], &inputs)?;
     }
@@ -88,6 +98,10 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             ..default_eval()
         }),
         max_memory: args.max_memory,
+        base: args.base,
+        daq: DaqParams {
+            no_clip: args.daq_no_clip,
+        },
     };
     let r = quantize::run(&cpu, &config, &Bars::default())?;
     eprintln!(

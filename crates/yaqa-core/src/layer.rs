@@ -15,6 +15,7 @@ use crate::mat::Mat;
 use crate::optq::{OptqReport, RunFacts};
 use crate::quant::TileQuantizer;
 use crate::quant::e8p::{self, E8p, search_e8p_scale};
+use crate::quant::fp8::{Fp8, Fp8Scaling};
 use crate::quant::int::{AsymFitParams, IntAsymGroup, IntSym, search_sym_scale};
 use crate::refine::{RefineStats, refine_coordinate};
 use crate::rng::Rng;
@@ -32,6 +33,9 @@ pub enum Method {
     Ldlq,
     /// Two-sided adaptive rounding against `h_in` and `h_out`.
     Yaqa,
+    /// Delta-aware FP8 scales against a base checkpoint's weight, then round to nearest: data-free
+    /// ([`crate::daq::quantize_layer`]; [`quantize_layer`] refuses it, having no base weight).
+    Daq,
 }
 
 impl Method {
@@ -41,6 +45,7 @@ impl Method {
             Method::Gptq => "gptq",
             Method::Ldlq => "ldlq",
             Method::Yaqa => "yaqa",
+            Method::Daq => "daq",
         }
     }
 }
@@ -60,6 +65,9 @@ pub enum QuantizerSpec {
     /// DESIGN.md's shape for vector codebooks); GPTQ and `--refine` move one weight at a time and refuse
     /// it.
     E8p,
+    /// FP8 E4M3 with AbsMax scales per 128 × 128 block, row or tensor ([`Fp8`]); a scalar grid, but not
+    /// a uniform one, so runs report no OPTQ bound.
+    Fp8 { scaling: Fp8Scaling },
 }
 
 impl QuantizerSpec {
@@ -67,7 +75,9 @@ impl QuantizerSpec {
     pub fn code_dim(&self) -> usize {
         match self {
             QuantizerSpec::E8p => e8p::CODE_DIM,
-            QuantizerSpec::IntSym { .. } | QuantizerSpec::IntAsym { .. } => 1,
+            QuantizerSpec::IntSym { .. }
+            | QuantizerSpec::IntAsym { .. }
+            | QuantizerSpec::Fp8 { .. } => 1,
         }
     }
 }
@@ -78,6 +88,7 @@ pub enum FittedQuantizer {
     IntSym(IntSym),
     IntAsym(IntAsymGroup),
     E8p(E8p),
+    Fp8(Fp8),
 }
 
 impl FittedQuantizer {
@@ -86,6 +97,7 @@ impl FittedQuantizer {
             FittedQuantizer::IntSym(q) => q,
             FittedQuantizer::IntAsym(q) => q,
             FittedQuantizer::E8p(q) => q,
+            FittedQuantizer::Fp8(q) => q,
         }
     }
 }
@@ -297,6 +309,15 @@ fn quantize_layer_inner(
             ),
         });
     }
+    if params.method == Method::Daq {
+        return Err(CoreError::InvalidParameter {
+            name: "method",
+            value: "daq".into(),
+            why: "DAQ rounds against the base checkpoint's weight, not factors: \
+                  yaqa_core::daq::quantize_layer"
+                .into(),
+        });
+    }
     if params.method == Method::Yaqa && h_out.is_none() {
         return Err(CoreError::InvalidParameter {
             name: "method",
@@ -375,24 +396,30 @@ fn quantize_layer_inner(
             };
             (FittedQuantizer::E8p(q), Some(c))
         }
+        QuantizerSpec::Fp8 { scaling } => (FittedQuantizer::Fp8(Fp8::fit(&w_r, scaling)?), None),
     };
+    // The scale is fitted: the metric's copy is not needed again (it is a packed `n × n` triangle).
+    drop(metric);
     let q = quantizer.as_dyn();
 
-    // 3–5 and §4: damp, factor, round.
-    let ldl_in = |block| {
-        backend.block_ldl(
+    // 3–5 and §4: damp, factor, round. Each factorization's f64 `L` is dropped once its f32 `A` and
+    // pivots are taken, so the rounding holds only the `A`s (memory::rounding_bytes counts this).
+    let ldl_in = |block| -> Result<(Mat<f32>, f64, Vec<f64>)> {
+        let ldl = backend.block_ldl(
             &h_in,
             &LdlParams {
                 block,
                 ..params.ldl
             },
-        )
+        )?;
+        Ok((ldl.a_strict(), ldl.damp_added, ldl.pivots()))
     };
     // The pivots of `h_out`'s LDL (YAQA with 1 × 1 tiles), for the OPTQ report.
     let mut pivots_out: Option<Vec<f64>> = None;
     let (mut rounded, damp_in, damp_out, pivots): (Rounded, f64, Option<f64>, Vec<f64>) =
         match params.method {
-            Method::Rtn => (round_to_nearest(&w_r, q), 0.0, None, Vec::new()),
+            // DAQ was refused above: it has no factors to round against.
+            Method::Rtn | Method::Daq => (round_to_nearest(&w_r, q), 0.0, None, Vec::new()),
             Method::Gptq => {
                 // Each layer draws its own stream of the recorded seed.
                 let gptq = GptqParams {
@@ -407,12 +434,12 @@ fn quantize_layer_inner(
                 (r, params.gptq.damp * h_in.mean_diag(), None, pivots)
             }
             Method::Ldlq => {
-                let ldl = ldl_in(params.round.tile_cols)?;
-                let r = backend.round_adaptive(&w_r, &ldl.a_strict(), None, q, &params.round)?;
-                (r, ldl.damp_added, None, ldl.pivots())
+                let (a_in, damp, pivots) = ldl_in(params.round.tile_cols)?;
+                let r = backend.round_adaptive(&w_r, &a_in, None, q, &params.round)?;
+                (r, damp, None, pivots)
             }
             Method::Yaqa => {
-                let ldl = ldl_in(params.round.tile_cols)?;
+                let (a_in, damp, pivots) = ldl_in(params.round.tile_cols)?;
                 let h_out = h_out.as_ref().ok_or_else(|| CoreError::InvalidParameter {
                     name: "h_out",
                     value: "None".into(),
@@ -441,15 +468,11 @@ fn quantize_layer_inner(
                         },
                         other => other,
                     })?;
-                let r = backend.round_adaptive(
-                    &w_r,
-                    &ldl.a_strict(),
-                    Some(&ldl_out.a_strict()),
-                    q,
-                    &params.round,
-                )?;
+                let (a_out, damp_out) = (ldl_out.a_strict(), ldl_out.damp_added);
                 pivots_out = Some(ldl_out.pivots());
-                (r, ldl.damp_added, Some(ldl_out.damp_added), ldl.pivots())
+                drop(ldl_out);
+                let r = backend.round_adaptive(&w_r, &a_in, Some(&a_out), q, &params.round)?;
+                (r, damp, Some(damp_out), pivots)
             }
         };
     let optq = if params.refine_sweeps == 0 {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use yaqa_backend_cpu::Cpu;
-use yaqa_core::layer::{LayerParams, Method, QuantizerSpec, quantize_layer};
+use yaqa_core::layer::{LayerParams, Method, QuantizedLayer, QuantizerSpec, quantize_layer};
 use yaqa_core::sketch::{Factors, SketchKind};
 use yaqa_model::formats::quant_file::QuantFile;
 use yaqa_model::job::calib::{Shard, sample_sequences};
@@ -45,10 +45,15 @@ fn run(
     params: &LayerParams,
     out: &Path,
     stop: Option<usize>,
-) -> yaqa_model::job::pipeline::Outcome {
+) -> (
+    yaqa_model::job::pipeline::Outcome,
+    BTreeMap<LayerId, QuantizedLayer>,
+) {
     let layers = LayerId::all(model);
     let header = run_header(params, "test-model", json!({"sketch": "b"}));
-    quantize_model(
+    // The pipeline keeps only reports; the layers are caught as they are finished.
+    let mut done = BTreeMap::new();
+    let o = quantize_model(
         &Cpu::default(),
         model,
         &layers,
@@ -58,9 +63,14 @@ fn run(
         &header,
         out,
         stop,
-        &mut |_| {},
+        &mut |l| {
+            if let Some(q) = l.result {
+                done.insert(l.id, q.clone());
+            }
+        },
     )
-    .unwrap()
+    .unwrap();
+    (o, done)
 }
 
 #[test]
@@ -91,7 +101,7 @@ fn resumed_run_gives_identical_bytes_and_exact_dequantization() {
     ] {
         let dir = scratch(tag);
         let whole = dir.join("whole.safetensors");
-        let o = run(&model, &f, &params, &whole, None);
+        let (o, quantized) = run(&model, &f, &params, &whole, None);
         assert!(o.finished && o.done.len() == 14 && o.resumed.is_empty());
         assert!(
             !parts_dir(&whole).exists(),
@@ -99,10 +109,10 @@ fn resumed_run_gives_identical_bytes_and_exact_dequantization() {
         );
 
         let resumed = dir.join("resumed.safetensors");
-        let first = run(&model, &f, &params, &resumed, Some(5));
+        let (first, _) = run(&model, &f, &params, &resumed, Some(5));
         assert!(!first.finished && first.done.len() == 5);
         assert!(!resumed.exists(), "no final file after an interrupted run");
-        let second = run(&model, &f, &params, &resumed, None);
+        let (second, _) = run(&model, &f, &params, &resumed, None);
         assert!(second.finished);
         assert_eq!(
             second.resumed.len(),
@@ -119,7 +129,7 @@ fn resumed_run_gives_identical_bytes_and_exact_dequantization() {
         // Ŵ from the file equals the pipeline's, bit for bit.
         let file = QuantFile::open(&whole).unwrap();
         assert_eq!(file.layers().unwrap(), LayerId::all(&model));
-        for (id, q) in &o.done {
+        for (id, q) in &quantized {
             let w_hat = file.dequantize(&Cpu::default(), *id).unwrap();
             let again = quantize_layer(
                 &Cpu::default(),
@@ -199,10 +209,10 @@ fn int2_codes_take_a_quarter_of_the_int8_bytes() {
             ..LayerParams::default()
         };
         let out = dir.join(format!("int{bits}.safetensors"));
-        let o = run(&model, &f, &params, &out, None);
+        let (_, quantized) = run(&model, &f, &params, &out, None);
         let file = QuantFile::open(&out).unwrap();
         // Packed codes still rebuild Ŵ bit for bit at both widths.
-        for (id, q) in &o.done {
+        for (id, q) in &quantized {
             let w_hat = file.dequantize(&Cpu::default(), *id).unwrap();
             assert!(
                 w_hat

@@ -20,10 +20,14 @@ use crate::progress::run_job;
 /// ``OUT.parts/`` first, factors collected here to ``OUT.factors.partial/``: calling again with the same
 /// arguments after an interruption (Ctrl-C included) resumes.
 ///
-/// Rounding: ``method`` is ``"rtn"``, ``"gptq"``, ``"ldlq"`` or ``"yaqa"`` (also ``"yaqa-b"``); ``bits``
-/// 2, 3, 4 or 8 of the INT grid (or ``quantizer="int4"``, the command line's spelling, and
+/// Rounding: ``method`` is ``"rtn"``, ``"gptq"``, ``"ldlq"`` or ``"yaqa"`` (also ``"yaqa-b"``), or
+/// ``"daq"``: delta-aware FP8 scales searched against ``base``, the checkpoint the model was
+/// fine-tuned from (data-free; with ``quantizer="fp8"`` and ``incoherence=False``; ``daq_no_clip=True``
+/// searches multipliers in [1, 1.5] only); ``bits``
+/// 2, 3, 4 or 8 of the INT grid (or ``quantizer="int4"``, the command line's spelling,
 /// ``quantizer="e8p"`` for the E8P lattice codebook of QuIP#, 2 bits, not with ``"gptq"`` or
-/// ``refine``); ``group`` an asymmetric grid with one scale per ``group`` columns (GPTQ layout); ``incoherence=False`` skips the
+/// ``refine``, and ``"fp8"``, ``"fp8-row"``, ``"fp8-tensor"`` for FP8 E4M3 with AbsMax scales per
+/// 128 × 128 block, row or tensor); ``group`` an asymmetric grid with one scale per ``group`` columns (GPTQ layout); ``incoherence=False`` skips the
 /// randomized Hadamard rotations, whose signs ``sign_seed`` seeds; ``damp`` and ``damp_out`` the first
 /// damping of ``h_in`` and ``h_out`` (multiples of the mean diagonal); ``refine`` coordinate-descent
 /// sweeps after the rounding; ``act_order=True`` (GPTQ) rounds columns by decreasing ``diag(H)`` with
@@ -63,7 +67,7 @@ use crate::progress::run_job;
     factors = None, calib = None,
     tokenizer = None, calib_ids = None, n_seqs = 64, seq_len = 512, seed = 0, evaluate = true,
     eval_text = None, eval_windows = 8, eval_window = 256, checkpoint_minutes = 30.0,
-    checkpoint_every = None, max_memory = None, progress = None
+    checkpoint_every = None, max_memory = None, base = None, daq_no_clip = false, progress = None
 ))]
 pub fn quantize<'py>(
     py: Python<'py>,
@@ -94,6 +98,8 @@ pub fn quantize<'py>(
     checkpoint_minutes: f64,
     checkpoint_every: Option<usize>,
     max_memory: Option<&str>,
+    base: Option<PathBuf>,
+    daq_no_clip: bool,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let config = QuantizeConfig {
@@ -123,6 +129,10 @@ pub fn quantize<'py>(
             ..default_eval()
         }),
         max_memory: args::max_memory(max_memory)?,
+        base,
+        daq: yaqa_core::daq::DaqParams {
+            no_clip: daq_no_clip,
+        },
     };
     let report = run_job(py, progress, |p| {
         yaqa_model::job::quantize::run(&Cpu::default(), &config, p)

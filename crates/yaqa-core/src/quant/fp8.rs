@@ -61,7 +61,7 @@ pub fn e4m3_encode(x: f32) -> u8 {
 }
 
 /// How many weights share one scale.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Fp8Scaling {
     /// One scale per 128 × 128 block (edge blocks smaller).
     Block,
@@ -78,6 +78,18 @@ impl Fp8Scaling {
             Fp8Scaling::Row => "row",
             Fp8Scaling::Tensor => "tensor",
         }
+    }
+
+    /// The scaling named `name` ([`Fp8Scaling::name`]); `None` for any other.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Fp8Scaling::Block, Fp8Scaling::Row, Fp8Scaling::Tensor]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
+
+    /// The shape of the scale grid of an `m × n` matrix: `(rows, cols)` of scales.
+    pub fn scale_shape(self, m: usize, n: usize) -> (usize, usize) {
+        self.grid(m, n).0
     }
 
     /// The scale grid of an `m × n` matrix: `(rows, cols)` of scales and the `(rows, cols)` of weights

@@ -17,6 +17,7 @@ use yaqa_core::backend::{Backend, Side};
 use yaqa_core::layer::{FittedQuantizer, LayerReport, QuantizedLayer};
 use yaqa_core::optq::OptqReport;
 use yaqa_core::quant::e8p::{self, E8p};
+use yaqa_core::quant::fp8::{Fp8, Fp8Scaling};
 use yaqa_core::quant::int::{IntAsymGroup, IntSym};
 
 use crate::error::{ModelError, Result};
@@ -101,6 +102,7 @@ fn layer_tensors(id: LayerId, q: &QuantizedLayer) -> Result<(Vec<(String, RawTen
         FittedQuantizer::IntSym(s) => (s.bits(), 1),
         FittedQuantizer::IntAsym(a) => (a.bits(), 1),
         FittedQuantizer::E8p(_) => (e8p::CODE_BITS, e8p::CODE_DIM),
+        FittedQuantizer::Fp8(_) => (8, 1),
     };
     if !n.is_multiple_of(code_dim) {
         return Err(ModelError::Input(format!(
@@ -147,6 +149,14 @@ fn layer_tensors(id: LayerId, q: &QuantizedLayer) -> Result<(Vec<(String, RawTen
                 RawTensor::f32s(vec![1], &[b.scale()]),
             ));
             json!({"kind": "e8p"})
+        }
+        FittedQuantizer::Fp8(f) => {
+            let s = f.scales();
+            t.push((
+                format!("{name}.scales"),
+                RawTensor::f32s(vec![s.rows, s.cols], &s.data),
+            ));
+            json!({"kind": "fp8-e4m3", "scaling": f.scaling().name()})
         }
     };
     if let (Some(s_in), Some(s_out)) = (&q.signs_in, &q.signs_out) {
@@ -407,6 +417,7 @@ impl QuantFile {
         let q = &self.header["layers"][name]["quantizer"];
         match q["kind"].as_str() {
             Some("e8p") => Ok((e8p::CODE_BITS, e8p::CODE_DIM)),
+            Some("fp8-e4m3") => Ok((8, 1)),
             Some("int-sym" | "int-asym") => q["bits"]
                 .as_u64()
                 .and_then(|b| u32::try_from(b).ok())
@@ -516,10 +527,39 @@ impl QuantFile {
                 let s = self.f32s(&format!("{name}.scale"), &[1])?;
                 FittedQuantizer::E8p(E8p::new(s[0])?)
             }
+            Some("fp8-e4m3") => {
+                let scaling = q["scaling"]
+                    .as_str()
+                    .and_then(Fp8Scaling::parse)
+                    .ok_or_else(|| {
+                        self.bad(format!(
+                            "{name}: quantizer scaling {} is not one of \"b128\", \"row\", \"tensor\"",
+                            q["scaling"]
+                        ))
+                    })?;
+                let (sr, sc) = scaling.scale_shape(m, n);
+                let tensor = format!("{name}.scales");
+                let scales = self.f32s(&tensor, &[sr, sc])?;
+                FittedQuantizer::Fp8(
+                    Fp8::from_parts(scaling, m, n, Mat::from_vec(sr, sc, scales)?)
+                        .map_err(|e| self.bad(format!("{tensor}: {e}")))?,
+                )
+            }
             other => return Err(self.bad(format!("{name}: unknown quantizer {other:?}"))),
         };
         // Below 2^bits by construction of the unpacking.
         let codes = self.codes(id)?;
+        // E4M3's NaN bytes are never written: the rounding saturates at ±448.
+        if matches!(quantizer, FittedQuantizer::Fp8(_))
+            && let Some(at) = codes.iter().position(|&c| c & 0x7F == 0x7F)
+        {
+            return Err(self.bad(format!(
+                "{name}.codes: code {:#04x} at row {}, column {} is an FP8 NaN, which no rounding writes",
+                codes[at],
+                at / n,
+                at % n
+            )));
+        }
         if let FittedQuantizer::E8p(book) = &quantizer {
             let mut w = Mat::<f32>::zeros(m, n);
             for (block, &c) in w.data.chunks_exact_mut(e8p::CODE_DIM).zip(&codes) {
@@ -539,6 +579,7 @@ impl QuantFile {
                         let g = j / a.group_size();
                         a.scales().at(i, g) * (c as f32 - a.zeros().at(i, g) as f32)
                     }
+                    FittedQuantizer::Fp8(f) => f.level(i, j, c),
                     // Returned above.
                     FittedQuantizer::E8p(_) => unreachable!("E8P codes cover 8 weights"),
                 };
@@ -611,7 +652,9 @@ mod tests {
                     FittedQuantizer::IntAsym(a) => {
                         a.scales().at(i, 0) * (c as f32 - a.zeros().at(i, 0) as f32)
                     }
-                    FittedQuantizer::E8p(_) => unreachable!("scalar grids only: see e8p_layer"),
+                    FittedQuantizer::E8p(_) | FittedQuantizer::Fp8(_) => {
+                        unreachable!("the INT grids only: see e8p_layer and the FP8 test")
+                    }
                 };
             }
         }
@@ -890,6 +933,90 @@ mod tests {
                 "{tag}: {err}"
             );
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// FP8 layers (made by DAQ, the way `quantize --method daq` makes them): one byte per weight, the
+    /// scale grid as `L.scales` (edge blocks smaller), dequantized bit for bit; a NaN byte, a scale
+    /// that is not positive, or an unknown scaling is refused naming the tensor or field.
+    #[test]
+    fn fp8_layers_round_trip_and_corrupt_ones_are_refused() {
+        let dir = scratch("fp8");
+        let cpu = Cpu::default();
+        let (m, n) = (130, 200);
+        let mut rng = yaqa_core::Rng::derive(5, "fp8-file-test");
+        let base = Mat::from_fn(m, n, |_, _| rng.normal() as f32 * 0.02);
+        let post = Mat::from_fn(m, n, |i, j| base.at(i, j) + 1e-3 * ((i * n + j) % 7) as f32);
+        let (q, _) = yaqa_core::daq::quantize_layer(
+            "fp8-test",
+            &post,
+            &base,
+            Fp8Scaling::Block,
+            yaqa_core::daq::DaqParams::default(),
+            &yaqa_core::daq::serial,
+        )
+        .unwrap();
+        let path = write_file(&dir, "fp8.safetensors", &q);
+        let file = QuantFile::open(&path).unwrap();
+        let name = ID.name();
+        let entry = &file.header["layers"][&name];
+        assert_eq!(entry["code_bits"], 8);
+        assert_eq!(entry["quantizer"]["kind"], "fp8-e4m3");
+        assert_eq!(entry["quantizer"]["scaling"], "b128");
+        assert_eq!(file.file.tensors[&format!("{name}.scales")].shape, [2, 2]);
+        assert_eq!(file.file.tensors[&format!("{name}.codes")].shape, [m, n]);
+        let w = file.dequantize(&cpu, ID).unwrap();
+        assert!(
+            w.data
+                .iter()
+                .zip(&q.w_hat.data)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "dequantized FP8 layer differs"
+        );
+        let refused = |tag: &str,
+                       edit_tensor: &dyn Fn(&str, &mut RawTensor),
+                       edit_header: &dyn Fn(&mut Value)|
+         -> String {
+            let bad = dir.join(format!("{tag}.safetensors"));
+            rewrite(&path, &bad, edit_tensor, edit_header);
+            let e = QuantFile::open(&bad)
+                .and_then(|f| f.dequantize(&cpu, ID))
+                .expect_err(tag);
+            e.to_string()
+        };
+        let nan = refused(
+            "nan",
+            &|t, raw| {
+                if t.ends_with(".codes") {
+                    raw.bytes[n + 3] = 0x7F;
+                }
+            },
+            &|_| {},
+        );
+        assert!(
+            nan.contains(".codes") && nan.contains("NaN") && nan.contains("row 1, column 3"),
+            "{nan}"
+        );
+        let zero = refused(
+            "zero-scale",
+            &|t, raw| {
+                if t.ends_with(".scales") {
+                    raw.bytes[..4].copy_from_slice(&0f32.to_le_bytes());
+                }
+            },
+            &|_| {},
+        );
+        assert!(
+            zero.contains(".scales") && zero.contains("positive"),
+            "{zero}"
+        );
+        let scaling = refused("scaling", &|_, _| {}, &|h| {
+            h["layers"][ID.name()]["quantizer"]["scaling"] = json!("b64");
+        });
+        assert!(
+            scaling.contains("scaling") && scaling.contains("b64"),
+            "{scaling}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

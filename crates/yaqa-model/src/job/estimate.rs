@@ -66,11 +66,12 @@ impl SeqWarmUp {
 /// The floating-point work of rounding one `m × n` layer with `method`, up to a constant: the block LDL
 /// of each factor the method uses (`n³/3`, and `m³/3` for YAQA's `h_out`) and the feedback updates
 /// (`m·n²` one-sided, `m·n·(m + n)` two-sided); round-to-nearest touches each weight a few times per
-/// scale tried.
+/// scale tried; DAQ rounds each weight once per multiplier it tries (8 coarse, up to 10 fine).
 pub fn rounding_work(method: Method, m: usize, n: usize) -> f64 {
     let (m, n) = (m as f64, n as f64);
     match method {
         Method::Rtn => 16.0 * m * n,
+        Method::Daq => 18.0 * m * n,
         Method::Gptq | Method::Ldlq => n * n * n / 3.0 + m * n * n,
         Method::Yaqa => (n * n * n + m * m * m) / 3.0 + m * n * (m + n),
     }

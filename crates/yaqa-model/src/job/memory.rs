@@ -411,12 +411,34 @@ pub fn plan(
     })
 }
 
-/// Bytes of rounding one `m × n` layer from its factors: the packed factors as read, three dense f64
-/// copies of each (normalised and rotated, damped, its block LDL), and the weight in f64 with its
-/// rotated copy and codes (measured: 13.0 GiB peak for an 8B-shaped block under a 12.1 GiB plan).
+/// Bytes of rounding one `m × n` layer from its factors, the largest of the phases of
+/// [`yaqa_core::layer::quantize_layer`] on the CPU backend, each on top of what the whole layer holds:
+/// the factor file as read (`h_in` and `Σ x xᵀ` as packed `n × n` f64 triangles, `h_out` as an `m × m`
+/// one: the two-sided files, the largest) and its normalised copies of `h_in` and `h_out`, plus the
+/// rotated f32 weight. With `P_k` a packed triangle, `D_k` a dense f64 `k × k`, `x` the larger side
+/// and `y` the smaller, `W = 4mn`:
+/// - rotating the factors: the scale search's copy of `Σ x xᵀ` (`P_n`), and the side being rotated
+///   dense with its packed result (`D_x + P_x`);
+/// - factoring: the dense factor Cholesky-factored in place and its `L` (`2 D_x`), the other side's f32
+///   `A` (`D_y / 2`);
+/// - rounding: both f32 `A`s and the rounding's buffers (error, rounding error, `Ŵ`, codes, and for
+///   one-sided rounding a whole-matrix strip: about `10 W`);
+/// - the report: damped copies of both factors, their f32 dense forms and the error matrices
+///   (`P_n + P_m + (D_n + D_m)/2 + 8 W`).
+///
+/// Measured with `yaqa round` on an 8B-shaped `down_proj` (4096 × 14336; docs/BENCHMARKS.md).
 pub fn rounding_bytes(m: usize, n: usize) -> u64 {
-    let (m, n) = (m as u64, n as u64);
-    tri_bytes(m as usize) + tri_bytes(n as usize) + 3 * 8 * (m * m + n * n) + 3 * 8 * m * n
+    let packed = |k: usize| tri_bytes(k);
+    let dense = |k: usize| 8 * (k as u64).saturating_mul(k as u64);
+    let w = 4 * (m as u64).saturating_mul(n as u64);
+    let (x, y) = (m.max(n), m.min(n));
+    let file = 2 * packed(n) + packed(m);
+    let held = file + packed(n) + packed(m) + w;
+    let rotate = packed(n) + dense(x) + packed(x);
+    let factor = 2 * dense(x) + dense(y) / 2;
+    let round = (dense(n) + dense(m)) / 2 + 10 * w;
+    let report = packed(n) + packed(m) + (dense(n) + dense(m)) / 2 + 8 * w;
+    held + rotate.max(factor).max(round).max(report)
 }
 
 /// How `quantize` or `eval` holds the model under `--max-memory` ([`quantize_plan`], [`eval_plan`]).

@@ -39,6 +39,7 @@ pub mod sketch_a;
 use std::path::PathBuf;
 
 use yaqa_core::layer::{LayerParams, Method, QuantizerSpec};
+use yaqa_core::quant::fp8::Fp8Scaling;
 use yaqa_core::{GptqParams, LdlParams, RoundParams};
 
 use crate::formats::checkpoint::Loaded;
@@ -185,6 +186,9 @@ pub enum Grid {
     /// The E8P lattice codebook of QuIP# (2 bits, one 16-bit code per 8 weights of a row), one searched
     /// scale per matrix; rounded in tiles of [`E8P_TILE`].
     E8p,
+    /// FP8 E4M3 (8 bits, max 448) with AbsMax scales per 128 × 128 block (`fp8`), per row (`fp8-row`)
+    /// or per tensor (`fp8-tensor`): the deployed format DAQ searches the scales of.
+    Fp8(Fp8Scaling),
 }
 
 /// The tile shape of vector codebooks: one row by one code (DESIGN.md §4's tiles with the width of a
@@ -194,12 +198,25 @@ pub const E8P_TILE: (usize, usize) = (1, yaqa_core::quant::e8p::CODE_DIM);
 
 impl Grid {
     /// Every spelling [`Grid::parse`] takes.
-    pub const NAMES: [&'static str; 5] = ["int2", "int3", "int4", "int8", "e8p"];
+    pub const NAMES: [&'static str; 8] = [
+        "int2",
+        "int3",
+        "int4",
+        "int8",
+        "e8p",
+        "fp8",
+        "fp8-row",
+        "fp8-tensor",
+    ];
 
-    /// `int<k>` or `e8p`; `None` for anything else (an INT width outside [`QuantSpec::BITS`] included).
+    /// `int<k>`, `e8p` or `fp8[-row|-tensor]`; `None` for anything else (an INT width outside
+    /// [`QuantSpec::BITS`] included).
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "e8p" => Some(Grid::E8p),
+            "fp8" => Some(Grid::Fp8(Fp8Scaling::Block)),
+            "fp8-row" => Some(Grid::Fp8(Fp8Scaling::Row)),
+            "fp8-tensor" => Some(Grid::Fp8(Fp8Scaling::Tensor)),
             _ => s
                 .strip_prefix("int")?
                 .parse()
@@ -214,6 +231,8 @@ impl Grid {
         match self {
             Grid::Int(bits) => format!("int{bits}"),
             Grid::E8p => "e8p".into(),
+            Grid::Fp8(Fp8Scaling::Block) => "fp8".into(),
+            Grid::Fp8(scaling) => format!("fp8-{}", scaling.name()),
         }
     }
 
@@ -222,6 +241,7 @@ impl Grid {
         match self {
             Grid::Int(bits) => *bits,
             Grid::E8p => 2,
+            Grid::Fp8(_) => 8,
         }
     }
 }
@@ -321,6 +341,7 @@ impl QuantSpec {
                     ..defaults.round
                 },
             ),
+            (Grid::Fp8(scaling), _, _) => (QuantizerSpec::Fp8 { scaling }, defaults.round),
         };
         LayerParams {
             method: self.method,
@@ -357,6 +378,28 @@ impl QuantSpec {
         for (name, v) in [("damp", self.damp), ("damp-out", self.damp_out)] {
             if !(v.is_finite() && v >= 0.0) {
                 crate::bail!("--{name} {v}: damping must be a finite number ≥ 0");
+            }
+        }
+        if self.method == Method::Daq
+            && (!matches!(self.grid, Grid::Fp8(_)) || self.incoherence || self.group.is_some())
+        {
+            crate::bail!(
+                "--method daq searches FP8 scales on the weights as they are: it needs --quantizer \
+                 fp8 (or fp8-row, fp8-tensor) and --no-incoherence, and takes no --group"
+            );
+        }
+        if let Grid::Fp8(_) = self.grid {
+            if self.group.is_some() {
+                crate::bail!(
+                    "--group: FP8 has one scale per 128 × 128 block, row or tensor (--quantizer fp8, \
+                     fp8-row, fp8-tensor); groups are for the INT grids"
+                );
+            }
+            if self.stochastic.is_some() {
+                crate::bail!(
+                    "--stochastic rounds between neighbours of a uniform grid; FP8's levels are not \
+                     uniform"
+                );
             }
         }
         if self.method != Method::Gptq {

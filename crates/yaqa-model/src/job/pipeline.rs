@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
+use yaqa_core::Mat;
 use yaqa_core::backend::Backend;
-use yaqa_core::layer::{LayerParams, QuantizedLayer, QuantizerSpec, quantize_layer};
+use yaqa_core::layer::{LayerParams, LayerReport, QuantizedLayer, QuantizerSpec, quantize_layer};
 use yaqa_core::sketch::Factors;
 
 use crate::error::{ModelError, Result};
@@ -26,6 +27,7 @@ pub fn quantizer_json(q: &QuantizerSpec) -> Value {
             json!({"kind": "int-asym", "bits": bits, "group_size": group_size})
         }
         QuantizerSpec::E8p => json!({"kind": "e8p"}),
+        QuantizerSpec::Fp8 { scaling } => json!({"kind": "fp8-e4m3", "scaling": scaling.name()}),
     }
 }
 
@@ -91,8 +93,11 @@ pub struct LayerDone<'a> {
 /// What a call of [`quantize_model`] did.
 #[derive(Debug)]
 pub struct Outcome {
-    /// Layers quantized in this call (with their results), in order.
-    pub done: Vec<(LayerId, QuantizedLayer)>,
+    /// Layers quantized in this call, in order, with their reports. The weights and codes are not
+    /// kept: they are in the part files, and holding every layer's `Ŵ` until the end would grow the
+    /// run's memory by the whole model's f32 weights (the 8B-shaped run of docs/BENCHMARKS.md went
+    /// over its `--max-memory` by that); [`LayerDone::result`] shows each one as it is finished.
+    pub done: Vec<(LayerId, LayerReport)>,
     /// Layers skipped because a previous run had finished them.
     pub resumed: Vec<LayerId>,
     /// Whether every layer has its part (false when stopped by `stop_after`).
@@ -135,6 +140,7 @@ pub fn quantize_model(
 /// [`assemble_parts`].
 ///
 /// **Errors**: as [`quantize_model`].
+#[allow(clippy::too_many_arguments)]
 pub fn quantize_layers(
     backend: &dyn Backend,
     model: &Model<f32>,
@@ -142,6 +148,49 @@ pub fn quantize_layers(
     factors: &mut dyn FnMut(LayerId) -> Result<Factors>,
     params: &LayerParams,
     scales: Option<&BTreeMap<LayerId, f64>>,
+    run: &Value,
+    out: &Path,
+    stop_after: Option<usize>,
+    progress: &mut dyn FnMut(&LayerDone<'_>),
+) -> Result<Outcome> {
+    let mut round = from_factors(backend, params, scales, factors);
+    round_layers(model, layers, &mut round, run, out, stop_after, progress)
+}
+
+/// The rounding of every method that works from factors: `factors(id)` loads one layer's, the method
+/// takes what it needs ([`Factors::for_method`]), `scales` overrides `params.scale_c` per layer.
+pub fn from_factors<'a>(
+    backend: &'a dyn Backend,
+    params: &'a LayerParams,
+    scales: Option<&'a BTreeMap<LayerId, f64>>,
+    factors: &'a mut dyn FnMut(LayerId) -> Result<Factors>,
+) -> impl FnMut(LayerId, &Mat<f32>) -> Result<QuantizedLayer> + 'a {
+    move |id, w| {
+        let f = factors(id)?;
+        let layer_params = LayerParams {
+            scale_c: scales.and_then(|s| s.get(&id).copied()).or(params.scale_c),
+            ..*params
+        };
+        Ok(quantize_layer(
+            backend,
+            &id.name(),
+            w,
+            &f.for_method(params.method),
+            &layer_params,
+        )?)
+    }
+}
+
+/// The resumable layer loop with any rounding: `round(id, W)` rounds layer `id` of `model`, whose
+/// weight is `W` (from its factors in [`quantize_layers`]; against a base checkpoint's weight for DAQ).
+/// Parts are written and resumed as [`quantize_layers`] says.
+///
+/// **Errors**: parts left by a run with different arguments (naming the folder), the errors of `round`,
+/// I/O.
+pub fn round_layers(
+    model: &Model<f32>,
+    layers: &[LayerId],
+    round: &mut dyn FnMut(LayerId, &Mat<f32>) -> Result<QuantizedLayer>,
     run: &Value,
     out: &Path,
     stop_after: Option<usize>,
@@ -190,19 +239,7 @@ pub fn quantize_layers(
         }
         let started = std::time::Instant::now();
         let block = model.layers.get(id.block)?;
-        let w = block.linear(id.kind);
-        let f = factors(id)?;
-        let layer_params = LayerParams {
-            scale_c: scales.and_then(|s| s.get(&id).copied()).or(params.scale_c),
-            ..*params
-        };
-        let q = quantize_layer(
-            backend,
-            &id.name(),
-            w,
-            &f.for_method(params.method),
-            &layer_params,
-        )?;
+        let q = round(id, block.linear(id.kind))?;
         write_part(&part, id, &q, run)?;
         progress(&LayerDone {
             id,
@@ -211,7 +248,7 @@ pub fn quantize_layers(
             done: i + 1,
             total: layers.len(),
         });
-        outcome.done.push((id, q));
+        outcome.done.push((id, q.report));
     }
     outcome.finished = true;
     outcome.parts = parts;

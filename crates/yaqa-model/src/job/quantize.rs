@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde_json::{Value, json};
+use yaqa_core::Mat;
 use yaqa_core::backend::Backend;
-use yaqa_core::layer::{LayerReport, Method};
+use yaqa_core::daq::DaqParams;
+use yaqa_core::layer::{LayerReport, Method, QuantizedLayer, QuantizerSpec};
 use yaqa_core::model_ops::ModelOps;
 use yaqa_core::sketch::{Factors, SketchKind};
 
@@ -23,11 +25,13 @@ use crate::job::calib::Shard;
 use crate::job::calib_set::{Calibration, calibration_set};
 use crate::job::collect::empty_factors;
 use crate::job::estimate::LayerClock;
-use crate::job::evaluate::{EvalTable, EvalText, QuantizedModel, eval_models, eval_tokens};
+use crate::job::evaluate::{
+    EvalTable, EvalText, QuantizedModel, eval_models, eval_tokens, open_base,
+};
 use crate::job::factors::{factor_index, pick_factor_file, read_factor_checked};
 use crate::job::guard::{named, refuse_overwrite};
 use crate::job::memory::{self, Residency};
-use crate::job::pipeline::{assemble_parts, quantize_layers, run_header};
+use crate::job::pipeline::{assemble_parts, from_factors, round_layers, run_header};
 use crate::job::preflight;
 use crate::job::progress::ProgressExt;
 use crate::job::progress::{Event, Progress};
@@ -57,6 +61,11 @@ pub struct QuantizeConfig {
     /// streamed from the checkpoint one at a time ([`memory::quantize_plan`]); that needs `factors`
     /// and no evaluation. Default: no limit, every block resident.
     pub max_memory: Option<u64>,
+    /// The checkpoint `model` was fine-tuned from (`--base`): DAQ's reference, streamed one block at a
+    /// time beside the model. Only with [`Method::Daq`], which needs it.
+    pub base: Option<PathBuf>,
+    /// How DAQ searches its scales (`--daq-no-clip`).
+    pub daq: DaqParams,
 }
 
 impl Default for QuantizeConfig {
@@ -71,6 +80,8 @@ impl Default for QuantizeConfig {
             stop_after_layers: None,
             eval: Some(default_eval()),
             max_memory: None,
+            base: None,
+            daq: DaqParams::default(),
         }
     }
 }
@@ -195,7 +206,9 @@ pub fn run<B: Backend + ModelOps<f32>>(
     inputs.extend(config.factors.as_deref().map(|p| named("--factors", p)));
     let eval_text = config.eval.as_ref().and_then(|e| e.text.as_deref());
     inputs.extend(eval_text.map(|p| named("--eval-text", p)));
+    inputs.extend(config.base.as_deref().map(|p| named("--base", p)));
     refuse_overwrite(&[named("--out", &config.out)], &inputs)?;
+    check_daq_inputs(config)?;
     let loaded = match config.max_memory {
         None => open_model(&config.model)?,
         Some(budget) => {
@@ -236,7 +249,8 @@ pub fn run<B: Backend + ModelOps<f32>>(
             .iter()
             .map(|id| id.kind.shape(&loaded.model.config).1),
     )?;
-    if config.factors.is_none() {
+    let daq = config.spec.method == Method::Daq;
+    if config.factors.is_none() && !daq {
         config.calib.check(&loaded)?;
     }
     // The parts and the file assembled from them (generously: scales and headers as half a bit per
@@ -244,7 +258,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
     let mc = &loaded.model.config;
     let mut need =
         memory::quantized_file_bytes(mc, config.spec.grid.bits() as f64 + 0.5).saturating_mul(2);
-    if config.factors.is_none() {
+    if config.factors.is_none() && !daq {
         let kind = if config.spec.method == Method::Yaqa {
             SketchKind::B
         } else {
@@ -263,6 +277,9 @@ pub fn run<B: Backend + ModelOps<f32>>(
         eval.check(&loaded, ["--eval-window", "--eval-windows"])?;
     }
     let params = config.spec.layer_params();
+    if let (true, Some(path)) = (daq, &config.base) {
+        return quantize_daq(backend, &loaded, path, config, progress);
+    }
     match &config.factors {
         Some(dir) => {
             let index = factor_index(dir)?;
@@ -285,7 +302,8 @@ pub fn run<B: Backend + ModelOps<f32>>(
             });
             let fp = loaded.fingerprint.clone();
             let mut load = |id: LayerId| Ok(read_factor_checked(&picks[&id], &fp)?.factors);
-            quantize_with(backend, &loaded, config, factors_json, &mut load, progress)
+            let mut round = from_factors(backend, &params, None, &mut load);
+            quantize_with(backend, &loaded, config, factors_json, &mut round, progress)
         }
         None => {
             let kind = if params.method == Method::Yaqa {
@@ -303,8 +321,9 @@ pub fn run<B: Backend + ModelOps<f32>>(
                     .cloned()
                     .with_context(|| format!("no factors were collected for {}", id.name()))
             };
+            let mut round = from_factors(backend, &params, None, &mut load);
             let report =
-                quantize_with(backend, &loaded, config, factors_json, &mut load, progress)?;
+                quantize_with(backend, &loaded, config, factors_json, &mut round, progress)?;
             resume::finish(&quantize_factors_dir(&config.out))?;
             Ok(report)
         }
@@ -398,7 +417,7 @@ fn quantize_with<B: Backend + ModelOps<f32>>(
     loaded: &Loaded,
     config: &QuantizeConfig,
     factors_json: Value,
-    load: &mut dyn FnMut(LayerId) -> Result<Factors>,
+    round: &mut dyn FnMut(LayerId, &Mat<f32>) -> Result<QuantizedLayer>,
     progress: &dyn Progress,
 ) -> Result<QuantizeReport> {
     let t0 = Instant::now();
@@ -411,13 +430,10 @@ fn quantize_with<B: Backend + ModelOps<f32>>(
         label: params.method.name(),
         total: layers.len(),
     });
-    let outcome = quantize_layers(
-        backend,
+    let outcome = round_layers(
         &loaded.model,
         &layers,
-        load,
-        &params,
-        None,
+        round,
         &run,
         &config.out,
         config.stop_after_layers,
@@ -490,4 +506,84 @@ fn quantize_with<B: Backend + ModelOps<f32>>(
         seconds: t0.elapsed().as_secs_f64(),
         eval,
     })
+}
+
+/// DAQ's scale blocks searched on rayon's threads ([`yaqa_core::daq::MapBlocks`]).
+fn par_blocks(n: usize, f: &(dyn Fn(usize) -> u32 + Sync)) -> Vec<u32> {
+    use rayon::prelude::*;
+    (0..n).into_par_iter().map(f).collect()
+}
+
+/// Refuses what DAQ cannot take, and `--base` without DAQ, before the model is opened: DAQ needs the
+/// base checkpoint and is data-free, so factors and calibration have nothing to do.
+fn check_daq_inputs(config: &QuantizeConfig) -> Result<()> {
+    let daq = config.spec.method == Method::Daq;
+    if daq {
+        if config.base.is_none() {
+            crate::bail!(
+                "--method daq keeps the delta from the checkpoint this model was fine-tuned from: \
+                 pass it as --base"
+            );
+        }
+        if config.factors.is_some() {
+            crate::bail!("--method daq is data-free: it reads no factors (drop --factors)");
+        }
+        if !config.calib.text.is_empty() || config.calib.ids.is_some() {
+            crate::bail!(
+                "--method daq is data-free: it reads no calibration (drop --calib/--calib-ids)"
+            );
+        }
+    } else if config.daq.no_clip {
+        crate::bail!("--daq-no-clip is an option of --method daq");
+    } else if config.base.is_some() {
+        crate::bail!(
+            "--base is the reference of --method daq; to measure how a quantized fine-tune keeps its \
+             delta, use `yaqa eval --base`"
+        );
+    }
+    Ok(())
+}
+
+/// DAQ (DESIGN.md §9): every layer's FP8 scales searched against the same layer of the base at `path`
+/// ([`yaqa_core::daq::quantize_layer`]), the base streamed one block at a time beside the model; then
+/// the evaluation and the file as for every method. Prints how many scale blocks moved off AbsMax.
+fn quantize_daq<B: Backend + ModelOps<f32>>(
+    backend: &B,
+    loaded: &Loaded,
+    path: &Path,
+    config: &QuantizeConfig,
+    progress: &dyn Progress,
+) -> Result<QuantizeReport> {
+    let base = open_base(loaded, path)?;
+    let QuantizerSpec::Fp8 { scaling } = config.spec.layer_params().quantizer else {
+        crate::bail!("--method daq needs an FP8 quantizer (checked before)");
+    };
+    let factors_json = json!({
+        "source": "none: DAQ is data-free",
+        "base": path.display().to_string(),
+        "base_fingerprint": base.fingerprint,
+        "search": format!("r in [{:.2}, 1.50], cosine of the delta first", config.daq.lowest() as f64 / 100.0),
+    });
+    let (mut moved, mut blocks) = (0usize, 0usize);
+    let mut round = |id: LayerId, w: &Mat<f32>| -> Result<QuantizedLayer> {
+        let block = base.model.layers.get(id.block)?;
+        let (q, search) = yaqa_core::daq::quantize_layer(
+            &id.name(),
+            w,
+            block.linear(id.kind),
+            scaling,
+            config.daq,
+            &par_blocks,
+        )?;
+        moved += search.moved;
+        blocks += search.multipliers.len();
+        Ok(q)
+    };
+    let report = quantize_with(backend, loaded, config, factors_json, &mut round, progress)?;
+    if blocks > 0 {
+        progress.note(format!(
+            "DAQ: {moved} of {blocks} scale blocks moved off AbsMax (layers quantized in this run)"
+        ));
+    }
+    Ok(report)
 }
