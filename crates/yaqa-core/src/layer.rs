@@ -16,6 +16,7 @@ use crate::optq::{OptqReport, RunFacts};
 use crate::quant::TileQuantizer;
 use crate::quant::e8p::{self, E8p, search_e8p_scale};
 use crate::quant::int::{AsymFitParams, IntAsymGroup, IntSym, search_sym_scale};
+use crate::quant::trellis::{self, Trellis, search_trellis_scale};
 use crate::refine::{RefineStats, refine_coordinate};
 use crate::rng::Rng;
 use crate::sketch::Factors;
@@ -60,6 +61,10 @@ pub enum QuantizerSpec {
     /// DESIGN.md's shape for vector codebooks); GPTQ and `--refine` move one weight at a time and refuse
     /// it.
     E8p,
+    /// The QTIP bitshift trellis (`bits` = 2, 3 or 4 per weight, 1MAD code), one scale per matrix searched
+    /// like the symmetric grid's. Encodes whole `16 × 16` tiles ([`trellis::TILE`]), so both dimensions
+    /// must be multiples of 16 and the rounding must use that tile; GPTQ and `--refine` refuse it.
+    Trellis { bits: u32 },
 }
 
 impl QuantizerSpec {
@@ -67,8 +72,19 @@ impl QuantizerSpec {
     pub fn code_dim(&self) -> usize {
         match self {
             QuantizerSpec::E8p => e8p::CODE_DIM,
-            QuantizerSpec::IntSym { .. } | QuantizerSpec::IntAsym { .. } => 1,
+            QuantizerSpec::IntSym { .. }
+            | QuantizerSpec::IntAsym { .. }
+            | QuantizerSpec::Trellis { .. } => 1,
         }
+    }
+
+    /// Whether each weight is rounded on its own ([`TileQuantizer::is_scalar`]): false for E8P and the
+    /// trellis.
+    pub fn is_scalar(&self) -> bool {
+        matches!(
+            self,
+            QuantizerSpec::IntSym { .. } | QuantizerSpec::IntAsym { .. }
+        )
     }
 }
 
@@ -78,6 +94,7 @@ pub enum FittedQuantizer {
     IntSym(IntSym),
     IntAsym(IntAsymGroup),
     E8p(E8p),
+    Trellis(Trellis),
 }
 
 impl FittedQuantizer {
@@ -86,6 +103,7 @@ impl FittedQuantizer {
             FittedQuantizer::IntSym(q) => q,
             FittedQuantizer::IntAsym(q) => q,
             FittedQuantizer::E8p(q) => q,
+            FittedQuantizer::Trellis(q) => q,
         }
     }
 }
@@ -285,16 +303,47 @@ fn quantize_layer_inner(
     if params.quantizer == QuantizerSpec::E8p {
         e8p::check_width(n)?;
     }
+    if let QuantizerSpec::Trellis { bits } = params.quantizer {
+        trellis::check_bits(bits)?;
+        trellis::check_shape(m, n)?;
+        let tiles = (params.round.tile_rows, params.round.tile_cols);
+        if params.method != Method::Rtn && params.method != Method::Gptq && tiles != trellis::TILE {
+            return Err(CoreError::InvalidParameter {
+                name: "tile_rows × tile_cols",
+                value: format!("{} × {}", tiles.0, tiles.1),
+                why: format!(
+                    "the trellis encodes whole {} × {} tiles",
+                    trellis::TILE.0,
+                    trellis::TILE.1
+                ),
+            });
+        }
+        if params.method == Method::Gptq {
+            return Err(CoreError::InvalidParameter {
+                name: "method",
+                value: "gptq".into(),
+                why: "GPTQ rounds one weight at a time; the trellis encodes whole tiles (use LDLQ)"
+                    .into(),
+            });
+        }
+    }
     // Refused before any work rather than after the rounding.
-    if params.refine_sweeps > 0 && params.quantizer.code_dim() != 1 {
+    if params.refine_sweeps > 0 && !params.quantizer.is_scalar() {
         return Err(CoreError::InvalidParameter {
             name: "refine_sweeps",
             value: params.refine_sweeps.to_string(),
-            why: format!(
-                "coordinate descent moves one weight at a time and needs a scalar quantizer; \
-                 this one's codes cover {} weights",
-                params.quantizer.code_dim()
-            ),
+            why: match params.quantizer {
+                QuantizerSpec::Trellis { .. } => {
+                    "coordinate descent moves one weight at a time and \
+                     needs a scalar quantizer; the trellis encodes whole 16 × 16 tiles"
+                        .into()
+                }
+                _ => format!(
+                    "coordinate descent moves one weight at a time and needs a scalar quantizer; \
+                     this one's codes cover {} weights",
+                    params.quantizer.code_dim()
+                ),
+            },
         });
     }
     if params.method == Method::Yaqa && h_out.is_none() {
@@ -317,7 +366,7 @@ fn quantize_layer_inner(
     let searches = params.scale_c.is_none()
         && matches!(
             params.quantizer,
-            QuantizerSpec::IntSym { .. } | QuantizerSpec::E8p
+            QuantizerSpec::IntSym { .. } | QuantizerSpec::E8p | QuantizerSpec::Trellis { .. }
         );
     let mut metric = match xtx {
         Some(h) if searches => {
@@ -374,6 +423,19 @@ fn quantize_layer_inner(
                 None => search_e8p_scale(backend, &w_r, metric.as_ref().unwrap_or(&h_in), None)?,
             };
             (FittedQuantizer::E8p(q), Some(c))
+        }
+        QuantizerSpec::Trellis { bits } => {
+            let (q, c) = match params.scale_c {
+                Some(c) => (Trellis::for_multiplier(bits, &w_r, c)?, c),
+                None => search_trellis_scale(
+                    backend,
+                    &w_r,
+                    metric.as_ref().unwrap_or(&h_in),
+                    None,
+                    bits,
+                )?,
+            };
+            (FittedQuantizer::Trellis(q), Some(c))
         }
     };
     let q = quantizer.as_dyn();
