@@ -59,6 +59,10 @@ pub enum QuantizerArg {
     // The E8P lattice codebook of QuIP# (documented on `--quantizer`: a doc comment here would switch
     // the whole help to clap's long layout).
     E8p,
+    // The QTIP bitshift trellis at 2, 3 and 4 bits (documented on `--quantizer`).
+    Trellis2,
+    Trellis3,
+    Trellis4,
 }
 
 impl From<QuantizerArg> for Grid {
@@ -69,6 +73,9 @@ impl From<QuantizerArg> for Grid {
             QuantizerArg::Int4 => Grid::Int(4),
             QuantizerArg::Int8 => Grid::Int(8),
             QuantizerArg::E8p => Grid::E8p,
+            QuantizerArg::Trellis2 => Grid::Trellis(2),
+            QuantizerArg::Trellis3 => Grid::Trellis(3),
+            QuantizerArg::Trellis4 => Grid::Trellis(4),
         }
     }
 }
@@ -155,8 +162,8 @@ pub struct RefineArgs {
 pub struct SpecArgs {
     #[arg(long, value_enum, default_value_t = MethodArg::Yaqa)]
     pub method: MethodArg,
-    /// INT grids, or e8p: the E8P lattice codebook of QuIP# (2 bits, codes of 8 weights; not with gptq
-    /// or --refine)
+    /// INT grids, e8p: the E8P lattice codebook of QuIP# (2 bits, codes of 8 weights), or trellisK: the
+    /// QTIP trellis (K bits, 16×16 tiles); e8p and trellisK not with gptq or --refine
     #[arg(long, value_enum, default_value_t = QuantizerArg::Int4)]
     pub quantizer: QuantizerArg,
     /// Asymmetric grid with zero-points and one scale per GROUP columns (GPTQ layout; INT grids only);

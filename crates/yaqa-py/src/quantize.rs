@@ -22,8 +22,8 @@ use crate::progress::run_job;
 ///
 /// Rounding: ``method`` is ``"rtn"``, ``"gptq"``, ``"ldlq"`` or ``"yaqa"`` (also ``"yaqa-b"``); ``bits``
 /// 2, 3, 4 or 8 of the INT grid (or ``quantizer="int4"``, the command line's spelling, and
-/// ``quantizer="e8p"`` for the E8P lattice codebook of QuIP#, 2 bits, not with ``"gptq"`` or
-/// ``refine``); ``group`` an asymmetric grid with one scale per ``group`` columns (GPTQ layout); ``incoherence=False`` skips the
+/// ``quantizer="e8p"`` for the E8P lattice codebook of QuIP#, 2 bits, and ``quantizer="trellis2"``
+/// (``"trellis3"``, ``"trellis4"``) for the QTIP trellis, both not with ``"gptq"`` or ``refine``); ``group`` an asymmetric grid with one scale per ``group`` columns (GPTQ layout); ``incoherence=False`` skips the
 /// randomized Hadamard rotations, whose signs ``sign_seed`` seeds; ``damp`` and ``damp_out`` the first
 /// damping of ``h_in`` and ``h_out`` (multiples of the mean diagonal); ``refine`` coordinate-descent
 /// sweeps after the rounding; ``act_order=True`` (GPTQ) rounds columns by decreasing ``diag(H)`` with

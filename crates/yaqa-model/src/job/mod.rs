@@ -185,7 +185,16 @@ pub enum Grid {
     /// The E8P lattice codebook of QuIP# (2 bits, one 16-bit code per 8 weights of a row), one searched
     /// scale per matrix; rounded in tiles of [`E8P_TILE`].
     E8p,
+    /// The QTIP bitshift trellis with `K` = 2, 3 or 4 bits per weight (1MAD code, 16-bit states,
+    /// tail-biting), one searched scale per matrix; rounded in tiles of [`TRELLIS_TILE`], one trellis walk
+    /// each.
+    Trellis(u32),
 }
+
+/// The trellis's tile: QTIP encodes a `16 × 16` tile per walk and runs LDLQ with blocks of 16, so the
+/// feedback reaches each tile from every tile below and right of it, never inside it (the walk sees the
+/// whole tile at once).
+pub const TRELLIS_TILE: (usize, usize) = yaqa_core::quant::trellis::TILE;
 
 /// The tile shape of vector codebooks: one row by one code (DESIGN.md §4's tiles with the width of a
 /// code), so every code sees the feedback of all rows below and codes to its right, as the 1 × 1 tiles of
@@ -194,12 +203,18 @@ pub const E8P_TILE: (usize, usize) = (1, yaqa_core::quant::e8p::CODE_DIM);
 
 impl Grid {
     /// Every spelling [`Grid::parse`] takes.
-    pub const NAMES: [&'static str; 5] = ["int2", "int3", "int4", "int8", "e8p"];
+    pub const NAMES: [&'static str; 8] = [
+        "int2", "int3", "int4", "int8", "e8p", "trellis2", "trellis3", "trellis4",
+    ];
 
-    /// `int<k>` or `e8p`; `None` for anything else (an INT width outside [`QuantSpec::BITS`] included).
+    /// `int<k>`, `e8p` or `trellis<k>`; `None` for anything else (an INT width outside
+    /// [`QuantSpec::BITS`] or a trellis width outside 2..=4 included).
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "e8p" => Some(Grid::E8p),
+            "trellis2" => Some(Grid::Trellis(2)),
+            "trellis3" => Some(Grid::Trellis(3)),
+            "trellis4" => Some(Grid::Trellis(4)),
             _ => s
                 .strip_prefix("int")?
                 .parse()
@@ -214,6 +229,7 @@ impl Grid {
         match self {
             Grid::Int(bits) => format!("int{bits}"),
             Grid::E8p => "e8p".into(),
+            Grid::Trellis(bits) => format!("trellis{bits}"),
         }
     }
 
@@ -222,6 +238,7 @@ impl Grid {
         match self {
             Grid::Int(bits) => *bits,
             Grid::E8p => 2,
+            Grid::Trellis(bits) => *bits,
         }
     }
 }
@@ -321,6 +338,14 @@ impl QuantSpec {
                     ..defaults.round
                 },
             ),
+            (Grid::Trellis(bits), _, _) => (
+                QuantizerSpec::Trellis { bits },
+                RoundParams {
+                    tile_rows: TRELLIS_TILE.0,
+                    tile_cols: TRELLIS_TILE.1,
+                    ..defaults.round
+                },
+            ),
         };
         LayerParams {
             method: self.method,
@@ -342,6 +367,25 @@ impl QuantSpec {
             refine_sweeps: self.refine,
             ..defaults
         }
+    }
+
+    /// [`QuantSpec::check`] on the input widths of `shapes` (`m × n` of every layer), plus the trellis's
+    /// heights: its `16 × 16` tiles need output heights that are multiples of 16 too.
+    pub fn check_shapes(&self, shapes: &[(usize, usize)]) -> crate::Result<()> {
+        self.check(shapes.iter().map(|&(_, n)| n))?;
+        if let Grid::Trellis(_) = self.grid
+            && let Some(&(m, _)) = shapes.iter().find(|(m, _)| m % TRELLIS_TILE.0 != 0)
+        {
+            crate::bail!(
+                "--quantizer {}: a layer's output height {m} does not split into {}×{} tiles (one \
+                 trellis walk each): widths and heights must be multiples of {}",
+                self.grid.name(),
+                TRELLIS_TILE.0,
+                TRELLIS_TILE.1,
+                TRELLIS_TILE.0
+            );
+        }
+        Ok(())
     }
 
     /// Refuses a spec no quantizer can take, before any work: bits outside [`Self::BITS`], a group of 0
@@ -390,6 +434,38 @@ impl QuantSpec {
                 crate::bail!(
                     "--quantizer e8p: a layer's input width {n} does not split into codes of {code} \
                      weights"
+                );
+            }
+            return Ok(());
+        }
+        if let Grid::Trellis(bits) = self.grid {
+            let name = self.grid.name();
+            if !yaqa_core::quant::trellis::SUPPORTED_BITS.contains(&bits) {
+                crate::bail!("--quantizer {name}: the trellis takes 2, 3 or 4 bits per weight");
+            }
+            if self.group.is_some() {
+                crate::bail!(
+                    "--group: the trellis has one scale per matrix; groups are for the INT grids"
+                );
+            }
+            if self.method == Method::Gptq {
+                crate::bail!(
+                    "--method gptq rounds one weight at a time and needs a scalar grid; the trellis \
+                     encodes whole 16 × 16 tiles: use --method ldlq, yaqa or rtn"
+                );
+            }
+            if self.refine > 0 {
+                crate::bail!(
+                    "--refine moves one weight at a time and needs a scalar grid; the trellis encodes \
+                     whole 16 × 16 tiles"
+                );
+            }
+            let side = TRELLIS_TILE.1;
+            if let Some(n) = widths.into_iter().find(|n| n % side != 0) {
+                crate::bail!(
+                    "--quantizer {name}: a layer's input width {n} does not split into {}×{side} \
+                     tiles (one trellis walk each): widths and heights must be multiples of {side}",
+                    TRELLIS_TILE.0
                 );
             }
             return Ok(());

@@ -26,6 +26,7 @@ pub fn quantizer_json(q: &QuantizerSpec) -> Value {
             json!({"kind": "int-asym", "bits": bits, "group_size": group_size})
         }
         QuantizerSpec::E8p => json!({"kind": "e8p"}),
+        QuantizerSpec::Trellis { bits } => json!({"kind": "trellis", "bits": bits}),
     }
 }
 

@@ -231,10 +231,11 @@ pub fn run<B: Backend + ModelOps<f32>>(
         }
     };
     let layers = LayerId::all(&loaded.model);
-    config.spec.check(
-        layers
+    config.spec.check_shapes(
+        &layers
             .iter()
-            .map(|id| id.kind.shape(&loaded.model.config).1),
+            .map(|id| id.kind.shape(&loaded.model.config))
+            .collect::<Vec<_>>(),
     )?;
     if config.factors.is_none() {
         config.calib.check(&loaded)?;
