@@ -1,6 +1,9 @@
 //! Rounding benches (DESIGN.md §4, §8): YAQA two-sided and LDLQ one-sided at 4096 × 4096 and SmolLM2's
 //! 576 × 1536, with 1 × 1 tiles (scalar INT grids) and 16 × 16 tiles (vector codebooks), INT4, CPU backend;
-//! and the E8P codebook: round-to-nearest alone (its nearest-point search) and LDLQ/YAQA at its 1 × 8 tiles.
+//! and the E8P codebook: round-to-nearest alone (its nearest-point search) and LDLQ/YAQA at its 1 × 8 tiles;
+//! and the QTIP trellis: one tile's tail-biting Viterbi encoding and RTN/LDLQ on a 256 × 4096 strip
+//! (1/16 of a 4096² matrix, whose time is 16 times the strip's: the tiles are independent in RTN and in
+//! LDLQ's column tiles).
 //! Anchors: reference-style YAQA code took 14 s for 4096² on an H100; the CPU target is ≤ 5 s.
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -9,6 +12,7 @@ use yaqa::core::backend::round_to_nearest;
 use yaqa::core::backend::{Backend, RoundParams};
 use yaqa::core::quant::e8p::E8p;
 use yaqa::core::quant::int::IntSym;
+use yaqa::core::quant::trellis::{self, Trellis};
 use yaqa::core::refine::refine_coordinate;
 use yaqa::core::sketch::Factors;
 use yaqa::core::{LdlParams, Mat, ldl::normalize_mean_diag, synthetic};
@@ -139,5 +143,33 @@ fn bench_e8p(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, bench_refine, bench_e8p);
+/// The trellis: encoding one 16 × 16 tile (two Viterbi passes over 2^16 states, 256 steps) at 2, 3 and
+/// 4 bits, and round-to-nearest and LDLQ (16 × 16 tiles) at 2 bits on 256 × 4096, a sixteenth of 4096²
+/// (a full 4096² takes minutes per iteration on a few cores).
+fn bench_trellis(c: &mut Criterion) {
+    let cpu = Cpu::default();
+    let mut group = slow_group(c, "trellis");
+    let tile = synthetic::weights(16, 16, 1);
+    for bits in trellis::SUPPORTED_BITS {
+        group.bench_function(format!("encode tile 16x16 k{bits}"), |b| {
+            b.iter(|| trellis::encode(&tile.data, trellis::values(), bits).expect("encode"))
+        });
+    }
+    let (m, n) = (256, 4096);
+    let w = synthetic::weights(m, n, 1);
+    let q = Trellis::for_multiplier(2, &w, 1.0).expect("scale");
+    group.bench_function(format!("rtn {m}x{n} k2"), |b| {
+        b.iter(|| round_to_nearest(&w, &q))
+    });
+    let a_in = a_strict(n, 16, 2);
+    group.bench_function(format!("ldlq {m}x{n} tile 16x16 k2"), |b| {
+        b.iter(|| {
+            cpu.round_adaptive(&w, &a_in, None, &q, &RoundParams::default())
+                .expect("round")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_refine, bench_e8p, bench_trellis);
 criterion_main!(benches);

@@ -437,3 +437,120 @@ fn e8p_rounds_with_feedback() {
     .to_string();
     assert!(err.contains("narrow") && err.contains("tile_cols"), "{err}");
 }
+
+/// The QTIP trellis through the per-layer pipeline at its 16 × 16 tiles: feedback helps it as it helps
+/// the scalar grids (YAQA < LDLQ < RTN on the two-sided proxy, with RTN's searched scale shared), its
+/// 2-bit RTN beats INT2's RTN on the one-sided proxy the scales were searched on, 3 bits beat 2, and
+/// re-rotating `Ŵ` lands on the values its codes decode to. GPTQ, coordinate descent, other tiles and
+/// shapes that do not split into 16 × 16 tiles are refused naming the layer.
+#[test]
+fn trellis_rounds_with_feedback() {
+    use yaqa::core::backend::RoundParams;
+    let (m, n) = (64, 128);
+    let cpu = Cpu::default();
+    println!("seed  int2-rtn  trellis2-rtn  -ldlq  -yaqa  trellis3-yaqa");
+    for seed in 0..2 {
+        let (w, h_in, h_out) = layer(m, n, seed);
+        let factors = two_sided(&h_in, &h_out);
+        let run = |method, quantizer, scale_c| {
+            let params = LayerParams {
+                method,
+                quantizer,
+                seed,
+                round: RoundParams::default(),
+                scale_c,
+                ..LayerParams::default()
+            };
+            quantize_layer(&cpu, "synthetic", &w, &factors, &params).unwrap()
+        };
+        let int2 = run(Method::Rtn, QuantizerSpec::IntSym { bits: 2 }, None);
+        let trellis2 = QuantizerSpec::Trellis { bits: 2 };
+        let rtn = run(Method::Rtn, trellis2, None);
+        let c = rtn.report.scale_c;
+        let ldlq = run(Method::Ldlq, trellis2, c);
+        let yaqa = run(Method::Yaqa, trellis2, c);
+        let yaqa3 = run(Method::Yaqa, QuantizerSpec::Trellis { bits: 3 }, None);
+        let proxy = |q: &yaqa::core::layer::QuantizedLayer| q.report.proxy_two_sided.unwrap();
+        println!(
+            "{seed:>4} {:9.5} {:13.5} {:6.5} {:6.5} {:14.5}",
+            proxy(&int2),
+            proxy(&rtn),
+            proxy(&ldlq),
+            proxy(&yaqa),
+            proxy(&yaqa3)
+        );
+        assert!(
+            proxy(&yaqa) < proxy(&ldlq) && proxy(&ldlq) < proxy(&rtn),
+            "seed {seed}: yaqa {}, ldlq {}, rtn {}",
+            proxy(&yaqa),
+            proxy(&ldlq),
+            proxy(&rtn)
+        );
+        assert!(proxy(&yaqa3) < proxy(&yaqa), "seed {seed}: 3 bits vs 2");
+        let (one_t, one_i) = (rtn.report.proxy_one_sided, int2.report.proxy_one_sided);
+        assert!(one_t < one_i, "seed {seed}: trellis2 {one_t}, int2 {one_i}");
+        for q in [&rtn, &ldlq, &yaqa] {
+            assert_eq!(q.codes.len(), m * n);
+            assert_eq!(q.report.bits_per_weight, 2.0);
+            let FittedQuantizer::Trellis(t) = &q.quantizer else {
+                panic!("expected the trellis")
+            };
+            let (Some(s_in), Some(s_out)) = (&q.signs_in, &q.signs_out) else {
+                panic!("signs not recorded")
+            };
+            let mut again = q.w_hat.clone();
+            cpu.hadamard_rotate(&mut again, Side::Cols, s_in, false)
+                .unwrap();
+            cpu.hadamard_rotate(&mut again, Side::Rows, s_out, false)
+                .unwrap();
+            let values = t.reconstruct(&q.codes, m, n).unwrap();
+            let err = yaqa::core::mat::rel_diff_fro(&again.to_f64().data, &values.to_f64().data);
+            assert!(err < 1e-5, "re-rotated Ŵ is off the trellis by {err}");
+        }
+    }
+
+    let (w, h_in, _) = layer(32, 64, 4);
+    let trellis2 = QuantizerSpec::Trellis { bits: 2 };
+    let refused = |method, refine, round: RoundParams, w: &Mat<f32>, h: &SymMat| {
+        let params = LayerParams {
+            method,
+            quantizer: trellis2,
+            round,
+            refine_sweeps: refine,
+            ..LayerParams::default()
+        };
+        quantize_layer(
+            &cpu,
+            "model.layers.0.mlp.up_proj",
+            w,
+            &LayerFactors::xtx(h),
+            &params,
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let tiles = RoundParams::default();
+    for (method, refine, round, what) in [
+        (Method::Gptq, 0, tiles, "one weight at a time"),
+        (Method::Ldlq, 2, tiles, "scalar quantizer"),
+        (
+            Method::Ldlq,
+            0,
+            RoundParams {
+                tile_rows: 1,
+                tile_cols: 16,
+                ..tiles
+            },
+            "16 × 16",
+        ),
+    ] {
+        let err = refused(method, refine, round, &w, &h_in);
+        assert!(
+            err.contains("model.layers.0.mlp.up_proj") && err.contains(what),
+            "{method:?}, refine {refine}: {err}"
+        );
+    }
+    let (w, h_in, _) = layer(24, 64, 5);
+    let err = refused(Method::Rtn, 0, tiles, &w, &h_in);
+    assert!(err.contains("24") && err.contains("16 × 16"), "{err}");
+}

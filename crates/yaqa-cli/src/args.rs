@@ -66,6 +66,10 @@ pub enum QuantizerArg {
     Fp8,
     Fp8Row,
     Fp8Tensor,
+    // The QTIP bitshift trellis at 2, 3 and 4 bits (documented on `--quantizer`).
+    Trellis2,
+    Trellis3,
+    Trellis4,
 }
 
 impl From<QuantizerArg> for Grid {
@@ -79,6 +83,9 @@ impl From<QuantizerArg> for Grid {
             QuantizerArg::Fp8 => Grid::Fp8(Fp8Scaling::Block),
             QuantizerArg::Fp8Row => Grid::Fp8(Fp8Scaling::Row),
             QuantizerArg::Fp8Tensor => Grid::Fp8(Fp8Scaling::Tensor),
+            QuantizerArg::Trellis2 => Grid::Trellis(2),
+            QuantizerArg::Trellis3 => Grid::Trellis(3),
+            QuantizerArg::Trellis4 => Grid::Trellis(4),
         }
     }
 }
@@ -167,9 +174,9 @@ pub struct SpecArgs {
     /// against the base checkpoint --base, data-free (with --quantizer fp8* and --no-incoherence)
     #[arg(long, value_enum, default_value_t = MethodArg::Yaqa)]
     pub method: MethodArg,
-    /// INT grids; e8p: the E8P lattice codebook of QuIP# (2 bits, codes of 8 weights; not with gptq or
-    /// --refine); fp8: FP8 E4M3 with AbsMax scales per 128 × 128 block (fp8-row, fp8-tensor: per row,
-    /// per tensor)
+    /// INT grids; e8p: the E8P lattice codebook of QuIP# (2 bits, codes of 8 weights); trellisK: the
+    /// QTIP trellis (K bits, 16×16 tiles); e8p and trellisK not with gptq or --refine; fp8: FP8 E4M3 with
+    /// AbsMax scales per 128 × 128 block (fp8-row, fp8-tensor: per row, per tensor)
     #[arg(long, value_enum, default_value_t = QuantizerArg::Int4)]
     pub quantizer: QuantizerArg,
     /// Asymmetric grid with zero-points and one scale per GROUP columns (GPTQ layout; INT grids only);

@@ -66,8 +66,9 @@ pub struct CompareArgs {
     /// Bit widths of the symmetric INT grid (incoherence processing on); default 2,3,4.
     #[arg(long, allow_negative_numbers = true, value_delimiter = ',')]
     pub bits: Vec<u32>,
-    /// The quantizers instead, one table each: int2, int3, int4, int8, e8p (E8P takes rtn, ldlq,
-    /// yaqa-a and yaqa-b, not gptq or --refine), fp8, fp8-row, fp8-tensor
+    /// The quantizers instead, one table each: int2, int3, int4, int8, e8p, trellis2, trellis3, trellis4
+    /// (E8P and the trellis take rtn, ldlq, yaqa-a and yaqa-b, not gptq or --refine), fp8, fp8-row,
+    /// fp8-tensor
     #[arg(
         long,
         value_delimiter = ',',

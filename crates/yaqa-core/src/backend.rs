@@ -100,22 +100,28 @@ pub struct Rounded {
 
 /// Round-to-nearest over the whole matrix: every tile quantized with no feedback.
 pub fn round_to_nearest(w: &Mat<f32>, quantizer: &dyn TileQuantizer) -> Rounded {
-    let mut w_hat = w.clone();
     let per_code = quantizer.code_dim();
-    let mut codes = vec![0u16; w.rows * w.cols / per_code];
-    let codes_per_row = w.cols / per_code;
-    for i in 0..w.rows {
-        let row = w_hat.row_mut(i);
-        quantizer.quantize_tile(
-            i,
-            0,
-            1,
-            w.cols,
-            row,
-            &mut codes[i * codes_per_row..(i + 1) * codes_per_row],
-            None,
-        );
-    }
+    let (w_hat, codes) = match quantizer.tile_shape() {
+        None => {
+            let mut w_hat = w.clone();
+            let mut codes = vec![0u16; w.rows * w.cols / per_code];
+            let codes_per_row = w.cols / per_code;
+            for i in 0..w.rows {
+                let row = w_hat.row_mut(i);
+                quantizer.quantize_tile(
+                    i,
+                    0,
+                    1,
+                    w.cols,
+                    row,
+                    &mut codes[i * codes_per_row..(i + 1) * codes_per_row],
+                    None,
+                );
+            }
+            (w_hat, codes)
+        }
+        Some(tile) => round_fixed_tiles(w, quantizer, tile),
+    };
     Rounded {
         w_hat,
         codes,
@@ -124,6 +130,79 @@ pub fn round_to_nearest(w: &Mat<f32>, quantizer: &dyn TileQuantizer) -> Rounded 
         eps: None,
         drift_gains: Vec::new(),
     }
+}
+
+/// Round-to-nearest for a quantizer with a fixed tile shape ([`TileQuantizer::tile_shape`]): strips of
+/// `tr` rows, split among scoped threads (the tiles are independent, so the result does not depend on
+/// the split). Codes land at their weights' row-major positions, as the adaptive rounding writes them.
+///
+/// Panics if `tr`, `tc` do not divide `W`'s shape or `tc` is not a multiple of the code dimension (a
+/// caller bug: the layer checks shapes before rounding).
+fn round_fixed_tiles(
+    w: &Mat<f32>,
+    quantizer: &dyn TileQuantizer,
+    (tr, tc): (usize, usize),
+) -> (Mat<f32>, Vec<u16>) {
+    let (m, n) = w.shape();
+    let code_dim = quantizer.code_dim();
+    assert!(
+        tr > 0
+            && tc > 0
+            && m.is_multiple_of(tr)
+            && n.is_multiple_of(tc)
+            && tc.is_multiple_of(code_dim),
+        "round_to_nearest: {m} × {n} does not split into {tr} × {tc} tiles"
+    );
+    let mut w_hat = w.clone();
+    let mut codes = vec![0u16; m * n / code_dim];
+    let strips = m / tr;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .clamp(1, strips.max(1));
+    let per_thread = strips.div_ceil(threads);
+    let round_strips = |first: usize, values: &mut [f32], strip_codes: &mut [u16]| {
+        let mut tile = vec![0f32; tr * tc];
+        let mut tile_codes = vec![0u16; tr * tc / code_dim];
+        let per_row = tc / code_dim;
+        for (s, (vals, cods)) in values
+            .chunks_exact_mut(tr * n)
+            .zip(strip_codes.chunks_exact_mut(tr * n / code_dim))
+            .enumerate()
+        {
+            for c0 in (0..n).step_by(tc) {
+                for r in 0..tr {
+                    tile[r * tc..(r + 1) * tc].copy_from_slice(&vals[r * n + c0..r * n + c0 + tc]);
+                }
+                quantizer.quantize_tile(
+                    (first + s) * tr,
+                    c0,
+                    tr,
+                    tc,
+                    &mut tile,
+                    &mut tile_codes,
+                    None,
+                );
+                for r in 0..tr {
+                    vals[r * n + c0..r * n + c0 + tc].copy_from_slice(&tile[r * tc..(r + 1) * tc]);
+                    let dst = r * (n / code_dim) + c0 / code_dim;
+                    cods[dst..dst + per_row]
+                        .copy_from_slice(&tile_codes[r * per_row..(r + 1) * per_row]);
+                }
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        for (k, (values, strip_codes)) in w_hat
+            .data
+            .chunks_mut(per_thread * tr * n)
+            .zip(codes.chunks_mut(per_thread * tr * n / code_dim))
+            .enumerate()
+        {
+            let round_strips = &round_strips;
+            scope.spawn(move || round_strips(k * per_thread, values, strip_codes));
+        }
+    });
+    (w_hat, codes)
 }
 
 /// The operations a compute backend provides. All are deterministic for fixed inputs.
@@ -298,6 +377,15 @@ pub fn check_round_inputs(
             why: format!("must divide the {m} rows of W"),
         });
     }
+    if let Some((tr, tc)) = quantizer.tile_shape()
+        && (params.tile_rows, params.tile_cols) != (tr, tc)
+    {
+        return Err(CoreError::InvalidParameter {
+            name: "tile_rows × tile_cols",
+            value: format!("{} × {}", params.tile_rows, params.tile_cols),
+            why: format!("{} encodes whole {tr} × {tc} tiles", quantizer.name()),
+        });
+    }
     let code_dim = quantizer.code_dim();
     if params.tile_cols == 0
         || !n.is_multiple_of(params.tile_cols)
@@ -426,11 +514,11 @@ pub fn check_gptq_inputs(
             format!("{0}×{0}", h.n),
         ));
     }
-    if quantizer.code_dim() != 1 {
+    if !quantizer.is_scalar() {
         return Err(crate::error::CoreError::InvalidParameter {
             name: "quantizer",
             value: quantizer.name(),
-            why: "GPTQ rounds one column at a time and needs a scalar quantizer (code_dim 1)"
+            why: "GPTQ rounds one column at a time and needs a scalar quantizer (code_dim 1, any tile)"
                 .into(),
         });
     }

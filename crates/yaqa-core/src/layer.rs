@@ -17,6 +17,7 @@ use crate::quant::TileQuantizer;
 use crate::quant::e8p::{self, E8p, search_e8p_scale};
 use crate::quant::fp8::{Fp8, Fp8Scaling};
 use crate::quant::int::{AsymFitParams, IntAsymGroup, IntSym, search_sym_scale};
+use crate::quant::trellis::{self, Trellis, search_trellis_scale};
 use crate::refine::{RefineStats, refine_coordinate};
 use crate::rng::Rng;
 use crate::sketch::Factors;
@@ -68,6 +69,10 @@ pub enum QuantizerSpec {
     /// FP8 E4M3 with AbsMax scales per 128 × 128 block, row or tensor ([`Fp8`]); a scalar grid, but not
     /// a uniform one, so runs report no OPTQ bound.
     Fp8 { scaling: Fp8Scaling },
+    /// The QTIP bitshift trellis (`bits` = 2, 3 or 4 per weight, 1MAD code), one scale per matrix searched
+    /// like the symmetric grid's. Encodes whole `16 × 16` tiles ([`trellis::TILE`]), so both dimensions
+    /// must be multiples of 16 and the rounding must use that tile; GPTQ and `--refine` refuse it.
+    Trellis { bits: u32 },
 }
 
 impl QuantizerSpec {
@@ -77,8 +82,18 @@ impl QuantizerSpec {
             QuantizerSpec::E8p => e8p::CODE_DIM,
             QuantizerSpec::IntSym { .. }
             | QuantizerSpec::IntAsym { .. }
-            | QuantizerSpec::Fp8 { .. } => 1,
+            | QuantizerSpec::Fp8 { .. }
+            | QuantizerSpec::Trellis { .. } => 1,
         }
+    }
+
+    /// Whether each weight is rounded on its own ([`TileQuantizer::is_scalar`]): false for E8P and the
+    /// trellis.
+    pub fn is_scalar(&self) -> bool {
+        matches!(
+            self,
+            QuantizerSpec::IntSym { .. } | QuantizerSpec::IntAsym { .. }
+        )
     }
 }
 
@@ -89,6 +104,7 @@ pub enum FittedQuantizer {
     IntAsym(IntAsymGroup),
     E8p(E8p),
     Fp8(Fp8),
+    Trellis(Trellis),
 }
 
 impl FittedQuantizer {
@@ -98,6 +114,7 @@ impl FittedQuantizer {
             FittedQuantizer::IntAsym(q) => q,
             FittedQuantizer::E8p(q) => q,
             FittedQuantizer::Fp8(q) => q,
+            FittedQuantizer::Trellis(q) => q,
         }
     }
 }
@@ -297,16 +314,47 @@ fn quantize_layer_inner(
     if params.quantizer == QuantizerSpec::E8p {
         e8p::check_width(n)?;
     }
+    if let QuantizerSpec::Trellis { bits } = params.quantizer {
+        trellis::check_bits(bits)?;
+        trellis::check_shape(m, n)?;
+        let tiles = (params.round.tile_rows, params.round.tile_cols);
+        if params.method != Method::Rtn && params.method != Method::Gptq && tiles != trellis::TILE {
+            return Err(CoreError::InvalidParameter {
+                name: "tile_rows × tile_cols",
+                value: format!("{} × {}", tiles.0, tiles.1),
+                why: format!(
+                    "the trellis encodes whole {} × {} tiles",
+                    trellis::TILE.0,
+                    trellis::TILE.1
+                ),
+            });
+        }
+        if params.method == Method::Gptq {
+            return Err(CoreError::InvalidParameter {
+                name: "method",
+                value: "gptq".into(),
+                why: "GPTQ rounds one weight at a time; the trellis encodes whole tiles (use LDLQ)"
+                    .into(),
+            });
+        }
+    }
     // Refused before any work rather than after the rounding.
-    if params.refine_sweeps > 0 && params.quantizer.code_dim() != 1 {
+    if params.refine_sweeps > 0 && !params.quantizer.is_scalar() {
         return Err(CoreError::InvalidParameter {
             name: "refine_sweeps",
             value: params.refine_sweeps.to_string(),
-            why: format!(
-                "coordinate descent moves one weight at a time and needs a scalar quantizer; \
-                 this one's codes cover {} weights",
-                params.quantizer.code_dim()
-            ),
+            why: match params.quantizer {
+                QuantizerSpec::Trellis { .. } => {
+                    "coordinate descent moves one weight at a time and \
+                     needs a scalar quantizer; the trellis encodes whole 16 × 16 tiles"
+                        .into()
+                }
+                _ => format!(
+                    "coordinate descent moves one weight at a time and needs a scalar quantizer; \
+                     this one's codes cover {} weights",
+                    params.quantizer.code_dim()
+                ),
+            },
         });
     }
     if params.method == Method::Daq {
@@ -338,7 +386,7 @@ fn quantize_layer_inner(
     let searches = params.scale_c.is_none()
         && matches!(
             params.quantizer,
-            QuantizerSpec::IntSym { .. } | QuantizerSpec::E8p
+            QuantizerSpec::IntSym { .. } | QuantizerSpec::E8p | QuantizerSpec::Trellis { .. }
         );
     let mut metric = match xtx {
         Some(h) if searches => {
@@ -397,6 +445,19 @@ fn quantize_layer_inner(
             (FittedQuantizer::E8p(q), Some(c))
         }
         QuantizerSpec::Fp8 { scaling } => (FittedQuantizer::Fp8(Fp8::fit(&w_r, scaling)?), None),
+        QuantizerSpec::Trellis { bits } => {
+            let (q, c) = match params.scale_c {
+                Some(c) => (Trellis::for_multiplier(bits, &w_r, c)?, c),
+                None => search_trellis_scale(
+                    backend,
+                    &w_r,
+                    metric.as_ref().unwrap_or(&h_in),
+                    None,
+                    bits,
+                )?,
+            };
+            (FittedQuantizer::Trellis(q), Some(c))
+        }
     };
     // The scale is fitted: the metric's copy is not needed again (it is a packed `n × n` triangle).
     drop(metric);

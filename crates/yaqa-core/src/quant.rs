@@ -8,6 +8,7 @@ pub mod e8p;
 pub mod fp8;
 pub mod int;
 pub mod scale;
+pub mod trellis;
 
 use crate::rng::Rng;
 
@@ -34,6 +35,19 @@ pub trait TileQuantizer: Send + Sync + std::fmt::Debug {
 
     /// Bits per weight, including scales and zero-points amortised over the matrix.
     fn bits_per_weight(&self) -> f64;
+
+    /// The only tile shape `quantize_tile` takes, `(rows, cols)`, for quantizers whose codes depend on
+    /// each other across a whole tile (the trellis: one walk per `16 × 16` tile); `None` for any tile
+    /// whose width is a multiple of [`TileQuantizer::code_dim`].
+    fn tile_shape(&self) -> Option<(usize, usize)> {
+        None
+    }
+
+    /// Whether each weight is rounded on its own (code dimension 1, any tile): what GPTQ, Qronos and the
+    /// coordinate-descent refinement need, since they move one weight at a time.
+    fn is_scalar(&self) -> bool {
+        self.code_dim() == 1 && self.tile_shape().is_none()
+    }
 
     /// The uniform grid used at weight `(row, col)` (original column index), or `None` for quantizers
     /// that are not a uniform scalar grid (vector codebooks, [`Exact`]).

@@ -47,7 +47,7 @@ pub fn refine_coordinate(
 ) -> Result<RefineStats> {
     let (m, n) = w.shape();
     rounded.w_hat.expect_shape("refine: Ŵ", m, n)?;
-    if quantizer.code_dim() != 1 {
+    if !quantizer.is_scalar() {
         return Err(CoreError::InvalidParameter {
             name: "refine",
             value: quantizer.name(),

@@ -247,3 +247,97 @@ fn int2_codes_take_a_quarter_of_the_int8_bytes() {
     assert!(int2_file < int8_file, "{int2_file} vs {int8_file} bytes");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The QTIP trellis through the pipeline on a tiny model whose every dimension is a multiple of 16
+/// (hidden 32, MLP 48, key/value 16): YAQA at 2 and 3 bits with 16 × 16 tiles, a resumed run
+/// byte-identical to a whole one, every `Ŵ` rebuilt bit for bit from the bit-packed codes (K bits per
+/// weight: the code tensors hold exactly `K·weights/8` bytes), and a header naming a trellis width it
+/// does not take refused with the file named.
+#[test]
+fn trellis_round_trips_through_the_pipeline() {
+    let config = yaqa_model::ModelConfig {
+        hidden_size: 32,
+        intermediate_size: 48,
+        head_dim: 8,
+        ..tiny_config(Family::Llama, true)
+    };
+    let model = Model::synthetic(config, 11);
+    let f = factors(&model);
+    let weights: usize = LayerId::all(&model)
+        .iter()
+        .map(|id| {
+            let (m, n) = model.layers[id.block].linear(id.kind).shape();
+            m * n
+        })
+        .sum();
+    for bits in [2u32, 3] {
+        let dir = scratch(&format!("trellis{bits}"));
+        let params = LayerParams {
+            method: Method::Yaqa,
+            quantizer: QuantizerSpec::Trellis { bits },
+            round: yaqa_core::backend::RoundParams::default(),
+            ..LayerParams::default()
+        };
+        assert_eq!(
+            (params.round.tile_rows, params.round.tile_cols),
+            yaqa_core::quant::trellis::TILE
+        );
+        let whole = dir.join("whole.safetensors");
+        let o = run(&model, &f, &params, &whole, None);
+        assert!(o.finished && o.done.len() == 14);
+        // Resuming is quantizer-independent; once (at 2 bits) keeps the test short.
+        if bits == 2 {
+            let resumed = dir.join("resumed.safetensors");
+            run(&model, &f, &params, &resumed, Some(4));
+            assert!(run(&model, &f, &params, &resumed, None).finished);
+            assert_eq!(
+                std::fs::read(&whole).unwrap(),
+                std::fs::read(&resumed).unwrap(),
+                "trellis{bits}: resumed output differs"
+            );
+        }
+        let file = QuantFile::open(&whole).unwrap();
+        for (id, q) in &o.done {
+            let w_hat = file.dequantize(&Cpu::default(), *id).unwrap();
+            assert!(
+                w_hat
+                    .data
+                    .iter()
+                    .zip(&q.w_hat.data)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "trellis{bits}: {} dequantizes differently",
+                id.name()
+            );
+            assert_eq!(q.report.bits_per_weight, f64::from(bits));
+            assert_ne!(q.w_hat, *model.layers[id.block].linear(id.kind));
+        }
+        assert_eq!(code_bytes(&file) * 8, weights * bits as usize);
+
+        // The same length of header text with a width the trellis does not take (in the run header and
+        // every layer entry).
+        let bytes = std::fs::read(&whole).unwrap();
+        // serde_json writes the keys in order: `{"bits":k,"kind":"trellis"}`, escaped inside the metadata.
+        let needle = format!("bits\\\":{bits},\\\"kind\\\":\\\"trellis");
+        let bad = needle.replace(&format!(":{bits},"), ":7,");
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains(&needle), "header spelling changed: {needle}");
+        let corrupt = dir.join("corrupt.safetensors");
+        let header_len = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let mut changed = String::from_utf8(bytes[..header_len].to_vec())
+            .unwrap()
+            .replace(&needle, &bad)
+            .into_bytes();
+        changed.extend_from_slice(&bytes[header_len..]);
+        std::fs::write(&corrupt, changed).unwrap();
+        let file = QuantFile::open(&corrupt).unwrap();
+        let Err(err) = file.dequantize(&Cpu::default(), o.done[0].0) else {
+            panic!("a trellis of 7 bits was read")
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains("corrupt.safetensors") && err.contains("bits"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -20,7 +20,8 @@ use crate::progress::run_job;
 /// models, which a call with the same arguments reuses (an interrupted call continues). ``bits`` are
 /// widths of the symmetric INT grid, of 2, 3, 4, 8 (default ``[2, 3, 4]``; incoherence processing
 /// on), or ``quantizers`` names instead, of ``"int2"``, ``"int3"``, ``"int4"``, ``"int8"``, ``"e8p"``
-/// (the E8P lattice codebook of QuIP#, without ``"gptq"`` or ``refine``); ``methods`` the rows, of ``"rtn"``, ``"gptq"``, ``"ldlq"``, ``"yaqa-a"``, ``"yaqa-b"``
+/// (the E8P lattice codebook of QuIP#), ``"trellis2"``, ``"trellis3"``, ``"trellis4"`` (the QTIP
+/// trellis; E8P and the trellis without ``"gptq"`` or ``refine``); ``methods`` the rows, of ``"rtn"``, ``"gptq"``, ``"ldlq"``, ``"yaqa-a"``, ``"yaqa-b"``
 /// (default: all; RTN always runs, it chooses the shared scales). ``passes`` are Sketch A's passes
 /// for YAQA-A (at least 2).
 ///

@@ -393,6 +393,13 @@ impl GptqLayer {
                         .into(),
                 ));
             }
+            Some("trellis") => {
+                return Err(refuse(
+                    "QTIP trellis (one walk per 16 × 16 tile); GPTQ checkpoints hold scalar grids: \
+                     quantize with --quantizer int4 --group G"
+                        .into(),
+                ));
+            }
             other => return Err(refuse(format!("unknown quantizer kind {other:?}"))),
         }
         let bits = q["bits"]

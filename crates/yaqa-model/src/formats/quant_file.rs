@@ -19,6 +19,7 @@ use yaqa_core::optq::OptqReport;
 use yaqa_core::quant::e8p::{self, E8p};
 use yaqa_core::quant::fp8::{Fp8, Fp8Scaling};
 use yaqa_core::quant::int::{IntAsymGroup, IntSym};
+use yaqa_core::quant::trellis::{self, Trellis};
 
 use crate::error::{ModelError, Result};
 use crate::formats::bitpack;
@@ -103,6 +104,7 @@ fn layer_tensors(id: LayerId, q: &QuantizedLayer) -> Result<(Vec<(String, RawTen
         FittedQuantizer::IntAsym(a) => (a.bits(), 1),
         FittedQuantizer::E8p(_) => (e8p::CODE_BITS, e8p::CODE_DIM),
         FittedQuantizer::Fp8(_) => (8, 1),
+        FittedQuantizer::Trellis(t) => (t.bits(), 1),
     };
     if !n.is_multiple_of(code_dim) {
         return Err(ModelError::Input(format!(
@@ -157,6 +159,13 @@ fn layer_tensors(id: LayerId, q: &QuantizedLayer) -> Result<(Vec<(String, RawTen
                 RawTensor::f32s(vec![s.rows, s.cols], &s.data),
             ));
             json!({"kind": "fp8-e4m3", "scaling": f.scaling().name()})
+        }
+        FittedQuantizer::Trellis(tr) => {
+            t.push((
+                format!("{name}.scale"),
+                RawTensor::f32s(vec![1], &[tr.scale()]),
+            ));
+            json!({"kind": "trellis", "bits": tr.bits()})
         }
     };
     if let (Some(s_in), Some(s_out)) = (&q.signs_in, &q.signs_out) {
@@ -412,13 +421,13 @@ impl QuantFile {
     }
 
     /// How layer `name` stores its codes, from its quantizer: `(bits per code, weights per code)`,
-    /// `(k, 1)` for the `k`-bit INT grids and `(16, 8)` for E8P.
+    /// `(k, 1)` for the `k`-bit INT grids and the `k`-bit trellis, and `(16, 8)` for E8P.
     fn code_layout(&self, name: &str) -> Result<(u32, usize)> {
         let q = &self.header["layers"][name]["quantizer"];
         match q["kind"].as_str() {
             Some("e8p") => Ok((e8p::CODE_BITS, e8p::CODE_DIM)),
             Some("fp8-e4m3") => Ok((8, 1)),
-            Some("int-sym" | "int-asym") => q["bits"]
+            Some("int-sym" | "int-asym" | "trellis") => q["bits"]
                 .as_u64()
                 .and_then(|b| u32::try_from(b).ok())
                 .map(|b| (b, 1))
@@ -545,6 +554,12 @@ impl QuantFile {
                         .map_err(|e| self.bad(format!("{tensor}: {e}")))?,
                 )
             }
+            Some("trellis") => {
+                let s = self.f32s(&format!("{name}.scale"), &[1])?;
+                FittedQuantizer::Trellis(
+                    Trellis::new(bits, s[0]).map_err(|e| self.bad(format!("{name}: {e}")))?,
+                )
+            }
             other => return Err(self.bad(format!("{name}: unknown quantizer {other:?}"))),
         };
         // Below 2^bits by construction of the unpacking.
@@ -567,6 +582,20 @@ impl QuantFile {
             }
             return self.unrotate(&name, backend, w);
         }
+        if let FittedQuantizer::Trellis(t) = &quantizer {
+            if !m.is_multiple_of(trellis::TILE.0) || !n.is_multiple_of(trellis::TILE.1) {
+                return Err(self.bad(format!(
+                    "{name}.codes: a trellis layer of {m} × {n} does not split into {} × {} tiles \
+                     (one walk each)",
+                    trellis::TILE.0,
+                    trellis::TILE.1
+                )));
+            }
+            let w = t
+                .reconstruct(&codes, m, n)
+                .map_err(|e| self.bad(format!("{name}.codes: {e}")))?;
+            return self.unrotate(&name, backend, w);
+        }
         // The reconstruction formulas of the quantizers' `quantize_tile`, evaluated in the same order,
         // so every level is the f32 value the rounding wrote.
         let mut w = Mat::<f32>::zeros(m, n);
@@ -582,6 +611,7 @@ impl QuantFile {
                     FittedQuantizer::Fp8(f) => f.level(i, j, c),
                     // Returned above.
                     FittedQuantizer::E8p(_) => unreachable!("E8P codes cover 8 weights"),
+                    FittedQuantizer::Trellis(_) => unreachable!("trellis codes form 16 × 16 walks"),
                 };
             }
         }
@@ -652,7 +682,9 @@ mod tests {
                     FittedQuantizer::IntAsym(a) => {
                         a.scales().at(i, 0) * (c as f32 - a.zeros().at(i, 0) as f32)
                     }
-                    FittedQuantizer::E8p(_) | FittedQuantizer::Fp8(_) => {
+                    FittedQuantizer::E8p(_)
+                    | FittedQuantizer::Fp8(_)
+                    | FittedQuantizer::Trellis(_) => {
                         unreachable!("the INT grids only: see e8p_layer and the FP8 test")
                     }
                 };

@@ -203,6 +203,21 @@ pub fn run<B: Backend + ModelOps<f32>>(
     }) {
         crate::bail!("--bits: {b} is not one of 2, 3, 4, 8");
     }
+    if let Some(grid) = args.grids.iter().find(|g| matches!(g, Grid::Trellis(_))) {
+        if args.methods.contains(&CompareMethod::Gptq) {
+            crate::bail!(
+                "--methods gptq with {grid}: GPTQ rounds one weight at a time and the trellis encodes \
+                 whole 16 × 16 tiles; leave gptq out of --methods (rtn, ldlq, yaqa-a and yaqa-b take it)"
+            );
+        }
+        if args.refine > 0 {
+            crate::bail!(
+                "--refine {} with {grid}: coordinate descent moves one weight at a time and the \
+                 trellis encodes whole 16 × 16 tiles",
+                args.refine
+            );
+        }
+    }
     if args.grids.contains(&Grid::E8p) {
         if args.methods.contains(&CompareMethod::Gptq) {
             crate::bail!(
@@ -235,9 +250,9 @@ pub fn run<B: Backend + ModelOps<f32>>(
     let loaded = open_model(&args.model)?;
     args.calib.check(&loaded)?;
     args.eval.check(&loaded, ["--window", "--n-windows"])?;
-    let widths: Vec<usize> = LayerId::all(&loaded.model)
+    let shapes: Vec<(usize, usize)> = LayerId::all(&loaded.model)
         .iter()
-        .map(|id| id.kind.shape(&loaded.model.config).1)
+        .map(|id| id.kind.shape(&loaded.model.config))
         .collect();
     for &grid in &args.grids {
         for row in &args.methods {
@@ -252,7 +267,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
                 refine,
                 ..QuantSpec::default()
             }
-            .check(widths.iter().copied())
+            .check_shapes(&shapes)
             .with_context(|| format!("{} with {grid}", row.label()))?;
         }
     }

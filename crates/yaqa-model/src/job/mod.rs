@@ -189,7 +189,16 @@ pub enum Grid {
     /// FP8 E4M3 (8 bits, max 448) with AbsMax scales per 128 × 128 block (`fp8`), per row (`fp8-row`)
     /// or per tensor (`fp8-tensor`): the deployed format DAQ searches the scales of.
     Fp8(Fp8Scaling),
+    /// The QTIP bitshift trellis with `K` = 2, 3 or 4 bits per weight (1MAD code, 16-bit states,
+    /// tail-biting), one searched scale per matrix; rounded in tiles of [`TRELLIS_TILE`], one trellis walk
+    /// each.
+    Trellis(u32),
 }
+
+/// The trellis's tile: QTIP encodes a `16 × 16` tile per walk and runs LDLQ with blocks of 16, so the
+/// feedback reaches each tile from every tile below and right of it, never inside it (the walk sees the
+/// whole tile at once).
+pub const TRELLIS_TILE: (usize, usize) = yaqa_core::quant::trellis::TILE;
 
 /// The tile shape of vector codebooks: one row by one code (DESIGN.md §4's tiles with the width of a
 /// code), so every code sees the feedback of all rows below and codes to its right, as the 1 × 1 tiles of
@@ -198,22 +207,28 @@ pub const E8P_TILE: (usize, usize) = (1, yaqa_core::quant::e8p::CODE_DIM);
 
 impl Grid {
     /// Every spelling [`Grid::parse`] takes.
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 11] = [
         "int2",
         "int3",
         "int4",
         "int8",
         "e8p",
+        "trellis2",
+        "trellis3",
+        "trellis4",
         "fp8",
         "fp8-row",
         "fp8-tensor",
     ];
 
-    /// `int<k>`, `e8p` or `fp8[-row|-tensor]`; `None` for anything else (an INT width outside
-    /// [`QuantSpec::BITS`] included).
+    /// `int<k>`, `e8p`, `trellis<k>` or `fp8[-row|-tensor]`; `None` for anything else (an INT width
+    /// outside [`QuantSpec::BITS`] or a trellis width outside 2..=4 included).
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "e8p" => Some(Grid::E8p),
+            "trellis2" => Some(Grid::Trellis(2)),
+            "trellis3" => Some(Grid::Trellis(3)),
+            "trellis4" => Some(Grid::Trellis(4)),
             "fp8" => Some(Grid::Fp8(Fp8Scaling::Block)),
             "fp8-row" => Some(Grid::Fp8(Fp8Scaling::Row)),
             "fp8-tensor" => Some(Grid::Fp8(Fp8Scaling::Tensor)),
@@ -233,6 +248,7 @@ impl Grid {
             Grid::E8p => "e8p".into(),
             Grid::Fp8(Fp8Scaling::Block) => "fp8".into(),
             Grid::Fp8(scaling) => format!("fp8-{}", scaling.name()),
+            Grid::Trellis(bits) => format!("trellis{bits}"),
         }
     }
 
@@ -242,6 +258,7 @@ impl Grid {
             Grid::Int(bits) => *bits,
             Grid::E8p => 2,
             Grid::Fp8(_) => 8,
+            Grid::Trellis(bits) => *bits,
         }
     }
 }
@@ -342,6 +359,14 @@ impl QuantSpec {
                 },
             ),
             (Grid::Fp8(scaling), _, _) => (QuantizerSpec::Fp8 { scaling }, defaults.round),
+            (Grid::Trellis(bits), _, _) => (
+                QuantizerSpec::Trellis { bits },
+                RoundParams {
+                    tile_rows: TRELLIS_TILE.0,
+                    tile_cols: TRELLIS_TILE.1,
+                    ..defaults.round
+                },
+            ),
         };
         LayerParams {
             method: self.method,
@@ -363,6 +388,25 @@ impl QuantSpec {
             refine_sweeps: self.refine,
             ..defaults
         }
+    }
+
+    /// [`QuantSpec::check`] on the input widths of `shapes` (`m × n` of every layer), plus the trellis's
+    /// heights: its `16 × 16` tiles need output heights that are multiples of 16 too.
+    pub fn check_shapes(&self, shapes: &[(usize, usize)]) -> crate::Result<()> {
+        self.check(shapes.iter().map(|&(_, n)| n))?;
+        if let Grid::Trellis(_) = self.grid
+            && let Some(&(m, _)) = shapes.iter().find(|(m, _)| m % TRELLIS_TILE.0 != 0)
+        {
+            crate::bail!(
+                "--quantizer {}: a layer's output height {m} does not split into {}×{} tiles (one \
+                 trellis walk each): widths and heights must be multiples of {}",
+                self.grid.name(),
+                TRELLIS_TILE.0,
+                TRELLIS_TILE.1,
+                TRELLIS_TILE.0
+            );
+        }
+        Ok(())
     }
 
     /// Refuses a spec no quantizer can take, before any work: bits outside [`Self::BITS`], a group of 0
@@ -433,6 +477,38 @@ impl QuantSpec {
                 crate::bail!(
                     "--quantizer e8p: a layer's input width {n} does not split into codes of {code} \
                      weights"
+                );
+            }
+            return Ok(());
+        }
+        if let Grid::Trellis(bits) = self.grid {
+            let name = self.grid.name();
+            if !yaqa_core::quant::trellis::SUPPORTED_BITS.contains(&bits) {
+                crate::bail!("--quantizer {name}: the trellis takes 2, 3 or 4 bits per weight");
+            }
+            if self.group.is_some() {
+                crate::bail!(
+                    "--group: the trellis has one scale per matrix; groups are for the INT grids"
+                );
+            }
+            if self.method == Method::Gptq {
+                crate::bail!(
+                    "--method gptq rounds one weight at a time and needs a scalar grid; the trellis \
+                     encodes whole 16 × 16 tiles: use --method ldlq, yaqa or rtn"
+                );
+            }
+            if self.refine > 0 {
+                crate::bail!(
+                    "--refine moves one weight at a time and needs a scalar grid; the trellis encodes \
+                     whole 16 × 16 tiles"
+                );
+            }
+            let side = TRELLIS_TILE.1;
+            if let Some(n) = widths.into_iter().find(|n| n % side != 0) {
+                crate::bail!(
+                    "--quantizer {name}: a layer's input width {n} does not split into {}×{side} \
+                     tiles (one trellis walk each): widths and heights must be multiples of {side}",
+                    TRELLIS_TILE.0
                 );
             }
             return Ok(());

@@ -244,10 +244,11 @@ pub fn run<B: Backend + ModelOps<f32>>(
         }
     };
     let layers = LayerId::all(&loaded.model);
-    config.spec.check(
-        layers
+    config.spec.check_shapes(
+        &layers
             .iter()
-            .map(|id| id.kind.shape(&loaded.model.config).1),
+            .map(|id| id.kind.shape(&loaded.model.config))
+            .collect::<Vec<_>>(),
     )?;
     let daq = config.spec.method == Method::Daq;
     if config.factors.is_none() && !daq {

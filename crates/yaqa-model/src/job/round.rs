@@ -85,7 +85,7 @@ pub fn run(backend: &dyn Backend, config: &RoundConfig) -> Result<RoundReport> {
     let [m, n] = shape[..] else {
         crate::bail!("{shown}: {name} is not a matrix: shape {shape:?}");
     };
-    config.spec.check([n])?;
+    config.spec.check_shapes(&[(m, n)])?;
     let w = Mat::from_vec(m, n, data)?;
     let f = read_factors(&config.factors)
         .with_context(|| format!("reading factors {}", config.factors.display()))?;

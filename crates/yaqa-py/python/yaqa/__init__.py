@@ -12,7 +12,7 @@ calling process::
   with ``shard="I/N"``; ``merge(out, shards)`` adds the shards up.
 - ``evaluate(model, quantized, ...)``: KL to the original and perplexity of quantized files.
 - ``compare(model, work, ...)``: the KL table of several methods and quantizers (INT bit widths,
-  ``quantizers=["e8p"]`` for the E8P lattice codebook).
+  ``quantizers=["e8p"]`` for the E8P lattice codebook, ``["trellis2"]`` for the QTIP trellis).
 
 Every function takes paths as ``str`` or ``os.PathLike``, releases the GIL while it works, and
 accepts ``progress=``, a callable that receives one dict per event:
