@@ -283,13 +283,13 @@ fn trellis_round_trips_through_the_pipeline() {
             yaqa_core::quant::trellis::TILE
         );
         let whole = dir.join("whole.safetensors");
-        let o = run(&model, &f, &params, &whole, None);
+        let (o, quantized) = run(&model, &f, &params, &whole, None);
         assert!(o.finished && o.done.len() == 14);
         // Resuming is quantizer-independent; once (at 2 bits) keeps the test short.
         if bits == 2 {
             let resumed = dir.join("resumed.safetensors");
             run(&model, &f, &params, &resumed, Some(4));
-            assert!(run(&model, &f, &params, &resumed, None).finished);
+            assert!(run(&model, &f, &params, &resumed, None).0.finished);
             assert_eq!(
                 std::fs::read(&whole).unwrap(),
                 std::fs::read(&resumed).unwrap(),
@@ -297,7 +297,7 @@ fn trellis_round_trips_through_the_pipeline() {
             );
         }
         let file = QuantFile::open(&whole).unwrap();
-        for (id, q) in &o.done {
+        for (id, q) in &quantized {
             let w_hat = file.dequantize(&Cpu::default(), *id).unwrap();
             assert!(
                 w_hat
