@@ -36,6 +36,7 @@ pub enum MethodArg {
     Gptq,
     Ldlq,
     Yaqa,
+    Qronos,
 }
 
 impl From<MethodArg> for Method {
@@ -45,6 +46,7 @@ impl From<MethodArg> for Method {
             MethodArg::Gptq => Method::Gptq,
             MethodArg::Ldlq => Method::Ldlq,
             MethodArg::Yaqa => Method::Yaqa,
+            MethodArg::Qronos => Method::Qronos,
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::formats::calib_file::{LabelOrigin, RecordHeader};
 use crate::formats::checkpoint::Loaded;
 use crate::formats::factor_file::{Provenance, sketch_tag};
 use crate::formats::quant_file::QuantFile;
-use crate::job::calib::Shard;
+use crate::job::calib::{CalibSeq, Shard};
 use crate::job::calib_set::{Calibration, calibration_set};
 use crate::job::collect::empty_factors;
 use crate::job::estimate::LayerClock;
@@ -27,11 +27,12 @@ use crate::job::evaluate::{EvalTable, EvalText, QuantizedModel, eval_models, eva
 use crate::job::factors::{factor_index, pick_factor_file, read_factor_checked};
 use crate::job::guard::{named, refuse_overwrite};
 use crate::job::memory::{self, Residency};
-use crate::job::pipeline::{assemble_parts, quantize_layers, run_header};
+use crate::job::pipeline::{LayerDone, assemble_parts, quantize_layers, run_header};
 use crate::job::preflight;
 use crate::job::progress::ProgressExt;
 use crate::job::progress::{Event, Progress};
 use crate::job::resume::{self, Job, Outcome};
+use crate::job::sequential::{self, SequentialJob};
 use crate::job::{CalibConfig, CheckpointPolicy, QuantSpec, open_model};
 use crate::transformer::weights::LayerId;
 
@@ -57,6 +58,10 @@ pub struct QuantizeConfig {
     /// streamed from the checkpoint one at a time ([`memory::quantize_plan`]); that needs `factors`
     /// and no evaluation. Default: no limit, every block resident.
     pub max_memory: Option<u64>,
+    /// Quantize in true-sequential order on the inputs of the already quantized model
+    /// ([`crate::job::sequential`]), collecting the statistics as it goes (no `factors`). GPTQ and
+    /// LDLQ only; Qronos always runs this way, whatever this says.
+    pub sequential: bool,
 }
 
 impl Default for QuantizeConfig {
@@ -71,6 +76,7 @@ impl Default for QuantizeConfig {
             stop_after_layers: None,
             eval: Some(default_eval()),
             max_memory: None,
+            sequential: false,
         }
     }
 }
@@ -103,6 +109,25 @@ pub struct QuantizeReport {
     pub seconds: f64,
     /// KL and perplexity of the result (also in the file's header), unless evaluation was off.
     pub eval: Option<EvalTable>,
+    /// The sequential pipeline's memory, when it ran.
+    pub sequential: Option<SequentialMemory>,
+}
+
+/// What the sequential pipeline held ([`crate::job::sequential`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SequentialMemory {
+    /// The residual streams of the calibration sequences (quantized model, and the original's for
+    /// Qronos).
+    pub stream_bytes: u64,
+    /// The process's peak resident memory at the end of the run, where the system reports it.
+    pub peak_rss: Option<u64>,
+}
+
+impl QuantizeConfig {
+    /// Whether this run quantizes sequentially: asked for, or implied by Qronos.
+    pub fn is_sequential(&self) -> bool {
+        self.sequential || self.spec.method == Method::Qronos
+    }
 }
 
 /// The OPTQ figures ([`yaqa_core::optq`]) summed over the layers that report them.
@@ -175,6 +200,9 @@ impl QuantizeReport {
             "seconds": self.seconds,
             "optq_total": optq,
             "eval": eval,
+            "sequential": self.sequential.map(|m| json!({
+                "stream_bytes": m.stream_bytes, "peak_rss": m.peak_rss,
+            })),
         })
     }
 }
@@ -196,6 +224,34 @@ pub fn run<B: Backend + ModelOps<f32>>(
     let eval_text = config.eval.as_ref().and_then(|e| e.text.as_deref());
     inputs.extend(eval_text.map(|p| named("--eval-text", p)));
     refuse_overwrite(&[named("--out", &config.out)], &inputs)?;
+    if config.is_sequential() {
+        let m = config.spec.method;
+        if !sequential::takes(m) {
+            let why = match m {
+                Method::Yaqa => {
+                    "YAQA's factors come from the whole model's backward (Sketch B), which the \
+                     sequential pipeline does not collect"
+                }
+                _ => "round-to-nearest uses no statistics",
+            };
+            crate::bail!(
+                "--sequential with --method {}: {why}; the sequential pipeline takes gptq, ldlq \
+                 and qronos",
+                m.name()
+            );
+        }
+        if config.factors.is_some() {
+            crate::bail!(
+                "--factors with {}: the sequential pipeline collects its statistics on the \
+                 partially quantized model as it goes; leave --factors out",
+                if config.sequential {
+                    "--sequential".to_string()
+                } else {
+                    format!("--method {} (always sequential)", m.name())
+                }
+            );
+        }
+    }
     let loaded = match config.max_memory {
         None => open_model(&config.model)?,
         Some(budget) => {
@@ -244,7 +300,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
     let mc = &loaded.model.config;
     let mut need =
         memory::quantized_file_bytes(mc, config.spec.grid.bits() as f64 + 0.5).saturating_mul(2);
-    if config.factors.is_none() {
+    if config.factors.is_none() && !config.is_sequential() {
         let kind = if config.spec.method == Method::Yaqa {
             SketchKind::B
         } else {
@@ -263,6 +319,43 @@ pub fn run<B: Backend + ModelOps<f32>>(
         eval.check(&loaded, ["--eval-window", "--eval-windows"])?;
     }
     let params = config.spec.layer_params();
+    if config.is_sequential() {
+        let cal = calibration_set(backend, &loaded, &config.calib, Shard::default(), progress)?;
+        let factors_json = json!({
+            "source": "sequential",
+            "seed": config.calib.seed, "seq_len": cal.seq_len, "n_seqs": cal.seqs.len(),
+            "calib": cal.source,
+        });
+        let n_tokens = cal.seqs.iter().map(|s| s.ids.len()).sum();
+        let stream_bytes = sequential::stream_bytes(params.method, n_tokens, mc.hidden_size);
+        progress.note(format!(
+            "sequential: residual streams of {} calibration tokens, {} ({} f32 streams of width {})",
+            n_tokens,
+            memory::Bytes(stream_bytes),
+            if sequential::needs_original(params.method) { "quantized and original" } else { "quantized" },
+            mc.hidden_size
+        ));
+        let mut report = quantize_with(
+            backend,
+            &loaded,
+            config,
+            factors_json,
+            Source::Sequential(&cal.seqs),
+            progress,
+        )?;
+        let peak_rss = sequential::peak_rss();
+        if let Some(peak) = peak_rss {
+            progress.note(format!(
+                "sequential: peak resident memory {}",
+                memory::Bytes(peak)
+            ));
+        }
+        report.sequential = Some(SequentialMemory {
+            stream_bytes,
+            peak_rss,
+        });
+        return Ok(report);
+    }
     match &config.factors {
         Some(dir) => {
             let index = factor_index(dir)?;
@@ -285,7 +378,14 @@ pub fn run<B: Backend + ModelOps<f32>>(
             });
             let fp = loaded.fingerprint.clone();
             let mut load = |id: LayerId| Ok(read_factor_checked(&picks[&id], &fp)?.factors);
-            quantize_with(backend, &loaded, config, factors_json, &mut load, progress)
+            quantize_with(
+                backend,
+                &loaded,
+                config,
+                factors_json,
+                Source::Factors(&mut load),
+                progress,
+            )
         }
         None => {
             let kind = if params.method == Method::Yaqa {
@@ -303,8 +403,14 @@ pub fn run<B: Backend + ModelOps<f32>>(
                     .cloned()
                     .with_context(|| format!("no factors were collected for {}", id.name()))
             };
-            let report =
-                quantize_with(backend, &loaded, config, factors_json, &mut load, progress)?;
+            let report = quantize_with(
+                backend,
+                &loaded,
+                config,
+                factors_json,
+                Source::Factors(&mut load),
+                progress,
+            )?;
             resume::finish(&quantize_factors_dir(&config.out))?;
             Ok(report)
         }
@@ -392,13 +498,21 @@ fn collected_json(kind: SketchKind, seed: u64, cal: &Calibration) -> Value {
     v
 }
 
+/// Where the layer loop gets each layer's statistics.
+enum Source<'a> {
+    /// One layer's factors at a time (from a folder or collected before the loop).
+    Factors(&'a mut dyn FnMut(LayerId) -> Result<Factors>),
+    /// Collected by the sequential pipeline as it goes, on these sequences.
+    Sequential(&'a [CalibSeq]),
+}
+
 /// The layer loop, the evaluation of the finished parts, and the final file.
 fn quantize_with<B: Backend + ModelOps<f32>>(
     backend: &B,
     loaded: &Loaded,
     config: &QuantizeConfig,
     factors_json: Value,
-    load: &mut dyn FnMut(LayerId) -> Result<Factors>,
+    source: Source<'_>,
     progress: &dyn Progress,
 ) -> Result<QuantizeReport> {
     let t0 = Instant::now();
@@ -411,37 +525,49 @@ fn quantize_with<B: Backend + ModelOps<f32>>(
         label: params.method.name(),
         total: layers.len(),
     });
-    let outcome = quantize_layers(
-        backend,
-        &loaded.model,
-        &layers,
-        load,
-        &params,
-        None,
-        &run,
-        &config.out,
-        config.stop_after_layers,
-        &mut |l| {
-            let name = l.id.name();
-            progress.event(Event::Layer {
-                name: &name,
-                report: l.result.map(|q| &q.report),
-                seconds: l.seconds,
-                done: l.done,
-                total: l.total,
-            });
-            if l.result.is_some()
-                && let Some(line) = clock.record(l.id, l.seconds, &layers[l.done..])
-            {
-                progress.note(line);
-            }
-            lines.push(LayerLine {
-                name,
-                report: l.result.map(|q| q.report.clone()),
-                seconds: l.seconds,
-            });
-        },
-    );
+    let mut on_layer = |l: &LayerDone<'_>| {
+        let name = l.id.name();
+        progress.event(Event::Layer {
+            name: &name,
+            report: l.result.map(|q| &q.report),
+            seconds: l.seconds,
+            done: l.done,
+            total: l.total,
+        });
+        if l.result.is_some()
+            && let Some(line) = clock.record(l.id, l.seconds, &layers[l.done..])
+        {
+            progress.note(line);
+        }
+        lines.push(LayerLine {
+            name,
+            report: l.result.map(|q| q.report.clone()),
+            seconds: l.seconds,
+        });
+    };
+    let outcome = match source {
+        Source::Factors(load) => quantize_layers(
+            backend,
+            &loaded.model,
+            &layers,
+            load,
+            &params,
+            None,
+            &run,
+            &config.out,
+            config.stop_after_layers,
+            &mut on_layer,
+        ),
+        Source::Sequential(seqs) => SequentialJob {
+            model: &loaded.model,
+            seqs,
+            params: &params,
+            run: &run,
+            out: &config.out,
+            stop_after: config.stop_after_layers,
+        }
+        .run(backend, &mut |_| {}, &mut on_layer),
+    };
     progress.event(Event::Finish);
     let outcome = outcome.with_context(|| format!("quantizing into {}", config.out.display()))?;
     if !outcome.finished {
@@ -489,5 +615,6 @@ fn quantize_with<B: Backend + ModelOps<f32>>(
         resumed: outcome.resumed.len(),
         seconds: t0.elapsed().as_secs_f64(),
         eval,
+        sequential: None,
     })
 }
