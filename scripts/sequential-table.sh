@@ -5,6 +5,7 @@
 # of prideprejudice.txt; incoherence processing with the searched symmetric scale. Each run's report is
 # OUT/<method>-int<k>.json and its /usr/bin/time -v output OUT/<method>-int<k>.time. Needs ../shared and a
 # release build (cargo build --release -p yaqa-cli); about 20 minutes per bit width on two CPU cores.
+# RUNS picks some of the four runs (default: all), so lanes can run side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${SHARED:-../shared}
@@ -20,7 +21,7 @@ common=(
   --eval-text "$data/prideprejudice.txt" --eval-windows 16 --eval-window 256
 )
 for k in $bits; do
-  for run in gptq gptq-seq qronos ldlq; do
+  for run in ${RUNS:-gptq gptq-seq qronos ldlq}; do
     case $run in
       gptq-seq) flags=(--method gptq --sequential) ;;
       *) flags=(--method "$run") ;;
