@@ -27,7 +27,10 @@ fn qronos_and_sequential_gptq_resume_byte_identical() {
         "int3",
         "--no-eval",
     ];
-    for method in [&["--method", "qronos"][..], &["--method", "gptq", "--sequential"]] {
+    for method in [
+        &["--method", "qronos"][..],
+        &["--method", "gptq", "--sequential"],
+    ] {
         let tag = method[1];
         let whole = dir.join(format!("{tag}-whole.safetensors"));
         let json = dir.join(format!("{tag}.json"));
@@ -75,12 +78,17 @@ fn what_the_sequential_pipeline_cannot_take_is_refused() {
         fails(&a)
     };
     let err = run(&["--method", "yaqa", "--sequential"]);
-    assert!(err.contains("YAQA's factors come from the whole model's backward"), "{err}");
+    assert!(
+        err.contains("YAQA's factors come from the whole model's backward"),
+        "{err}"
+    );
     let err = run(&["--method", "rtn", "--sequential"]);
     assert!(err.contains("round-to-nearest uses no statistics"), "{err}");
     let err = run(&["--method", "qronos", "--quantizer", "e8p"]);
     assert!(err.contains("needs a scalar grid"), "{err}");
-    let err = run(&["--method", "qronos", "--factors", s(&dir)]);
+    let factors = dir.join("factors");
+    std::fs::create_dir_all(&factors).unwrap();
+    let err = run(&["--method", "qronos", "--factors", s(&factors)]);
     assert!(err.contains("always sequential"), "{err}");
     let err = run(&["--method", "qronos", "--refine", "1"]);
     assert!(err.contains("Qronos's objective"), "{err}");
