@@ -24,6 +24,7 @@ fn two_sided<'a>(h_in: &'a SymMat, h_out: &'a SymMat) -> LayerFactors<'a> {
         h_in,
         h_out: Some(h_out),
         xtx: None,
+        cross: None,
     }
 }
 
@@ -206,6 +207,7 @@ fn every_method_gets_the_scale_of_the_shared_metric() {
             h_in: &h_in_b,
             h_out: Some(&h_out),
             xtx: Some(&xtx),
+            cross: None,
         };
         let yaqa = quantize_layer(&cpu, "l", &w, &with_xtx, &params(Method::Yaqa, None)).unwrap();
         assert_eq!(ldlq.report.scale_c, yaqa.report.scale_c, "seed {seed}");

@@ -38,6 +38,7 @@ pub enum MethodArg {
     Ldlq,
     Yaqa,
     Daq,
+    Qronos,
 }
 
 impl From<MethodArg> for Method {
@@ -48,6 +49,7 @@ impl From<MethodArg> for Method {
             MethodArg::Ldlq => Method::Ldlq,
             MethodArg::Yaqa => Method::Yaqa,
             MethodArg::Daq => Method::Daq,
+            MethodArg::Qronos => Method::Qronos,
         }
     }
 }
@@ -170,8 +172,10 @@ pub struct RefineArgs {
 /// The method, grid and preparation of `quantize` and `round`.
 #[derive(Debug, Args, Clone, Copy)]
 pub struct SpecArgs {
-    /// rtn, gptq, ldlq, yaqa round from factors; daq (quantize only): delta-aware FP8 scales searched
-    /// against the base checkpoint --base, data-free (with --quantizer fp8* and --no-incoherence)
+    /// rtn, gptq, ldlq, yaqa round from factors; qronos (quantize only): GPTQ after Qronos's correction
+    /// on the partially quantized model's inputs, always sequential; daq (quantize only): delta-aware
+    /// FP8 scales searched against the base checkpoint --base, data-free (with --quantizer fp8* and
+    /// --no-incoherence)
     #[arg(long, value_enum, default_value_t = MethodArg::Yaqa)]
     pub method: MethodArg,
     /// INT grids; e8p: the E8P lattice codebook of QuIP# (2 bits, codes of 8 weights); trellisK: the

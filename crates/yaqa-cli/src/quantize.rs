@@ -7,6 +7,7 @@ use clap::Args;
 use yaqa_core::daq::DaqParams;
 use yaqa_model::job::evaluate::{EvalText, write_json};
 use yaqa_model::job::guard::{named, refuse_overwrite};
+use yaqa_model::job::memory::Bytes;
 use yaqa_model::job::quantize::{self, QuantizeConfig, default_eval};
 
 use crate::args::{
@@ -33,6 +34,10 @@ pub struct QuantizeArgs {
     /// Σ x xᵀ otherwise) with the calibration options below.
     #[arg(long, value_name = "DIR")]
     pub factors: Option<PathBuf>,
+    /// Quantize block by block in true-sequential order ([q,k,v] → [o] → [gate,up] → [down]), each group
+    /// on the inputs of the already quantized model (gptq, ldlq; always on for qronos)
+    #[arg(long, conflicts_with = "factors")]
+    pub sequential: bool,
     #[command(flatten)]
     pub calib: CalibArgs,
     #[command(flatten)]
@@ -102,6 +107,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         daq: DaqParams {
             no_clip: args.daq_no_clip,
         },
+        sequential: args.sequential,
     };
     let r = quantize::run(&cpu, &config, &Bars::default())?;
     eprintln!(
@@ -126,6 +132,15 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             t.measured / t.bound,
             t.identity,
             t.worst_discrepancy
+        );
+    }
+    if let Some(m) = r.sequential {
+        let peak = m
+            .peak_rss
+            .map_or_else(|| "not reported".into(), |p| Bytes(p).to_string());
+        println!(
+            "sequential: residual streams {}, peak resident memory {peak}",
+            Bytes(m.stream_bytes)
         );
     }
     if let Some(t) = &r.eval {

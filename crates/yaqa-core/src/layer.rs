@@ -37,6 +37,9 @@ pub enum Method {
     /// Delta-aware FP8 scales against a base checkpoint's weight, then round to nearest: data-free
     /// ([`crate::daq::quantize_layer`]; [`quantize_layer`] refuses it, having no base weight).
     Daq,
+    /// Qronos (arXiv 2505.11695, DESIGN.md §9): GPTQ against `h_in = X̃ᵀX̃` after the corrective first
+    /// step that uses `G = X̃ᵀX` ([`LayerFactors::cross`]); needs the sequential pipeline's inputs.
+    Qronos,
 }
 
 impl Method {
@@ -47,6 +50,7 @@ impl Method {
             Method::Ldlq => "ldlq",
             Method::Yaqa => "yaqa",
             Method::Daq => "daq",
+            Method::Qronos => "qronos",
         }
     }
 }
@@ -193,6 +197,11 @@ pub struct LayerFactors<'a> {
     /// `Σ x xᵀ` over the calibration tokens, the metric of the scale search; `None` when `h_in` is
     /// `Σ x xᵀ` itself (GPTQ/LDLQ factors).
     pub xtx: Option<&'a SymMat>,
+    /// Qronos only: `X̃ᵀ(X − X̃)` (`n × n`, not symmetric; row index on `X̃`), where `X̃` are the layer's
+    /// inputs in the partially quantized model (`h_in = X̃ᵀX̃`) and `X` the original model's inputs on
+    /// the same tokens, so that `G = X̃ᵀX = h_in + cross`. Carried as the difference because it is
+    /// small next to `h_in` and keeps its precision through the rotation.
+    pub cross: Option<&'a Mat<f64>>,
 }
 
 impl Factors {
@@ -204,6 +213,7 @@ impl Factors {
                 h_in: &self.h_in,
                 h_out: self.h_out.as_ref(),
                 xtx: self.xtx.as_ref(),
+                cross: None,
             },
             _ => LayerFactors::xtx(self.xtx_sum()),
         }
@@ -217,6 +227,17 @@ impl<'a> LayerFactors<'a> {
             h_in: h,
             h_out: None,
             xtx: None,
+            cross: None,
+        }
+    }
+
+    /// The Qronos factors of the sequential pipeline: `h_in = X̃ᵀX̃` and `cross = X̃ᵀ(X − X̃)`.
+    pub fn qronos(h: &'a SymMat, cross: &'a Mat<f64>) -> Self {
+        Self {
+            h_in: h,
+            h_out: None,
+            xtx: None,
+            cross: Some(cross),
         }
     }
 }
@@ -283,7 +304,12 @@ fn quantize_layer_inner(
     factors: &LayerFactors<'_>,
     params: &LayerParams,
 ) -> Result<QuantizedLayer> {
-    let LayerFactors { h_in, h_out, xtx } = *factors;
+    let LayerFactors {
+        h_in,
+        h_out,
+        xtx,
+        cross,
+    } = *factors;
     let (m, n) = w.shape();
     check_finite("weights W", &w.data)?;
     check_finite("h_in", &h_in.data)?;
@@ -366,6 +392,32 @@ fn quantize_layer_inner(
                 .into(),
         });
     }
+    if let Some(c) = cross {
+        check_finite("Qronos X̃ᵀ(X − X̃)", &c.data)?;
+        c.expect_shape("Qronos X̃ᵀ(X − X̃) (n × n)", n, n)?;
+    }
+    if params.method == Method::Qronos {
+        if cross.is_none() {
+            return Err(CoreError::InvalidParameter {
+                name: "method",
+                value: "qronos".into(),
+                why: "Qronos needs X̃ᵀX, the inputs of the partially quantized model against the \
+                      original's, which only the sequential pipeline collects"
+                    .into(),
+            });
+        }
+        if params.quantizer.code_dim() != 1 {
+            return Err(CoreError::InvalidParameter {
+                name: "method",
+                value: "qronos".into(),
+                why: format!(
+                    "Qronos rounds one weight at a time (GPTQ's updates) and needs a scalar \
+                     quantizer; this one's codes cover {} weights",
+                    params.quantizer.code_dim()
+                ),
+            });
+        }
+    }
     if params.method == Method::Yaqa && h_out.is_none() {
         return Err(CoreError::InvalidParameter {
             name: "method",
@@ -377,7 +429,11 @@ fn quantize_layer_inner(
 
     // 1. Normalise by the mean diagonal.
     let mut h_in = h_in.clone();
-    normalize_mean_diag("h_in", &mut h_in)?;
+    let h_in_mean = normalize_mean_diag("h_in", &mut h_in)?;
+    // Qronos's `X̃ᵀ(X − X̃)`, normalised by `h_in`'s divisor so that `G = h_in + cross` still holds; f32
+    // for the rotation, which is exact enough for a term this small next to `h_in`.
+    let mut cross =
+        cross.map(|c| Mat::<f32>::from_fn(n, n, |i, j| (c.at(i, j) / h_in_mean) as f32));
     let mut h_out = h_out.cloned();
     if let Some(h) = h_out.as_mut() {
         normalize_mean_diag("h_out", h)?;
@@ -410,6 +466,11 @@ fn quantize_layer_inner(
         }
         if let Some(h) = metric.as_mut() {
             *h = backend.rotate_factor(h, &s_in)?;
+        }
+        if let Some(c) = cross.as_mut() {
+            // R diag(s) C diag(s) Rᵀ: the columns, then the rows, of the square matrix.
+            backend.hadamard_rotate(c, Side::Cols, &s_in, false)?;
+            backend.hadamard_rotate(c, Side::Rows, &s_in, false)?;
         }
         (Some(s_in), Some(s_out))
     } else {
@@ -491,6 +552,17 @@ fn quantize_layer_inner(
                     ..params.gptq
                 };
                 let r = backend.gptq(&w_r, &h_in, q, &gptq)?;
+                let pivots = r.pivots.clone();
+                (r, params.gptq.damp * h_in.mean_diag(), None, pivots)
+            }
+            Method::Qronos => {
+                let cross = cross.as_ref().ok_or_else(|| CoreError::InvalidParameter {
+                    name: "cross",
+                    value: "None".into(),
+                    why: "Qronos needs X̃ᵀ(X − X̃)".into(),
+                })?;
+                let g = Mat::<f64>::from_fn(n, n, |i, j| h_in.at(i, j) + cross.at(i, j) as f64);
+                let r = backend.qronos(&w_r, &h_in, &g, q, &params.gptq)?;
                 let pivots = r.pivots.clone();
                 (r, params.gptq.damp * h_in.mean_diag(), None, pivots)
             }
@@ -738,6 +810,7 @@ mod optq_tests {
             h_in: &h_in,
             h_out: Some(&h_out),
             xtx: None,
+            cross: None,
         };
         for method in [Method::Gptq, Method::Ldlq, Method::Yaqa] {
             for quantizer in [

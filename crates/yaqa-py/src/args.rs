@@ -19,17 +19,18 @@ pub fn value_error(msg: String) -> PyErr {
 }
 
 /// `quantize`'s `method`: `rtn`, `gptq`, `ldlq`, `yaqa` (YAQA with Sketch B factors, also spelled
-/// `yaqa-b`, as in `compare`'s rows), `daq`.
+/// `yaqa-b`, as in `compare`'s rows), `qronos` (always sequential), `daq`.
 pub fn method(name: &str) -> PyResult<Method> {
     Ok(match name {
         "rtn" => Method::Rtn,
         "gptq" => Method::Gptq,
         "ldlq" => Method::Ldlq,
         "yaqa" | "yaqa-b" => Method::Yaqa,
+        "qronos" => Method::Qronos,
         "daq" => Method::Daq,
         _ => {
             return Err(value_error(format!(
-                "method={name:?}: expected one of \"rtn\", \"gptq\", \"ldlq\", \"yaqa\", \"yaqa-b\", \"daq\""
+                "method={name:?}: expected one of \"rtn\", \"gptq\", \"ldlq\", \"yaqa\", \"yaqa-b\", \"qronos\", \"daq\""
             )));
         }
     })

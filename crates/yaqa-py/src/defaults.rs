@@ -31,6 +31,7 @@ pub fn _library_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("refine", q.spec.refine)?;
     d.set_item("act_order", q.spec.act_order)?;
     d.set_item("stochastic", q.spec.stochastic)?;
+    d.set_item("sequential", q.sequential)?;
     d.set_item("evaluate", q.eval.is_some())?;
     let e = q.eval.clone().unwrap_or_default();
     d.set_item("eval_windows", e.n_windows)?;

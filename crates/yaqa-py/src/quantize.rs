@@ -33,7 +33,12 @@ use crate::progress::run_job;
 /// damping of ``h_in`` and ``h_out`` (multiples of the mean diagonal); ``refine`` coordinate-descent
 /// sweeps after the rounding; ``act_order=True`` (GPTQ) rounds columns by decreasing ``diag(H)`` with
 /// static groups; ``stochastic`` (GPTQ) an integer seed for unbiased stochastic rounding inside the error
-/// feedback (recorded; each layer draws its own stream), ``None`` rounds to nearest.
+/// feedback (recorded; each layer draws its own stream), ``None`` rounds to nearest; ``method="qronos"``
+/// is Qronos (arXiv 2505.11695), always sequential.
+///
+/// ``sequential=True`` (``"gptq"``, ``"ldlq"``; implied by ``"qronos"``) quantizes block by block in
+/// true-sequential order, each group of layers on the inputs of the already quantized model, collecting
+/// its statistics on the calibration sequences as it goes (no ``factors``).
 ///
 /// Factors: from ``factors`` (a folder ``yaqa.collect`` wrote), or collected first (Sketch B for YAQA,
 /// Σ x xᵀ otherwise) over ``n_seqs`` sequences of ``seq_len`` tokens: windows of the ``calib`` text
@@ -65,7 +70,7 @@ use crate::progress::run_job;
 #[pyo3(signature = (
     model, out, *, method = "yaqa", bits = 4, quantizer = None, group = None, incoherence = true,
     sign_seed = 0, damp = 0.01, damp_out = 1.0, refine = 0, act_order = false, stochastic = None,
-    factors = None, calib = None,
+    sequential = false, factors = None, calib = None,
     tokenizer = None, calib_ids = None, n_seqs = 64, seq_len = 512, seed = 0, evaluate = true,
     eval_text = None, eval_windows = 8, eval_window = 256, checkpoint_minutes = 30.0,
     checkpoint_every = None, max_memory = None, base = None, daq_no_clip = false, progress = None
@@ -85,6 +90,7 @@ pub fn quantize<'py>(
     refine: usize,
     act_order: bool,
     stochastic: Option<u64>,
+    sequential: bool,
     factors: Option<PathBuf>,
     calib: Option<&Bound<'py, PyAny>>,
     tokenizer: Option<PathBuf>,
@@ -134,6 +140,7 @@ pub fn quantize<'py>(
         daq: yaqa_core::daq::DaqParams {
             no_clip: daq_no_clip,
         },
+        sequential,
     };
     let report = run_job(py, progress, |p| {
         yaqa_model::job::quantize::run(&Cpu::default(), &config, p)

@@ -72,7 +72,7 @@ pub fn rounding_work(method: Method, m: usize, n: usize) -> f64 {
     match method {
         Method::Rtn => 16.0 * m * n,
         Method::Daq => 18.0 * m * n,
-        Method::Gptq | Method::Ldlq => n * n * n / 3.0 + m * n * n,
+        Method::Gptq | Method::Ldlq | Method::Qronos => n * n * n / 3.0 + m * n * n,
         Method::Yaqa => (n * n * n + m * m * m) / 3.0 + m * n * (m + n),
     }
 }

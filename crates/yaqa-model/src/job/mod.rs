@@ -5,7 +5,8 @@
 //! - [`hessian`]: collect factors (Sketch B, Sketch A's passes, `Σ x xᵀ`), by shard, and merge shards;
 //!   [`sketch_a`] runs one Sketch A pass after a merged folder, for clusters.
 //! - [`quantize`]: every linear layer of a model, from a factor folder or collecting its own, then the
-//!   KL and perplexity of the result.
+//!   KL and perplexity of the result; [`sequential`] is its true-sequential pipeline (GPTQ, LDLQ,
+//!   Qronos on the inputs of the partially quantized model).
 //! - [`evaluate`]: KL to the original and perplexity of quantized files; [`compare`]: the KL table.
 //! - [`round`]: one matrix against one factor file; [`export`]: GGUF → Hugging Face, and quantized files
 //!   out as Hugging Face or GPTQ checkpoints; [`demo`]: the SmolLM2 model the demo runs on.
@@ -34,6 +35,7 @@ pub mod progress;
 pub mod quantize;
 pub mod resume;
 pub mod round;
+pub mod sequential;
 pub mod sketch_a;
 
 use std::path::PathBuf;
@@ -452,6 +454,21 @@ impl QuantSpec {
             }
             if self.stochastic.is_some() {
                 crate::bail!("--stochastic is a GPTQ option: use it with --method gptq");
+            }
+        }
+        if self.method == Method::Qronos {
+            if self.grid == Grid::E8p {
+                crate::bail!(
+                    "--method qronos rounds one weight at a time (GPTQ's updates after its first \
+                     step) and needs a scalar grid; E8P codes cover 8 weights: use --method ldlq, \
+                     yaqa or rtn"
+                );
+            }
+            if self.refine > 0 {
+                crate::bail!(
+                    "--refine with --method qronos: coordinate descent would refine on tr(Δ X̃ᵀX̃ \
+                     Δᵀ), not Qronos's objective ‖Xw − X̃q‖²"
+                );
             }
         }
         if self.grid == Grid::E8p {

@@ -209,31 +209,16 @@ pub fn round_layers(
     for (i, &id) in layers.iter().enumerate() {
         let part = dir.join(format!("{}.safetensors", id.name()));
         parts.push((id, part.clone()));
-        if part.exists() {
-            match part_run(&part) {
-                Some(r) if &r == run => {
-                    outcome.resumed.push(id);
-                    progress(&LayerDone {
-                        id,
-                        result: None,
-                        seconds: 0.0,
-                        done: i + 1,
-                        total: layers.len(),
-                    });
-                    continue;
-                }
-                Some(_) => {
-                    return Err(ModelError::format(
-                        &part,
-                        format!(
-                            "this part was made with different arguments; delete {} or rerun with the same arguments",
-                            dir.display()
-                        ),
-                    ));
-                }
-                // Unreadable (for example cut short by a crash outside the atomic rename): redo it.
-                None => {}
-            }
+        if part_done(&part, run, &dir)? {
+            outcome.resumed.push(id);
+            progress(&LayerDone {
+                id,
+                result: None,
+                seconds: 0.0,
+                done: i + 1,
+                total: layers.len(),
+            });
+            continue;
         }
         if stop_after.is_some_and(|k| outcome.done.len() >= k) {
             return Ok(outcome);
@@ -254,6 +239,28 @@ pub fn round_layers(
     outcome.finished = true;
     outcome.parts = parts;
     Ok(outcome)
+}
+
+/// Whether an earlier run with the same `run` header finished the part `part` (in the parts' folder
+/// `dir`): `false` when it is missing or unreadable (for example cut short by a crash outside the atomic
+/// rename), so the layer is redone.
+///
+/// **Errors**: a part made with different arguments, naming the folder to delete.
+pub fn part_done(part: &Path, run: &Value, dir: &Path) -> Result<bool> {
+    if !part.exists() {
+        return Ok(false);
+    }
+    match part_run(part) {
+        Some(r) if &r == run => Ok(true),
+        Some(_) => Err(ModelError::format(
+            part,
+            format!(
+                "this part was made with different arguments; delete {} or rerun with the same arguments",
+                dir.display()
+            ),
+        )),
+        None => Ok(false),
+    }
 }
 
 /// Joins the parts of a finished [`quantize_layers`] into the final file `out`, with `run` and, when

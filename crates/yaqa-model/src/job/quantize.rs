@@ -21,7 +21,7 @@ use crate::formats::calib_file::{LabelOrigin, RecordHeader};
 use crate::formats::checkpoint::Loaded;
 use crate::formats::factor_file::{Provenance, sketch_tag};
 use crate::formats::quant_file::QuantFile;
-use crate::job::calib::Shard;
+use crate::job::calib::{CalibSeq, Shard};
 use crate::job::calib_set::{Calibration, calibration_set};
 use crate::job::collect::empty_factors;
 use crate::job::estimate::LayerClock;
@@ -31,11 +31,12 @@ use crate::job::evaluate::{
 use crate::job::factors::{factor_index, pick_factor_file, read_factor_checked};
 use crate::job::guard::{named, refuse_overwrite};
 use crate::job::memory::{self, Residency};
-use crate::job::pipeline::{assemble_parts, from_factors, round_layers, run_header};
+use crate::job::pipeline::{LayerDone, assemble_parts, from_factors, round_layers, run_header};
 use crate::job::preflight;
 use crate::job::progress::ProgressExt;
 use crate::job::progress::{Event, Progress};
 use crate::job::resume::{self, Job, Outcome};
+use crate::job::sequential::{self, SequentialJob};
 use crate::job::{CalibConfig, CheckpointPolicy, QuantSpec, open_model};
 use crate::transformer::weights::LayerId;
 
@@ -66,6 +67,10 @@ pub struct QuantizeConfig {
     pub base: Option<PathBuf>,
     /// How DAQ searches its scales (`--daq-no-clip`).
     pub daq: DaqParams,
+    /// Quantize in true-sequential order on the inputs of the already quantized model
+    /// ([`crate::job::sequential`]), collecting the statistics as it goes (no `factors`). GPTQ and
+    /// LDLQ only; Qronos always runs this way, whatever this says.
+    pub sequential: bool,
 }
 
 impl Default for QuantizeConfig {
@@ -82,6 +87,7 @@ impl Default for QuantizeConfig {
             max_memory: None,
             base: None,
             daq: DaqParams::default(),
+            sequential: false,
         }
     }
 }
@@ -114,6 +120,25 @@ pub struct QuantizeReport {
     pub seconds: f64,
     /// KL and perplexity of the result (also in the file's header), unless evaluation was off.
     pub eval: Option<EvalTable>,
+    /// The sequential pipeline's memory, when it ran.
+    pub sequential: Option<SequentialMemory>,
+}
+
+/// What the sequential pipeline held ([`crate::job::sequential`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SequentialMemory {
+    /// The residual streams of the calibration sequences (quantized model, and the original's for
+    /// Qronos).
+    pub stream_bytes: u64,
+    /// The process's peak resident memory at the end of the run, where the system reports it.
+    pub peak_rss: Option<u64>,
+}
+
+impl QuantizeConfig {
+    /// Whether this run quantizes sequentially: asked for, or implied by Qronos.
+    pub fn is_sequential(&self) -> bool {
+        self.sequential || self.spec.method == Method::Qronos
+    }
 }
 
 /// The OPTQ figures ([`yaqa_core::optq`]) summed over the layers that report them.
@@ -186,6 +211,9 @@ impl QuantizeReport {
             "seconds": self.seconds,
             "optq_total": optq,
             "eval": eval,
+            "sequential": self.sequential.map(|m| json!({
+                "stream_bytes": m.stream_bytes, "peak_rss": m.peak_rss,
+            })),
         })
     }
 }
@@ -209,6 +237,34 @@ pub fn run<B: Backend + ModelOps<f32>>(
     inputs.extend(config.base.as_deref().map(|p| named("--base", p)));
     refuse_overwrite(&[named("--out", &config.out)], &inputs)?;
     check_daq_inputs(config)?;
+    if config.is_sequential() {
+        let m = config.spec.method;
+        if !sequential::takes(m) {
+            let why = match m {
+                Method::Yaqa => {
+                    "YAQA's factors come from the whole model's backward (Sketch B), which the \
+                     sequential pipeline does not collect"
+                }
+                _ => "round-to-nearest uses no statistics",
+            };
+            crate::bail!(
+                "--sequential with --method {}: {why}; the sequential pipeline takes gptq, ldlq \
+                 and qronos",
+                m.name()
+            );
+        }
+        if config.factors.is_some() {
+            crate::bail!(
+                "--factors with {}: the sequential pipeline collects its statistics on the \
+                 partially quantized model as it goes; leave --factors out",
+                if config.sequential {
+                    "--sequential".to_string()
+                } else {
+                    format!("--method {} (always sequential)", m.name())
+                }
+            );
+        }
+    }
     let loaded = match config.max_memory {
         None => open_model(&config.model)?,
         Some(budget) => {
@@ -259,7 +315,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
     let mc = &loaded.model.config;
     let mut need =
         memory::quantized_file_bytes(mc, config.spec.grid.bits() as f64 + 0.5).saturating_mul(2);
-    if config.factors.is_none() && !daq {
+    if config.factors.is_none() && !daq && !config.is_sequential() {
         let kind = if config.spec.method == Method::Yaqa {
             SketchKind::B
         } else {
@@ -280,6 +336,43 @@ pub fn run<B: Backend + ModelOps<f32>>(
     let params = config.spec.layer_params();
     if let (true, Some(path)) = (daq, &config.base) {
         return quantize_daq(backend, &loaded, path, config, progress);
+    }
+    if config.is_sequential() {
+        let cal = calibration_set(backend, &loaded, &config.calib, Shard::default(), progress)?;
+        let factors_json = json!({
+            "source": "sequential",
+            "seed": config.calib.seed, "seq_len": cal.seq_len, "n_seqs": cal.seqs.len(),
+            "calib": cal.source,
+        });
+        let n_tokens = cal.seqs.iter().map(|s| s.ids.len()).sum();
+        let stream_bytes = sequential::stream_bytes(params.method, n_tokens, mc.hidden_size);
+        progress.note(format!(
+            "sequential: residual streams of {} calibration tokens, {} ({} f32 streams of width {})",
+            n_tokens,
+            memory::Bytes(stream_bytes),
+            if sequential::needs_original(params.method) { "quantized and original" } else { "quantized" },
+            mc.hidden_size
+        ));
+        let mut report = quantize_with(
+            backend,
+            &loaded,
+            config,
+            factors_json,
+            Source::Sequential(&cal.seqs),
+            progress,
+        )?;
+        let peak_rss = sequential::peak_rss();
+        if let Some(peak) = peak_rss {
+            progress.note(format!(
+                "sequential: peak resident memory {}",
+                memory::Bytes(peak)
+            ));
+        }
+        report.sequential = Some(SequentialMemory {
+            stream_bytes,
+            peak_rss,
+        });
+        return Ok(report);
     }
     match &config.factors {
         Some(dir) => {
@@ -304,7 +397,14 @@ pub fn run<B: Backend + ModelOps<f32>>(
             let fp = loaded.fingerprint.clone();
             let mut load = |id: LayerId| Ok(read_factor_checked(&picks[&id], &fp)?.factors);
             let mut round = from_factors(backend, &params, None, &mut load);
-            quantize_with(backend, &loaded, config, factors_json, &mut round, progress)
+            quantize_with(
+                backend,
+                &loaded,
+                config,
+                factors_json,
+                Source::Round(&mut round),
+                progress,
+            )
         }
         None => {
             let kind = if params.method == Method::Yaqa {
@@ -323,8 +423,14 @@ pub fn run<B: Backend + ModelOps<f32>>(
                     .with_context(|| format!("no factors were collected for {}", id.name()))
             };
             let mut round = from_factors(backend, &params, None, &mut load);
-            let report =
-                quantize_with(backend, &loaded, config, factors_json, &mut round, progress)?;
+            let report = quantize_with(
+                backend,
+                &loaded,
+                config,
+                factors_json,
+                Source::Round(&mut round),
+                progress,
+            )?;
             resume::finish(&quantize_factors_dir(&config.out))?;
             Ok(report)
         }
@@ -412,13 +518,22 @@ fn collected_json(kind: SketchKind, seed: u64, cal: &Calibration) -> Value {
     v
 }
 
+/// Where the layer loop gets each layer's statistics.
+enum Source<'a> {
+    /// Each layer rounded by a closure: from its factors (a folder, or collected before the loop;
+    /// [`from_factors`]) or, for DAQ, against the base checkpoint's weight.
+    Round(&'a mut dyn FnMut(LayerId, &Mat<f32>) -> Result<QuantizedLayer>),
+    /// Collected by the sequential pipeline as it goes, on these sequences.
+    Sequential(&'a [CalibSeq]),
+}
+
 /// The layer loop, the evaluation of the finished parts, and the final file.
 fn quantize_with<B: Backend + ModelOps<f32>>(
     backend: &B,
     loaded: &Loaded,
     config: &QuantizeConfig,
     factors_json: Value,
-    round: &mut dyn FnMut(LayerId, &Mat<f32>) -> Result<QuantizedLayer>,
+    source: Source<'_>,
     progress: &dyn Progress,
 ) -> Result<QuantizeReport> {
     let t0 = Instant::now();
@@ -431,34 +546,46 @@ fn quantize_with<B: Backend + ModelOps<f32>>(
         label: params.method.name(),
         total: layers.len(),
     });
-    let outcome = round_layers(
-        &loaded.model,
-        &layers,
-        round,
-        &run,
-        &config.out,
-        config.stop_after_layers,
-        &mut |l| {
-            let name = l.id.name();
-            progress.event(Event::Layer {
-                name: &name,
-                report: l.result.map(|q| &q.report),
-                seconds: l.seconds,
-                done: l.done,
-                total: l.total,
-            });
-            if l.result.is_some()
-                && let Some(line) = clock.record(l.id, l.seconds, &layers[l.done..])
-            {
-                progress.note(line);
-            }
-            lines.push(LayerLine {
-                name,
-                report: l.result.map(|q| q.report.clone()),
-                seconds: l.seconds,
-            });
-        },
-    );
+    let mut on_layer = |l: &LayerDone<'_>| {
+        let name = l.id.name();
+        progress.event(Event::Layer {
+            name: &name,
+            report: l.result.map(|q| &q.report),
+            seconds: l.seconds,
+            done: l.done,
+            total: l.total,
+        });
+        if l.result.is_some()
+            && let Some(line) = clock.record(l.id, l.seconds, &layers[l.done..])
+        {
+            progress.note(line);
+        }
+        lines.push(LayerLine {
+            name,
+            report: l.result.map(|q| q.report.clone()),
+            seconds: l.seconds,
+        });
+    };
+    let outcome = match source {
+        Source::Round(round) => round_layers(
+            &loaded.model,
+            &layers,
+            round,
+            &run,
+            &config.out,
+            config.stop_after_layers,
+            &mut on_layer,
+        ),
+        Source::Sequential(seqs) => SequentialJob {
+            model: &loaded.model,
+            seqs,
+            params: &params,
+            run: &run,
+            out: &config.out,
+            stop_after: config.stop_after_layers,
+        }
+        .run(backend, &mut |_| {}, &mut on_layer),
+    };
     progress.event(Event::Finish);
     let outcome = outcome.with_context(|| format!("quantizing into {}", config.out.display()))?;
     if !outcome.finished {
@@ -506,6 +633,7 @@ fn quantize_with<B: Backend + ModelOps<f32>>(
         resumed: outcome.resumed.len(),
         seconds: t0.elapsed().as_secs_f64(),
         eval,
+        sequential: None,
     })
 }
 
@@ -580,7 +708,14 @@ fn quantize_daq<B: Backend + ModelOps<f32>>(
         blocks += search.multipliers.len();
         Ok(q)
     };
-    let report = quantize_with(backend, loaded, config, factors_json, &mut round, progress)?;
+    let report = quantize_with(
+        backend,
+        loaded,
+        config,
+        factors_json,
+        Source::Round(&mut round),
+        progress,
+    )?;
     if blocks > 0 {
         progress.note(format!(
             "DAQ: {moved} of {blocks} scale blocks moved off AbsMax (layers quantized in this run)"

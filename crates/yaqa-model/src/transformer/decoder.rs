@@ -181,19 +181,20 @@ impl<'a, T: Real, B: ModelOps<T>> Transformer<'a, T, B> {
         Ok(reshape(y, rows, cols))
     }
 
-    fn layer_trace(
+    /// The attention half of a block up to the attention output (before `o_proj`), from the normed
+    /// input `xn1`: `(q_lin, k_lin, q, k, v, attn)`.
+    #[allow(clippy::type_complexity)]
+    fn attention_part(
         &self,
         l: &LayerWeights<T>,
-        x: &Mat<T>,
+        xn1: &Mat<T>,
         batch: usize,
         seq: usize,
-    ) -> Result<LayerTrace<T>> {
+    ) -> Result<(Mat<T>, Mat<T>, Mat<T>, Mat<T>, Mat<T>, Mat<T>)> {
         let ops = self.ops;
-        let eps = self.model.config.rms_norm_eps;
-        let xn1 = ops.rms_norm(x, &l.input_norm, eps)?;
-        let q_lin = ops.linear(&xn1, &l.q_proj, l.q_bias.as_deref())?;
-        let k_lin = ops.linear(&xn1, &l.k_proj, l.k_bias.as_deref())?;
-        let v = ops.linear(&xn1, &l.v_proj, l.v_bias.as_deref())?;
+        let q_lin = ops.linear(xn1, &l.q_proj, l.q_bias.as_deref())?;
+        let k_lin = ops.linear(xn1, &l.k_proj, l.k_bias.as_deref())?;
+        let v = ops.linear(xn1, &l.v_proj, l.v_bias.as_deref())?;
         let (mut q, mut k) = match (&l.q_norm, &l.k_norm) {
             (Some(qn), Some(kn)) => (
                 self.head_norm(q_lin.clone(), qn)?,
@@ -205,11 +206,39 @@ impl<'a, T: Real, B: ModelOps<T>> Transformer<'a, T, B> {
         ops.rope(&mut q, &rope, false)?;
         ops.rope(&mut k, &rope, false)?;
         let attn = ops.attention(&q, &k, &v, &self.attention_shape(batch, seq))?;
-        let h_mid = add(x, &ops.linear(&attn, &l.o_proj, None)?);
-        let xn2 = ops.rms_norm(&h_mid, &l.post_norm, eps)?;
-        let gate = ops.linear(&xn2, &l.gate_proj, None)?;
-        let up = ops.linear(&xn2, &l.up_proj, None)?;
-        let act = ops.swiglu(&gate, &up)?;
+        Ok((q_lin, k_lin, q, k, v, attn))
+    }
+
+    /// The residual after attention, `h_mid = x + attn o_projᵀ`, and its norm `xn2`.
+    fn mid_part(&self, l: &LayerWeights<T>, x: &Mat<T>, attn: &Mat<T>) -> Result<(Mat<T>, Mat<T>)> {
+        let h_mid = add(x, &self.ops.linear(attn, &l.o_proj, None)?);
+        let xn2 = self
+            .ops
+            .rms_norm(&h_mid, &l.post_norm, self.model.config.rms_norm_eps)?;
+        Ok((h_mid, xn2))
+    }
+
+    /// The MLP's gate, up and SwiGLU activation from `xn2`.
+    fn mlp_part(&self, l: &LayerWeights<T>, xn2: &Mat<T>) -> Result<(Mat<T>, Mat<T>, Mat<T>)> {
+        let gate = self.ops.linear(xn2, &l.gate_proj, None)?;
+        let up = self.ops.linear(xn2, &l.up_proj, None)?;
+        let act = self.ops.swiglu(&gate, &up)?;
+        Ok((gate, up, act))
+    }
+
+    fn layer_trace(
+        &self,
+        l: &LayerWeights<T>,
+        x: &Mat<T>,
+        batch: usize,
+        seq: usize,
+    ) -> Result<LayerTrace<T>> {
+        let ops = self.ops;
+        let eps = self.model.config.rms_norm_eps;
+        let xn1 = ops.rms_norm(x, &l.input_norm, eps)?;
+        let (q_lin, k_lin, q, k, v, attn) = self.attention_part(l, &xn1, batch, seq)?;
+        let (h_mid, xn2) = self.mid_part(l, x, &attn)?;
+        let (gate, up, act) = self.mlp_part(l, &xn2)?;
         let out = add(&h_mid, &ops.linear(&act, &l.down_proj, None)?);
         Ok(LayerTrace {
             xn1,
@@ -226,6 +255,44 @@ impl<'a, T: Real, B: ModelOps<T>> Transformer<'a, T, B> {
             act,
             out,
         })
+    }
+
+    /// The input of linear layer `kind` of block `l` when the block is fed the residual stream `x` of
+    /// `batch` sequences: only the part of the block before that layer runs (the true-sequential
+    /// pipeline feeds each group of layers the inputs of a block whose earlier groups are already
+    /// quantized). q, k and v share one input, as do gate and up.
+    ///
+    /// **Shapes**: `x` is `(batch · seq) × hidden`; the result `(batch · seq) × n` of `kind`.
+    /// **Errors**: a ragged batch, operation shape errors.
+    pub fn linear_input(
+        &self,
+        l: &LayerWeights<T>,
+        x: &Mat<T>,
+        batch: usize,
+        kind: LinearKind,
+    ) -> Result<Mat<T>> {
+        if batch == 0 || !x.rows.is_multiple_of(batch) {
+            return Err(ModelError::Input(format!(
+                "{} rows do not split into {batch} equal sequences",
+                x.rows
+            )));
+        }
+        let seq = x.rows / batch;
+        let xn1 = self
+            .ops
+            .rms_norm(x, &l.input_norm, self.model.config.rms_norm_eps)?;
+        if matches!(kind, LinearKind::Q | LinearKind::K | LinearKind::V) {
+            return Ok(xn1);
+        }
+        let attn = self.attention_part(l, &xn1, batch, seq)?.5;
+        if kind == LinearKind::O {
+            return Ok(attn);
+        }
+        let xn2 = self.mid_part(l, x, &attn)?.1;
+        if matches!(kind, LinearKind::Gate | LinearKind::Up) {
+            return Ok(xn2);
+        }
+        Ok(self.mlp_part(l, &xn2)?.2)
     }
 
     /// Runs the decoder over `batch` sequences of equal length and returns the final hidden states after
