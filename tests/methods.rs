@@ -556,3 +556,76 @@ fn trellis_rounds_with_feedback() {
     let err = refused(Method::Rtn, 0, tiles, &w, &h_in);
     assert!(err.contains("24") && err.contains("16 × 16"), "{err}");
 }
+
+/// FP8 E4M3 with 128 × 128 block scales is a quantizer like the others (DESIGN.md §9, issue #19): every
+/// method rounds with it, with and without incoherence, and the feedback helps it as it helps the INT
+/// grids (YAQA < LDLQ < RTN on the two-sided proxy, GPTQ and LDLQ below RTN on the one-sided one); codes
+/// are the E4M3 bytes of `Ŵ_r` over its block's scale.
+#[test]
+fn fp8_rounds_with_feedback_in_every_method() {
+    use yaqa::core::quant::fp8::{Fp8Scaling, e4m3_decode};
+    let (m, n) = (128, 256);
+    let cpu = Cpu::default();
+    let (w, h_in, h_out) = layer(m, n, 9);
+    let factors = two_sided(&h_in, &h_out);
+    for incoherence in [true, false] {
+        let run = |method| {
+            let params = LayerParams {
+                method,
+                quantizer: QuantizerSpec::Fp8 {
+                    scaling: Fp8Scaling::Block,
+                },
+                incoherence,
+                ..LayerParams::default()
+            };
+            let f = match method {
+                Method::Yaqa => factors,
+                _ => LayerFactors::xtx(&h_in),
+            };
+            quantize_layer(&cpu, "synthetic", &w, &f, &params).unwrap()
+        };
+        let [rtn, gptq, ldlq, yaqa] =
+            [Method::Rtn, Method::Gptq, Method::Ldlq, Method::Yaqa].map(run);
+        let two =
+            |q: &yaqa::core::layer::QuantizedLayer| quantize_proxy_two(&cpu, &w, q, &h_in, &h_out);
+        assert!(
+            two(&yaqa) < two(&ldlq) && two(&ldlq) < two(&rtn),
+            "incoherence {incoherence}: yaqa {}, ldlq {}, rtn {}",
+            two(&yaqa),
+            two(&ldlq),
+            two(&rtn)
+        );
+        for q in [&gptq, &ldlq] {
+            assert!(
+                q.report.proxy_one_sided < rtn.report.proxy_one_sided,
+                "incoherence {incoherence}: {:?} {} vs rtn {}",
+                q.report.method,
+                q.report.proxy_one_sided,
+                rtn.report.proxy_one_sided
+            );
+        }
+        if !incoherence {
+            // Without rotations Ŵ is the codes' values themselves.
+            let FittedQuantizer::Fp8(f) = &ldlq.quantizer else {
+                panic!("expected FP8")
+            };
+            for (k, (&c, &x)) in ldlq.codes.iter().zip(&ldlq.w_hat.data).enumerate() {
+                let (i, j) = (k / n, k % n);
+                assert_eq!(f.scale_at(i, j) * e4m3_decode(c as u8), x, "({i}, {j})");
+            }
+        }
+    }
+}
+
+/// The two-sided proxy of `q` against `w` on the raw (unrotated) factors, the same for every method.
+fn quantize_proxy_two(
+    cpu: &Cpu,
+    w: &Mat<f32>,
+    q: &yaqa::core::layer::QuantizedLayer,
+    h_in: &SymMat,
+    h_out: &SymMat,
+) -> f64 {
+    cpu.proxy_error(w, &q.w_hat, h_in, Some(h_out))
+        .unwrap()
+        .relative()
+}
