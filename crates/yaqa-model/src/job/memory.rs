@@ -15,7 +15,8 @@
 //! - a fixed allowance for the process itself and the CPU backend's scratch pool.
 //!
 //! A plan under `--max-memory` keeps an eighth of the budget free for what the estimate misses (the
-//! allocator's slack above all): measured peaks were 10–15% above the estimate at 8B shapes.
+//! allocator's slack above all): `hessian`'s measured peak was 17% above its estimate at 8B shapes;
+//! `quantize`'s, once the rounding was counted phase by phase, 3% below (docs/BENCHMARKS.md, "Memory").
 
 use std::fmt;
 use std::ops::Range;
