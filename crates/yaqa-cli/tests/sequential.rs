@@ -95,3 +95,60 @@ fn what_the_sequential_pipeline_cannot_take_is_refused() {
     assert!(!out.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A layer whose statistics on the quantized model's inputs are singular (all-zero inputs: block 1's
+/// post-attention norm is zero, so `gate_proj` and `up_proj` see `X̃ = 0`) or not finite (block 1's
+/// input norm overflows `X̃ᵀX̃` in f32) fails with one error naming that layer, after the earlier
+/// groups were quantized, and leaves no output file.
+#[test]
+fn singular_or_non_finite_sequential_statistics_name_the_layer() {
+    let dir = scratch("cli-sequential-bad-stats");
+    type Spoil = fn(&mut yaqa_model::LayerWeights<f32>);
+    let cases: [(&str, Spoil, &str, &str); 2] = [
+        (
+            "singular",
+            |b| b.post_norm.iter_mut().for_each(|v| *v = 0.0),
+            "layers.1.mlp.gate_proj: h_in has mean diagonal 0: the layer saw only zero inputs",
+            "layers.1.mlp.gate_proj",
+        ),
+        (
+            "nan",
+            |b| b.input_norm.iter_mut().for_each(|v| *v = 1e30),
+            "non-finite values in model.layers.1.self_attn.q_proj: h_in",
+            "layers.1.self_attn.q_proj",
+        ),
+    ];
+    for (tag, spoil, words, layer) in cases {
+        let mut model = yaqa_model::Model::synthetic(
+            yaqa_model::transformer::weights::tiny_config(yaqa_model::Family::Llama, true),
+            8,
+        );
+        spoil(&mut model.layers[1]);
+        let model_dir = dir.join(tag);
+        yaqa_model::formats::hf::write_hf(&model, &model_dir).unwrap();
+        for method in ["qronos", "gptq"] {
+            let out = dir.join(format!("{tag}-{method}.safetensors"));
+            let err = fails(&[
+                "quantize",
+                "--model",
+                s(&model_dir),
+                "--n-seqs",
+                "3",
+                "--seq-len",
+                "10",
+                "--quantizer",
+                "int3",
+                "--method",
+                method,
+                "--sequential",
+                "--no-eval",
+                "--out",
+                s(&out),
+            ]);
+            assert!(err.contains(words), "{tag} {method}: {err}");
+            assert_eq!(err.matches(layer).count(), 1, "{tag} {method}: {err}");
+            assert!(!out.exists(), "{tag} {method}: partial output");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

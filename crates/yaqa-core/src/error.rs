@@ -36,6 +36,18 @@ pub enum CoreError {
         damp_added: f64,
         tries: usize,
     },
+    /// A factor with no curvature to damp: its mean diagonal is zero (every input or gradient of the
+    /// layer was zero on the calibration), negative or not finite. Damping is relative to the mean
+    /// diagonal, so no damping schedule can make it positive definite.
+    #[error(
+        "{what} has mean diagonal {mean}: the layer saw only zero {seen} on the calibration (or the sum \
+         overflowed), so damping relative to it cannot make it positive definite"
+    )]
+    DegenerateFactor {
+        what: String,
+        mean: f64,
+        seen: &'static str,
+    },
     /// Factor shards that cannot be added (different sketch, layer shape, or model).
     #[error("cannot merge factor shards: {why}")]
     IncompatibleShards { why: String },
@@ -117,6 +129,11 @@ impl CoreError {
                 pivot,
                 damp_added,
                 tries,
+            },
+            Self::DegenerateFactor { what, mean, seen } => Self::DegenerateFactor {
+                what: tag(what),
+                mean,
+                seen,
             },
             Self::IncompatibleShards { why } => Self::IncompatibleShards { why: tag(why) },
             Self::InvalidParameter { name, value, why } => Self::InvalidParameter {

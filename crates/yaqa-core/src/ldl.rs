@@ -122,11 +122,14 @@ impl BlockLdl {
 pub fn normalize_mean_diag(what: &str, h: &mut SymMat) -> Result<f64> {
     let mean = h.mean_diag();
     if !(mean > 0.0 && mean.is_finite()) {
-        return Err(CoreError::NotPositiveDefinite {
-            what: format!("{what} (mean diagonal {mean})"),
-            pivot: 0,
-            damp_added: 0.0,
-            tries: 0,
+        return Err(CoreError::DegenerateFactor {
+            what: what.to_string(),
+            mean,
+            seen: if what == "h_out" {
+                "output gradients"
+            } else {
+                "inputs"
+            },
         });
     }
     h.scale(1.0 / mean);
