@@ -273,6 +273,8 @@ fn quantize_under_max_memory_streams_blocks_and_writes_the_same_file() {
     };
     let err = refused(&eval);
     assert!(err.contains("pass --factors"), "{err}");
+    let err = refused(&[&["--method", "gptq", "--sequential"][..], &eval].concat());
+    assert!(err.contains("holds the whole model"), "{err}");
     let err = refused(&["--factors", s(&factors), eval[2], eval[3], eval[4], eval[5]]);
     assert!(err.contains("pass --eval-text FILE or --no-eval"), "{err}");
     let err = fails(&strs(&quantize(

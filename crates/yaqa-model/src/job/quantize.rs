@@ -276,6 +276,14 @@ pub fn run<B: Backend + ModelOps<f32>>(
             let keep = match plan.residency {
                 Residency::Resident => None,
                 Residency::Streamed { keep } => {
+                    if config.is_sequential() {
+                        crate::bail!(
+                            "--max-memory {}: the model does not fit, and the sequential pipeline \
+                             (--sequential, --method qronos) holds the whole model: it does not \
+                             stream blocks yet. Raise --max-memory or leave it out",
+                            memory::Bytes(budget)
+                        );
+                    }
                     if config.factors.is_none() {
                         crate::bail!(
                             "--max-memory {}: the model does not fit, and collecting factors while \
