@@ -5,8 +5,8 @@
 #   rtn, gptq, gptq-seq (GPTQ --sequential), gptq-sto (GPTQ --stochastic, seed 0), qronos, ldlq, and
 #   yaqa-b (from one Sketch B folder OUT/factors-b collected on the same calibration by `yaqa hessian`).
 # LAYOUT=incoherent (default): randomized Hadamard incoherence and the searched symmetric per-matrix scale;
-# LAYOUT=g128: no incoherence, asymmetric grid with one scale and zero-point per 128 columns (the GPTQ
-# checkpoint layout). Each run's report is OUT/<layout>/<run>-int<k>.json and its /usr/bin/time -v output
+# LAYOUT=gG (g64, g128, …): no incoherence, asymmetric grid with one scale and zero-point per G columns
+# (the GPTQ checkpoint layout; SmolLM2's hidden width 576 is 4.5 × 128, so it takes g64 or g32). Each run's report is OUT/<layout>/<run>-int<k>.json and its /usr/bin/time -v output
 # beside it. Needs ../shared and a release build (cargo build --release -p yaqa-cli); 5–25 minutes per run
 # on two CPU cores. RUNS picks some of the runs (default: all), so lanes can run side by side; finished
 # runs are skipped, so rerunning resumes.
@@ -21,8 +21,8 @@ fixture="$shared/fixtures/smollm2-135m"
 bin=${BIN:-${CARGO_TARGET_DIR:-target}/release/yaqa}
 case $layout in
   incoherent) out=$root; grid=() ;;
-  g128) out=$root/g128; grid=(--group 128 --no-incoherence) ;;
-  *) echo "LAYOUT must be incoherent or g128, not $layout" >&2; exit 2 ;;
+  g[0-9]*) out=$root/$layout; grid=(--group "${layout#g}" --no-incoherence) ;;
+  *) echo "LAYOUT must be incoherent or gG (g64, g128, …), not $layout" >&2; exit 2 ;;
 esac
 mkdir -p "$out"
 model=(--model "$fixture/SmolLM2-135M-Instruct.Q4_1.gguf" --tokenizer "$fixture/tokenizer.json")

@@ -8,6 +8,7 @@ use yaqa_core::daq::DaqParams;
 use yaqa_model::job::evaluate::{EvalText, write_json};
 use yaqa_model::job::guard::{named, refuse_overwrite};
 use yaqa_model::job::memory::Bytes;
+use yaqa_model::job::overrides::{Override, Overrides};
 use yaqa_model::job::quantize::{self, QuantizeConfig, default_eval};
 
 use crate::args::{
@@ -38,6 +39,12 @@ pub struct QuantizeArgs {
     /// on the inputs of the already quantized model (gptq, ldlq; always on for qronos)
     #[arg(long, conflicts_with = "factors")]
     pub sequential: bool,
+    /// Per-module override, repeatable: layers whose name (model.layers.N.mlp.down_proj, …) matches
+    /// REGEX take RULE: `keep` (left unquantized) or comma-separated quantizer:Q, bits:K, group:G|none,
+    /// method:rtn|gptq|ldlq|yaqa. The first matching rule decides; each must match a layer; recorded in
+    /// the output. E.g. --override 'down_proj=bits:8' --override '^model\.layers\.0\.=keep'
+    #[arg(long = "override", value_name = "REGEX=RULE", value_parser = Override::parse)]
+    pub overrides: Vec<Override>,
     #[command(flatten)]
     pub calib: CalibArgs,
     #[command(flatten)]
@@ -108,6 +115,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             no_clip: args.daq_no_clip,
         },
         sequential: args.sequential,
+        overrides: Overrides(args.overrides),
     };
     let r = quantize::run(&cpu, &config, &Bars::default())?;
     eprintln!(

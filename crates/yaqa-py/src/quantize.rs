@@ -7,6 +7,7 @@ use pyo3::types::{PyDict, PyList};
 use yaqa_backend_cpu::Cpu;
 use yaqa_model::job::QuantSpec;
 use yaqa_model::job::evaluate::EvalText;
+use yaqa_model::job::overrides::Overrides;
 use yaqa_model::job::quantize::{QuantizeConfig, QuantizeReport, default_eval};
 
 use crate::args;
@@ -39,6 +40,11 @@ use crate::progress::run_job;
 /// ``sequential=True`` (``"gptq"``, ``"ldlq"``; implied by ``"qronos"``) quantizes block by block in
 /// true-sequential order, each group of layers on the inputs of the already quantized model, collecting
 /// its statistics on the calibration sequences as it goes (no ``factors``).
+///
+/// ``overrides`` (a list of ``"REGEX=RULE"`` strings, the command line's ``--override``): layers whose
+/// name matches REGEX take RULE, ``"keep"`` (left unquantized) or comma-separated ``quantizer:Q``,
+/// ``bits:K``, ``group:G`` or ``group:none``, ``method:rtn|gptq|ldlq|yaqa``; the first matching rule
+/// decides, each must match a layer, and they are recorded in the output.
 ///
 /// Factors: from ``factors`` (a folder ``yaqa.collect`` wrote), or collected first (Sketch B for YAQA,
 /// Σ x xᵀ otherwise) over ``n_seqs`` sequences of ``seq_len`` tokens: windows of the ``calib`` text
@@ -73,7 +79,8 @@ use crate::progress::run_job;
     sequential = false, factors = None, calib = None,
     tokenizer = None, calib_ids = None, n_seqs = 64, seq_len = 512, seed = 0, evaluate = true,
     eval_text = None, eval_windows = 8, eval_window = 256, checkpoint_minutes = 30.0,
-    checkpoint_every = None, max_memory = None, base = None, daq_no_clip = false, progress = None
+    checkpoint_every = None, max_memory = None, base = None, daq_no_clip = false, overrides = None,
+    progress = None
 ))]
 pub fn quantize<'py>(
     py: Python<'py>,
@@ -107,8 +114,11 @@ pub fn quantize<'py>(
     max_memory: Option<&str>,
     base: Option<PathBuf>,
     daq_no_clip: bool,
+    overrides: Option<Vec<String>>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let overrides = Overrides::parse(overrides.as_deref().unwrap_or_default())
+        .map_err(pyo3::exceptions::PyValueError::new_err)?;
     let config = QuantizeConfig {
         model,
         spec: QuantSpec {
@@ -141,6 +151,7 @@ pub fn quantize<'py>(
             no_clip: daq_no_clip,
         },
         sequential,
+        overrides,
     };
     let report = run_job(py, progress, |p| {
         yaqa_model::job::quantize::run(&Cpu::default(), &config, p)

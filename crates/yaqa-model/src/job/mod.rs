@@ -29,6 +29,7 @@ pub mod finetune;
 pub mod guard;
 pub mod hessian;
 pub mod memory;
+pub mod overrides;
 pub mod pipeline;
 pub mod preflight;
 pub mod progress;

@@ -154,29 +154,32 @@ pub fn quantize_layers(
     stop_after: Option<usize>,
     progress: &mut dyn FnMut(&LayerDone<'_>),
 ) -> Result<Outcome> {
-    let mut round = from_factors(backend, params, scales, factors);
+    let same = |_: LayerId| *params;
+    let mut round = from_factors(backend, &same, scales, factors);
     round_layers(model, layers, &mut round, run, out, stop_after, progress)
 }
 
-/// The rounding of every method that works from factors: `factors(id)` loads one layer's, the method
-/// takes what it needs ([`Factors::for_method`]), `scales` overrides `params.scale_c` per layer.
+/// The rounding of every method that works from factors: `params(id)` gives layer `id`'s parameters
+/// (the run's, or its `--override`'s), `factors(id)` loads its factors, the layer's method takes what it
+/// needs ([`Factors::for_method`]), `scales` overrides the parameters' `scale_c` per layer.
 pub fn from_factors<'a>(
     backend: &'a dyn Backend,
-    params: &'a LayerParams,
+    params: &'a dyn Fn(LayerId) -> LayerParams,
     scales: Option<&'a BTreeMap<LayerId, f64>>,
     factors: &'a mut dyn FnMut(LayerId) -> Result<Factors>,
 ) -> impl FnMut(LayerId, &Mat<f32>) -> Result<QuantizedLayer> + 'a {
     move |id, w| {
         let f = factors(id)?;
+        let p = params(id);
         let layer_params = LayerParams {
-            scale_c: scales.and_then(|s| s.get(&id).copied()).or(params.scale_c),
-            ..*params
+            scale_c: scales.and_then(|s| s.get(&id).copied()).or(p.scale_c),
+            ..p
         };
         Ok(quantize_layer(
             backend,
             &id.name(),
             w,
-            &f.for_method(params.method),
+            &f.for_method(p.method),
             &layer_params,
         )?)
     }

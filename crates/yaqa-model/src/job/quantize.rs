@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use yaqa_core::Mat;
 use yaqa_core::backend::Backend;
 use yaqa_core::daq::DaqParams;
-use yaqa_core::layer::{LayerReport, Method, QuantizedLayer, QuantizerSpec};
+use yaqa_core::layer::{LayerParams, LayerReport, Method, QuantizedLayer, QuantizerSpec};
 use yaqa_core::model_ops::ModelOps;
 use yaqa_core::sketch::{Factors, SketchKind};
 
@@ -31,6 +31,7 @@ use crate::job::evaluate::{
 use crate::job::factors::{factor_index, pick_factor_file, read_factor_checked};
 use crate::job::guard::{named, refuse_overwrite};
 use crate::job::memory::{self, Residency};
+use crate::job::overrides::Overrides;
 use crate::job::pipeline::{LayerDone, assemble_parts, from_factors, round_layers, run_header};
 use crate::job::preflight;
 use crate::job::progress::ProgressExt;
@@ -71,6 +72,9 @@ pub struct QuantizeConfig {
     /// ([`crate::job::sequential`]), collecting the statistics as it goes (no `factors`). GPTQ and
     /// LDLQ only; Qronos always runs this way, whatever this says.
     pub sequential: bool,
+    /// Per-module overrides (`--override`): layers that take another quantizer or method, or stay
+    /// unquantized ([`crate::job::overrides`]). Not with the sequential pipeline or DAQ.
+    pub overrides: Overrides,
 }
 
 impl Default for QuantizeConfig {
@@ -88,6 +92,7 @@ impl Default for QuantizeConfig {
             base: None,
             daq: DaqParams::default(),
             sequential: false,
+            overrides: Overrides::default(),
         }
     }
 }
@@ -237,6 +242,23 @@ pub fn run<B: Backend + ModelOps<f32>>(
     inputs.extend(config.base.as_deref().map(|p| named("--base", p)));
     refuse_overwrite(&[named("--out", &config.out)], &inputs)?;
     check_daq_inputs(config)?;
+    if let Some(o) = config.overrides.0.first()
+        && (config.spec.method == Method::Daq || config.is_sequential())
+    {
+        crate::bail!(
+            "--override '{}': per-module overrides work with the methods that round each layer from \
+             factors (rtn, gptq, ldlq, yaqa), not with {}",
+            o.text,
+            if config.spec.method == Method::Daq {
+                "--method daq".to_string()
+            } else {
+                format!(
+                    "the sequential pipeline (--method {})",
+                    config.spec.method.name()
+                )
+            }
+        );
+    }
     if config.is_sequential() {
         let m = config.spec.method;
         if !sequential::takes(m) {
@@ -307,13 +329,32 @@ pub fn run<B: Backend + ModelOps<f32>>(
                 .with_context(|| format!("loading the model {}", config.model.display()))?
         }
     };
-    let layers = LayerId::all(&loaded.model);
-    config.spec.check_shapes(
-        &layers
-            .iter()
-            .map(|id| id.kind.shape(&loaded.model.config))
-            .collect::<Vec<_>>(),
-    )?;
+    let all = LayerId::all(&loaded.model);
+    let plan = config.overrides.plan(&config.spec, &all)?;
+    if config.overrides.is_empty() {
+        config.spec.check_shapes(
+            &all.iter()
+                .map(|id| id.kind.shape(&loaded.model.config))
+                .collect::<Vec<_>>(),
+        )?;
+    } else {
+        for (id, spec) in &plan {
+            if let Some(spec) = spec {
+                spec.check_shapes(&[id.kind.shape(&loaded.model.config)])
+                    .with_context(|| format!("{} (as --override sets it)", id.name()))?;
+            }
+        }
+    }
+    // The layers this run rounds (those an override keeps are left out) with their parameters.
+    let layers: Vec<LayerId> = plan
+        .iter()
+        .filter_map(|(id, spec)| spec.map(|_| *id))
+        .collect();
+    let per_layer: BTreeMap<LayerId, LayerParams> = plan
+        .iter()
+        .filter_map(|(id, spec)| spec.map(|s| (*id, s.layer_params())))
+        .collect();
+    let needs_sketch_b = per_layer.values().any(|p| p.method == Method::Yaqa);
     let daq = config.spec.method == Method::Daq;
     if config.factors.is_none() && !daq {
         config.calib.check(&loaded)?;
@@ -321,10 +362,15 @@ pub fn run<B: Backend + ModelOps<f32>>(
     // The parts and the file assembled from them (generously: scales and headers as half a bit per
     // weight), and the factors this run collects with their checkpoint.
     let mc = &loaded.model.config;
-    let mut need =
-        memory::quantized_file_bytes(mc, config.spec.grid.bits() as f64 + 0.5).saturating_mul(2);
+    // (at the widest grid any layer takes, overrides included)
+    let bits = plan
+        .iter()
+        .filter_map(|(_, spec)| spec.map(|s| s.grid.bits()))
+        .max()
+        .unwrap_or(0);
+    let mut need = memory::quantized_file_bytes(mc, bits as f64 + 0.5).saturating_mul(2);
     if config.factors.is_none() && !daq && !config.is_sequential() {
-        let kind = if config.spec.method == Method::Yaqa {
+        let kind = if needs_sketch_b {
             SketchKind::B
         } else {
             SketchKind::Xtx
@@ -342,6 +388,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
         eval.check(&loaded, ["--eval-window", "--eval-windows"])?;
     }
     let params = config.spec.layer_params();
+    let layer_params = |id: LayerId| per_layer[&id];
     if let (true, Some(path)) = (daq, &config.base) {
         return quantize_daq(backend, &loaded, path, config, progress);
     }
@@ -367,6 +414,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
             config,
             factors_json,
             Source::Sequential(&cal.seqs),
+            &layers,
             progress,
         )?;
         let peak_rss = sequential::peak_rss();
@@ -390,7 +438,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
                 let files = index.get(&id).with_context(|| {
                     format!("{}: no factor files for {}", dir.display(), id.name())
                 })?;
-                picks.insert(id, pick_factor_file(files, params.method, id)?);
+                picks.insert(id, pick_factor_file(files, per_layer[&id].method, id)?);
             }
             let first = picks
                 .values()
@@ -404,18 +452,19 @@ pub fn run<B: Backend + ModelOps<f32>>(
             });
             let fp = loaded.fingerprint.clone();
             let mut load = |id: LayerId| Ok(read_factor_checked(&picks[&id], &fp)?.factors);
-            let mut round = from_factors(backend, &params, None, &mut load);
+            let mut round = from_factors(backend, &layer_params, None, &mut load);
             quantize_with(
                 backend,
                 &loaded,
                 config,
                 factors_json,
                 Source::Round(&mut round),
+                &layers,
                 progress,
             )
         }
         None => {
-            let kind = if params.method == Method::Yaqa {
+            let kind = if needs_sketch_b {
                 SketchKind::B
             } else {
                 SketchKind::Xtx
@@ -430,13 +479,14 @@ pub fn run<B: Backend + ModelOps<f32>>(
                     .cloned()
                     .with_context(|| format!("no factors were collected for {}", id.name()))
             };
-            let mut round = from_factors(backend, &params, None, &mut load);
+            let mut round = from_factors(backend, &layer_params, None, &mut load);
             let report = quantize_with(
                 backend,
                 &loaded,
                 config,
                 factors_json,
                 Source::Round(&mut round),
+                &layers,
                 progress,
             )?;
             resume::finish(&quantize_factors_dir(&config.out))?;
@@ -542,12 +592,29 @@ fn quantize_with<B: Backend + ModelOps<f32>>(
     config: &QuantizeConfig,
     factors_json: Value,
     source: Source<'_>,
+    layers: &[LayerId],
     progress: &dyn Progress,
 ) -> Result<QuantizeReport> {
     let t0 = Instant::now();
     let params = config.spec.layer_params();
-    let run = run_header(&params, &loaded.fingerprint, factors_json);
-    let layers = LayerId::all(&loaded.model);
+    let mut run = run_header(&params, &loaded.fingerprint, factors_json);
+    // Recorded only when given, so the files of runs without overrides keep their bytes and resume.
+    if !config.overrides.is_empty() {
+        let kept: Vec<String> = LayerId::all(&loaded.model)
+            .into_iter()
+            .filter(|id| !layers.contains(id))
+            .map(|id| id.name())
+            .collect();
+        if !kept.is_empty() {
+            progress.note(format!(
+                "--override keeps {} layers unquantized: {}",
+                kept.len(),
+                kept.join(", ")
+            ));
+        }
+        run["overrides"] = config.overrides.to_json();
+        run["kept"] = json!(kept);
+    }
     let mut lines = Vec::with_capacity(layers.len());
     let mut clock = LayerClock::new(&loaded.model.config, params.method);
     progress.event(Event::Start {
@@ -577,7 +644,7 @@ fn quantize_with<B: Backend + ModelOps<f32>>(
     let outcome = match source {
         Source::Round(round) => round_layers(
             &loaded.model,
-            &layers,
+            layers,
             round,
             &run,
             &config.out,
@@ -722,6 +789,7 @@ fn quantize_daq<B: Backend + ModelOps<f32>>(
         config,
         factors_json,
         Source::Round(&mut round),
+        &LayerId::all(&loaded.model),
         progress,
     )?;
     if blocks > 0 {

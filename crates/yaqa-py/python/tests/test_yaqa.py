@@ -193,6 +193,8 @@ def test_arguments_the_binding_cannot_read_raise_value_error(tmp_path):
         yaqa.quantize("m.gguf", out, bits=3, quantizer="e8p")
     with pytest.raises(ValueError, match="e8p"):
         yaqa.quantize("m.gguf", out, quantizer="e9p")
+    with pytest.raises(ValueError, match="2, 3, 4 or 8 bits"):
+        yaqa.quantize("m.gguf", out, overrides=["down_proj=bits:5"])
     with pytest.raises(ValueError, match="give one of them"):
         yaqa.compare("m.gguf", tmp_path, bits=[2], quantizers=["e8p"])
     with pytest.raises(ValueError, match="e8p"):
