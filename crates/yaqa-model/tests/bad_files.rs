@@ -688,6 +688,107 @@ fn quantized_files_with_inconsistent_shapes_are_refused() {
     refused(&path, dequantize, &[".signs_in", "shape [7], expected [6]"]);
 }
 
+/// The codebook quantizers' layers: an E8P or trellis entry whose codes, sizes or scale cannot be what
+/// the rounding wrote gets one error naming the file and the tensor or field, never a panic; valid ones
+/// read back.
+#[test]
+fn e8p_and_trellis_layers_that_cannot_be_decoded_are_refused() {
+    let dir = Scratch::new("quant-codebooks");
+    let cpu = Cpu::default();
+    let layer = LAYER.name();
+    let dequantize = |p: &Path| QuantFile::open(p).and_then(|q| q.dequantize(&cpu, LAYER));
+    // A layer of `m × n` with `bits`-bit codes of `d` weights each, all codes `code`. (Rows of E8P and
+    // trellis codes fill whole bytes, so there are no padding bits to corrupt.)
+    let codebook = |kind: Value, m: usize, n: usize, bits: u32, d: usize, code: u16| {
+        let layer = layer.clone();
+        move |h: &mut Value, t: &mut Vec<(String, RawTensor)>| {
+            let codes = vec![code; m * (n / d)];
+            let packed = bitpack::pack_rows(&codes, m, n / d, bits).unwrap();
+            let row = bitpack::packed_len(n / d, bits);
+            h["layers"][&layer]["m"] = json!(m);
+            h["layers"][&layer]["n"] = json!(n);
+            h["layers"][&layer]["code_bits"] = json!(bits);
+            h["layers"][&layer]["quantizer"] = kind.clone();
+            t[0].1.shape = vec![m, row];
+            t[0].1.bytes = packed;
+        }
+    };
+    let e8p = json!({"kind": "e8p"});
+    let trellis = |bits: u32| json!({"kind": "trellis", "bits": bits});
+
+    let good = quant_file(
+        &dir,
+        "e8p.safetensors",
+        codebook(e8p.clone(), 2, 16, 16, 8, 0xBEEF),
+    );
+    let w = dequantize(&good).unwrap();
+    assert!(w.data.iter().all(|v| v.is_finite() && *v != 0.0));
+    let good = quant_file(
+        &dir,
+        "trellis.safetensors",
+        codebook(trellis(2), 16, 16, 2, 1, 3),
+    );
+    assert_eq!(dequantize(&good).unwrap().data.len(), 256);
+
+    let cases: Vec<(
+        &str,
+        Box<dyn Fn(&mut Value, &mut Vec<(String, RawTensor)>)>,
+        Vec<&str>,
+    )> = vec![
+        // E8P codes cover 8 weights: a width of 12 does not split into them.
+        (
+            "e8p-width.safetensors",
+            Box::new(codebook(e8p.clone(), 2, 12, 16, 4, 1)),
+            vec!["12"],
+        ),
+        // The file says 8-bit codes for a 16-bit codebook.
+        (
+            "e8p-code-bits.safetensors",
+            Box::new(codebook(e8p.clone(), 2, 16, 8, 8, 1)),
+            vec!["code_bits"],
+        ),
+        (
+            "e8p-scale-nan.safetensors",
+            Box::new({
+                let f = codebook(e8p.clone(), 2, 16, 16, 8, 1);
+                move |h: &mut Value, t: &mut Vec<(String, RawTensor)>| {
+                    f(h, t);
+                    t[1].1 = RawTensor::f32s(vec![1], &[f32::NAN]);
+                }
+            }),
+            vec!["scale"],
+        ),
+        // A trellis walk covers a 16 × 16 tile.
+        (
+            "trellis-tiles.safetensors",
+            Box::new(codebook(trellis(2), 8, 16, 2, 1, 1)),
+            vec!["does not split into 16 × 16 tiles"],
+        ),
+        (
+            "trellis-bits.safetensors",
+            Box::new(codebook(trellis(5), 16, 16, 5, 1, 1)),
+            vec!["5"],
+        ),
+        (
+            "trellis-scale.safetensors",
+            Box::new({
+                let f = codebook(trellis(3), 16, 16, 3, 1, 5);
+                move |h: &mut Value, t: &mut Vec<(String, RawTensor)>| {
+                    f(h, t);
+                    t[1].1 = RawTensor::f32s(vec![1], &[-0.5]);
+                }
+            }),
+            vec!["scale"],
+        ),
+    ];
+    for (name, edit, needles) in cases {
+        let path = quant_file(&dir, name, |h, t| edit(h, t));
+        let mut all = needles.clone();
+        all.push(layer.as_str());
+        refused(&path, dequantize, &all);
+    }
+}
+
 /// A factor file written by hand: `h_in` of `n = 2` (three packed values) and `edit` applied.
 fn factor_file(
     dir: &Scratch,

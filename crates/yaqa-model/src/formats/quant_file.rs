@@ -508,8 +508,11 @@ impl QuantFile {
         let (bits, _) = self.code_layout(&name)?;
         let quantizer: FittedQuantizer = match q["kind"].as_str() {
             Some("int-sym") => {
-                let s = self.f32s(&format!("{name}.scale"), &[1])?;
-                FittedQuantizer::IntSym(IntSym::new(bits, s[0])?)
+                let tensor = format!("{name}.scale");
+                let s = self.f32s(&tensor, &[1])?;
+                FittedQuantizer::IntSym(
+                    IntSym::new(bits, s[0]).map_err(|e| self.bad(format!("{tensor}: {e}")))?,
+                )
             }
             Some("int-asym") => {
                 let group = q["group_size"]
@@ -533,8 +536,11 @@ impl QuantFile {
                 )?)
             }
             Some("e8p") => {
-                let s = self.f32s(&format!("{name}.scale"), &[1])?;
-                FittedQuantizer::E8p(E8p::new(s[0])?)
+                let tensor = format!("{name}.scale");
+                let s = self.f32s(&tensor, &[1])?;
+                FittedQuantizer::E8p(
+                    E8p::new(s[0]).map_err(|e| self.bad(format!("{tensor}: {e}")))?,
+                )
             }
             Some("fp8-e4m3") => {
                 let scaling = q["scaling"]
@@ -555,9 +561,10 @@ impl QuantFile {
                 )
             }
             Some("trellis") => {
-                let s = self.f32s(&format!("{name}.scale"), &[1])?;
+                let tensor = format!("{name}.scale");
+                let s = self.f32s(&tensor, &[1])?;
                 FittedQuantizer::Trellis(
-                    Trellis::new(bits, s[0]).map_err(|e| self.bad(format!("{name}: {e}")))?,
+                    Trellis::new(bits, s[0]).map_err(|e| self.bad(format!("{tensor}: {e}")))?,
                 )
             }
             other => return Err(self.bad(format!("{name}: unknown quantizer {other:?}"))),
