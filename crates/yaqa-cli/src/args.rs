@@ -11,10 +11,12 @@ use yaqa_core::layer::Method;
 use yaqa_core::quant::fp8::Fp8Scaling;
 use yaqa_model::job::{CalibConfig, CheckpointPolicy, Every, Grid, QuantSpec};
 
-/// Where the computation runs.
+/// Where the computation runs. `cuda` is hidden from the help (it is not offered where it does not
+/// work) but still parsed, so asking for it gets the message of [`backend`] rather than "invalid value".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Device {
     Cpu,
+    #[value(hide = true)]
     Cuda,
 }
 
