@@ -210,3 +210,70 @@ fn a_partial_sum_continues_from_its_pass_start() {
     assert!(!p1.same_start(&p1_done.next_sketch_a_pass(m).unwrap()));
     assert!(!Factors::sketch_b(m, n).same_start(&Factors::xtx(n)));
 }
+
+/// `Factors::mix`: the ends of the blend are the normalised inputs, the middle is their mean entry by
+/// entry (computed here from the dense matrices), the result's mean diagonal is 1 on both sides, and
+/// factors that cannot be blended are refused.
+#[test]
+fn blended_factors_are_the_mean_of_the_normalised_estimates() {
+    let (m, n) = (12, 16);
+    let cpu = Cpu::default();
+    let collect = |seed: u64| {
+        let mut f = Factors::sketch_b(m, n);
+        for (x, g) in sequences(m, n, 3).iter().skip(seed as usize) {
+            f.add_sequence(&cpu, x, Some(g)).unwrap();
+        }
+        f
+    };
+    let (a, b) = (collect(0), collect(1));
+    let normalised = |h: &SymMat| {
+        let mut h = h.clone();
+        let mean = h.mean_diag();
+        h.scale(1.0 / mean);
+        h
+    };
+    let ends = [
+        (
+            1.0,
+            normalised(&a.h_in),
+            normalised(a.h_out.as_ref().unwrap()),
+        ),
+        (
+            0.0,
+            normalised(&b.h_in),
+            normalised(b.h_out.as_ref().unwrap()),
+        ),
+    ];
+    for (w, want_in, want_out) in ends {
+        let mixed = Factors::mix(&a, &b, w).unwrap();
+        assert!(rel(&mixed.h_in, &want_in) < 1e-15, "w = {w}");
+        assert!(
+            rel(mixed.h_out.as_ref().unwrap(), &want_out) < 1e-15,
+            "w = {w}"
+        );
+    }
+    let mixed = Factors::mix(&a, &b, 0.5).unwrap();
+    let (ai, bi) = (
+        normalised(&a.h_in).to_dense(),
+        normalised(&b.h_in).to_dense(),
+    );
+    let dense = mixed.h_in.to_dense();
+    for i in 0..n {
+        for j in 0..n {
+            let want = 0.5 * (ai.at(i, j) + bi.at(i, j));
+            assert!((dense.at(i, j) - want).abs() <= 1e-14 * want.abs().max(1.0));
+        }
+    }
+    assert!((mixed.h_in.mean_diag() - 1.0).abs() < 1e-14);
+    assert!((mixed.h_out.as_ref().unwrap().mean_diag() - 1.0).abs() < 1e-14);
+    assert_eq!(mixed.xtx, b.xtx);
+    assert_eq!(mixed.kind, b.kind);
+
+    assert!(Factors::mix(&a, &b, 1.5).is_err());
+    let xtx = Factors::xtx(n);
+    assert!(Factors::mix(&xtx, &b, 0.5).is_err(), "no h_out");
+    let other = Factors::sketch_b(m, n + 1);
+    assert!(Factors::mix(&a, &other, 0.5).is_err(), "shapes");
+    let empty = Factors::sketch_b(m, n);
+    assert!(Factors::mix(&a, &empty, 0.5).is_err(), "mean diagonal 0");
+}

@@ -26,6 +26,9 @@ pub enum RowArg {
     YaqaA,
     /// YAQA with Sketch B factors.
     YaqaB,
+    /// YAQA with the equal-weight blend of Sketch A's and B's normalised factors (not in the paper;
+    /// collects both sketches)
+    YaqaAb,
 }
 
 impl From<RowArg> for CompareMethod {
@@ -36,6 +39,7 @@ impl From<RowArg> for CompareMethod {
             RowArg::Ldlq => CompareMethod::Ldlq,
             RowArg::YaqaA => CompareMethod::YaqaA,
             RowArg::YaqaB => CompareMethod::YaqaB,
+            RowArg::YaqaAb => CompareMethod::YaqaAb,
         }
     }
 }

@@ -409,6 +409,36 @@ fn compare_shares_scales_and_resumes() {
         std::fs::read(work.join("ldlq-cd2-int3.safetensors")).unwrap()
     );
 
+    // The blended row reuses both sketches' factors and RTN's scales, and is neither of them.
+    let mut blended = args.to_vec();
+    let methods = blended.iter().position(|a| *a == "--methods").unwrap();
+    blended[methods + 1] = "ldlq,yaqa-ab";
+    let j = blended.iter().position(|a| *a == "--json").unwrap();
+    let blended_json = dir.join("blended.json");
+    blended[j + 1] = s(&blended_json);
+    let out = yaqa(&blended);
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(log.matches("reusing").count(), 3, "{log}");
+    assert!(log.contains("yaqa-ab-int3: quantized"), "{log}");
+    assert_eq!(scales("yaqa-ab-int3"), rtn);
+    let q = |label: &str| {
+        yaqa_model::formats::quant_file::QuantFile::open(&work.join(format!("{label}.safetensors")))
+            .unwrap()
+    };
+    let id = yaqa_model::LayerId::parse(layer).unwrap();
+    let ab = q("yaqa-ab-int3");
+    assert_ne!(ab.codes(id).unwrap(), q("yaqa-a-int3").codes(id).unwrap());
+    assert_ne!(ab.codes(id).unwrap(), q("yaqa-b-int3").codes(id).unwrap());
+    assert!(
+        ab.run()["factors"]["sketch"]
+            .as_str()
+            .unwrap()
+            .starts_with("mean of normalised a-p2"),
+        "{}",
+        ab.run()["factors"]
+    );
+
     // The calibration record holds the sequences and the labels every backward used; replaying it in a
     // fresh folder reproduces the table.
     let record = work.join("factors/calibration.safetensors");

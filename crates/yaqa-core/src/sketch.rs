@@ -250,6 +250,58 @@ impl Factors {
         Ok(())
     }
 
+    /// A blend of two two-sided estimates of the same layer's Kronecker factors (Sketch A's last pass
+    /// and Sketch B, say): each side is `w·h_a/μ(h_a) + (1 − w)·h_b/μ(h_b)`, where `μ` is the mean
+    /// diagonal, so neither estimate's overall scale (which the rounding divides out anyway, DESIGN.md
+    /// §3 step 1) decides the blend. Not in the paper (issue #23's "combining Sketch A and B"): Sketch A
+    /// fits the per-token Fisher's best Kronecker product, Sketch B the per-sequence gradients', so they
+    /// err differently and their mean can beat both. `Σ x xᵀ` is `b`'s (`a`'s when `b` has none), the
+    /// kind `b`'s, so the result rounds as `b` would.
+    ///
+    /// **Errors**: a weight outside `[0, 1]`, either side missing `h_out`, shapes that differ, a side
+    /// whose mean diagonal is not positive and finite.
+    pub fn mix(a: &Factors, b: &Factors, w: f64) -> Result<Factors> {
+        if !(0.0..=1.0).contains(&w) {
+            return Err(CoreError::InvalidParameter {
+                name: "w",
+                value: w.to_string(),
+                why: "the blend's weight must lie in [0, 1]".into(),
+            });
+        }
+        let (Some(a_out), Some(b_out)) = (&a.h_out, &b.h_out) else {
+            return Err(missing_h_out(if a.h_out.is_none() {
+                a.kind
+            } else {
+                b.kind
+            }));
+        };
+        if a.h_in.n != b.h_in.n || a_out.n != b_out.n {
+            return Err(CoreError::shape(
+                "blended factors (n, m)",
+                format!("({}, {})", a.h_in.n, a_out.n),
+                format!("({}, {})", b.h_in.n, b_out.n),
+            ));
+        }
+        let blend = |what: &str, x: &SymMat, y: &SymMat| -> Result<SymMat> {
+            let (mut x, mut y) = (x.clone(), y.clone());
+            crate::ldl::normalize_mean_diag(what, &mut x)?;
+            crate::ldl::normalize_mean_diag(what, &mut y)?;
+            x.scale(w);
+            y.scale(1.0 - w);
+            x.add_assign(&y)?;
+            Ok(x)
+        };
+        Ok(Factors {
+            kind: b.kind,
+            h_in: blend("h_in", &a.h_in, &b.h_in)?,
+            h_out: Some(blend("h_out", a_out, b_out)?),
+            n_seqs: b.n_seqs,
+            n_tokens: b.n_tokens,
+            scale: 1.0,
+            xtx: b.xtx.clone().or_else(|| a.xtx.clone()),
+        })
+    }
+
     /// Adds another shard of the same sketch and pass.
     ///
     /// **Errors**: different sketch kind, shapes, or (Sketch A) a different fixed side.

@@ -36,13 +36,13 @@ pub fn method(name: &str) -> PyResult<Method> {
     })
 }
 
-/// `compare`'s row names (`rtn`, `gptq`, `ldlq`, `yaqa-a`, `yaqa-b`).
+/// `compare`'s row names (`rtn`, `gptq`, `ldlq`, `yaqa-a`, `yaqa-b`, `yaqa-ab`).
 pub fn compare_method(name: &str) -> PyResult<CompareMethod> {
-    CompareMethod::ALL
+    CompareMethod::CHOICES
         .into_iter()
         .find(|m| m.label() == name)
         .ok_or_else(|| {
-            let all: Vec<String> = CompareMethod::ALL
+            let all: Vec<String> = CompareMethod::CHOICES
                 .iter()
                 .map(|m| format!("{:?}", m.label()))
                 .collect();

@@ -21,7 +21,7 @@ use crate::progress::run_job;
 /// widths of the symmetric INT grid, of 2, 3, 4, 8 (default ``[2, 3, 4]``; incoherence processing
 /// on), or ``quantizers`` names instead, of ``"int2"``, ``"int3"``, ``"int4"``, ``"int8"``, ``"e8p"``
 /// (the E8P lattice codebook of QuIP#), ``"trellis2"``, ``"trellis3"``, ``"trellis4"`` (the QTIP
-/// trellis; E8P and the trellis without ``"gptq"`` or ``refine``); ``methods`` the rows, of ``"rtn"``, ``"gptq"``, ``"ldlq"``, ``"yaqa-a"``, ``"yaqa-b"``
+/// trellis; E8P and the trellis without ``"gptq"`` or ``refine``); ``methods`` the rows, of ``"rtn"``, ``"gptq"``, ``"ldlq"``, ``"yaqa-a"``, ``"yaqa-b"``, ``"yaqa-ab"`` (YAQA with the equal-weight blend of both sketches' normalised factors; not in the paper, not a default row)
 /// (default: all; RTN always runs, it chooses the shared scales). ``passes`` are Sketch A's passes
 /// for YAQA-A (at least 2).
 ///

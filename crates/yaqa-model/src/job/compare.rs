@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use yaqa_core::backend::Backend;
 use yaqa_core::layer::Method;
 use yaqa_core::model_ops::ModelOps;
-use yaqa_core::sketch::SketchKind;
+use yaqa_core::sketch::{Factors, SketchKind};
 
 use crate::error::{Context, ModelError, Result};
 use crate::formats::calib_file::{LabelOrigin, RECORD_FILE, RecordHeader, write_record};
@@ -47,10 +47,23 @@ pub enum CompareMethod {
     YaqaA,
     /// YAQA with Sketch B factors.
     YaqaB,
+    /// YAQA with the blend of Sketch A's and Sketch B's normalised factors ([`Factors::mix`], equal
+    /// weights; not in the paper). Needs both sketches; not a default row.
+    YaqaAb,
 }
 
 impl CompareMethod {
-    /// Every row, in the table's order.
+    /// Every row a table can have, in the table's order.
+    pub const CHOICES: [CompareMethod; 6] = [
+        CompareMethod::Rtn,
+        CompareMethod::Gptq,
+        CompareMethod::Ldlq,
+        CompareMethod::YaqaA,
+        CompareMethod::YaqaB,
+        CompareMethod::YaqaAb,
+    ];
+
+    /// The default rows: the paper's methods, in the table's order.
     pub const ALL: [CompareMethod; 5] = [
         CompareMethod::Rtn,
         CompareMethod::Gptq,
@@ -67,6 +80,7 @@ impl CompareMethod {
             CompareMethod::Ldlq => "ldlq",
             CompareMethod::YaqaA => "yaqa-a",
             CompareMethod::YaqaB => "yaqa-b",
+            CompareMethod::YaqaAb => "yaqa-ab",
         }
     }
 
@@ -75,7 +89,7 @@ impl CompareMethod {
             CompareMethod::Rtn => Method::Rtn,
             CompareMethod::Gptq => Method::Gptq,
             CompareMethod::Ldlq => Method::Ldlq,
-            CompareMethod::YaqaA | CompareMethod::YaqaB => Method::Yaqa,
+            CompareMethod::YaqaA | CompareMethod::YaqaB | CompareMethod::YaqaAb => Method::Yaqa,
         }
     }
 }
@@ -163,6 +177,8 @@ struct FactorSets {
     a: Option<Set>,
     /// Sketch B (YAQA-B).
     b: Option<Set>,
+    /// The blend of both (YAQA-AB).
+    ab: Option<Set>,
     /// `Σ x xᵀ` when neither sketch was asked for.
     xtx: Option<Set>,
 }
@@ -174,6 +190,7 @@ impl FactorSets {
         match row {
             CompareMethod::YaqaA => self.a.as_ref(),
             CompareMethod::YaqaB => self.b.as_ref(),
+            CompareMethod::YaqaAb => self.ab.as_ref(),
             _ => self.xtx.as_ref().or(self.b.as_ref()).or(self.a.as_ref()),
         }
     }
@@ -367,6 +384,12 @@ pub fn run<B: Backend + ModelOps<f32>>(
                 "sketch": factors.values().next().map(|f| sketch_tag(f.kind)),
                 "seed": prov.seed, "seq_len": prov.seq_len, "n_seqs": row_seqs, "calib": prov.calib,
             });
+            if row == CompareMethod::YaqaAb {
+                factors_json["sketch"] = json!(format!(
+                    "mean of normalised a-p{} (first {n_main} sequences) and b",
+                    args.passes - 1
+                ));
+            }
             if scales.is_some() {
                 factors_json["scale_c_from"] = json!(format!("rtn-{grid}.safetensors"));
             }
@@ -513,8 +536,9 @@ fn factor_sets<B: Backend + ModelOps<f32>>(
     };
     let given_labels = calib.labels;
     let seqs = &mut calib.seqs;
-    let need_a = args.methods.contains(&CompareMethod::YaqaA);
-    let need_b = args.methods.contains(&CompareMethod::YaqaB);
+    let need_ab = args.methods.contains(&CompareMethod::YaqaAb);
+    let need_a = need_ab || args.methods.contains(&CompareMethod::YaqaA);
+    let need_b = need_ab || args.methods.contains(&CompareMethod::YaqaB);
     let seed = args.calib.seed;
     let n_all = seqs.len();
     // What `--stop-after-seqs` leaves of its budget, over all the stages.
@@ -600,6 +624,7 @@ fn factor_sets<B: Backend + ModelOps<f32>>(
     let mut out = FactorSets {
         a: None,
         b: None,
+        ab: None,
         xtx: None,
     };
     if !need_a && !need_b {
@@ -705,6 +730,19 @@ fn factor_sets<B: Backend + ModelOps<f32>>(
             .pop();
         }
         out.a = a;
+    }
+    if let (true, Some(a), Some(b)) = (need_ab, &out.a, &out.b) {
+        let mixed = a
+            .iter()
+            .map(|(id, fa)| {
+                let fb = b
+                    .get(id)
+                    .with_context(|| format!("Sketch B has no factors for {}", id.name()))?;
+                let f = Factors::mix(fa, fb, 0.5).map_err(|e| e.in_layer(&id.name()))?;
+                Ok((*id, f))
+            })
+            .collect::<Result<Set>>()?;
+        out.ab = Some(mixed);
     }
     Ok(out)
 }
