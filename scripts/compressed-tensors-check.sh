@@ -16,7 +16,7 @@
 # Environment: YAQA (a yaqa binary; default: `cargo build --release` into target/), PYTHON (python3 ≥
 # 3.10), CT_VENV (default target-py/ct-venv), TORCH_INDEX_URL (an index with CPU-only torch wheels,
 # for example PyTorch's own CPU index; default: PyPI, whose Linux x86-64 torch wheel (539 MB for 2.15.0)
-# pulls several GB of CUDA wheels it needs just to import; nothing is installed when the pinned versions
+# does not import without its CUDA wheels, well over 1 GB more; nothing is installed when the pinned versions
 # already import). Run it niced: once the environment exists, decompressing and comparing SmolLM2-135M
 # took 13–35 s per export on a shared 2-core CPU.
 set -euo pipefail
