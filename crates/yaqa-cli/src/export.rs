@@ -53,6 +53,9 @@ pub enum FormatArg {
     /// GPTQ v1 packing of the codes with float16 scales (quantized with --group G --no-incoherence, 2, 4
     /// or 8 bits).
     Gptq,
+    /// compressed-tensors for vLLM: pack-quantized int4/int8 (quantized with --no-incoherence, per row or
+    /// --group G) or float-quantized FP8 (fp8, fp8-row, fp8-tensor), the codes and f32 scales as they are.
+    CompressedTensors,
 }
 
 pub fn export(args: ExportArgs) -> Result<()> {
@@ -66,6 +69,7 @@ pub fn export(args: ExportArgs) -> Result<()> {
             format: match args.format {
                 FormatArg::Bf16 => ExportFormat::Bf16,
                 FormatArg::Gptq => ExportFormat::Gptq,
+                FormatArg::CompressedTensors => ExportFormat::CompressedTensors,
             },
         },
     )?;
@@ -79,6 +83,20 @@ pub fn export(args: ExportArgs) -> Result<()> {
             eprintln!(
                 "{} groups with zero-point 0 written as zero-point 1 with codes raised by one (same levels)",
                 s.shifted_groups
+            );
+        }
+    }
+    if let Some(s) = &r.compressed_tensors {
+        eprintln!(
+            "compressed-tensors checkpoint ({}): {} layers, {}; codes and f32 scales as quantized",
+            s.scheme.format(),
+            s.layers,
+            s.scheme.describe()
+        );
+        if let Some((layer, m, n)) = &s.partial_blocks {
+            eprintln!(
+                "note: {layer} ({m} × {n}) ends in partial 128 × 128 scale blocks; vLLM refuses those \
+                 in merged projections (q/k/v, gate/up): quantize with --quantizer fp8-row for vLLM"
             );
         }
     }

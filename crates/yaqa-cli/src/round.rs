@@ -24,7 +24,8 @@ pub struct RoundArgs {
     /// Seed of the stochastic rounding (--stochastic).
     #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub seed: u64,
-    /// Output safetensors: `w_hat` (F32) and `codes` (U8) plus the report.
+    /// Output safetensors (must not exist): `w_hat` (F32) and `codes` (bit-packed row by row, U8) plus
+    /// the report.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     #[arg(long, value_enum, default_value_t = Device::Cpu)]

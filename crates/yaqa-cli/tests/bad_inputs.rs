@@ -297,6 +297,54 @@ fn lengths_the_model_cannot_use_are_refused_before_work() {
     );
 }
 
+/// A Mistral's sliding attention window is not implemented, so sequences and windows longer than it are
+/// refused before work, naming `sliding_window` and its file, even with `--allow-long-context`; a window
+/// of `null` or one at least as long as every sequence runs.
+#[test]
+fn sequences_longer_than_a_sliding_window_are_refused() {
+    let dir = scratch("bad-window");
+    let windowed = model_with(&dir, "mistral", |m| {
+        m.config.family = Family::Mistral;
+        m.config.sliding_window = Some(16);
+    });
+    let field = format!(
+        "sliding attention window of 16 tokens (sliding_window in {})",
+        windowed.join("config.json").display()
+    );
+    for extra in [
+        &["--seq-len", "17"][..],
+        &["--seq-len", "17", "--allow-long-context"],
+    ] {
+        says(
+            &run_fails(&hessian(&windowed, &dir.join("h"), extra)),
+            &["--seq-len 17 ", &field, "lower --seq-len to at most 16"],
+        );
+    }
+    let absent = dir.join("absent.safetensors");
+    says(
+        &fails(&[
+            "eval",
+            "--model",
+            s(&windowed),
+            "--quantized",
+            s(&absent),
+            "--window",
+            "32",
+            "--n-windows",
+            "1",
+        ]),
+        &["--window 32 ", &field],
+    );
+    assert!(!dir.join("h").exists());
+    // Sequences that fit the window run; so does a Mistral whose window is null.
+    let fits = hessian(&windowed, &dir.join("h16"), &["--seq-len", "16"]);
+    ok_stderr(&fits.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    let unbounded = model_with(&dir, "mistral-null", |m| m.config.family = Family::Mistral);
+    edit_config(&unbounded, |c| c["sliding_window"] = Value::Null);
+    let long = hessian(&unbounded, &dir.join("h32"), &["--seq-len", "32"]);
+    ok_stderr(&long.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+}
+
 /// A model without `max_position_embeddings` has no known limit: a long sequence is not refused.
 #[test]
 fn an_unknown_context_limits_nothing() {

@@ -225,6 +225,12 @@ fn end_to_end_on_a_tiny_model() {
         .load_model()
         .unwrap();
     assert_eq!(back.layers.len(), 2);
+    // Older and newer transformers read the weights' type from different keys: they agree.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exported.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["torch_dtype"], "bfloat16");
+    assert_eq!(config["dtype"], "bfloat16");
 
     // A GPTQ export of a rotated (incoherence) file is refused, naming file and layer, writing nothing.
     let gptq = dir.join("gptq");
@@ -248,6 +254,28 @@ fn end_to_end_on_a_tiny_model() {
         "{err}"
     );
     assert!(!gptq.join("model.safetensors").exists());
+    // So is a compressed-tensors export: the format has no place for the rotation.
+    let ct = dir.join("ct");
+    let refused = yaqa(&[
+        "export",
+        "--format",
+        "compressed-tensors",
+        "--model",
+        m,
+        "--quantized",
+        s(&whole),
+        "--out",
+        s(&ct),
+    ]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains("whole.safetensors")
+            && err.contains("model.layers.0.self_attn.q_proj")
+            && err.contains("rotation"),
+        "{err}"
+    );
+    assert!(!ct.join("model.safetensors").exists());
 
     // Errors name the file and the problem.
     let bytes = std::fs::read(&whole).unwrap();

@@ -213,6 +213,7 @@ fn gptq_checkpoint_dequantizes_to_the_quantized_file() {
     };
     let config = read("config.json");
     assert_eq!(config["torch_dtype"], "float16");
+    assert_eq!(config["dtype"], "float16");
     assert_eq!(config["model_type"], "qwen2");
     let qc = &config["quantization_config"];
     for (key, value) in [

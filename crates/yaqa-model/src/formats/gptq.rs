@@ -41,7 +41,7 @@ use serde_json::{Value, json};
 
 use crate::error::{ModelError, Result};
 use crate::formats::checkpoint::Loaded;
-use crate::formats::hf::{Half, RawTensor, half_tensors, write_atomic, write_safetensors};
+use crate::formats::hf::{Half, RawTensor, half_tensors, write_json, write_safetensors};
 use crate::formats::quant_file::QuantFile;
 use crate::transformer::weights::LayerId;
 
@@ -508,12 +508,6 @@ pub struct GptqSummary {
     pub worst_layer: String,
 }
 
-fn write_json(path: &Path, value: &Value) -> Result<()> {
-    let text =
-        serde_json::to_string_pretty(value).map_err(|e| ModelError::format(path, e.to_string()))?;
-    write_atomic(path, |tmp| std::fs::write(tmp, &text))
-}
-
 /// Writes `dir` as a GPTQ-format Hugging Face folder: `model.safetensors` (every quantized linear layer
 /// as `qweight`, `qzeros`, `scales`, `g_idx`; every other tensor of the original model, biases included,
 /// in float16), `config.json` (`torch_dtype: float16` and `quantization_config`) and
@@ -615,9 +609,8 @@ pub fn write_gptq(original: &Loaded, quant: &QuantFile, dir: &Path) -> Result<Gp
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     write_safetensors(&dir.join("model.safetensors"), &tensors, "format", "pt")?;
     let qc = quantization_config(summary.bits, summary.group_size);
-    let mut config = model.config.to_hf_json();
+    let mut config = model.config.to_hf_json_as("float16");
     if let Value::Object(o) = &mut config {
-        o.insert("torch_dtype".into(), json!("float16"));
         o.insert("quantization_config".into(), qc.clone());
     }
     write_json(&dir.join("config.json"), &config)?;

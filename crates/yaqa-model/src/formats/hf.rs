@@ -679,6 +679,15 @@ impl View for F32View<'_> {
     }
 }
 
+/// Writes `value` as pretty-printed JSON to `path`, atomically ([`write_atomic`]).
+///
+/// **Errors**: [`ModelError::Write`] naming `path`.
+pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| ModelError::format(path, e.to_string()))?;
+    write_atomic(path, |tmp| std::fs::write(tmp, &text))
+}
+
 /// Runs `write` on a temporary file in `path`'s folder, then renames it to `path`, so that readers never
 /// see half a file and a failed write leaves what was there. The temporary name is a detail: every error
 /// names `path`, the file the user asked for.

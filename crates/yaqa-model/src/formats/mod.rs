@@ -1,11 +1,12 @@
 //! Files in and out: checkpoints (GGUF, Hugging Face safetensors folders), yaqa's own factor,
 //! calibration and quantized files (with their JSON headers and the bit-packing of codes), and the GPTQ
-//! checkpoint writer. One file per format, its reader and writer side by side; every size read from a
+//! and compressed-tensors checkpoint writers. One file per format, its reader and writer side by side; every size read from a
 //! file is checked before it is used.
 
 pub mod bitpack;
 pub mod calib_file;
 pub mod checkpoint;
+pub mod compressed_tensors;
 pub mod factor_file;
 pub mod gguf;
 pub mod gptq;

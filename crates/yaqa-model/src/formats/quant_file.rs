@@ -95,17 +95,26 @@ pub fn optq_json(o: &OptqReport) -> Value {
     v
 }
 
-/// The tensors of one quantized layer and its header entry.
-fn layer_tensors(id: LayerId, q: &QuantizedLayer) -> Result<(Vec<(String, RawTensor)>, Value)> {
-    let name = id.name();
-    let (m, n) = q.w_hat.shape();
-    let (code_bits, code_dim) = match &q.quantizer {
+/// How a fitted quantizer's codes are stored: `(bits per code, weights per code)`, `(k, 1)` for the
+/// `k`-bit INT grids and trellis, `(8, 1)` for FP8 and `(16, 8)` for E8P.
+pub fn code_layout(q: &FittedQuantizer) -> (u32, usize) {
+    match q {
         FittedQuantizer::IntSym(s) => (s.bits(), 1),
         FittedQuantizer::IntAsym(a) => (a.bits(), 1),
         FittedQuantizer::E8p(_) => (e8p::CODE_BITS, e8p::CODE_DIM),
         FittedQuantizer::Fp8(_) => (8, 1),
         FittedQuantizer::Trellis(t) => (t.bits(), 1),
-    };
+    }
+}
+
+/// The codes of a rounded layer bit-packed row by row ([`bitpack::pack_rows`]): U8 `[m, ⌈(n/d)·k/8⌉]`
+/// with `(k, d)` from [`code_layout`], the layout of `L.codes` in docs/FORMAT.md. Returns the tensor and
+/// `k`. `name` prefixes the errors.
+///
+/// **Errors**: an `n` that does not split into codes of `d` weights, a code of `2^k` or more.
+pub fn packed_codes(name: &str, q: &QuantizedLayer) -> Result<(RawTensor, u32)> {
+    let (m, n) = q.w_hat.shape();
+    let (code_bits, code_dim) = code_layout(&q.quantizer);
     if !n.is_multiple_of(code_dim) {
         return Err(ModelError::Input(format!(
             "{name}: n = {n} does not split into codes of {code_dim} weights"
@@ -116,14 +125,20 @@ fn layer_tensors(id: LayerId, q: &QuantizedLayer) -> Result<(Vec<(String, RawTen
         ModelError::Input(why) => ModelError::Input(format!("{name} codes: {why}")),
         other => other,
     })?;
-    let mut t = vec![(
-        format!("{name}.codes"),
-        RawTensor {
-            dtype: Dtype::U8,
-            shape: vec![m, bitpack::packed_len(per_row, code_bits)],
-            bytes: packed,
-        },
-    )];
+    let tensor = RawTensor {
+        dtype: Dtype::U8,
+        shape: vec![m, bitpack::packed_len(per_row, code_bits)],
+        bytes: packed,
+    };
+    Ok((tensor, code_bits))
+}
+
+/// The tensors of one quantized layer and its header entry.
+fn layer_tensors(id: LayerId, q: &QuantizedLayer) -> Result<(Vec<(String, RawTensor)>, Value)> {
+    let name = id.name();
+    let (m, n) = q.w_hat.shape();
+    let (codes, code_bits) = packed_codes(&name, q)?;
+    let mut t = vec![(format!("{name}.codes"), codes)];
     let quantizer = match &q.quantizer {
         FittedQuantizer::IntSym(s) => {
             t.push((

@@ -1,13 +1,13 @@
 //! Checkpoints out: `convert` (a GGUF file as a Hugging Face f32 folder) and `export` (a quantized file
-//! as a dequantized bf16 Hugging Face checkpoint, or as a GPTQ-packed one).
+//! as a dequantized bf16 Hugging Face checkpoint, or as a GPTQ or compressed-tensors packed one).
 
 use std::path::PathBuf;
 
-use serde_json::{Value, json};
 use yaqa_core::backend::Backend;
 
 use crate::error::{Context, ModelError, Result};
 use crate::formats::checkpoint::{Loaded, find_tokenizer};
+use crate::formats::compressed_tensors::{CtSummary, write_compressed_tensors};
 use crate::formats::gptq::{GptqSummary, write_gptq};
 use crate::formats::hf::{Half, half_tensors, write_hf, write_safetensors};
 use crate::formats::quant_file::QuantFile;
@@ -58,6 +58,10 @@ pub enum ExportFormat {
     Bf16,
     /// GPTQ v1 packing of the codes with float16 scales (asymmetric grid, no rotation, 2, 4 or 8 bits).
     Gptq,
+    /// compressed-tensors, vLLM's native format: `pack-quantized` from the asymmetric INT grid (4 or 8
+    /// bits, groups or whole rows) and `float-quantized` from FP8, with the file's f32 scales (no
+    /// rotation).
+    CompressedTensors,
 }
 
 /// What `export` exports.
@@ -71,11 +75,12 @@ pub struct ExportConfig {
     pub format: ExportFormat,
 }
 
-/// What `export` wrote: for GPTQ, the summary of the repacking.
+/// What `export` wrote: for the packed formats, the summary of the repacking.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExportReport {
     pub out: PathBuf,
     pub gptq: Option<GptqSummary>,
+    pub compressed_tensors: Option<CtSummary>,
 }
 
 /// Writes `config.quantized` as a checkpoint of `config.format`, with the model's tokenizer when it has
@@ -96,17 +101,21 @@ pub fn export(backend: &dyn Backend, config: &ExportConfig) -> Result<ExportRepo
     let f32_bytes = crate::job::memory::edge_bytes(mc)
         .saturating_add(crate::job::memory::block_bytes(mc).saturating_mul(mc.n_layers as u64));
     crate::job::preflight::check_output("--out", &config.out, f32_bytes / 2, "the checkpoint")?;
-    let gptq = match config.format {
+    let open = || {
+        let file = &config.quantized;
+        QuantFile::open(file).with_context(|| format!("opening {}", file.display()))
+    };
+    // The writers' errors name the quantized file and the layer already.
+    let (gptq, compressed_tensors) = match config.format {
         ExportFormat::Bf16 => {
             export_bf16(backend, &loaded, config)?;
-            None
+            (None, None)
         }
-        ExportFormat::Gptq => {
-            let file = &config.quantized;
-            let q = QuantFile::open(file).with_context(|| format!("opening {}", file.display()))?;
-            // Its errors name the quantized file and the layer already.
-            Some(write_gptq(&loaded, &q, &config.out)?)
-        }
+        ExportFormat::Gptq => (Some(write_gptq(&loaded, &open()?, &config.out)?), None),
+        ExportFormat::CompressedTensors => (
+            None,
+            Some(write_compressed_tensors(&loaded, &open()?, &config.out)?),
+        ),
     };
     if let Ok(tok) = find_tokenizer(&config.model, None) {
         let tpath = config.out.join("tokenizer.json");
@@ -115,6 +124,7 @@ pub fn export(backend: &dyn Backend, config: &ExportConfig) -> Result<ExportRepo
     Ok(ExportReport {
         out: config.out.clone(),
         gptq,
+        compressed_tensors,
     })
 }
 
@@ -126,9 +136,8 @@ fn export_bf16(backend: &dyn Backend, loaded: &Loaded, config: &ExportConfig) ->
     let tensors = half_tensors(&model, Half::Bf16, |_| false)?;
     let weights = config.out.join("model.safetensors");
     write_safetensors(&weights, &tensors, "format", "pt")?;
-    let mut config_json = model.config.to_hf_json();
-    if let Value::Object(o) = &mut config_json {
-        o.insert("torch_dtype".into(), json!("bfloat16"));
-    }
-    write_json(&config.out.join("config.json"), &config_json)
+    write_json(
+        &config.out.join("config.json"),
+        &model.config.to_hf_json_as("bfloat16"),
+    )
 }

@@ -118,7 +118,12 @@ impl CalibConfig {
 }
 
 /// Refuses `len` tokens of `what` (a flag and its value) when the model of `loaded` declares a shorter
-/// context and `allow` is off, saying how to `fix` it (given the model's limit).
+/// context and `allow` is off, or a shorter sliding attention window (Mistral's, or Qwen's with
+/// `use_sliding_window`) whatever `allow` says, saying how to `fix` it (given the limit).
+///
+/// A sliding window is not implemented: every position attends to the whole sequence before it, which
+/// is what such a model computes exactly when the sequence fits the window (`sliding_window` absent,
+/// `null`, or at least every length a run uses), and something else otherwise.
 ///
 /// **Errors**: [`crate::ModelError::Refused`] naming `what`, the model's limit and where it is declared.
 pub(crate) fn check_context(
@@ -128,16 +133,27 @@ pub(crate) fn check_context(
     allow: bool,
     fix: impl Fn(usize) -> String,
 ) -> crate::Result<()> {
+    let declared = |field: &str, gguf_key: &str| {
+        if loaded.path.is_dir() {
+            format!("{field} in {}", loaded.path.join("config.json").display())
+        } else {
+            format!("{gguf_key} in {}", loaded.path.display())
+        }
+    };
+    if let Some(window) = loaded.model.config.sliding_window
+        && len > window
+    {
+        crate::bail!(
+            "{what} exceeds the model's sliding attention window of {window} tokens ({}): yaqa attends \
+             over the whole sequence and does not implement the window, so it runs such a model only on \
+             sequences that fit it: {}",
+            declared("sliding_window", "sliding_window"),
+            fix(window)
+        )
+    }
     match loaded.model.config.max_position_embeddings {
         Some(max) if len > max && !allow => {
-            let source = if loaded.path.is_dir() {
-                format!(
-                    "max_position_embeddings in {}",
-                    loaded.path.join("config.json").display()
-                )
-            } else {
-                format!("context_length in {}", loaded.path.display())
-            };
+            let source = declared("max_position_embeddings", "context_length");
             crate::bail!(
                 "{what} exceeds the model's context of {max} tokens ({source}): {}, or pass \
                  --allow-long-context to run positions the model was not trained for",

@@ -1,10 +1,10 @@
 //! `round`: one weight matrix (from a safetensors file) rounded against one layer's factor file, written
-//! as `w_hat` (F32) and `codes` (U8 `[m, n]` for the INT grids, U16 `[m, n/8]` for E8P) with the layer
-//! report in the header.
+//! as `w_hat` (F32) and `codes` (bit-packed row by row as in quantized files: U8 `[m, ⌈(n/d)·k/8⌉]`,
+//! `k` = `code_bits`, `d` = `code_dim`) with the layer report in the header. An existing output is never
+//! replaced: the command refuses it before any work.
 
 use std::path::PathBuf;
 
-use safetensors::Dtype;
 use serde_json::{Value, json};
 use yaqa_core::Mat;
 use yaqa_core::backend::Backend;
@@ -13,7 +13,7 @@ use yaqa_core::layer::{LayerReport, quantize_layer};
 use crate::error::{Context, Result};
 use crate::formats::factor_file::read_factors;
 use crate::formats::hf::{RawTensor, SafetensorsFile, write_safetensors};
-use crate::formats::quant_file::report_json;
+use crate::formats::quant_file::{code_layout, packed_codes, report_json};
 use crate::job::QuantSpec;
 use crate::job::guard::{named, refuse_overwrite};
 use crate::job::pipeline::quantizer_json;
@@ -58,6 +58,14 @@ pub fn run(backend: &dyn Backend, config: &RoundConfig) -> Result<RoundReport> {
             named("--factors", &config.factors),
         ],
     )?;
+    // `round` has no resumption to protect and no overwrite flag: a result already there (perhaps of
+    // another matrix or method) is the user's to remove.
+    if config.out.exists() {
+        crate::bail!(
+            "--out {} already exists: round does not replace a file; remove it or choose another --out",
+            config.out.display()
+        );
+    }
     let shown = config.weights.display();
     let file =
         SafetensorsFile::open(&config.weights).with_context(|| format!("opening {shown}"))?;
@@ -98,27 +106,9 @@ pub fn run(backend: &dyn Backend, config: &RoundConfig) -> Result<RoundReport> {
         &params,
     )
     .with_context(|| format!("rounding {name}"))?;
-    // One byte per code for the scalar grids; E8P's 16-bit codes (one per 8 weights) as little-endian U16.
-    let per_row = n / params.quantizer.code_dim();
-    let codes = if params.quantizer.code_dim() == 1 {
-        let bytes = q
-            .codes
-            .iter()
-            .map(|&c| u8::try_from(c))
-            .collect::<std::result::Result<Vec<u8>, _>>()
-            .map_err(|_| crate::ModelError::Refused(format!("{name}: codes above 255")))?;
-        RawTensor {
-            dtype: Dtype::U8,
-            shape: vec![m, n],
-            bytes,
-        }
-    } else {
-        RawTensor {
-            dtype: Dtype::U16,
-            shape: vec![m, per_row],
-            bytes: q.codes.iter().flat_map(|c| c.to_le_bytes()).collect(),
-        }
-    };
+    // Bit-packed row by row, as `L.codes` in a quantized file.
+    let (codes, code_bits) = packed_codes(&name, &q)?;
+    let code_dim = code_layout(&q.quantizer).1;
     let tensors = vec![
         (
             "w_hat".to_string(),
@@ -132,6 +122,8 @@ pub fn run(backend: &dyn Backend, config: &RoundConfig) -> Result<RoundReport> {
         "quantizer": quantizer_json(&params.quantizer),
         "incoherence": params.incoherence,
         "sign_seed": params.seed,
+        "code_bits": code_bits,
+        "code_dim": code_dim,
         "report": report_json(&q.report),
     });
     write_safetensors(&config.out, &tensors, "yaqa", &header.to_string())?;

@@ -477,6 +477,12 @@ impl ModelConfig {
 
     /// A `config.json` value that Hugging Face transformers (old and new) loads as this model, in f32.
     pub fn to_hf_json(&self) -> Value {
+        self.to_hf_json_as("float32")
+    }
+
+    /// [`ModelConfig::to_hf_json`] for weights stored as `dtype` (`"bfloat16"`, `"float16"`): written to
+    /// both `torch_dtype` (older transformers) and `dtype` (newer), so the two always agree.
+    pub fn to_hf_json_as(&self, dtype: &str) -> Value {
         let mut rope = json!({ "rope_type": "default", "rope_theta": self.rope_theta });
         let old_scaling = match self.rope_scaling {
             RopeScaling::None => Value::Null,
@@ -528,8 +534,8 @@ impl ModelConfig {
             "tie_word_embeddings": self.tie_word_embeddings,
             "attention_bias": self.attention_bias,
             "mlp_bias": false,
-            "torch_dtype": "float32",
-            "dtype": "float32",
+            "torch_dtype": dtype,
+            "dtype": dtype,
         });
         if let Some(n) = self.max_position_embeddings {
             v["max_position_embeddings"] = json!(n);
@@ -764,5 +770,67 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hidden_size"), "{e}");
+    }
+
+    /// What is accepted and what is refused, naming the field: Llama, Mistral with or without a
+    /// sliding window (the jobs refuse sequences longer than it), Qwen2's biases, Qwen3's q/k norms; other
+    /// activations, MLP biases and RoPE types are refused.
+    #[test]
+    fn accepted_and_refused_configurations() {
+        let p = Path::new("m/config.json");
+        let mut mistral = base();
+        mistral["model_type"] = json!("mistral");
+        mistral["sliding_window"] = Value::Null;
+        let c = ModelConfig::from_hf_json(&mistral, p).unwrap();
+        assert_eq!((c.family, c.sliding_window), (Family::Mistral, None));
+        mistral["sliding_window"] = json!(4096);
+        let c = ModelConfig::from_hf_json(&mistral, p).unwrap();
+        assert_eq!(c.sliding_window, Some(4096));
+        assert_eq!(ModelConfig::from_hf_json(&c.to_hf_json(), p).unwrap(), c);
+        // Qwen's window counts only when it is switched on.
+        let mut qwen = base();
+        qwen["model_type"] = json!("qwen2");
+        qwen["sliding_window"] = json!(64);
+        assert_eq!(
+            ModelConfig::from_hf_json(&qwen, p).unwrap().sliding_window,
+            None
+        );
+        qwen["use_sliding_window"] = json!(true);
+        assert_eq!(
+            ModelConfig::from_hf_json(&qwen, p).unwrap().sliding_window,
+            Some(64)
+        );
+        for (key, value, named) in [
+            ("hidden_act", json!("gelu"), "hidden_act gelu"),
+            ("mlp_bias", json!(true), "mlp_bias"),
+            (
+                "rope_scaling",
+                json!({"rope_type": "yarn", "factor": 4.0}),
+                "rope type yarn",
+            ),
+            ("sliding_window", json!(0), "sliding_window is 0"),
+        ] {
+            let mut v = mistral.clone();
+            v[key] = value;
+            let e = ModelConfig::from_hf_json(&v, p).unwrap_err().to_string();
+            assert!(
+                e.contains("m/config.json") && e.contains(named),
+                "{key}: {e}"
+            );
+        }
+    }
+
+    /// `torch_dtype` (older transformers) and `dtype` (newer) always name the same type.
+    #[test]
+    fn written_dtypes_agree() {
+        let c = ModelConfig::from_hf_json(&base(), Path::new("config.json")).unwrap();
+        for dtype in ["float32", "bfloat16", "float16"] {
+            let v = c.to_hf_json_as(dtype);
+            assert_eq!(
+                (&v["torch_dtype"], &v["dtype"]),
+                (&json!(dtype), &json!(dtype))
+            );
+        }
+        assert_eq!(c.to_hf_json()["dtype"], "float32");
     }
 }
