@@ -730,11 +730,8 @@ fn e8p_and_trellis_layers_that_cannot_be_decoded_are_refused() {
     );
     assert_eq!(dequantize(&good).unwrap().data.len(), 256);
 
-    let cases: Vec<(
-        &str,
-        Box<dyn Fn(&mut Value, &mut Vec<(String, RawTensor)>)>,
-        Vec<&str>,
-    )> = vec![
+    type Edit = Box<dyn Fn(&mut Value, &mut Vec<(String, RawTensor)>)>;
+    let cases: Vec<(&str, Edit, Vec<&str>)> = vec![
         // E8P codes cover 8 weights: a width of 12 does not split into them.
         (
             "e8p-width.safetensors",
