@@ -572,40 +572,13 @@ pub fn write_compressed_tensors(
     dir: &Path,
 ) -> Result<CtSummary> {
     let qpath = quant.file.path();
-    if quant.header["model_fingerprint"].as_str() != Some(original.fingerprint.as_str()) {
-        return Err(ModelError::format(
-            qpath,
-            format!(
-                "quantized from a different model than {}",
-                original.path.display()
-            ),
-        ));
-    }
     let model = &original.model;
-    let ids = LayerId::all(model);
-    if let Some(extra) = quant.layers()?.into_iter().find(|id| !ids.contains(id)) {
-        return Err(ModelError::format(
-            qpath,
-            format!(
-                "layer {} is not in {}",
-                extra.name(),
-                original.path.display()
-            ),
-        ));
-    }
+    let ids = quant.layers_of(original)?;
     let mut packed = Vec::with_capacity(ids.len());
     let mut summary: Option<CtSummary> = None;
     for &id in &ids {
         let layer = CtLayer::from_quant_file(quant, id)?;
-        let expected = id.kind.shape(&model.config);
-        if (layer.m, layer.n) != expected {
-            return Err(ModelError::ShapeMismatch {
-                path: qpath.to_path_buf(),
-                tensor: format!("{}.codes", id.name()),
-                expected: vec![expected.0, expected.1],
-                found: vec![layer.m, layer.n],
-            });
-        }
+        quant.check_layer_shape(id, (layer.m, layer.n), id.kind.shape(&model.config))?;
         let s = summary.get_or_insert(CtSummary {
             scheme: layer.scheme,
             layers: 0,

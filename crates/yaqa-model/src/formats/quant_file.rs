@@ -423,6 +423,56 @@ impl QuantFile {
         Ok(bytes.to_vec())
     }
 
+    /// The checks every exporter makes before packing anything: this file was quantized from
+    /// `original` (by fingerprint) and holds no layer `original` lacks. Returns the model's layers in
+    /// order, which an exporter then reads one by one, each checked with [`QuantFile::check_layer_shape`].
+    ///
+    /// **Errors**: another model's file, a layer beyond the model (naming the file).
+    pub fn layers_of(&self, original: &crate::formats::checkpoint::Loaded) -> Result<Vec<LayerId>> {
+        let qpath = self.file.path();
+        if self.header["model_fingerprint"].as_str() != Some(original.fingerprint.as_str()) {
+            return Err(ModelError::format(
+                qpath,
+                format!(
+                    "quantized from a different model than {}",
+                    original.path.display()
+                ),
+            ));
+        }
+        let ids = LayerId::all(&original.model);
+        if let Some(extra) = self.layers()?.into_iter().find(|id| !ids.contains(id)) {
+            return Err(ModelError::format(
+                qpath,
+                format!(
+                    "layer {} is not in {}",
+                    extra.name(),
+                    original.path.display()
+                ),
+            ));
+        }
+        Ok(ids)
+    }
+
+    /// That layer `id`'s codes describe an `m × n` matrix of the model's `expected` shape.
+    ///
+    /// **Errors**: [`ModelError::ShapeMismatch`] naming the file and `L.codes`.
+    pub fn check_layer_shape(
+        &self,
+        id: LayerId,
+        (m, n): (usize, usize),
+        expected: (usize, usize),
+    ) -> Result<()> {
+        if (m, n) != expected {
+            return Err(ModelError::ShapeMismatch {
+                path: self.file.path().to_path_buf(),
+                tensor: format!("{}.codes", id.name()),
+                expected: vec![expected.0, expected.1],
+                found: vec![m, n],
+            });
+        }
+        Ok(())
+    }
+
     /// The `m × n` of layer `name` from its header entry: both positive integers that fit `usize`.
     fn dims(&self, name: &str) -> Result<(usize, usize)> {
         let e = &self.header["layers"][name];
