@@ -35,8 +35,9 @@ pub struct ExportArgs {
     /// Quantized model file.
     #[arg(long, value_name = "FILE")]
     pub quantized: PathBuf,
-    /// Output folder (config.json, model.safetensors, tokenizer.json; quantize_config.json for gptq).
-    #[arg(long, value_name = "DIR")]
+    /// Output folder (config.json, model.safetensors, tokenizer.json; quantize_config.json for gptq);
+    /// for gguf, the output file.
+    #[arg(long, value_name = "PATH")]
     pub out: PathBuf,
     /// Checkpoint layout.
     #[arg(long, value_enum, default_value_t = FormatArg::Bf16)]
@@ -53,6 +54,10 @@ pub enum FormatArg {
     /// GPTQ v1 packing of the codes with float16 scales (quantized with --group G --no-incoherence, 2, 4
     /// or 8 bits).
     Gptq,
+    /// A llama.cpp GGUF file (quantized from a GGUF model with --quantizer q8_0, q4_0 or q4_1
+    /// --no-incoherence, any method): the codes repacked as llama.cpp's blocks, bit for bit; metadata,
+    /// tokenizer, norms and embeddings copied from the original GGUF.
+    Gguf,
 }
 
 pub fn export(args: ExportArgs) -> Result<()> {
@@ -66,6 +71,7 @@ pub fn export(args: ExportArgs) -> Result<()> {
             format: match args.format {
                 FormatArg::Bf16 => ExportFormat::Bf16,
                 FormatArg::Gptq => ExportFormat::Gptq,
+                FormatArg::Gguf => ExportFormat::Gguf,
             },
         },
     )?;
@@ -81,6 +87,15 @@ pub fn export(args: ExportArgs) -> Result<()> {
                 s.shifted_groups
             );
         }
+    }
+    if let Some(s) = &r.gguf {
+        eprintln!(
+            "llama.cpp GGUF: {} layers as {} blocks, {} tensors copied from the original, {:.1} MiB",
+            s.layers,
+            s.format,
+            s.copied,
+            s.bytes as f64 / (1u64 << 20) as f64
+        );
     }
     eprintln!("wrote {}", r.out.display());
     Ok(())

@@ -1,5 +1,5 @@
 //! Checkpoints out: `convert` (a GGUF file as a Hugging Face f32 folder) and `export` (a quantized file
-//! as a dequantized bf16 Hugging Face checkpoint, or as a GPTQ-packed one).
+//! as a dequantized bf16 Hugging Face checkpoint, as a GPTQ-packed one, or as a llama.cpp GGUF file).
 
 use std::path::PathBuf;
 
@@ -10,6 +10,7 @@ use crate::error::{Context, ModelError, Result};
 use crate::formats::checkpoint::{Loaded, find_tokenizer};
 use crate::formats::gptq::{GptqSummary, write_gptq};
 use crate::formats::hf::{Half, half_tensors, write_hf, write_safetensors};
+use crate::formats::llamacpp::{GgufSummary, write_llamacpp};
 use crate::formats::quant_file::QuantFile;
 use crate::job::evaluate::{dequantized_model, write_json};
 use crate::job::guard::{named, refuse_overwrite};
@@ -58,6 +59,9 @@ pub enum ExportFormat {
     Bf16,
     /// GPTQ v1 packing of the codes with float16 scales (asymmetric grid, no rotation, 2, 4 or 8 bits).
     Gptq,
+    /// A llama.cpp GGUF file: the codes of llama.cpp's block grids (`q8_0`, `q4_0`, `q4_1`, no
+    /// rotation) repacked as ggml blocks; metadata, tokenizer and other tensors from the GGUF original.
+    Gguf,
 }
 
 /// What `export` exports.
@@ -71,11 +75,12 @@ pub struct ExportConfig {
     pub format: ExportFormat,
 }
 
-/// What `export` wrote: for GPTQ, the summary of the repacking.
+/// What `export` wrote: for GPTQ and GGUF, the summary of the repacking.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExportReport {
     pub out: PathBuf,
     pub gptq: Option<GptqSummary>,
+    pub gguf: Option<GgufSummary>,
 }
 
 /// Writes `config.quantized` as a checkpoint of `config.format`, with the model's tokenizer when it has
@@ -96,16 +101,28 @@ pub fn export(backend: &dyn Backend, config: &ExportConfig) -> Result<ExportRepo
     let f32_bytes = crate::job::memory::edge_bytes(mc)
         .saturating_add(crate::job::memory::block_bytes(mc).saturating_mul(mc.n_layers as u64));
     crate::job::preflight::check_output("--out", &config.out, f32_bytes / 2, "the checkpoint")?;
-    let gptq = match config.format {
+    let open_quantized = || {
+        let file = &config.quantized;
+        QuantFile::open(file).with_context(|| format!("opening {}", file.display()))
+    };
+    let (gptq, gguf) = match config.format {
         ExportFormat::Bf16 => {
             export_bf16(backend, &loaded, config)?;
-            None
+            (None, None)
         }
-        ExportFormat::Gptq => {
-            let file = &config.quantized;
-            let q = QuantFile::open(file).with_context(|| format!("opening {}", file.display()))?;
-            // Its errors name the quantized file and the layer already.
-            Some(write_gptq(&loaded, &q, &config.out)?)
+        // Their errors name the quantized file and the layer already.
+        ExportFormat::Gptq => (
+            Some(write_gptq(&loaded, &open_quantized()?, &config.out)?),
+            None,
+        ),
+        ExportFormat::Gguf => {
+            // One file with the tokenizer inside: no folder, no tokenizer.json.
+            let s = write_llamacpp(&loaded, &open_quantized()?, &config.out)?;
+            return Ok(ExportReport {
+                out: config.out.clone(),
+                gptq: None,
+                gguf: Some(s),
+            });
         }
     };
     if let Ok(tok) = find_tokenizer(&config.model, None) {
@@ -115,6 +132,7 @@ pub fn export(backend: &dyn Backend, config: &ExportConfig) -> Result<ExportRepo
     Ok(ExportReport {
         out: config.out.clone(),
         gptq,
+        gguf,
     })
 }
 
