@@ -24,13 +24,15 @@ venv=target-py/venv
   "numpy==2.4.6; python_version >= '3.11'" "numpy==1.26.4; python_version < '3.11'"
 yaqa=${YAQA:-}
 if [[ -z $yaqa ]]; then
-  cargo build -q -p yaqa-cli
-  yaqa=target/debug/yaqa
+  # The test profile: the binary `cargo test` already built for the CLI's tests, not a rebuild.
+  cargo build -q --profile test -p yaqa-cli
+  yaqa=${CARGO_TARGET_DIR:-target}/debug/yaqa
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$yaqa" quantize --model "$model" --tokenizer "$fixture/tokenizer.json" \
   --calib "$shared/data/austen/emma.txt" --n-seqs 1 --seq-len 32 \
-  --method rtn --quantizer q4_0 --no-incoherence --no-eval --out "$work/q.safetensors" >/dev/null
+  --method rtn --quantizer q4_0 --no-incoherence --no-eval --out "$work/q.safetensors" \
+  >"$work/log" 2>&1 || { cat "$work/log"; exit 1; }
 "$yaqa" export --model "$model" --quantized "$work/q.safetensors" --format gguf --out "$work/q.gguf"
 "$venv/bin/python" scripts/gguf_check.py "$work/q.gguf" "$work/q.safetensors" "$model"
