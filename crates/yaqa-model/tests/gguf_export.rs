@@ -202,10 +202,7 @@ fn exported_gguf_reads_back_as_the_quantized_model() {
         .into_iter()
         .zip(original.model.hf_tensors().unwrap())
     {
-        assert!(
-            bits_equal(a, b),
-            "{name} differs after the GGUF round trip"
-        );
+        assert!(bits_equal(a, b), "{name} differs after the GGUF round trip");
     }
     let cpu = Cpu::default();
     let c = &original.model.config;

@@ -592,3 +592,65 @@ pub fn open_model(path: &std::path::Path) -> crate::Result<crate::formats::check
     crate::formats::checkpoint::load(path)
         .with_context(|| format!("loading the model {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// llama.cpp's block grids parse under llama.cpp's names, need `--no-incoherence`, refuse groups,
+    /// `--stochastic` and widths that are not whole blocks, and map to `QuantizerSpec::Ggml` with 1 × 1
+    /// tiles.
+    #[test]
+    fn ggml_grids_are_checked_before_any_work() {
+        for (name, format) in [
+            ("q8_0", GgmlFormat::Q8_0),
+            ("q4_0", GgmlFormat::Q4_0),
+            ("q4_1", GgmlFormat::Q4_1),
+        ] {
+            let grid = Grid::parse(name).unwrap();
+            assert_eq!(grid, Grid::Ggml(format));
+            assert_eq!(grid.name(), name);
+            assert!(Grid::NAMES.contains(&name));
+            let spec = QuantSpec {
+                grid,
+                incoherence: false,
+                method: Method::Ldlq,
+                ..QuantSpec::default()
+            };
+            spec.check([576, 1536]).unwrap();
+            let p = spec.layer_params();
+            assert_eq!(p.quantizer, QuantizerSpec::Ggml { format });
+            assert_eq!((p.round.tile_rows, p.round.tile_cols), (1, 1));
+            let refused = |s: QuantSpec, widths: &[usize], want: &str| {
+                let e = s.check(widths.iter().copied()).unwrap_err().to_string();
+                assert!(e.contains(want), "{name}: {e}");
+            };
+            refused(
+                QuantSpec {
+                    incoherence: true,
+                    ..spec
+                },
+                &[576],
+                "--no-incoherence",
+            );
+            refused(
+                QuantSpec {
+                    group: Some(32),
+                    ..spec
+                },
+                &[576],
+                "--group",
+            );
+            refused(
+                QuantSpec {
+                    method: Method::Gptq,
+                    stochastic: Some(1),
+                    ..spec
+                },
+                &[576],
+                "--stochastic",
+            );
+            refused(spec, &[576, 100], "input width 100");
+        }
+    }
+}
