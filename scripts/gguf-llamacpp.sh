@@ -4,7 +4,7 @@
 #   scripts/gguf-llamacpp.sh ORIGINAL.gguf EXPORTED.gguf...
 #
 # Installs llama-cpp-python from PyPI into target-py/llama-venv (it builds llama.cpp from source with
-# CMake: allow 15-30 minutes on two cores the first time; the build runs under nice -n 10), then runs the
+# CMake: about 9 minutes on two shared cores the first time; the build runs under nice -n 10), then runs the
 # original and each export through llama.cpp on README's evaluation windows: prideprejudice.txt
 # tokenized whole by the fixture's tokenizer.json (the `tokenizers` package, the tokenizer `yaqa eval`
 # uses), the first 64 windows of 512 tokens, no BOS, every position of every window. Prints the mean
