@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use yaqa_backend_cpu::Cpu;
 use yaqa_core::layer::Method;
 use yaqa_core::quant::fp8::Fp8Scaling;
+use yaqa_core::quant::ggml::GgmlFormat;
 use yaqa_model::job::{CalibConfig, CheckpointPolicy, Every, Grid, QuantSpec};
 
 /// Where the computation runs. `cuda` is hidden from the help (it is not offered where it does not
@@ -74,6 +75,13 @@ pub enum QuantizerArg {
     Trellis2,
     Trellis3,
     Trellis4,
+    // llama.cpp's block grids (documented on `--quantizer`).
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q4_1")]
+    Q4_1,
 }
 
 impl From<QuantizerArg> for Grid {
@@ -90,6 +98,9 @@ impl From<QuantizerArg> for Grid {
             QuantizerArg::Trellis2 => Grid::Trellis(2),
             QuantizerArg::Trellis3 => Grid::Trellis(3),
             QuantizerArg::Trellis4 => Grid::Trellis(4),
+            QuantizerArg::Q8_0 => Grid::Ggml(GgmlFormat::Q8_0),
+            QuantizerArg::Q4_0 => Grid::Ggml(GgmlFormat::Q4_0),
+            QuantizerArg::Q4_1 => Grid::Ggml(GgmlFormat::Q4_1),
         }
     }
 }
@@ -182,7 +193,9 @@ pub struct SpecArgs {
     pub method: MethodArg,
     /// INT grids; e8p: the E8P lattice codebook of QuIP# (2 bits, codes of 8 weights); trellisK: the
     /// QTIP trellis (K bits, 16×16 tiles); e8p and trellisK not with gptq or --refine; fp8: FP8 E4M3 with
-    /// AbsMax scales per 128 × 128 block (fp8-row, fp8-tensor: per row, per tensor)
+    /// AbsMax scales per 128 × 128 block (fp8-row, fp8-tensor: per row, per tensor); q8_0, q4_0, q4_1:
+    /// llama.cpp's blocks of 32 with float16 scales fixed as llama.cpp fixes them (needs
+    /// --no-incoherence; export --format gguf writes them)
     #[arg(long, value_enum, default_value_t = QuantizerArg::Int4)]
     pub quantizer: QuantizerArg,
     /// Asymmetric grid with zero-points and one scale per GROUP columns (GPTQ layout; INT grids only);

@@ -35,8 +35,9 @@ pub struct ExportArgs {
     /// Quantized model file.
     #[arg(long, value_name = "FILE")]
     pub quantized: PathBuf,
-    /// Output folder (config.json, model.safetensors, tokenizer.json; quantize_config.json for gptq).
-    #[arg(long, value_name = "DIR")]
+    /// Output folder (config.json, model.safetensors, tokenizer.json; quantize_config.json for gptq);
+    /// for gguf, the output file.
+    #[arg(long, value_name = "PATH")]
     pub out: PathBuf,
     /// Checkpoint layout.
     #[arg(long, value_enum, default_value_t = FormatArg::Bf16)]
@@ -56,6 +57,10 @@ pub enum FormatArg {
     /// compressed-tensors for vLLM: pack-quantized int4/int8 (quantized with --no-incoherence, per row or
     /// --group G) or float-quantized FP8 (fp8, fp8-row, fp8-tensor), the codes and f32 scales as they are.
     CompressedTensors,
+    /// A llama.cpp GGUF file (quantized from a GGUF model with --quantizer q8_0, q4_0 or q4_1
+    /// --no-incoherence, any method): the codes repacked as llama.cpp's blocks, bit for bit; metadata,
+    /// tokenizer, norms and embeddings copied from the original GGUF.
+    Gguf,
 }
 
 pub fn export(args: ExportArgs) -> Result<()> {
@@ -70,6 +75,7 @@ pub fn export(args: ExportArgs) -> Result<()> {
                 FormatArg::Bf16 => ExportFormat::Bf16,
                 FormatArg::Gptq => ExportFormat::Gptq,
                 FormatArg::CompressedTensors => ExportFormat::CompressedTensors,
+                FormatArg::Gguf => ExportFormat::Gguf,
             },
         },
     )?;
@@ -99,6 +105,15 @@ pub fn export(args: ExportArgs) -> Result<()> {
                  in merged projections (q/k/v, gate/up): quantize with --quantizer fp8-row for vLLM"
             );
         }
+    }
+    if let Some(s) = &r.gguf {
+        eprintln!(
+            "llama.cpp GGUF: {} layers as {} blocks, {} tensors copied from the original, {:.1} MiB",
+            s.layers,
+            s.format,
+            s.copied,
+            s.bytes as f64 / (1u64 << 20) as f64
+        );
     }
     eprintln!("wrote {}", r.out.display());
     Ok(())

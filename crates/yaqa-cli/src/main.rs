@@ -49,7 +49,9 @@ pub enum Command {
     /// Export a quantized model, dequantized, as a Hugging Face bf16 checkpoint.
     ///
     /// With `--format gptq`, export it instead as a GPTQ-packed Hugging Face checkpoint (int32 codes,
-    /// float16 scales) for the GPTQ loaders of transformers and vLLM.
+    /// float16 scales) for the GPTQ loaders of transformers and vLLM. With `--format gguf`, as one GGUF
+    /// file llama.cpp loads: the codes of llama.cpp's block grids (quantize --quantizer q8_0, q4_0 or
+    /// q4_1 --no-incoherence, from a GGUF model) in llama.cpp's blocks, bit for bit.
     Export(export::ExportArgs),
     /// Quantize one model with several methods and bit widths from one calibration set, and print the KL
     /// table (resumable).

@@ -16,6 +16,7 @@ use crate::optq::{OptqReport, RunFacts};
 use crate::quant::TileQuantizer;
 use crate::quant::e8p::{self, E8p, search_e8p_scale};
 use crate::quant::fp8::{Fp8, Fp8Scaling};
+use crate::quant::ggml::{self, GgmlBlocks, GgmlFormat};
 use crate::quant::int::{AsymFitParams, IntAsymGroup, IntSym, search_sym_scale};
 use crate::quant::trellis::{self, Trellis, search_trellis_scale};
 use crate::refine::{RefineStats, refine_coordinate};
@@ -77,6 +78,11 @@ pub enum QuantizerSpec {
     /// like the symmetric grid's. Encodes whole `16 × 16` tiles ([`trellis::TILE`]), so both dimensions
     /// must be multiples of 16 and the rounding must use that tile; GPTQ and `--refine` refuse it.
     Trellis { bits: u32 },
+    /// One of llama.cpp's block grids (`Q8_0`, `Q4_0`, `Q4_1`: [`GgmlBlocks`]): per row and 32 columns a
+    /// float16 scale (and minimum) fixed from `W` as llama.cpp's reference quantizer fixes it, then any
+    /// method rounds onto it. Needs widths that are multiples of 32 and no rotation (llama.cpp applies
+    /// none), which the job refuses before any work.
+    Ggml { format: GgmlFormat },
 }
 
 impl QuantizerSpec {
@@ -87,7 +93,8 @@ impl QuantizerSpec {
             QuantizerSpec::IntSym { .. }
             | QuantizerSpec::IntAsym { .. }
             | QuantizerSpec::Fp8 { .. }
-            | QuantizerSpec::Trellis { .. } => 1,
+            | QuantizerSpec::Trellis { .. }
+            | QuantizerSpec::Ggml { .. } => 1,
         }
     }
 
@@ -96,7 +103,9 @@ impl QuantizerSpec {
     pub fn is_scalar(&self) -> bool {
         matches!(
             self,
-            QuantizerSpec::IntSym { .. } | QuantizerSpec::IntAsym { .. }
+            QuantizerSpec::IntSym { .. }
+                | QuantizerSpec::IntAsym { .. }
+                | QuantizerSpec::Ggml { .. }
         )
     }
 }
@@ -109,6 +118,7 @@ pub enum FittedQuantizer {
     E8p(E8p),
     Fp8(Fp8),
     Trellis(Trellis),
+    Ggml(GgmlBlocks),
 }
 
 impl FittedQuantizer {
@@ -119,6 +129,7 @@ impl FittedQuantizer {
             FittedQuantizer::E8p(q) => q,
             FittedQuantizer::Fp8(q) => q,
             FittedQuantizer::Trellis(q) => q,
+            FittedQuantizer::Ggml(q) => q,
         }
     }
 }
@@ -340,6 +351,19 @@ fn quantize_layer_inner(
     if params.quantizer == QuantizerSpec::E8p {
         e8p::check_width(n)?;
     }
+    if let QuantizerSpec::Ggml { format } = params.quantizer {
+        ggml::check_width(n)?;
+        if params.incoherence {
+            return Err(CoreError::InvalidParameter {
+                name: "incoherence",
+                value: "true".into(),
+                why: format!(
+                    "{format} is llama.cpp's block grid, and llama.cpp cannot undo a rotation: \
+                     quantize without incoherence processing"
+                ),
+            });
+        }
+    }
     if let QuantizerSpec::Trellis { bits } = params.quantizer {
         trellis::check_bits(bits)?;
         trellis::check_shape(m, n)?;
@@ -506,6 +530,9 @@ fn quantize_layer_inner(
             (FittedQuantizer::E8p(q), Some(c))
         }
         QuantizerSpec::Fp8 { scaling } => (FittedQuantizer::Fp8(Fp8::fit(&w_r, scaling)?), None),
+        QuantizerSpec::Ggml { format } => {
+            (FittedQuantizer::Ggml(GgmlBlocks::fit(&w_r, format)?), None)
+        }
         QuantizerSpec::Trellis { bits } => {
             let (q, c) = match params.scale_c {
                 Some(c) => (Trellis::for_multiplier(bits, &w_r, c)?, c),

@@ -6,6 +6,7 @@
 
 pub mod e8p;
 pub mod fp8;
+pub mod ggml;
 pub mod int;
 pub mod scale;
 pub mod trellis;

@@ -157,6 +157,12 @@ fn ggml_type(id: u32) -> Option<(&'static str, u64, u64)> {
         .map(|&(_, name, elems, bytes)| (name, elems, bytes))
 }
 
+/// `(name, elements per block, bytes per block)` of ggml type `id` (every type ggml defines, including
+/// those this reader cannot dequantize), for writers that check a tensor's size.
+pub fn ggml_type_size(id: u32) -> Option<(&'static str, u64, u64)> {
+    ggml_type(id)
+}
+
 /// A human-readable name for a ggml type id, for error messages.
 fn ggml_type_name(id: u32) -> String {
     let name = ggml_type(id).map_or("unknown", |t| t.0);
@@ -647,6 +653,27 @@ impl GgufFile {
         }
     }
 
+    /// A tensor's header entry and its bytes as stored (any type ggml defines), for copying it unchanged.
+    ///
+    /// **Errors**: a missing tensor, a type ggml does not define, data beyond the file.
+    pub fn raw(&self, name: &str) -> Result<(&GgufTensorInfo, &[u8])> {
+        let t = self.info(name).ok_or_else(|| ModelError::MissingTensor {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+        })?;
+        let (_, elems, bytes) = ggml_type(t.type_id).ok_or_else(|| ModelError::UnknownDtype {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+            dtype: ggml_type_name(t.type_id),
+        })?;
+        let (s, e) = self.byte_range(t, (elems, bytes), false)?;
+        let data = self
+            .mmap
+            .get(s..e)
+            .ok_or_else(|| self.beyond(t, Some(s as u64), Some(e as u64)))?;
+        Ok((t, data))
+    }
+
     /// Dequantizes a tensor (by GGUF name) to f32, returning its row-major shape and values.
     ///
     /// **Errors**: missing tensor, unsupported type, truncated data.
@@ -759,6 +786,43 @@ pub fn unpermute_rows(
     Ok(out)
 }
 
+/// The Hugging Face row that llama.cpp's Q/K permutation puts at GGUF row `row` of a head-major matrix
+/// with heads of `head_dim` rows (even): GGUF row `h·head_dim + 2i + k` holds HF row
+/// `h·head_dim + k·head_dim/2 + i`. [`unpermute_rows`] undoes the permutation, [`permute_rows`] applies
+/// it, and `export --format gguf` reorders rows of blocks with it.
+pub fn hf_row_of(row: usize, head_dim: usize) -> usize {
+    let (h, w) = (row / head_dim, row % head_dim);
+    h * head_dim + (w % 2) * (head_dim / 2) + w / 2
+}
+
+/// Applies llama.cpp's Q/K row permutation to a row-major `[n_head · head_dim, cols]` matrix (HF order
+/// in, GGUF order out): the inverse of [`unpermute_rows`].
+///
+/// **Errors**: as [`unpermute_rows`].
+pub fn permute_rows(
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    n_head: usize,
+    head_dim: usize,
+) -> std::result::Result<Vec<f32>, String> {
+    if n_head.checked_mul(head_dim) != Some(rows)
+        || !head_dim.is_multiple_of(2)
+        || rows.checked_mul(cols) != Some(data.len())
+    {
+        return Err(format!(
+            "cannot permute {rows}×{cols} ({} values) as {n_head} heads of {head_dim}",
+            data.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(data.len());
+    for r in 0..rows {
+        let src = hf_row_of(r, head_dim);
+        out.extend_from_slice(&data[src * cols..(src + 1) * cols]);
+    }
+    Ok(out)
+}
+
 /// Maps a GGUF tensor name of a Llama-family model to its Hugging Face name.
 pub fn gguf_to_hf_name(name: &str) -> Option<String> {
     match name {
@@ -829,6 +893,9 @@ mod tests {
         assert_ne!(gguf, hf);
         assert_eq!(unpermute_rows(&gguf, rows, cols, n_head, hd).unwrap(), hf);
         assert!(unpermute_rows(&gguf, rows, cols, 4, hd).is_err());
+        // The writer's direction is the same permutation, so the two are inverses.
+        assert_eq!(permute_rows(&hf, rows, cols, n_head, hd).unwrap(), gguf);
+        assert!(permute_rows(&hf, rows, cols, n_head, hd + 1).is_err());
     }
 
     #[test]

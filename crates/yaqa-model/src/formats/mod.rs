@@ -9,9 +9,11 @@ pub mod checkpoint;
 pub mod compressed_tensors;
 pub mod factor_file;
 pub mod gguf;
+pub mod gguf_writer;
 pub mod gptq;
 pub(crate) mod header;
 pub mod hf;
+pub mod llamacpp;
 pub mod pages;
 pub mod quant_file;
 

@@ -18,6 +18,7 @@ use yaqa_core::layer::{FittedQuantizer, LayerReport, QuantizedLayer};
 use yaqa_core::optq::OptqReport;
 use yaqa_core::quant::e8p::{self, E8p};
 use yaqa_core::quant::fp8::{Fp8, Fp8Scaling};
+use yaqa_core::quant::ggml::{self, GgmlBlocks, GgmlFormat};
 use yaqa_core::quant::int::{IntAsymGroup, IntSym};
 use yaqa_core::quant::trellis::{self, Trellis};
 
@@ -104,6 +105,7 @@ pub fn code_layout(q: &FittedQuantizer) -> (u32, usize) {
         FittedQuantizer::E8p(_) => (e8p::CODE_BITS, e8p::CODE_DIM),
         FittedQuantizer::Fp8(_) => (8, 1),
         FittedQuantizer::Trellis(t) => (t.bits(), 1),
+        FittedQuantizer::Ggml(g) => (g.format().bits(), 1),
     }
 }
 
@@ -181,6 +183,20 @@ fn layer_tensors(id: LayerId, q: &QuantizedLayer) -> Result<(Vec<(String, RawTen
                 RawTensor::f32s(vec![1], &[tr.scale()]),
             ));
             json!({"kind": "trellis", "bits": tr.bits()})
+        }
+        FittedQuantizer::Ggml(g) => {
+            let s = g.scales();
+            t.push((
+                format!("{name}.scales"),
+                RawTensor::f32s(vec![s.rows, s.cols], &s.data),
+            ));
+            if let Some(mins) = g.mins() {
+                t.push((
+                    format!("{name}.mins"),
+                    RawTensor::f32s(vec![mins.rows, mins.cols], &mins.data),
+                ));
+            }
+            json!({"kind": "ggml", "format": g.format().name()})
         }
     };
     if let (Some(s_in), Some(s_out)) = (&q.signs_in, &q.signs_out) {
@@ -492,6 +508,7 @@ impl QuantFile {
         match q["kind"].as_str() {
             Some("e8p") => Ok((e8p::CODE_BITS, e8p::CODE_DIM)),
             Some("fp8-e4m3") => Ok((8, 1)),
+            Some("ggml") => Ok((self.ggml_format(name)?.bits(), 1)),
             Some("int-sym" | "int-asym" | "trellis") => q["bits"]
                 .as_u64()
                 .and_then(|b| u32::try_from(b).ok())
@@ -559,19 +576,32 @@ impl QuantFile {
         })
     }
 
-    /// Rebuilds `Ŵ` of one layer: the quantizer's levels of the stored codes (the rotated `Ŵ_r`), then the
-    /// inverse rotations the pipeline applied (`R_mᵀ` with `s_out`, then `R_nᵀ` with `s_in`), on `backend`.
-    /// With the backend the pipeline used, the result equals its `w_hat` bit for bit.
+    /// The `format` of a `ggml` layer's quantizer.
+    fn ggml_format(&self, name: &str) -> Result<GgmlFormat> {
+        let q = &self.header["layers"][name]["quantizer"];
+        q["format"]
+            .as_str()
+            .and_then(GgmlFormat::parse)
+            .ok_or_else(|| {
+                self.bad(format!(
+                    "{name}: quantizer format {} is not one of \"q8_0\", \"q4_0\", \"q4_1\"",
+                    q["format"]
+                ))
+            })
+    }
+
+    /// The quantizer of layer `id` as its header entry and tensors describe it, checked (every scale
+    /// of a `ggml` layer a finite float16 value of the right sign, FP8 scales positive, ...).
     ///
-    /// **Errors**: missing or malformed tensors and header fields (naming the file), codes that are not
-    /// the packed size ([`QuantFile::codes`]), zero-points outside the grid.
-    pub fn dequantize(&self, backend: &dyn Backend, id: LayerId) -> Result<Mat<f32>> {
+    /// **Errors**: missing or malformed tensors and header fields, naming the file and the tensor or
+    /// field.
+    pub fn quantizer(&self, id: LayerId) -> Result<FittedQuantizer> {
         let name = id.name();
         let e = &self.header["layers"][&name];
         let (m, n) = self.dims(&name)?;
         let q = &e["quantizer"];
         let (bits, _) = self.code_layout(&name)?;
-        let quantizer: FittedQuantizer = match q["kind"].as_str() {
+        Ok(match q["kind"].as_str() {
             Some("int-sym") => {
                 let tensor = format!("{name}.scale");
                 let s = self.f32s(&tensor, &[1])?;
@@ -632,8 +662,47 @@ impl QuantFile {
                     Trellis::new(bits, s[0]).map_err(|e| self.bad(format!("{tensor}: {e}")))?,
                 )
             }
+            Some("ggml") => {
+                let format = self.ggml_format(&name)?;
+                if !n.is_multiple_of(ggml::BLOCK) {
+                    return Err(self.bad(format!(
+                        "{name}: header field \"n\" = {n} does not split into {format} blocks of {} \
+                         weights",
+                        ggml::BLOCK
+                    )));
+                }
+                let nb = n / ggml::BLOCK;
+                let tensor = format!("{name}.scales");
+                let scales = Mat::from_vec(m, nb, self.f32s(&tensor, &[m, nb])?)?;
+                let mins = if format.has_min() {
+                    let t = format!("{name}.mins");
+                    Some(Mat::from_vec(m, nb, self.f32s(&t, &[m, nb])?)?)
+                } else {
+                    None
+                };
+                FittedQuantizer::Ggml(GgmlBlocks::from_parts(format, m, n, scales, mins).map_err(
+                    |e| {
+                        let field = match &e {
+                            yaqa_core::CoreError::InvalidParameter { name: "mins", .. } => {
+                                format!("{name}.mins")
+                            }
+                            _ => tensor.clone(),
+                        };
+                        self.bad(format!("{field}: {e}"))
+                    },
+                )?)
+            }
             other => return Err(self.bad(format!("{name}: unknown quantizer {other:?}"))),
-        };
+        })
+    }
+
+    /// The codes of layer `id` ([`QuantFile::codes`]) checked against `quantizer`: no FP8 NaN byte, no
+    /// `Q8_0` code −128 (`0x80`), which no rounding writes.
+    ///
+    /// **Errors**: those of [`QuantFile::codes`], and a code outside the grid naming its row and column.
+    pub fn checked_codes(&self, id: LayerId, quantizer: &FittedQuantizer) -> Result<Vec<u16>> {
+        let name = id.name();
+        let (_, n) = self.dims(&name)?;
         // Below 2^bits by construction of the unpacking.
         let codes = self.codes(id)?;
         // E4M3's NaN bytes are never written: the rounding saturates at ±448.
@@ -647,6 +716,31 @@ impl QuantFile {
                 at % n
             )));
         }
+        if let FittedQuantizer::Ggml(g) = quantizer
+            && g.format() == GgmlFormat::Q8_0
+            && let Some(at) = codes.iter().position(|&c| c == 0x80)
+        {
+            return Err(self.bad(format!(
+                "{name}.codes: code 0x80 (−128) at row {}, column {} is outside q8_0's grid −127..=127, \
+                 which no rounding writes",
+                at / n,
+                at % n
+            )));
+        }
+        Ok(codes)
+    }
+
+    /// Rebuilds `Ŵ` of one layer: the quantizer's levels of the stored codes (the rotated `Ŵ_r`), then the
+    /// inverse rotations the pipeline applied (`R_mᵀ` with `s_out`, then `R_nᵀ` with `s_in`), on `backend`.
+    /// With the backend the pipeline used, the result equals its `w_hat` bit for bit.
+    ///
+    /// **Errors**: missing or malformed tensors and header fields (naming the file), codes that are not
+    /// the packed size ([`QuantFile::codes`]), zero-points outside the grid.
+    pub fn dequantize(&self, backend: &dyn Backend, id: LayerId) -> Result<Mat<f32>> {
+        let name = id.name();
+        let (m, n) = self.dims(&name)?;
+        let quantizer = self.quantizer(id)?;
+        let codes = self.checked_codes(id, &quantizer)?;
         if let FittedQuantizer::E8p(book) = &quantizer {
             let mut w = Mat::<f32>::zeros(m, n);
             for (block, &c) in w.data.chunks_exact_mut(e8p::CODE_DIM).zip(&codes) {
@@ -681,6 +775,7 @@ impl QuantFile {
                         a.scales().at(i, g) * (c as f32 - a.zeros().at(i, g) as f32)
                     }
                     FittedQuantizer::Fp8(f) => f.level(i, j, c),
+                    FittedQuantizer::Ggml(g) => g.level(i, j, c),
                     // Returned above.
                     FittedQuantizer::E8p(_) => unreachable!("E8P codes cover 8 weights"),
                     FittedQuantizer::Trellis(_) => unreachable!("trellis codes form 16 × 16 walks"),
@@ -756,8 +851,9 @@ mod tests {
                     }
                     FittedQuantizer::E8p(_)
                     | FittedQuantizer::Fp8(_)
-                    | FittedQuantizer::Trellis(_) => {
-                        unreachable!("the INT grids only: see e8p_layer and the FP8 test")
+                    | FittedQuantizer::Trellis(_)
+                    | FittedQuantizer::Ggml(_) => {
+                        unreachable!("the INT grids only: see e8p_layer and the FP8 and ggml tests")
                     }
                 };
             }
@@ -1121,6 +1217,108 @@ mod tests {
             scaling.contains("scaling") && scaling.contains("b64"),
             "{scaling}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// llama.cpp's block grids: `L.scales` (and `L.mins` for q4_1) as float16 values in F32, the codes
+    /// at 8 or 4 bits, dequantized bit for bit to the pipeline's `w_hat`; a minimum that is not a
+    /// float16 value, or a missing one, is refused naming the tensor.
+    #[test]
+    fn ggml_layers_round_trip_and_bad_minimums_are_refused() {
+        use yaqa_core::layer::{LayerFactors, LayerParams, QuantizerSpec, quantize_layer};
+        let dir = scratch("ggml");
+        let cpu = Cpu::default();
+        let (m, n) = (6, 96);
+        let mut rng = yaqa_core::Rng::derive(3, "ggml-file-test");
+        let w = Mat::from_fn(m, n, |_, _| rng.normal() as f32 * 0.02);
+        let h = yaqa_core::SymMat::identity(n);
+        for format in GgmlFormat::ALL {
+            let params = LayerParams {
+                method: Method::Ldlq,
+                quantizer: QuantizerSpec::Ggml { format },
+                incoherence: false,
+                ..LayerParams::default()
+            };
+            let q = quantize_layer(&cpu, "t", &w, &LayerFactors::xtx(&h), &params).unwrap();
+            let path = write_file(&dir, &format!("{format}.safetensors"), &q);
+            let file = QuantFile::open(&path).unwrap();
+            let name = ID.name();
+            let entry = &file.header["layers"][&name];
+            assert_eq!(entry["quantizer"]["kind"], "ggml");
+            assert_eq!(entry["quantizer"]["format"], format.name());
+            assert_eq!(entry["code_bits"], format.bits());
+            assert_eq!(
+                file.file.tensors[&format!("{name}.scales")].shape,
+                [m, n / 32]
+            );
+            assert_eq!(
+                file.file.tensors.contains_key(&format!("{name}.mins")),
+                format.has_min()
+            );
+            let back = file.dequantize(&cpu, ID).unwrap();
+            assert!(
+                back.data
+                    .iter()
+                    .zip(&q.w_hat.data)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{format}: dequantized layer differs"
+            );
+            if format.has_min() {
+                let bad = dir.join("bad-min.safetensors");
+                rewrite(
+                    &path,
+                    &bad,
+                    |t, raw| {
+                        if t.ends_with(".mins") {
+                            raw.bytes[4..8].copy_from_slice(&1e-3f32.to_le_bytes());
+                        }
+                    },
+                    |_| {},
+                );
+                let e = QuantFile::open(&bad)
+                    .unwrap()
+                    .dequantize(&cpu, ID)
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    e.contains(&format!("{name}.mins")) && e.contains("row 0, block 1"),
+                    "{e}"
+                );
+                let gone = dir.join("no-min.safetensors");
+                rewrite(&path, &gone, |_, _| {}, |_| {});
+                let file = SafetensorsFile::open(&gone).unwrap();
+                let tensors: Vec<_> = file
+                    .tensors
+                    .iter()
+                    .filter(|(k, _)| !k.ends_with(".mins"))
+                    .map(|(k, info)| {
+                        let (_, b) = file.raw(k, &info.dtype).unwrap();
+                        let dtype = if info.dtype == "U8" {
+                            Dtype::U8
+                        } else {
+                            Dtype::F32
+                        };
+                        (
+                            k.clone(),
+                            RawTensor {
+                                dtype,
+                                shape: info.shape.clone(),
+                                bytes: b.to_vec(),
+                            },
+                        )
+                    })
+                    .collect();
+                let meta = file.metadata[META_KEY].clone();
+                drop(file);
+                write_safetensors(&gone, &tensors, META_KEY, &meta).unwrap();
+                let e = QuantFile::open(&gone)
+                    .unwrap()
+                    .dequantize(&cpu, ID)
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains(&format!("{name}.mins")), "{e}");
+            }
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -1,5 +1,6 @@
 //! Checkpoints out: `convert` (a GGUF file as a Hugging Face f32 folder) and `export` (a quantized file
-//! as a dequantized bf16 Hugging Face checkpoint, or as a GPTQ or compressed-tensors packed one).
+//! as a dequantized bf16 Hugging Face checkpoint, as a GPTQ or compressed-tensors packed one, or as a
+//! llama.cpp GGUF file).
 
 use std::path::PathBuf;
 
@@ -10,6 +11,7 @@ use crate::formats::checkpoint::{Loaded, find_tokenizer};
 use crate::formats::compressed_tensors::{CtSummary, write_compressed_tensors};
 use crate::formats::gptq::{GptqSummary, write_gptq};
 use crate::formats::hf::{Half, half_tensors, write_hf, write_safetensors};
+use crate::formats::llamacpp::{GgufSummary, write_llamacpp};
 use crate::formats::quant_file::QuantFile;
 use crate::job::evaluate::{dequantized_model, write_json};
 use crate::job::guard::{named, refuse_overwrite};
@@ -62,6 +64,9 @@ pub enum ExportFormat {
     /// bits, groups or whole rows) and `float-quantized` from FP8, with the file's f32 scales (no
     /// rotation).
     CompressedTensors,
+    /// A llama.cpp GGUF file: the codes of llama.cpp's block grids (`q8_0`, `q4_0`, `q4_1`, no
+    /// rotation) repacked as ggml blocks; metadata, tokenizer and other tensors from the GGUF original.
+    Gguf,
 }
 
 /// What `export` exports.
@@ -81,6 +86,7 @@ pub struct ExportReport {
     pub out: PathBuf,
     pub gptq: Option<GptqSummary>,
     pub compressed_tensors: Option<CtSummary>,
+    pub gguf: Option<GgufSummary>,
 }
 
 /// Writes `config.quantized` as a checkpoint of `config.format`, with the model's tokenizer when it has
@@ -111,6 +117,16 @@ pub fn export(backend: &dyn Backend, config: &ExportConfig) -> Result<ExportRepo
             export_bf16(backend, &loaded, config)?;
             (None, None)
         }
+        ExportFormat::Gguf => {
+            // One file with the tokenizer inside: no folder, no tokenizer.json.
+            let s = write_llamacpp(&loaded, &open()?, &config.out)?;
+            return Ok(ExportReport {
+                out: config.out.clone(),
+                gptq: None,
+                compressed_tensors: None,
+                gguf: Some(s),
+            });
+        }
         ExportFormat::Gptq => (Some(write_gptq(&loaded, &open()?, &config.out)?), None),
         ExportFormat::CompressedTensors => (
             None,
@@ -125,6 +141,7 @@ pub fn export(backend: &dyn Backend, config: &ExportConfig) -> Result<ExportRepo
         out: config.out.clone(),
         gptq,
         compressed_tensors,
+        gguf: None,
     })
 }
 

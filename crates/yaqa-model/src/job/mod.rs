@@ -43,6 +43,7 @@ use std::path::PathBuf;
 
 use yaqa_core::layer::{LayerParams, Method, QuantizerSpec};
 use yaqa_core::quant::fp8::Fp8Scaling;
+use yaqa_core::quant::ggml::GgmlFormat;
 use yaqa_core::{GptqParams, LdlParams, RoundParams};
 
 use crate::formats::checkpoint::Loaded;
@@ -212,6 +213,10 @@ pub enum Grid {
     /// tail-biting), one searched scale per matrix; rounded in tiles of [`TRELLIS_TILE`], one trellis walk
     /// each.
     Trellis(u32),
+    /// llama.cpp's block grids `q8_0`, `q4_0`, `q4_1` (per row and 32 columns a float16 scale, and for
+    /// `q4_1` a minimum, fixed as llama.cpp's reference quantizer fixes them), without rotation: what
+    /// `export --format gguf` writes as llama.cpp blocks.
+    Ggml(GgmlFormat),
 }
 
 /// The trellis's tile: QTIP encodes a `16 × 16` tile per walk and runs LDLQ with blocks of 16, so the
@@ -226,7 +231,7 @@ pub const E8P_TILE: (usize, usize) = (1, yaqa_core::quant::e8p::CODE_DIM);
 
 impl Grid {
     /// Every spelling [`Grid::parse`] takes.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 14] = [
         "int2",
         "int3",
         "int4",
@@ -238,6 +243,9 @@ impl Grid {
         "fp8",
         "fp8-row",
         "fp8-tensor",
+        "q8_0",
+        "q4_0",
+        "q4_1",
     ];
 
     /// `int<k>`, `e8p`, `trellis<k>` or `fp8[-row|-tensor]`; `None` for anything else (an INT width
@@ -251,6 +259,7 @@ impl Grid {
             "fp8" => Some(Grid::Fp8(Fp8Scaling::Block)),
             "fp8-row" => Some(Grid::Fp8(Fp8Scaling::Row)),
             "fp8-tensor" => Some(Grid::Fp8(Fp8Scaling::Tensor)),
+            _ if GgmlFormat::parse(s).is_some() => GgmlFormat::parse(s).map(Grid::Ggml),
             _ => s
                 .strip_prefix("int")?
                 .parse()
@@ -268,6 +277,7 @@ impl Grid {
             Grid::Fp8(Fp8Scaling::Block) => "fp8".into(),
             Grid::Fp8(scaling) => format!("fp8-{}", scaling.name()),
             Grid::Trellis(bits) => format!("trellis{bits}"),
+            Grid::Ggml(format) => format.name().into(),
         }
     }
 
@@ -278,6 +288,7 @@ impl Grid {
             Grid::E8p => 2,
             Grid::Fp8(_) => 8,
             Grid::Trellis(bits) => *bits,
+            Grid::Ggml(format) => format.bits(),
         }
     }
 }
@@ -378,6 +389,7 @@ impl QuantSpec {
                 },
             ),
             (Grid::Fp8(scaling), _, _) => (QuantizerSpec::Fp8 { scaling }, defaults.round),
+            (Grid::Ggml(format), _, _) => (QuantizerSpec::Ggml { format }, defaults.round),
             (Grid::Trellis(bits), _, _) => (
                 QuantizerSpec::Trellis { bits },
                 RoundParams {
@@ -488,6 +500,34 @@ impl QuantSpec {
                 );
             }
         }
+        if let Grid::Ggml(format) = self.grid {
+            if self.incoherence {
+                crate::bail!(
+                    "--quantizer {format} is llama.cpp's block grid, and llama.cpp applies no \
+                     rotation: add --no-incoherence"
+                );
+            }
+            if self.group.is_some() {
+                crate::bail!(
+                    "--group: --quantizer {format} has llama.cpp's blocks of {} weights per scale",
+                    yaqa_core::quant::ggml::BLOCK
+                );
+            }
+            if self.stochastic.is_some() {
+                crate::bail!(
+                    "--stochastic: --quantizer {format} rounds with llama.cpp's rule; stochastic \
+                     rounding is offered on the INT grids"
+                );
+            }
+            let block = yaqa_core::quant::ggml::BLOCK;
+            if let Some(n) = widths.into_iter().find(|n| n % block != 0) {
+                crate::bail!(
+                    "--quantizer {format}: a layer's input width {n} does not split into llama.cpp's \
+                     blocks of {block} weights"
+                );
+            }
+            return Ok(());
+        }
         if self.grid == Grid::E8p {
             if self.group.is_some() {
                 crate::bail!(
@@ -568,4 +608,66 @@ pub fn open_model(path: &std::path::Path) -> crate::Result<crate::formats::check
     use crate::error::Context;
     crate::formats::checkpoint::load(path)
         .with_context(|| format!("loading the model {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// llama.cpp's block grids parse under llama.cpp's names, need `--no-incoherence`, refuse groups,
+    /// `--stochastic` and widths that are not whole blocks, and map to `QuantizerSpec::Ggml` with 1 × 1
+    /// tiles.
+    #[test]
+    fn ggml_grids_are_checked_before_any_work() {
+        for (name, format) in [
+            ("q8_0", GgmlFormat::Q8_0),
+            ("q4_0", GgmlFormat::Q4_0),
+            ("q4_1", GgmlFormat::Q4_1),
+        ] {
+            let grid = Grid::parse(name).unwrap();
+            assert_eq!(grid, Grid::Ggml(format));
+            assert_eq!(grid.name(), name);
+            assert!(Grid::NAMES.contains(&name));
+            let spec = QuantSpec {
+                grid,
+                incoherence: false,
+                method: Method::Ldlq,
+                ..QuantSpec::default()
+            };
+            spec.check([576, 1536]).unwrap();
+            let p = spec.layer_params();
+            assert_eq!(p.quantizer, QuantizerSpec::Ggml { format });
+            assert_eq!((p.round.tile_rows, p.round.tile_cols), (1, 1));
+            let refused = |s: QuantSpec, widths: &[usize], want: &str| {
+                let e = s.check(widths.iter().copied()).unwrap_err().to_string();
+                assert!(e.contains(want), "{name}: {e}");
+            };
+            refused(
+                QuantSpec {
+                    incoherence: true,
+                    ..spec
+                },
+                &[576],
+                "--no-incoherence",
+            );
+            refused(
+                QuantSpec {
+                    group: Some(32),
+                    ..spec
+                },
+                &[576],
+                "--group",
+            );
+            refused(
+                QuantSpec {
+                    method: Method::Gptq,
+                    stochastic: Some(1),
+                    ..spec
+                },
+                &[576],
+                "--stochastic",
+            );
+            refused(spec, &[576, 100], "input width 100");
+        }
+    }
 }

@@ -29,6 +29,7 @@ pub fn quantizer_json(q: &QuantizerSpec) -> Value {
         QuantizerSpec::E8p => json!({"kind": "e8p"}),
         QuantizerSpec::Fp8 { scaling } => json!({"kind": "fp8-e4m3", "scaling": scaling.name()}),
         QuantizerSpec::Trellis { bits } => json!({"kind": "trellis", "bits": bits}),
+        QuantizerSpec::Ggml { format } => json!({"kind": "ggml", "format": format.name()}),
     }
 }
 

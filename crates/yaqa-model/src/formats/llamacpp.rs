@@ -1,0 +1,270 @@
+//! `export --format gguf`: a quantized file whose layers were rounded onto llama.cpp's own block grids
+//! (`quantize --quantizer q8_0|q4_0|q4_1 --no-incoherence`, any method) repacked, bit for bit, into a
+//! GGUF file that llama.cpp loads.
+//!
+//! Every linear layer becomes the tensor llama.cpp names it (`blk.N.attn_q.weight`, …,
+//! `blk.N.ffn_down.weight`) in ggml's block layout (`block_q8_0`, `block_q4_0`, `block_q4_1` of
+//! ggml-common.h: float16 `d`, float16 `m` for Q4_1, then the codes; a Q4 block's byte `j` holds code `j`
+//! in its low nibble and code `j + 16` in its high one), rows of `attn_q`/`attn_k` in llama.cpp's
+//! permuted order ([`hf_row_of`]). Everything else comes from the original GGUF unchanged: the
+//! metadata (architecture, sizes, RoPE, norms' epsilon, the whole tokenizer) but for `general.file_type`,
+//! `general.quantization_version` and `general.alignment`, which are rewritten, and the bytes of every
+//! tensor that is not a quantized linear layer (norms, the token embedding, an untied `output`), so the
+//! exported model differs from the original in the quantized layers only, exactly as the model `yaqa
+//! eval` measures does. The original must therefore be a GGUF file; a Hugging Face folder is refused.
+
+use std::collections::HashMap;
+
+use half::f16;
+use yaqa_core::layer::FittedQuantizer;
+use yaqa_core::quant::ggml::{BLOCK, GgmlBlocks, GgmlFormat};
+
+use crate::error::{ModelError, Result};
+use crate::formats::checkpoint::Loaded;
+use crate::formats::gguf::{GgufFile, GgufValue, gguf_to_hf_name, hf_row_of};
+use crate::formats::gguf_writer::{TensorOut, write_gguf};
+use crate::formats::quant_file::QuantFile;
+use crate::transformer::weights::{LayerId, LinearKind};
+
+/// The GGUF keys llama.cpp needs for `general.architecture = llama` (beyond the tokenizer's, checked
+/// below), which must be in the original's metadata.
+pub const REQUIRED_KEYS: [&str; 9] = [
+    "general.architecture",
+    "llama.context_length",
+    "llama.embedding_length",
+    "llama.block_count",
+    "llama.feed_forward_length",
+    "llama.attention.head_count",
+    "llama.attention.head_count_kv",
+    "llama.attention.layer_norm_rms_epsilon",
+    "tokenizer.ggml.model",
+];
+
+/// llama.cpp's `llama_ftype` of a file whose linear layers are mostly `format` (`LLAMA_FTYPE_MOSTLY_*`).
+pub fn file_type(format: GgmlFormat) -> u32 {
+    match format {
+        GgmlFormat::Q4_0 => 2,
+        GgmlFormat::Q4_1 => 3,
+        GgmlFormat::Q8_0 => 7,
+    }
+}
+
+/// One layer ready to write: its block format, `(m, n)` and ggml blocks in GGUF row order.
+type Encoded = (GgmlFormat, (usize, usize), Vec<u8>);
+
+/// What [`write_llamacpp`] wrote.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GgufSummary {
+    /// The block format of the linear layers (the first layer's when they differ).
+    pub format: GgmlFormat,
+    /// Linear layers written from the quantized file.
+    pub layers: usize,
+    /// Tensors copied unchanged from the original.
+    pub copied: usize,
+    /// Bytes of the file.
+    pub bytes: u64,
+}
+
+/// Encodes one layer's codes and grids as ggml blocks, rows in GGUF order: row `r` of the result is row
+/// `hf_row(r)` of the layer (`m × n`, codes as [`GgmlBlocks`] writes them).
+pub fn encode_blocks(
+    q: &GgmlBlocks,
+    codes: &[u16],
+    (m, n): (usize, usize),
+    hf_row: impl Fn(usize) -> usize,
+) -> Vec<u8> {
+    let format = q.format();
+    let nb = n / BLOCK;
+    let mut out = Vec::with_capacity(m * nb * format.block_bytes());
+    for r in 0..m {
+        let src = hf_row(r);
+        for b in 0..nb {
+            out.extend_from_slice(&f16::from_f32(q.scales().at(src, b)).to_le_bytes());
+            if let Some(mins) = q.mins() {
+                out.extend_from_slice(&f16::from_f32(mins.at(src, b)).to_le_bytes());
+            }
+            let c = &codes[src * n + b * BLOCK..src * n + (b + 1) * BLOCK];
+            match format {
+                GgmlFormat::Q8_0 => out.extend(c.iter().map(|&v| v as u8)),
+                GgmlFormat::Q4_0 | GgmlFormat::Q4_1 => {
+                    let half = BLOCK / 2;
+                    out.extend((0..half).map(|j| (c[j] as u8 & 0x0F) | ((c[j + half] as u8) << 4)));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Writes `quant` (made from `original`, a GGUF file) as the llama.cpp GGUF file `out`. Every layer is
+/// checked and encoded before anything is written, and the file goes to a temporary name that is
+/// renamed, so a refused export leaves nothing behind.
+///
+/// **Errors**: the original not a GGUF file, or not `general.architecture = llama`, or missing one of
+/// [`REQUIRED_KEYS`] or `tokenizer.ggml.tokens`; a file quantized from another model; a layer of the
+/// model missing from the file or one beyond it; a layer quantized with incoherence processing, or on a
+/// grid that is not one of llama.cpp's (both [`ModelError::NotExportable`], naming the layer); malformed
+/// tensors of the quantized file (named); I/O.
+pub fn write_llamacpp(
+    original: &Loaded,
+    quant: &QuantFile,
+    out: &std::path::Path,
+) -> Result<GgufSummary> {
+    let qpath = quant.file.path();
+    if original.path.is_dir() {
+        crate::bail!(
+            "--format gguf: the original {} is a Hugging Face folder; the GGUF export copies the \
+             tokenizer, the metadata and the non-quantized tensors from a GGUF original (rebuilding them \
+             from tokenizer.json and safetensors is not implemented): quantize from the model's GGUF file",
+            original.path.display()
+        );
+    }
+    let ids = quant.layers_of(original)?;
+    let gguf = GgufFile::open(&original.path)?;
+    for key in REQUIRED_KEYS.iter().chain(&["tokenizer.ggml.tokens"]) {
+        if gguf.get(key).is_none() {
+            crate::bail!(
+                "--format gguf: {} has no metadata {key}, which llama.cpp needs",
+                original.path.display()
+            );
+        }
+    }
+    if gguf.get("general.architecture").and_then(GgufValue::as_str) != Some("llama") {
+        crate::bail!(
+            "--format gguf: {} has general.architecture = {:?}; the export writes llama models",
+            original.path.display(),
+            gguf.get("general.architecture")
+        );
+    }
+    let config = &original.model.config;
+    let refuse = |id: &LayerId, why: String| ModelError::NotExportable {
+        path: qpath.to_path_buf(),
+        layer: id.name(),
+        format: "a llama.cpp GGUF file",
+        why,
+    };
+    // Every layer checked and encoded before anything is written.
+    let mut blocks: HashMap<String, Encoded> = HashMap::new();
+    let mut first = None;
+    for &id in &ids {
+        let e = &quant.header["layers"][id.name()];
+        if e.is_null() {
+            return Err(refuse(
+                &id,
+                "not in the file; the GGUF file needs every linear layer quantized".into(),
+            ));
+        }
+        if e["incoherence"].as_bool() != Some(false) {
+            return Err(refuse(
+                &id,
+                "quantized with incoherence processing (a Hadamard rotation), which llama.cpp cannot \
+                 undo; quantize with --quantizer q4_0 (or q8_0, q4_1) --no-incoherence"
+                    .into(),
+            ));
+        }
+        let FittedQuantizer::Ggml(q) = quant.quantizer(id)? else {
+            return Err(refuse(
+                &id,
+                format!(
+                    "quantizer {} is not one of llama.cpp's block grids; quantize with --quantizer \
+                     q4_0 (or q8_0, q4_1) --no-incoherence",
+                    e["quantizer"]
+                ),
+            ));
+        };
+        let codes = quant.checked_codes(id, &FittedQuantizer::Ggml(q.clone()))?;
+        let (m, n) = id.kind.shape(config);
+        let (qm, nb) = q.scales().shape();
+        quant.check_layer_shape(id, (qm, nb * BLOCK), (m, n))?;
+        let hf_row: Box<dyn Fn(usize) -> usize> = match id.kind {
+            LinearKind::Q | LinearKind::K => Box::new(|r| hf_row_of(r, config.head_dim)),
+            _ => Box::new(|r| r),
+        };
+        let bytes = encode_blocks(&q, &codes, (m, n), hf_row);
+        first.get_or_insert(q.format());
+        blocks.insert(format!("{}.weight", id.name()), (q.format(), (m, n), bytes));
+    }
+    let Some(format) = first else {
+        return Err(ModelError::format(qpath, "the model has no linear layers"));
+    };
+
+    let mut tensors = Vec::with_capacity(gguf.tensors.len());
+    let mut copied = 0;
+    for t in &gguf.tensors {
+        let hf = gguf_to_hf_name(&t.name);
+        match hf.as_ref().and_then(|hf| blocks.remove(hf)) {
+            Some((format, (m, n), bytes)) => {
+                if t.dims != [n as u64, m as u64] {
+                    return Err(ModelError::ShapeMismatch {
+                        path: original.path.clone(),
+                        tensor: t.name.clone(),
+                        expected: vec![m, n],
+                        found: t.shape(),
+                    });
+                }
+                tensors.push(TensorOut {
+                    name: t.name.clone(),
+                    dims: t.dims.clone(),
+                    type_id: format.type_id(),
+                    bytes,
+                });
+            }
+            None => {
+                let (_, bytes) = gguf.raw(&t.name)?;
+                copied += 1;
+                tensors.push(TensorOut {
+                    name: t.name.clone(),
+                    dims: t.dims.clone(),
+                    type_id: t.type_id,
+                    bytes: bytes.to_vec(),
+                });
+            }
+        }
+    }
+    if let Some(left) = blocks.keys().next() {
+        return Err(ModelError::MissingTensor {
+            path: original.path.clone(),
+            tensor: left.clone(),
+        });
+    }
+
+    let rewritten = [
+        "general.alignment",
+        "general.file_type",
+        "general.quantization_version",
+        "general.quantized_by",
+        "yaqa.method",
+    ];
+    let mut metadata: Vec<(String, GgufValue)> = gguf
+        .metadata
+        .iter()
+        .filter(|(k, _)| !rewritten.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    metadata.extend([
+        (
+            "general.file_type".into(),
+            GgufValue::U32(file_type(format)),
+        ),
+        ("general.quantization_version".into(), GgufValue::U32(2)),
+        (
+            "general.quantized_by".into(),
+            GgufValue::String(format!("yaqa {}", env!("CARGO_PKG_VERSION"))),
+        ),
+        (
+            "yaqa.method".into(),
+            GgufValue::String(quant.header["method"].as_str().unwrap_or("?").into()),
+        ),
+    ]);
+    // The reader's map is sorted by key; llama.cpp looks keys up by name, so the order is free.
+    write_gguf(out, &metadata, &tensors)?;
+    let bytes = std::fs::metadata(out)
+        .map_err(|e| ModelError::io(out, e))?
+        .len();
+    Ok(GgufSummary {
+        format,
+        layers: ids.len(),
+        copied,
+        bytes,
+    })
+}
