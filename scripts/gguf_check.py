@@ -7,8 +7,9 @@ The PyPI package `gguf` (llama.cpp's own Python reader, `gguf.quants.dequantize`
 tensor of EXPORTED.gguf. Each quantized linear layer must equal, bit for bit, the dequantization of
 QUANTIZED.safetensors (yaqa's quantized file) computed here with numpy straight from docs/FORMAT.md
 (codes bit-packed per row, least significant bits first; `ggml` layers: level `d·q` for q8_0 with `q`
-the code as a signed byte, `d·(c − 8)` for q4_0, `c·d + m` for q4_1, scales and minimums per row and 32
-columns), after undoing llama.cpp's Q/K row permutation. Every other tensor must hold the same bytes as
+the code as a signed byte, `d·(c − 8)` for q4_0, `d·(c − 16)` for q5_0, `c·d + m` for q4_1, scales and
+minimums per row and 32 columns; for q4_k `(d·sc)·c − dmin·m` with `d`, `dmin` per 256 columns and the
+6-bit `sc`, `m` per 32), after undoing llama.cpp's Q/K row permutation. Every other tensor must hold the same bytes as
 in ORIGINAL.gguf, and the tokenizer metadata must be the original's. Exits non-zero on any difference.
 """
 
@@ -63,18 +64,22 @@ def yaqa_dequantize(tensors, layers, name):
     assert not entry["incoherence"], f"{name}: rotated"
     fmt, bits = q["format"], entry["code_bits"]
     packed = array(tensors, f"{name}.codes", np.uint8)
-    if bits == 8:
-        codes = packed.astype(np.int32)
-    else:
-        assert bits == 4
-        codes = np.empty((m, n), dtype=np.int32)
-        codes[:, 0::2] = packed & 0x0F
-        codes[:, 1::2] = packed >> 4
+    # Row-wise bit-packing, least significant bit first.
+    bitrows = np.unpackbits(packed, axis=1, bitorder="little")[:, : n * bits].reshape(m, n, bits)
+    codes = (bitrows.astype(np.int32) << np.arange(bits, dtype=np.int32)).sum(axis=2)
+    if fmt == "q4_k":
+        d = np.repeat(array(tensors, f"{name}.scales", np.float32), 8, axis=1)
+        dmin = np.repeat(array(tensors, f"{name}.mins", np.float32), 8, axis=1)
+        step = np.repeat(d * array(tensors, f"{name}.sub_scales", np.float32), BLOCK, axis=1)
+        offset = np.repeat(dmin * array(tensors, f"{name}.sub_mins", np.float32), BLOCK, axis=1)
+        return step * codes.astype(np.float32) - offset
     d = np.repeat(array(tensors, f"{name}.scales", np.float32), BLOCK, axis=1)
     if fmt == "q8_0":
         return d * codes.astype(np.uint8).view(np.int8).astype(np.float32)
     if fmt == "q4_0":
         return (codes - 8).astype(np.float32) * d
+    if fmt == "q5_0":
+        return (codes - 16).astype(np.float32) * d
     mins = np.repeat(array(tensors, f"{name}.mins", np.float32), BLOCK, axis=1)
     return codes.astype(np.float32) * d + mins
 

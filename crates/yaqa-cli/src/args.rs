@@ -82,6 +82,10 @@ pub enum QuantizerArg {
     Q4_0,
     #[value(name = "q4_1")]
     Q4_1,
+    #[value(name = "q5_0")]
+    Q5_0,
+    #[value(name = "q4_k")]
+    Q4K,
 }
 
 impl From<QuantizerArg> for Grid {
@@ -101,6 +105,8 @@ impl From<QuantizerArg> for Grid {
             QuantizerArg::Q8_0 => Grid::Ggml(GgmlFormat::Q8_0),
             QuantizerArg::Q4_0 => Grid::Ggml(GgmlFormat::Q4_0),
             QuantizerArg::Q4_1 => Grid::Ggml(GgmlFormat::Q4_1),
+            QuantizerArg::Q5_0 => Grid::Ggml(GgmlFormat::Q5_0),
+            QuantizerArg::Q4K => Grid::Ggml(GgmlFormat::Q4_K),
         }
     }
 }
@@ -193,9 +199,9 @@ pub struct SpecArgs {
     pub method: MethodArg,
     /// INT grids; e8p: the E8P lattice codebook of QuIP# (2 bits, codes of 8 weights); trellisK: the
     /// QTIP trellis (K bits, 16×16 tiles); e8p and trellisK not with gptq or --refine; fp8: FP8 E4M3 with
-    /// AbsMax scales per 128 × 128 block (fp8-row, fp8-tensor: per row, per tensor); q8_0, q4_0, q4_1:
-    /// llama.cpp's blocks of 32 with float16 scales fixed as llama.cpp fixes them (needs
-    /// --no-incoherence; export --format gguf writes them)
+    /// AbsMax scales per 128 × 128 block (fp8-row, fp8-tensor: per row, per tensor); q8_0, q4_0, q4_1,
+    /// q5_0: llama.cpp's blocks of 32 with float16 scales fixed as llama.cpp fixes them, q4_k its
+    /// super-blocks of 256 (needs --no-incoherence; export --format gguf writes them)
     #[arg(long, value_enum, default_value_t = QuantizerArg::Int4)]
     pub quantizer: QuantizerArg,
     /// Asymmetric grid with zero-points and one scale per GROUP columns (GPTQ layout; INT grids only);

@@ -352,7 +352,7 @@ fn quantize_layer_inner(
         e8p::check_width(n)?;
     }
     if let QuantizerSpec::Ggml { format } = params.quantizer {
-        ggml::check_width(n)?;
+        ggml::check_width(format, n)?;
         if params.incoherence {
             return Err(CoreError::InvalidParameter {
                 name: "incoherence",

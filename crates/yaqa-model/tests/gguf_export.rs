@@ -205,15 +205,35 @@ fn exported_gguf_reads_back_as_the_quantized_model() {
         assert!(bits_equal(a, b), "{name} differs after the GGUF round trip");
     }
     let cpu = Cpu::default();
-    let c = &original.model.config;
+    // Q4_K's super-blocks need widths of whole 256s.
+    let wide_dir = dir.join("wide");
+    std::fs::create_dir_all(&wide_dir).unwrap();
+    let wide = gguf_original(
+        &wide_dir,
+        &Model::synthetic(
+            ModelConfig {
+                hidden_size: 256,
+                intermediate_size: 512,
+                head_dim: 64,
+                ..config()
+            },
+            6,
+        ),
+    );
     for format in GgmlFormat::ALL {
+        let original = if format == GgmlFormat::Q4_K {
+            &wide
+        } else {
+            &original
+        };
+        let c = &original.model.config;
         let quant = quantize(
-            &original,
+            original,
             &params(Method::Ldlq, QuantizerSpec::Ggml { format }, false),
             &dir.join(format!("{format}.safetensors")),
         );
         let out = dir.join(format!("{format}.gguf"));
-        let s = write_llamacpp(&original, &quant, &out).unwrap();
+        let s = write_llamacpp(original, &quant, &out).unwrap();
         assert_eq!((s.format, s.layers, s.copied), (format, 14, 2 * 2 + 3));
         let src = GgufFile::open(&original.path).unwrap();
         let g = GgufFile::open(&out).unwrap();
@@ -224,6 +244,8 @@ fn exported_gguf_reads_back_as_the_quantized_model() {
                 GgmlFormat::Q8_0 => 7,
                 GgmlFormat::Q4_0 => 2,
                 GgmlFormat::Q4_1 => 3,
+                GgmlFormat::Q5_0 => 8,
+                GgmlFormat::Q4_K => 14,
             }))
         );
         for key in [

@@ -29,7 +29,7 @@ use crate::progress::run_job;
 /// ``quantizer="e8p"`` for the E8P lattice codebook of QuIP#, 2 bits, ``quantizer="trellis2"``
 /// (``"trellis3"``, ``"trellis4"``) for the QTIP trellis, both not with ``"gptq"`` or ``refine``, and
 /// ``"fp8"``, ``"fp8-row"``, ``"fp8-tensor"`` for FP8 E4M3 with AbsMax scales per 128 × 128 block, row
-/// or tensor; ``"q8_0"``, ``"q4_0"``, ``"q4_1"`` for llama.cpp's block grids with ``incoherence=False``,
+/// or tensor; ``"q8_0"``, ``"q4_0"``, ``"q4_1"``, ``"q5_0"``, ``"q4_k"`` for llama.cpp's block grids with ``incoherence=False``,
 /// which ``yaqa export --format gguf`` writes as a GGUF file); ``group`` an asymmetric grid with one scale per ``group`` columns (GPTQ layout); ``incoherence=False`` skips the
 /// randomized Hadamard rotations, whose signs ``sign_seed`` seeds; ``damp`` and ``damp_out`` the first
 /// damping of ``h_in`` and ``h_out`` (multiples of the mean diagonal); ``refine`` coordinate-descent

@@ -1,8 +1,10 @@
 //! A GGUF v2/v3 reader (llama.cpp's checkpoint format) over a memory map, with exact f32 dequantization.
 //!
 //! The project's only real model ships as a GGUF file (fixture PROVENANCE.md), so this reader is how
-//! the "original" f32 model comes to exist: F32, F16, BF16, Q8_0, Q4_0 and Q4_1 tensors are expanded
-//! to f32 exactly (every product in these formats is exact in f32, so there is one right answer).
+//! the "original" f32 model comes to exist: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q4_K and Q6_K
+//! tensors (those of llama.cpp's Q4_K_M files among them) are expanded to f32 with the operations of
+//! llama.cpp's `dequantize_row_*`, in its order, so the values are llama.cpp's own (checked against
+//! gguf-py in `tests/ggml_reference.rs`).
 //! llama.cpp permutes the rows of `attn_q`/`attn_k` for its interleaved RoPE; [`unpermute_rows`]
 //! undoes that for the rotate-half RoPE that Hugging Face checkpoints and this crate use.
 //!
@@ -73,14 +75,18 @@ impl GgufValue {
     }
 }
 
-/// The tensor element types this reader knows (ggml's numbering).
+/// The tensor element types this reader knows (ggml's numbering), spelled as ggml spells them.
+#[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GgmlType {
     F32,
     F16,
     Q4_0,
     Q4_1,
+    Q5_0,
     Q8_0,
+    Q4_K,
+    Q6_K,
     Bf16,
 }
 
@@ -92,7 +98,10 @@ impl GgmlType {
             1 => Self::F16,
             2 => Self::Q4_0,
             3 => Self::Q4_1,
+            6 => Self::Q5_0,
             8 => Self::Q8_0,
+            12 => Self::Q4_K,
+            14 => Self::Q6_K,
             30 => Self::Bf16,
             _ => return None,
         })
@@ -105,7 +114,10 @@ impl GgmlType {
             Self::F16 | Self::Bf16 => (1, 2),
             Self::Q4_0 => (32, 18),
             Self::Q4_1 => (32, 20),
+            Self::Q5_0 => (32, 22),
             Self::Q8_0 => (32, 34),
+            Self::Q4_K => (256, 144),
+            Self::Q6_K => (256, 210),
         }
     }
 }
@@ -748,6 +760,69 @@ fn dequantize_block(ty: GgmlType, b: &[u8], o: &mut [f32]) {
                 o[j + 16] = d * (q >> 4) as f32 + m;
             }
         }
+        GgmlType::Q5_0 => {
+            let d = f16_at(b, 0);
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            for j in 0..16 {
+                let q = b[6 + j] as u32;
+                let lo = (q & 0x0f) | (((qh >> j) << 4) & 0x10);
+                let hi = (q >> 4) | ((qh >> (j + 12)) & 0x10);
+                o[j] = (lo as i32 - 16) as f32 * d;
+                o[j + 16] = (hi as i32 - 16) as f32 * d;
+            }
+        }
+        GgmlType::Q4_K => {
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let scales: &[u8; 12] = b[4..16].try_into().expect("12 bytes");
+            // Runs of 64: sub-blocks 2r (low nibbles) and 2r + 1 (high nibbles) of 32 bytes.
+            for (r, qs) in b[16..144].chunks_exact(32).enumerate() {
+                let (sc0, m0) = k4_scale_min(2 * r, scales);
+                let (sc1, m1) = k4_scale_min(2 * r + 1, scales);
+                let (d0, o0) = (d * sc0 as f32, dmin * m0 as f32);
+                let (d1, o1) = (d * sc1 as f32, dmin * m1 as f32);
+                for (l, &q) in qs.iter().enumerate() {
+                    o[64 * r + l] = d0 * (q & 0x0f) as f32 - o0;
+                    o[64 * r + 32 + l] = d1 * (q >> 4) as f32 - o1;
+                }
+            }
+        }
+        GgmlType::Q6_K => {
+            // ql[128], qh[64], 16 signed 8-bit scales, float16 d; two halves of 128 weights.
+            let d = f16_at(b, 208);
+            for h in 0..2 {
+                let (ql, qh) = (&b[64 * h..64 * h + 64], &b[128 + 32 * h..128 + 32 * h + 32]);
+                let sc = &b[192 + 8 * h..192 + 8 * h + 8];
+                let y = &mut o[128 * h..128 * h + 128];
+                for l in 0..32 {
+                    let is = l / 16;
+                    let q = |low: u8, shift: u32| {
+                        ((low as i32) | ((((qh[l] >> shift) & 3) as i32) << 4)) - 32
+                    };
+                    let qs = [
+                        q(ql[l] & 0x0f, 0),
+                        q(ql[l + 32] & 0x0f, 2),
+                        q(ql[l] >> 4, 4),
+                        q(ql[l + 32] >> 4, 6),
+                    ];
+                    for (k, &v) in qs.iter().enumerate() {
+                        y[l + 32 * k] = d * (sc[is + 2 * k] as i8) as f32 * v as f32;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// ggml's `get_scale_min_k4`: the 6-bit scale and minimum of `Q4_K` sub-block `j` from the block's 12
+/// packed bytes.
+fn k4_scale_min(j: usize, q: &[u8; 12]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -905,7 +980,10 @@ mod tests {
             GgmlType::F16,
             GgmlType::Q4_0,
             GgmlType::Q4_1,
+            GgmlType::Q5_0,
             GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
             GgmlType::Bf16,
         ] {
             let id = (0..64)

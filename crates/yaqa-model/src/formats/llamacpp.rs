@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use half::f16;
 use yaqa_core::layer::FittedQuantizer;
-use yaqa_core::quant::ggml::{BLOCK, GgmlBlocks, GgmlFormat};
+use yaqa_core::quant::ggml::{BLOCK, GgmlBlocks, GgmlFormat, kquant};
 
 use crate::error::{ModelError, Result};
 use crate::formats::checkpoint::Loaded;
@@ -46,6 +46,9 @@ pub fn file_type(format: GgmlFormat) -> u32 {
         GgmlFormat::Q4_0 => 2,
         GgmlFormat::Q4_1 => 3,
         GgmlFormat::Q8_0 => 7,
+        GgmlFormat::Q5_0 => 8,
+        // LLAMA_FTYPE_MOSTLY_Q4_K_S, what llama-quantize calls a file of Q4_K with its Q5_0 fallbacks.
+        GgmlFormat::Q4_K => 14,
     }
 }
 
@@ -55,7 +58,8 @@ type Encoded = (GgmlFormat, (usize, usize), Vec<u8>);
 /// What [`write_llamacpp`] wrote.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GgufSummary {
-    /// The block format of the linear layers (the first layer's when they differ).
+    /// The block format of the linear layers (`q4_k` when any layer has it, as llama-quantize names a
+    /// `Q4_K` file with `Q5_0` fallbacks; else the first layer's).
     pub format: GgmlFormat,
     /// Linear layers written from the quantized file.
     pub layers: usize,
@@ -66,7 +70,11 @@ pub struct GgufSummary {
 }
 
 /// Encodes one layer's codes and grids as ggml blocks, rows in GGUF order: row `r` of the result is row
-/// `hf_row(r)` of the layer (`m × n`, codes as [`GgmlBlocks`] writes them).
+/// `hf_row(r)` of the layer (`m × n`, codes as [`GgmlBlocks`] writes them). The layouts are ggml's
+/// `block_q8_0`, `block_q4_0`, `block_q4_1`, `block_q5_0` (float16 `d`, then the fifth bits of the 32
+/// codes as one little-endian `u32`, then the low nibbles, code `j` and `j + 16` sharing a byte) and
+/// `block_q4_K` (float16 `d` and `dmin`, the 12 bytes of [`kquant::pack_scales`], then 128 bytes in which
+/// each run of 64 codes puts its first 32 in the low nibbles and its last 32 in the high ones).
 pub fn encode_blocks(
     q: &GgmlBlocks,
     codes: &[u16],
@@ -74,21 +82,50 @@ pub fn encode_blocks(
     hf_row: impl Fn(usize) -> usize,
 ) -> Vec<u8> {
     let format = q.format();
-    let nb = n / BLOCK;
-    let mut out = Vec::with_capacity(m * nb * format.block_bytes());
+    let per = format.block();
+    let mut out = Vec::with_capacity(m * (n / per) * format.block_bytes());
+    let half = |x: f32| f16::from_f32(x).to_le_bytes();
+    // Codes `j` and `j + len/2` of `c` share byte `j`, low nibble first.
+    let nibbles = |out: &mut Vec<u8>, c: &[u16]| {
+        let h = c.len() / 2;
+        out.extend((0..h).map(|j| (c[j] as u8 & 0x0F) | ((c[j + h] as u8 & 0x0F) << 4)));
+    };
     for r in 0..m {
         let src = hf_row(r);
-        for b in 0..nb {
-            out.extend_from_slice(&f16::from_f32(q.scales().at(src, b)).to_le_bytes());
-            if let Some(mins) = q.mins() {
-                out.extend_from_slice(&f16::from_f32(mins.at(src, b)).to_le_bytes());
-            }
-            let c = &codes[src * n + b * BLOCK..src * n + (b + 1) * BLOCK];
+        let row = &codes[src * n..(src + 1) * n];
+        for (b, c) in row.chunks_exact(per).enumerate() {
             match format {
-                GgmlFormat::Q8_0 => out.extend(c.iter().map(|&v| v as u8)),
+                GgmlFormat::Q8_0 => {
+                    out.extend_from_slice(&half(q.scales().at(src, b)));
+                    out.extend(c.iter().map(|&v| v as u8));
+                }
                 GgmlFormat::Q4_0 | GgmlFormat::Q4_1 => {
-                    let half = BLOCK / 2;
-                    out.extend((0..half).map(|j| (c[j] as u8 & 0x0F) | ((c[j + half] as u8) << 4)));
+                    out.extend_from_slice(&half(q.scales().at(src, b)));
+                    if let Some(mins) = q.mins() {
+                        out.extend_from_slice(&half(mins.at(src, b)));
+                    }
+                    nibbles(&mut out, c);
+                }
+                GgmlFormat::Q5_0 => {
+                    out.extend_from_slice(&half(q.scales().at(src, b)));
+                    let qh = c
+                        .iter()
+                        .enumerate()
+                        .fold(0u32, |h, (j, &v)| h | (((v as u32 >> 4) & 1) << j));
+                    out.extend_from_slice(&qh.to_le_bytes());
+                    nibbles(&mut out, c);
+                }
+                GgmlFormat::Q4_K => {
+                    let k = q.k_scales().expect("Q4_K grids carry their K scales");
+                    out.extend_from_slice(&half(k.d.at(src, b)));
+                    out.extend_from_slice(&half(k.dmin.at(src, b)));
+                    let six = |m: &yaqa_core::mat::Mat<f32>| -> [u8; 8] {
+                        std::array::from_fn(|j| m.at(src, 8 * b + j) as u8)
+                    };
+                    out.extend_from_slice(&kquant::pack_scales(&six(&k.sc), &six(&k.m)));
+                    for run in c.chunks_exact(64) {
+                        nibbles(&mut out, run);
+                    }
                 }
             }
         }
@@ -158,7 +195,7 @@ pub fn write_llamacpp(
             return Err(refuse(
                 &id,
                 "quantized with incoherence processing (a Hadamard rotation), which llama.cpp cannot \
-                 undo; quantize with --quantizer q4_0 (or q8_0, q4_1) --no-incoherence"
+                 undo; quantize with --quantizer q4_0 (or q8_0, q4_1, q5_0, q4_k) --no-incoherence"
                     .into(),
             ));
         }
@@ -167,7 +204,7 @@ pub fn write_llamacpp(
                 &id,
                 format!(
                     "quantizer {} is not one of llama.cpp's block grids; quantize with --quantizer \
-                     q4_0 (or q8_0, q4_1) --no-incoherence",
+                     q4_0 (or q8_0, q4_1, q5_0, q4_k) --no-incoherence",
                     e["quantizer"]
                 ),
             ));
@@ -181,7 +218,9 @@ pub fn write_llamacpp(
             _ => Box::new(|r| r),
         };
         let bytes = encode_blocks(&q, &codes, (m, n), hf_row);
-        first.get_or_insert(q.format());
+        if first.is_none_or(|f| q.format() == GgmlFormat::Q4_K && f != q.format()) {
+            first = Some(q.format());
+        }
         blocks.insert(format!("{}.weight", id.name()), (q.format(), (m, n), bytes));
     }
     let Some(format) = first else {

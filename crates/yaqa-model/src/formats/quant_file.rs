@@ -18,7 +18,7 @@ use yaqa_core::layer::{FittedQuantizer, LayerReport, QuantizedLayer};
 use yaqa_core::optq::OptqReport;
 use yaqa_core::quant::e8p::{self, E8p};
 use yaqa_core::quant::fp8::{Fp8, Fp8Scaling};
-use yaqa_core::quant::ggml::{self, GgmlBlocks, GgmlFormat};
+use yaqa_core::quant::ggml::{GgmlBlocks, GgmlFormat};
 use yaqa_core::quant::int::{IntAsymGroup, IntSym};
 use yaqa_core::quant::trellis::{self, Trellis};
 
@@ -185,15 +185,11 @@ fn layer_tensors(id: LayerId, q: &QuantizedLayer) -> Result<(Vec<(String, RawTen
             json!({"kind": "trellis", "bits": tr.bits()})
         }
         FittedQuantizer::Ggml(g) => {
-            let s = g.scales();
-            t.push((
-                format!("{name}.scales"),
-                RawTensor::f32s(vec![s.rows, s.cols], &s.data),
-            ));
-            if let Some(mins) = g.mins() {
+            let names = GgmlBlocks::stored_names(g.format());
+            for (&(suffix, _), v) in names.iter().zip(g.stored()) {
                 t.push((
-                    format!("{name}.mins"),
-                    RawTensor::f32s(vec![mins.rows, mins.cols], &mins.data),
+                    format!("{name}.{suffix}"),
+                    RawTensor::f32s(vec![v.rows, v.cols], &v.data),
                 ));
             }
             json!({"kind": "ggml", "format": g.format().name()})
@@ -664,29 +660,25 @@ impl QuantFile {
             }
             Some("ggml") => {
                 let format = self.ggml_format(&name)?;
-                if !n.is_multiple_of(ggml::BLOCK) {
+                let block = format.block();
+                if !n.is_multiple_of(block) {
                     return Err(self.bad(format!(
-                        "{name}: header field \"n\" = {n} does not split into {format} blocks of {} \
-                         weights",
-                        ggml::BLOCK
+                        "{name}: header field \"n\" = {n} does not split into {format} blocks of \
+                         {block} weights"
                     )));
                 }
-                let nb = n / ggml::BLOCK;
-                let tensor = format!("{name}.scales");
-                let scales = Mat::from_vec(m, nb, self.f32s(&tensor, &[m, nb])?)?;
-                let mins = if format.has_min() {
-                    let t = format!("{name}.mins");
-                    Some(Mat::from_vec(m, nb, self.f32s(&t, &[m, nb])?)?)
-                } else {
-                    None
-                };
-                FittedQuantizer::Ggml(GgmlBlocks::from_parts(format, m, n, scales, mins).map_err(
+                let mut parts = Vec::new();
+                for &(suffix, per) in GgmlBlocks::stored_names(format) {
+                    let t = format!("{name}.{suffix}");
+                    parts.push(Mat::from_vec(m, n / per, self.f32s(&t, &[m, n / per])?)?);
+                }
+                FittedQuantizer::Ggml(GgmlBlocks::from_stored(format, m, n, parts).map_err(
                     |e| {
                         let field = match &e {
-                            yaqa_core::CoreError::InvalidParameter { name: "mins", .. } => {
-                                format!("{name}.mins")
+                            yaqa_core::CoreError::InvalidParameter { name: suffix, .. } => {
+                                format!("{name}.{suffix}")
                             }
-                            _ => tensor.clone(),
+                            _ => format!("{name}.scales"),
                         };
                         self.bad(format!("{field}: {e}"))
                     },
@@ -1228,7 +1220,7 @@ mod tests {
         use yaqa_core::layer::{LayerFactors, LayerParams, QuantizerSpec, quantize_layer};
         let dir = scratch("ggml");
         let cpu = Cpu::default();
-        let (m, n) = (6, 96);
+        let (m, n) = (6, 512);
         let mut rng = yaqa_core::Rng::derive(3, "ggml-file-test");
         let w = Mat::from_fn(m, n, |_, _| rng.normal() as f32 * 0.02);
         let h = yaqa_core::SymMat::identity(n);
@@ -1247,10 +1239,12 @@ mod tests {
             assert_eq!(entry["quantizer"]["kind"], "ggml");
             assert_eq!(entry["quantizer"]["format"], format.name());
             assert_eq!(entry["code_bits"], format.bits());
-            assert_eq!(
-                file.file.tensors[&format!("{name}.scales")].shape,
-                [m, n / 32]
-            );
+            for &(suffix, per) in GgmlBlocks::stored_names(format) {
+                assert_eq!(
+                    file.file.tensors[&format!("{name}.{suffix}")].shape,
+                    [m, n / per]
+                );
+            }
             assert_eq!(
                 file.file.tensors.contains_key(&format!("{name}.mins")),
                 format.has_min()

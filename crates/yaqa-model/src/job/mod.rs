@@ -213,8 +213,9 @@ pub enum Grid {
     /// tail-biting), one searched scale per matrix; rounded in tiles of [`TRELLIS_TILE`], one trellis walk
     /// each.
     Trellis(u32),
-    /// llama.cpp's block grids `q8_0`, `q4_0`, `q4_1` (per row and 32 columns a float16 scale, and for
-    /// `q4_1` a minimum, fixed as llama.cpp's reference quantizer fixes them), without rotation: what
+    /// llama.cpp's block grids `q8_0`, `q4_0`, `q4_1`, `q5_0` (per row and 32 columns a float16 scale,
+    /// and for `q4_1` a minimum) and `q4_k` (super-blocks of 256: float16 `d`, `dmin` and 6-bit scales and
+    /// minimums per 32), fixed as llama.cpp's reference quantizer fixes them, without rotation: what
     /// `export --format gguf` writes as llama.cpp blocks.
     Ggml(GgmlFormat),
 }
@@ -231,7 +232,7 @@ pub const E8P_TILE: (usize, usize) = (1, yaqa_core::quant::e8p::CODE_DIM);
 
 impl Grid {
     /// Every spelling [`Grid::parse`] takes.
-    pub const NAMES: [&'static str; 14] = [
+    pub const NAMES: [&'static str; 16] = [
         "int2",
         "int3",
         "int4",
@@ -246,6 +247,8 @@ impl Grid {
         "q8_0",
         "q4_0",
         "q4_1",
+        "q5_0",
+        "q4_k",
     ];
 
     /// `int<k>`, `e8p`, `trellis<k>` or `fp8[-row|-tensor]`; `None` for anything else (an INT width
@@ -507,10 +510,10 @@ impl QuantSpec {
                      rotation: add --no-incoherence"
                 );
             }
+            let block = format.block();
             if self.group.is_some() {
                 crate::bail!(
-                    "--group: --quantizer {format} has llama.cpp's blocks of {} weights per scale",
-                    yaqa_core::quant::ggml::BLOCK
+                    "--group: --quantizer {format} has llama.cpp's blocks of {block} weights per scale"
                 );
             }
             if self.stochastic.is_some() {
@@ -519,11 +522,16 @@ impl QuantSpec {
                      rounding is offered on the INT grids"
                 );
             }
-            let block = yaqa_core::quant::ggml::BLOCK;
             if let Some(n) = widths.into_iter().find(|n| n % block != 0) {
+                let fallback = if format == GgmlFormat::Q4_K {
+                    "; llama-quantize writes such tensors as q5_0: add --override \
+                     'REGEX=quantizer:q5_0' for them"
+                } else {
+                    ""
+                };
                 crate::bail!(
                     "--quantizer {format}: a layer's input width {n} does not split into llama.cpp's \
-                     blocks of {block} weights"
+                     {format} blocks of {block} weights{fallback}"
                 );
             }
             return Ok(());
@@ -623,6 +631,8 @@ mod tests {
             ("q8_0", GgmlFormat::Q8_0),
             ("q4_0", GgmlFormat::Q4_0),
             ("q4_1", GgmlFormat::Q4_1),
+            ("q5_0", GgmlFormat::Q5_0),
+            ("q4_k", GgmlFormat::Q4_K),
         ] {
             let grid = Grid::parse(name).unwrap();
             assert_eq!(grid, Grid::Ggml(format));
@@ -634,7 +644,12 @@ mod tests {
                 method: Method::Ldlq,
                 ..QuantSpec::default()
             };
-            spec.check([576, 1536]).unwrap();
+            let widths = if format == GgmlFormat::Q4_K {
+                [512, 1536]
+            } else {
+                [576, 1536]
+            };
+            spec.check(widths).unwrap();
             let p = spec.layer_params();
             assert_eq!(p.quantizer, QuantizerSpec::Ggml { format });
             assert_eq!((p.round.tile_rows, p.round.tile_cols), (1, 1));
@@ -667,7 +682,18 @@ mod tests {
                 &[576],
                 "--stochastic",
             );
-            refused(spec, &[576, 100], "input width 100");
+            refused(spec, &[1536, 100], "input width 100");
         }
+        // SmolLM2's width 576 is 2.25 super-blocks: refused, pointing at llama.cpp's fallback.
+        let spec = QuantSpec {
+            grid: Grid::Ggml(GgmlFormat::Q4_K),
+            incoherence: false,
+            ..QuantSpec::default()
+        };
+        let e = spec.check([1536, 576]).unwrap_err().to_string();
+        assert!(
+            e.contains("input width 576") && e.contains("quantizer:q5_0"),
+            "{e}"
+        );
     }
 }
