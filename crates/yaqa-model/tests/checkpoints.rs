@@ -160,6 +160,33 @@ fn half_precision_and_sharded_checkpoints_load() {
         e.contains("model-00001-of-00002.safetensors") && e.contains("mlp.extra"),
         "{e}"
     );
+    // An index naming a shard that is not there.
+    let mut missing = map.clone();
+    missing.insert(
+        "model.layers.0.mlp.down_proj.weight".into(),
+        json!("model-00003-of-00002.safetensors"),
+    );
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        json!({"weight_map": missing}).to_string(),
+    )
+    .unwrap();
+    let e = HfCheckpoint::open(&dir).unwrap_err().to_string();
+    assert!(e.contains("model-00003-of-00002.safetensors"), "{e}");
+    // A truncated second shard: its last tensor named, with the shard.
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let shard = dir.join("model-00002-of-00002.safetensors");
+    let len = std::fs::metadata(&shard).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap();
+    f.set_len(len - 3).unwrap();
+    let e = HfCheckpoint::open(&dir).unwrap_err().to_string();
+    assert!(
+        e.contains("model-00002-of-00002.safetensors") && e.contains(b[b.len() - 1].0.as_str()),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -425,8 +452,9 @@ fn tiny_gguf(
             _ => ty,
         };
         let n = out * inp;
-        let (bytes, values) = if ty == 12 {
-            (vec![0u8; n / 256 * 144], vec![])
+        // Q5_K, which the reader does not expand: the right byte count, no values.
+        let (bytes, values) = if ty == 13 {
+            (vec![0u8; n / 256 * 176], vec![])
         } else {
             encode(ty, n, seed)
         };
@@ -611,14 +639,14 @@ fn broken_gguf_errors_name_file_and_tensor() {
     let m = msg(Model::from_gguf(&path).unwrap_err());
     assert!(m.contains("tiny.gguf") && m.contains("truncated"), "{m}");
 
-    // Unknown dtype (Q4_K) on one tensor.
-    let (bytes, _) = tiny_gguf("llama", None, Some(("blk.1.ffn_up.weight", 12)));
+    // Unknown dtype (Q5_K) on one tensor.
+    let (bytes, _) = tiny_gguf("llama", None, Some(("blk.1.ffn_up.weight", 13)));
     std::fs::write(&path, bytes).unwrap();
     let e = Model::from_gguf(&path).unwrap_err();
     assert!(matches!(e, ModelError::UnknownDtype { .. }));
     let m = msg(e);
     assert!(
-        m.contains("blk.1.ffn_up.weight") && m.contains("Q4_K") && m.contains("tiny.gguf"),
+        m.contains("blk.1.ffn_up.weight") && m.contains("Q5_K") && m.contains("tiny.gguf"),
         "{m}"
     );
 
