@@ -1257,6 +1257,29 @@ mod tests {
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{format}: dequantized layer differs"
             );
+            if format == GgmlFormat::Q4_K {
+                // A 6-bit sub-scale of 64: named with its tensor, row and block.
+                let bad = dir.join("bad-sub.safetensors");
+                rewrite(
+                    &path,
+                    &bad,
+                    |t, raw| {
+                        if t.ends_with(".sub_scales") {
+                            raw.bytes[4..8].copy_from_slice(&64f32.to_le_bytes());
+                        }
+                    },
+                    |_| {},
+                );
+                let e = QuantFile::open(&bad)
+                    .unwrap()
+                    .dequantize(&cpu, ID)
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    e.contains(&format!("{name}.sub_scales")) && e.contains("row 0, block 1"),
+                    "{e}"
+                );
+            }
             if format.has_min() {
                 let bad = dir.join("bad-min.safetensors");
                 rewrite(
