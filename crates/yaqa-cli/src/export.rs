@@ -57,9 +57,10 @@ pub enum FormatArg {
     /// compressed-tensors for vLLM: pack-quantized int4/int8 (quantized with --no-incoherence, per row or
     /// --group G) or float-quantized FP8 (fp8, fp8-row, fp8-tensor), the codes and f32 scales as they are.
     CompressedTensors,
-    /// A llama.cpp GGUF file (quantized from a GGUF model with --quantizer q8_0, q4_0 or q4_1
-    /// --no-incoherence, any method): the codes repacked as llama.cpp's blocks, bit for bit; metadata,
-    /// tokenizer, norms and embeddings copied from the original GGUF.
+    /// A llama.cpp GGUF file (quantized with --quantizer q8_0, q4_0, q4_1, q5_0 or q4_k --no-incoherence,
+    /// any method): the codes repacked as llama.cpp's blocks, bit for bit; metadata, tokenizer, norms and
+    /// embeddings copied from a GGUF original, or built from a Hugging Face folder's config.json and
+    /// tokenizer.json.
     Gguf,
 }
 

@@ -409,7 +409,8 @@ fn files_llama_cpp_cannot_hold_are_refused_and_nothing_is_written() {
         ),
         &good_path,
     );
-    // A Hugging Face original (the same weights, so only the folder is wrong).
+    // A Hugging Face original (the same weights) without tokenizer.json, or with a tokenizer the
+    // export cannot write as llama.cpp's: a WordPiece model, a pre-tokenizer llama.cpp has no name for.
     let hf_dir = dir.join("hf");
     write_hf(&original.model, &hf_dir).unwrap();
     let hf = checkpoint::load(&hf_dir).unwrap();
@@ -418,7 +419,25 @@ fn files_llama_cpp_cannot_hold_are_refused_and_nothing_is_written() {
         ..hf
     };
     let e = refused(&good, &hf);
-    assert!(e.contains("Hugging Face folder"), "{e}");
+    assert!(e.contains("has no tokenizer.json"), "{e}");
+    let bpe = |pre: serde_json::Value| {
+        json!({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]},
+               "added_tokens": [], "pre_tokenizer": pre})
+    };
+    for (tokenizer, want) in [
+        (
+            json!({"model": {"type": "WordPiece", "vocab": {}}}),
+            "model.type \"WordPiece\"",
+        ),
+        (
+            bpe(json!({"type": "Metaspace"})),
+            "no llama.cpp pre-tokenizer name",
+        ),
+    ] {
+        std::fs::write(hf_dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+        let e = refused(&good, &hf);
+        assert!(e.contains("tokenizer.json") && e.contains(want), "{e}");
+    }
     // A scale that is not a float16 value; a code −128; both name the tensor.
     let layer = "model.layers.1.mlp.down_proj";
     let bad = dir.join("bad-scale.safetensors");
@@ -483,4 +502,113 @@ fn rtn_on_the_q4_1_grid_re_encodes_the_fixture_byte_for_byte() {
         checked += 1;
     }
     assert_eq!(checked, 21);
+}
+
+/// A Hugging Face original exports too: the fixture written as an HF folder (f32 weights and its
+/// `tokenizer.json`), quantized by round-to-nearest onto `q4_0`, exported, and compared with the export
+/// of the same rounding from the fixture GGUF itself. The quantized tensors are the same bytes, every
+/// other tensor the same values (F16/F32 for the HF original where the GGUF keeps its Q8_0 embedding),
+/// and the vocabulary, token types, merges, pre-tokenizer, special ids and `llama.*` keys built from
+/// `config.json` and `tokenizer.json` equal those llama.cpp's own converter wrote into the fixture.
+#[test]
+fn a_hugging_face_original_exports_the_fixtures_own_gguf_metadata() {
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let fixture = shared.join("fixtures/smollm2-135m");
+    let gguf_path = fixture.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let from_gguf = checkpoint::load(&gguf_path).unwrap();
+    let dir = scratch("hf-original");
+    let hf_dir = dir.join("smollm2-hf");
+    write_hf(&from_gguf.model, &hf_dir).unwrap();
+    std::fs::copy(
+        fixture.join("tokenizer.json"),
+        hf_dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    // SmolLM2's tokenizer_config.json names these (the chat template is the fixture's own).
+    let src = GgufFile::open(&gguf_path).unwrap();
+    let template = src
+        .get("tokenizer.chat_template")
+        .unwrap()
+        .as_str()
+        .unwrap();
+    std::fs::write(
+        hf_dir.join("tokenizer_config.json"),
+        json!({"unk_token": "<|endoftext|>", "pad_token": "<|im_end|>", "chat_template": template})
+            .to_string(),
+    )
+    .unwrap();
+    let from_hf = checkpoint::load(&hf_dir).unwrap();
+    let p = params(
+        Method::Rtn,
+        QuantizerSpec::Ggml {
+            format: GgmlFormat::Q4_0,
+        },
+        false,
+    );
+    let q_hf = quantize(&from_hf, &p, &dir.join("hf.safetensors"));
+    let q_gguf = quantize(&from_gguf, &p, &dir.join("gguf.safetensors"));
+    let (out_hf, out_gguf) = (dir.join("hf.gguf"), dir.join("gguf.gguf"));
+    let s = write_llamacpp(&from_hf, &q_hf, &out_hf).unwrap();
+    assert_eq!((s.layers, s.copied), (210, 62));
+    write_llamacpp(&from_gguf, &q_gguf, &out_gguf).unwrap();
+    let (h, g) = (
+        GgufFile::open(&out_hf).unwrap(),
+        GgufFile::open(&out_gguf).unwrap(),
+    );
+    assert_eq!(h.tensors.len(), g.tensors.len());
+    for t in &g.tensors {
+        let ht = h.info(&t.name).unwrap();
+        assert_eq!(ht.dims, t.dims, "{}", t.name);
+        if t.type_id == GgmlFormat::Q4_0.type_id() {
+            assert_eq!(ht.type_id, t.type_id, "{}", t.name);
+            assert!(
+                h.raw(&t.name).unwrap().1 == g.raw(&t.name).unwrap().1,
+                "{}",
+                t.name
+            );
+        } else {
+            let (a, b) = (
+                h.tensor_f32(&t.name).unwrap().1,
+                g.tensor_f32(&t.name).unwrap().1,
+            );
+            assert!(bits_equal(&a, &b), "{}: values differ", t.name);
+        }
+    }
+    for key in [
+        "general.architecture",
+        "llama.context_length",
+        "llama.embedding_length",
+        "llama.block_count",
+        "llama.feed_forward_length",
+        "llama.attention.head_count",
+        "llama.attention.head_count_kv",
+        "llama.attention.layer_norm_rms_epsilon",
+        "llama.rope.freq_base",
+        "llama.rope.dimension_count",
+        "llama.vocab_size",
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.pre",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.unknown_token_id",
+        "tokenizer.ggml.padding_token_id",
+        "tokenizer.chat_template",
+        "tokenizer.ggml.add_bos_token",
+        "tokenizer.ggml.add_space_prefix",
+    ] {
+        assert!(h.get(key).is_some(), "{key} missing");
+        assert_eq!(h.get(key), src.get(key), "{key}");
+    }
+    // And it loads as the model it was exported from.
+    let back = checkpoint::load(&out_hf).unwrap();
+    assert_eq!(
+        back.model.config.vocab_size,
+        from_hf.model.config.vocab_size
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -900,38 +900,71 @@ pub fn permute_rows(
 
 /// Maps a GGUF tensor name of a Llama-family model to its Hugging Face name.
 pub fn gguf_to_hf_name(name: &str) -> Option<String> {
-    match name {
-        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        _ => {}
+    if let Some(&(_, hf)) = TOP_NAMES.iter().find(|(g, _)| *g == name) {
+        return Some(hf.into());
     }
     let rest = name.strip_prefix("blk.")?;
     let (layer, tail) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let hf_tail = match tail {
-        "attn_norm.weight" => "input_layernorm.weight",
-        "ffn_norm.weight" => "post_attention_layernorm.weight",
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        "attn_q.bias" => "self_attn.q_proj.bias",
-        "attn_k.bias" => "self_attn.k_proj.bias",
-        "attn_v.bias" => "self_attn.v_proj.bias",
-        "attn_q_norm.weight" => "self_attn.q_norm.weight",
-        "attn_k_norm.weight" => "self_attn.k_norm.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
-        _ => return None,
-    };
+    let &(_, hf_tail) = BLOCK_NAMES.iter().find(|(g, _)| *g == tail)?;
     Some(format!("model.layers.{layer}.{hf_tail}"))
 }
+
+/// The inverse of [`gguf_to_hf_name`]: the GGUF name of a Hugging Face tensor name.
+pub fn hf_to_gguf_name(name: &str) -> Option<String> {
+    if let Some(&(g, _)) = TOP_NAMES.iter().find(|(_, h)| *h == name) {
+        return Some(g.into());
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let &(g_tail, _) = BLOCK_NAMES.iter().find(|(_, h)| *h == tail)?;
+    Some(format!("blk.{layer}.{g_tail}"))
+}
+
+/// GGUF and Hugging Face names of the tensors outside the blocks.
+const TOP_NAMES: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// GGUF and Hugging Face names of a block's tensors, after `blk.N.` and `model.layers.N.`.
+const BLOCK_NAMES: [(&str, &str); 14] = [
+    ("attn_norm.weight", "input_layernorm.weight"),
+    ("ffn_norm.weight", "post_attention_layernorm.weight"),
+    ("attn_q.weight", "self_attn.q_proj.weight"),
+    ("attn_k.weight", "self_attn.k_proj.weight"),
+    ("attn_v.weight", "self_attn.v_proj.weight"),
+    ("attn_output.weight", "self_attn.o_proj.weight"),
+    ("attn_q.bias", "self_attn.q_proj.bias"),
+    ("attn_k.bias", "self_attn.k_proj.bias"),
+    ("attn_v.bias", "self_attn.v_proj.bias"),
+    ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+    ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+    ("ffn_gate.weight", "mlp.gate_proj.weight"),
+    ("ffn_up.weight", "mlp.up_proj.weight"),
+    ("ffn_down.weight", "mlp.down_proj.weight"),
+];
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_map_both_ways() {
+        for g in [
+            "token_embd.weight",
+            "output.weight",
+            "blk.3.attn_q.bias",
+            "blk.29.ffn_down.weight",
+        ] {
+            let hf = gguf_to_hf_name(g).unwrap();
+            assert_eq!(hf_to_gguf_name(&hf).as_deref(), Some(g), "{hf}");
+        }
+        assert_eq!(hf_to_gguf_name("model.layers.x.mlp.up_proj.weight"), None);
+        assert_eq!(hf_to_gguf_name("model.rotary_emb.inv_freq"), None);
+    }
 
     #[test]
     fn names_round_trip_the_layer_index() {

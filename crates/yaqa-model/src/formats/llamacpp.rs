@@ -1,17 +1,17 @@
 //! `export --format gguf`: a quantized file whose layers were rounded onto llama.cpp's own block grids
-//! (`quantize --quantizer q8_0|q4_0|q4_1 --no-incoherence`, any method) repacked, bit for bit, into a
-//! GGUF file that llama.cpp loads.
+//! (`quantize --quantizer q8_0|q4_0|q4_1|q5_0|q4_k --no-incoherence`, any method) repacked, bit for bit,
+//! into a GGUF file that llama.cpp loads.
 //!
 //! Every linear layer becomes the tensor llama.cpp names it (`blk.N.attn_q.weight`, …,
-//! `blk.N.ffn_down.weight`) in ggml's block layout (`block_q8_0`, `block_q4_0`, `block_q4_1` of
-//! ggml-common.h: float16 `d`, float16 `m` for Q4_1, then the codes; a Q4 block's byte `j` holds code `j`
-//! in its low nibble and code `j + 16` in its high one), rows of `attn_q`/`attn_k` in llama.cpp's
-//! permuted order ([`hf_row_of`]). Everything else comes from the original GGUF unchanged: the
+//! `blk.N.ffn_down.weight`) in ggml's block layout ([`encode_blocks`]), rows of `attn_q`/`attn_k` in
+//! llama.cpp's permuted order ([`hf_row_of`]). From a GGUF original everything else comes unchanged: the
 //! metadata (architecture, sizes, RoPE, norms' epsilon, the whole tokenizer) but for `general.file_type`,
 //! `general.quantization_version` and `general.alignment`, which are rewritten, and the bytes of every
 //! tensor that is not a quantized linear layer (norms, the token embedding, an untied `output`), so the
 //! exported model differs from the original in the quantized layers only, exactly as the model `yaqa
-//! eval` measures does. The original must therefore be a GGUF file; a Hugging Face folder is refused.
+//! eval` measures does. From a Hugging Face folder the metadata is built from `config.json` and
+//! `tokenizer.json` as llama.cpp's converter builds it ([`gguf_from_hf`]) and the other tensors are
+//! written with their values exact (F16 where that holds them, else F32).
 
 use std::collections::HashMap;
 
@@ -21,7 +21,8 @@ use yaqa_core::quant::ggml::{BLOCK, GgmlBlocks, GgmlFormat, kquant};
 
 use crate::error::{ModelError, Result};
 use crate::formats::checkpoint::Loaded;
-use crate::formats::gguf::{GgufFile, GgufValue, gguf_to_hf_name, hf_row_of};
+use crate::formats::gguf::{GgufFile, GgufValue, gguf_to_hf_name, hf_row_of, hf_to_gguf_name};
+use crate::formats::gguf_from_hf;
 use crate::formats::gguf_writer::{TensorOut, write_gguf};
 use crate::formats::quant_file::QuantFile;
 use crate::transformer::weights::{LayerId, LinearKind};
@@ -133,7 +134,8 @@ pub fn encode_blocks(
     out
 }
 
-/// Writes `quant` (made from `original`, a GGUF file) as the llama.cpp GGUF file `out`. Every layer is
+/// Writes `quant` (made from `original`, a GGUF file or a Hugging Face folder) as the llama.cpp GGUF file
+/// `out`. Every layer is
 /// checked and encoded before anything is written, and the file goes to a temporary name that is
 /// renamed, so a refused export leaves nothing behind.
 ///
@@ -148,31 +150,7 @@ pub fn write_llamacpp(
     out: &std::path::Path,
 ) -> Result<GgufSummary> {
     let qpath = quant.file.path();
-    if original.path.is_dir() {
-        crate::bail!(
-            "--format gguf: the original {} is a Hugging Face folder; the GGUF export copies the \
-             tokenizer, the metadata and the non-quantized tensors from a GGUF original (rebuilding them \
-             from tokenizer.json and safetensors is not implemented): quantize from the model's GGUF file",
-            original.path.display()
-        );
-    }
     let ids = quant.layers_of(original)?;
-    let gguf = GgufFile::open(&original.path)?;
-    for key in REQUIRED_KEYS.iter().chain(&["tokenizer.ggml.tokens"]) {
-        if gguf.get(key).is_none() {
-            crate::bail!(
-                "--format gguf: {} has no metadata {key}, which llama.cpp needs",
-                original.path.display()
-            );
-        }
-    }
-    if gguf.get("general.architecture").and_then(GgufValue::as_str) != Some("llama") {
-        crate::bail!(
-            "--format gguf: {} has general.architecture = {:?}; the export writes llama models",
-            original.path.display(),
-            gguf.get("general.architecture")
-        );
-    }
     let config = &original.model.config;
     let refuse = |id: &LayerId, why: String| ModelError::NotExportable {
         path: qpath.to_path_buf(),
@@ -227,6 +205,74 @@ pub fn write_llamacpp(
         return Err(ModelError::format(qpath, "the model has no linear layers"));
     };
 
+    let from_hf = original.path.is_dir();
+    let (mut metadata, tensors, copied) = if from_hf {
+        from_hf_folder(original, &mut blocks)?
+    } else {
+        from_gguf(original, &mut blocks)?
+    };
+    if let Some(left) = blocks.keys().next() {
+        return Err(ModelError::MissingTensor {
+            path: original.path.clone(),
+            tensor: left.clone(),
+        });
+    }
+    metadata.extend([
+        (
+            "general.file_type".into(),
+            GgufValue::U32(file_type(format)),
+        ),
+        ("general.quantization_version".into(), GgufValue::U32(2)),
+        (
+            "general.quantized_by".into(),
+            GgufValue::String(format!("yaqa {}", env!("CARGO_PKG_VERSION"))),
+        ),
+        (
+            "yaqa.method".into(),
+            GgufValue::String(quant.header["method"].as_str().unwrap_or("?").into()),
+        ),
+    ]);
+    // The reader's map is sorted by key; llama.cpp looks keys up by name, so the order is free.
+    write_gguf(out, &metadata, &tensors)?;
+    let bytes = std::fs::metadata(out)
+        .map_err(|e| ModelError::io(out, e))?
+        .len();
+    Ok(GgufSummary {
+        format,
+        layers: ids.len(),
+        copied,
+        bytes,
+    })
+}
+
+/// A quantized layer's blocks by its Hugging Face weight name, removed as they are placed.
+type Blocks = HashMap<String, Encoded>;
+
+/// The file's metadata, its tensors in order, and how many of those were not quantized layers.
+type Assembled = (Vec<(String, GgufValue)>, Vec<TensorOut>, usize);
+
+/// The GGUF original's metadata (less the keys the export rewrites) and its tensors, the quantized
+/// linear layers in place of its own: `(metadata, tensors, tensors copied)`.
+fn from_gguf(
+    original: &Loaded,
+    blocks: &mut Blocks,
+) -> Result<Assembled> {
+    let gguf = GgufFile::open(&original.path)?;
+    for key in REQUIRED_KEYS.iter().chain(&["tokenizer.ggml.tokens"]) {
+        if gguf.get(key).is_none() {
+            crate::bail!(
+                "--format gguf: {} has no metadata {key}, which llama.cpp needs",
+                original.path.display()
+            );
+        }
+    }
+    if gguf.get("general.architecture").and_then(GgufValue::as_str) != Some("llama") {
+        crate::bail!(
+            "--format gguf: {} has general.architecture = {:?}; the export writes llama models",
+            original.path.display(),
+            gguf.get("general.architecture")
+        );
+    }
     let mut tensors = Vec::with_capacity(gguf.tensors.len());
     let mut copied = 0;
     for t in &gguf.tensors {
@@ -260,13 +306,6 @@ pub fn write_llamacpp(
             }
         }
     }
-    if let Some(left) = blocks.keys().next() {
-        return Err(ModelError::MissingTensor {
-            path: original.path.clone(),
-            tensor: left.clone(),
-        });
-    }
-
     let rewritten = [
         "general.alignment",
         "general.file_type",
@@ -274,36 +313,58 @@ pub fn write_llamacpp(
         "general.quantized_by",
         "yaqa.method",
     ];
-    let mut metadata: Vec<(String, GgufValue)> = gguf
+    let metadata = gguf
         .metadata
         .iter()
         .filter(|(k, _)| !rewritten.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    metadata.extend([
-        (
-            "general.file_type".into(),
-            GgufValue::U32(file_type(format)),
-        ),
-        ("general.quantization_version".into(), GgufValue::U32(2)),
-        (
-            "general.quantized_by".into(),
-            GgufValue::String(format!("yaqa {}", env!("CARGO_PKG_VERSION"))),
-        ),
-        (
-            "yaqa.method".into(),
-            GgufValue::String(quant.header["method"].as_str().unwrap_or("?").into()),
-        ),
-    ]);
-    // The reader's map is sorted by key; llama.cpp looks keys up by name, so the order is free.
-    write_gguf(out, &metadata, &tensors)?;
-    let bytes = std::fs::metadata(out)
-        .map_err(|e| ModelError::io(out, e))?
-        .len();
-    Ok(GgufSummary {
-        format,
-        layers: ids.len(),
-        copied,
-        bytes,
-    })
+    Ok((metadata, tensors, copied))
+}
+
+/// A Hugging Face original's metadata built from `config.json`, `tokenizer.json` (and
+/// `tokenizer_config.json`) as llama.cpp's converter writes it, and its tensors in GGUF order and
+/// naming, the quantized linear layers in place: `(metadata, tensors, tensors written dense)`.
+fn from_hf_folder(
+    original: &Loaded,
+    blocks: &mut Blocks,
+) -> Result<Assembled> {
+    let config = &original.model.config;
+    let tokenizer = original.path.join("tokenizer.json");
+    if !tokenizer.is_file() {
+        crate::bail!(
+            "--format gguf: the Hugging Face original {} has no tokenizer.json, which the GGUF file \
+             carries as its tokenizer.ggml.* vocabulary",
+            original.path.display()
+        );
+    }
+    let name = original
+        .path
+        .file_name()
+        .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+    let mut metadata = gguf_from_hf::llama_metadata(config, &name)?;
+    metadata.extend(gguf_from_hf::tokenizer_metadata(&tokenizer, config)?);
+    let mut tensors = Vec::new();
+    let mut dense = 0;
+    for (hf, shape, data) in original.model.hf_tensors()? {
+        let Some(gname) = hf_to_gguf_name(&hf) else {
+            crate::bail!(
+                "--format gguf: {} has tensor {hf}, which has no llama.cpp name",
+                original.path.display()
+            );
+        };
+        match blocks.remove(&hf) {
+            Some((format, (m, n), bytes)) => tensors.push(TensorOut {
+                name: gname,
+                dims: vec![n as u64, m as u64],
+                type_id: format.type_id(),
+                bytes,
+            }),
+            None => {
+                dense += 1;
+                tensors.push(gguf_from_hf::dense_tensor(gname, &shape, data));
+            }
+        }
+    }
+    Ok((metadata, tensors, dense))
 }

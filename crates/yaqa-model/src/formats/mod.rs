@@ -1,6 +1,6 @@
 //! Files in and out: checkpoints (GGUF, Hugging Face safetensors folders), yaqa's own factor,
 //! calibration and quantized files (with their JSON headers and the bit-packing of codes), and the GPTQ
-//! and compressed-tensors checkpoint writers. One file per format, its reader and writer side by side; every size read from a
+//! and compressed-tensors checkpoint writers, and llama.cpp GGUF out. One file per format, its reader and writer side by side; every size read from a
 //! file is checked before it is used.
 
 pub mod bitpack;
@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod compressed_tensors;
 pub mod factor_file;
 pub mod gguf;
+pub mod gguf_from_hf;
 pub mod gguf_writer;
 pub mod gptq;
 pub(crate) mod header;

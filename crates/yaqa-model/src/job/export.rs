@@ -64,8 +64,9 @@ pub enum ExportFormat {
     /// bits, groups or whole rows) and `float-quantized` from FP8, with the file's f32 scales (no
     /// rotation).
     CompressedTensors,
-    /// A llama.cpp GGUF file: the codes of llama.cpp's block grids (`q8_0`, `q4_0`, `q4_1`, no
-    /// rotation) repacked as ggml blocks; metadata, tokenizer and other tensors from the GGUF original.
+    /// A llama.cpp GGUF file: the codes of llama.cpp's block grids (`q8_0`, `q4_0`, `q4_1`, `q5_0`,
+    /// `q4_k`, no rotation) repacked as ggml blocks; metadata, tokenizer and other tensors from a GGUF
+    /// original, or built from a Hugging Face folder's `config.json` and `tokenizer.json`.
     Gguf,
 }
 
