@@ -253,10 +253,7 @@ type Assembled = (Vec<(String, GgufValue)>, Vec<TensorOut>, usize);
 
 /// The GGUF original's metadata (less the keys the export rewrites) and its tensors, the quantized
 /// linear layers in place of its own: `(metadata, tensors, tensors copied)`.
-fn from_gguf(
-    original: &Loaded,
-    blocks: &mut Blocks,
-) -> Result<Assembled> {
+fn from_gguf(original: &Loaded, blocks: &mut Blocks) -> Result<Assembled> {
     let gguf = GgufFile::open(&original.path)?;
     for key in REQUIRED_KEYS.iter().chain(&["tokenizer.ggml.tokens"]) {
         if gguf.get(key).is_none() {
@@ -325,10 +322,7 @@ fn from_gguf(
 /// A Hugging Face original's metadata built from `config.json`, `tokenizer.json` (and
 /// `tokenizer_config.json`) as llama.cpp's converter writes it, and its tensors in GGUF order and
 /// naming, the quantized linear layers in place: `(metadata, tensors, tensors written dense)`.
-fn from_hf_folder(
-    original: &Loaded,
-    blocks: &mut Blocks,
-) -> Result<Assembled> {
+fn from_hf_folder(original: &Loaded, blocks: &mut Blocks) -> Result<Assembled> {
     let config = &original.model.config;
     let tokenizer = original.path.join("tokenizer.json");
     if !tokenizer.is_file() {
