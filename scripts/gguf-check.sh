@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `yaqa export --format gguf` checked by an independent reader: SmolLM2-135M (the fixture) quantized by
-# round-to-nearest onto llama.cpp's q4_0 grid (one 32-token calibration sequence: RTN only needs the
+# round-to-nearest onto llama.cpp's q4_0 grid, and onto q4_k with q5_0 for the layers whose rows are not
+# whole super-blocks (one 32-token calibration sequence: RTN only needs the
 # factors' shapes), exported as GGUF, and read with the PyPI package `gguf` (llama.cpp's gguf-py):
 # scripts/gguf_check.py asserts that every linear layer dequantizes bit for bit to the quantized file's
 # levels as docs/FORMAT.md defines them, and that every other tensor and the tokenizer are the original's.
@@ -30,9 +31,15 @@ if [[ -z $yaqa ]]; then
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-"$yaqa" quantize --model "$model" --tokenizer "$fixture/tokenizer.json" \
-  --calib "$shared/data/austen/emma.txt" --n-seqs 1 --seq-len 32 \
-  --method rtn --quantizer q4_0 --no-incoherence --no-eval --out "$work/q.safetensors" \
-  >"$work/log" 2>&1 || { cat "$work/log"; exit 1; }
-"$yaqa" export --model "$model" --quantized "$work/q.safetensors" --format gguf --out "$work/q.gguf"
-"$venv/bin/python" scripts/gguf_check.py "$work/q.gguf" "$work/q.safetensors" "$model"
+# Q4_0 everywhere; then Q4_K with llama.cpp's Q5_0 fallback for the 576-wide layers.
+for grid in q4_0 q4_k; do
+  extra=()
+  [[ $grid == q4_k ]] && extra=(--override '(self_attn|gate_proj|up_proj)=quantizer:q5_0')
+  "$yaqa" quantize --model "$model" --tokenizer "$fixture/tokenizer.json" \
+    --calib "$shared/data/austen/emma.txt" --n-seqs 1 --seq-len 32 \
+    --method rtn --quantizer "$grid" "${extra[@]}" --no-incoherence --no-eval \
+    --out "$work/$grid.safetensors" >"$work/log" 2>&1 || { cat "$work/log"; exit 1; }
+  "$yaqa" export --model "$model" --quantized "$work/$grid.safetensors" --format gguf \
+    --out "$work/$grid.gguf"
+  "$venv/bin/python" scripts/gguf_check.py "$work/$grid.gguf" "$work/$grid.safetensors" "$model"
+done
