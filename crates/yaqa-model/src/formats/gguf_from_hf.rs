@@ -104,14 +104,14 @@ fn pre_name(pre: &Value) -> Option<&'static str> {
 }
 
 /// The `tokenizer.ggml.*` keys (and `tokenizer.chat_template`) for `tokenizer.json` at `path` and the
-/// model's `config`: the vocabulary padded to `vocab_size` with `[PAD<id>]` tokens, added tokens typed
+/// model's `config`: the vocabulary padded to `vocab_size` (and its holes filled) with `[PAD<id>]` tokens, added tokens typed
 /// control (special) or user-defined, the merges as `"a b"`, BOS/EOS from `config.json`, and from
 /// `tokenizer_config.json` beside it (when there is one) `add_bos_token`, the unknown and padding tokens
 /// and the chat template.
 ///
 /// **Errors** (naming the file): unreadable JSON, a tokenizer that is not byte-level BPE or whose
-/// pre-tokenizer llama.cpp has no name for, ids beyond `vocab_size`, a vocabulary with holes below the
-/// tokenizer's largest id.
+/// pre-tokenizer llama.cpp has no name for, ids beyond `vocab_size`, merges that are not pairs. Ids no
+/// token has are padding, as llama.cpp's converter makes them.
 pub fn tokenizer_metadata(path: &Path, config: &ModelConfig) -> Result<Vec<(String, GgufValue)>> {
     let read = |p: &Path| -> Result<Value> {
         let text = std::fs::read_to_string(p).map_err(|e| ModelError::io(p, e))?;
@@ -165,12 +165,6 @@ pub fn tokenizer_metadata(path: &Path, config: &ModelConfig) -> Result<Vec<(Stri
             USER_DEFINED
         };
         put(added["id"].as_u64(), text, ty)?;
-    }
-    let last = tokens.iter().rposition(Option::is_some).unwrap_or(0);
-    if let Some(hole) = tokens[..=last].iter().position(Option::is_none) {
-        return Err(bad(format!(
-            "no token has id {hole}, below the largest id {last}"
-        )));
     }
     let tokens: Vec<GgufValue> = tokens
         .into_iter()
@@ -345,6 +339,106 @@ mod tests {
             {"type": "Digits", "individual_digits": false}, bl]});
         assert_eq!(pre_name(&grouped), None);
         assert_eq!(pre_name(&serde_json::json!({"type": "Metaspace"})), None);
+    }
+
+    #[test]
+    fn tokenizers_that_do_not_fit_the_model_are_refused_naming_the_file() {
+        let dir = std::env::temp_dir().join(format!("yaqa-gguf-from-hf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokenizer.json");
+        let config = tiny_config(Family::Llama, false); // vocab_size 37
+        let bl = serde_json::json!({"type": "ByteLevel", "use_regex": true});
+        let tok =
+            |vocab: serde_json::Value, merges: serde_json::Value, added: serde_json::Value| {
+                serde_json::json!({"model": {"type": "BPE", "vocab": vocab, "merges": merges},
+                               "added_tokens": added, "pre_tokenizer": bl})
+                .to_string()
+            };
+        let cases = [
+            (
+                tok(
+                    serde_json::json!({"a": 0, "b": 40}),
+                    serde_json::json!([]),
+                    serde_json::json!([]),
+                ),
+                "beyond vocab_size 37",
+            ),
+            (
+                tok(
+                    serde_json::json!({"a": 0}),
+                    serde_json::json!([["a"]]),
+                    serde_json::json!([]),
+                ),
+                "not a pair",
+            ),
+            (
+                tok(
+                    serde_json::json!({"a": 0}),
+                    serde_json::json!([7]),
+                    serde_json::json!([]),
+                ),
+                "not a string or a pair",
+            ),
+            (
+                tok(
+                    serde_json::json!({"a": 0}),
+                    serde_json::json!([]),
+                    serde_json::json!([{"id": 1}]),
+                ),
+                "without content",
+            ),
+            ("{\"model\": ".to_string(), "not JSON"),
+        ];
+        for (text, want) in cases {
+            std::fs::write(&path, text).unwrap();
+            let e = tokenizer_metadata(&path, &config).unwrap_err().to_string();
+            assert!(
+                e.contains("tokenizer.json") && e.contains(want),
+                "{want}: {e}"
+            );
+        }
+        // A good one: padded to the model's vocabulary, added tokens typed.
+        std::fs::write(
+            &path,
+            tok(
+                serde_json::json!({"a": 0, "b": 1}),
+                serde_json::json!(["a b"]),
+                serde_json::json!([{"id": 2, "content": "<s>", "special": true}, {"id": 3, "content": "x", "special": false}, {"id": 5, "content": "y", "special": false}]),
+            ),
+        )
+        .unwrap();
+        let keys = tokenizer_metadata(&path, &config).unwrap();
+        let get = |k: &str| {
+            keys.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        let GgufValue::Array(types) = get("tokenizer.ggml.token_type") else {
+            panic!()
+        };
+        assert_eq!(types.len(), 37);
+        assert_eq!(
+            &types[..5],
+            &[
+                GgufValue::I32(1),
+                GgufValue::I32(1),
+                GgufValue::I32(3),
+                GgufValue::I32(4),
+                GgufValue::I32(5)
+            ]
+        );
+        let GgufValue::Array(tokens) = get("tokenizer.ggml.tokens") else {
+            panic!()
+        };
+        assert_eq!(tokens[36], GgufValue::String("[PAD36]".into()));
+        assert_eq!(
+            tokens[4],
+            GgufValue::String("[PAD4]".into()),
+            "a hole is padding"
+        );
+        assert_eq!(types[5], GgufValue::I32(4));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
