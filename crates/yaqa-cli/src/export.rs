@@ -109,7 +109,7 @@ pub fn export(args: ExportArgs) -> Result<()> {
     }
     if let Some(s) = &r.gguf {
         eprintln!(
-            "llama.cpp GGUF: {} layers as {} blocks, {} tensors copied from the original, {:.1} MiB",
+            "llama.cpp GGUF: {} layers as {} blocks, {} other tensors with the original's values, {:.1} MiB",
             s.layers,
             s.format,
             s.copied,

@@ -64,7 +64,7 @@ pub struct GgufSummary {
     pub format: GgmlFormat,
     /// Linear layers written from the quantized file.
     pub layers: usize,
-    /// Tensors copied unchanged from the original.
+    /// Tensors that are not quantized layers: copied from a GGUF original, written exactly from an HF one.
     pub copied: usize,
     /// Bytes of the file.
     pub bytes: u64,
