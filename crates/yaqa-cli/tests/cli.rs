@@ -400,7 +400,8 @@ fn compare_shares_scales_and_resumes() {
     assert!(out.status.success());
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(log.matches("reusing").count(), 3, "{log}");
-    assert_eq!(log.matches("reused").count(), 5, "{log}");
+    assert_eq!(log.matches(": reused").count(), 5, "{log}");
+    assert!(log.contains("int3: evaluation reused from"), "{log}");
     let second: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(first["rows"], second["rows"]);

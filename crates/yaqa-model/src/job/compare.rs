@@ -4,10 +4,11 @@
 //! nearest searches it per matrix on `tr(Δ Σxxᵀ Δᵀ)` and the other methods take RTN's choice (DESIGN.md
 //! §5). Then every model is evaluated on the same windows (KL to the original, perplexity).
 //!
-//! Everything lands in `--work`: factor files after each pass and each quantized model. A rerun with the
-//! same arguments reuses what is finished (factor sets whose provenance matches, quantized files whose
-//! run header matches, part files of an interrupted layer loop), so a killed run continues where it
-//! stopped.
+//! Everything lands in `--work`: factor files after each pass, each quantized model and each quantizer's
+//! evaluation (`eval-<quantizer>.json`). A rerun with the same arguments reuses what is finished (factor
+//! sets whose provenance matches, quantized files whose run header matches, part files of an
+//! interrupted layer loop, an evaluation of the same models from the same runs on the same tokens), so a
+//! killed run continues where it stopped.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -27,7 +28,9 @@ use crate::formats::quant_file::QuantFile;
 use crate::job::calib::{CalibSeq, Shard};
 use crate::job::calib_set::{Calibration, calibration_set};
 use crate::job::collect::{Set, empty_factors, sampled_labels};
-use crate::job::evaluate::{EvalTable, EvalText, QuantizedModel, eval_models, eval_tokens};
+use crate::job::evaluate::{
+    EvalTable, EvalText, QuantizedModel, eval_models, eval_tokens, write_json,
+};
 use crate::job::factors::{load_set, next_sketch_a_pass, write_factor_dir};
 use crate::job::guard::{named, refuse_overwrite};
 use crate::job::pipeline::{quantize_model, run_header};
@@ -347,6 +350,8 @@ pub fn run<B: Backend + ModelOps<f32>>(
     let mut base_ppl = 0.0;
     for &grid in &args.grids {
         let mut files = Vec::new();
+        // Each evaluated model's label and run header: with the windows, what a kept evaluation must match.
+        let mut runs = Vec::new();
         let mut scales: Option<BTreeMap<LayerId, f64>> = None;
         // RTN first: its search chooses the scales every other method takes. It is never refined.
         let mut rows: Vec<(CompareMethod, usize)> = vec![(CompareMethod::Rtn, 0)];
@@ -434,6 +439,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
             if row == CompareMethod::Rtn && !args.methods.contains(&CompareMethod::Rtn) {
                 continue;
             }
+            runs.push(json!({"model": label, "run": run}));
             files.push((label, out));
         }
         let models = files
@@ -444,16 +450,43 @@ pub fn run<B: Backend + ModelOps<f32>>(
                 QuantizedModel::from_files(label.clone(), vec![q], &loaded.model)
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut table = eval_models(
-            backend,
-            &loaded.model,
-            &models,
-            &tokens,
-            &text,
-            text_name.clone(),
-            None,
-            progress,
-        )?;
+        // A rerun skips an evaluation it finished: same models from the same runs, same windows.
+        let key = json!({
+            "models": runs, "text": text_name, "window": text.window, "n_windows": text.n_windows,
+            "tokens": tokens_digest(&tokens),
+        });
+        let cache = args.work.join(format!("eval-{grid}.json"));
+        let kept = std::fs::read_to_string(&cache)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .filter(|v| v["key"] == key)
+            .and_then(|v| EvalTable::from_json(&v["table"]));
+        let mut table = match kept {
+            Some(table) => {
+                progress.note(format!(
+                    "{grid}: evaluation reused from {}",
+                    cache.display()
+                ));
+                table
+            }
+            None => {
+                let table = eval_models(
+                    backend,
+                    &loaded.model,
+                    &models,
+                    &tokens,
+                    &text,
+                    text_name.clone(),
+                    None,
+                    progress,
+                )?;
+                let setup = json!({
+                    "source": table.source, "window": table.window, "n_windows": table.n_windows,
+                });
+                write_json(&cache, &json!({"key": key, "table": table.to_json(setup)}))?;
+                table
+            }
+        };
         base_ppl = table.original_ppl;
         let reference = row_label(CompareMethod::Ldlq, args.refine, grid);
         table.reference = Some(reference.clone());
@@ -493,6 +526,16 @@ pub fn run<B: Backend + ModelOps<f32>>(
         factor_seconds: factor_s,
         seconds: wall,
     })
+}
+
+/// FNV-1a over the evaluation's token ids: the windows a kept evaluation was made on.
+fn tokens_digest(tokens: &[u32]) -> String {
+    let h = tokens.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &t| {
+        t.to_le_bytes()
+            .iter()
+            .fold(h, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    });
+    format!("{h:016x}")
 }
 
 /// A row's name and file stem: `ldlq-int2`, `ldlq-e8p`, or `ldlq-cd3-int2` after 3 coordinate-descent

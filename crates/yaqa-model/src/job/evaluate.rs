@@ -226,6 +226,38 @@ impl EvalTable {
         })
     }
 
+    /// The table [`EvalTable::to_json`] wrote with `setup` = `{source, window, n_windows}`, without
+    /// delta metrics or reference; `None` for JSON it did not write, or with a non-finite KL or
+    /// perplexity (JSON holds those as null).
+    pub fn from_json(v: &Value) -> Option<Self> {
+        let rows = v["rows"]
+            .as_array()?
+            .iter()
+            .map(|r| {
+                Some(EvalRow {
+                    name: r["model"].as_str()?.to_string(),
+                    kl: r["kl"].as_f64()?,
+                    ppl: r["ppl"].as_f64()?,
+                    window_kl: r["window_kl"]
+                        .as_array()?
+                        .iter()
+                        .map(Value::as_f64)
+                        .collect::<Option<_>>()?,
+                    delta: None,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let setup = &v["setup"];
+        Some(Self {
+            original_ppl: v["original_ppl"].as_f64()?,
+            rows,
+            source: setup["source"].as_str()?.to_string(),
+            window: usize::try_from(setup["window"].as_u64()?).ok()?,
+            n_windows: usize::try_from(setup["n_windows"].as_u64()?).ok()?,
+            reference: None,
+        })
+    }
+
     /// The row named by `reference`, if any.
     pub fn reference_row(&self) -> Option<&EvalRow> {
         let name = self.reference.as_ref()?;
