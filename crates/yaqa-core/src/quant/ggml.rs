@@ -415,7 +415,7 @@ impl GgmlBlocks {
         let names = Self::stored_names(format);
         if parts.len() != names.len() {
             return Err(CoreError::InvalidParameter {
-                name: "mins",
+                name: "parts",
                 value: format!("{} tensors", parts.len()),
                 why: format!("{format} stores {}", names.len()),
             });
