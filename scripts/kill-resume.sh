@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The kill-and-resume loop of issue #28: runs hessian (Sketch B and Sketch A), quantize and compare on
-# the fixture model, kills each at random points with SIGKILL or SIGTERM (signals, not the hidden test
-# flags), reruns the same command until it finishes, and checks that what it wrote is byte-identical to
-# an uninterrupted run. Prints one line per kill and a summary; exits 1 on any difference.
+# The kill-and-resume loop of issue #28: runs hessian (Sketch B and Sketch A), quantize, compare,
+# export, round and hessian merge on the fixture model, kills each at random points with SIGKILL or
+# SIGTERM (signals, not the hidden test flags), reruns the same command until it finishes, and checks
+# that what it wrote is byte-identical to an uninterrupted run. Prints one line per kill and a summary;
+# exits 1 on any difference.
 #
 #   bash scripts/kill-resume.sh [WORK_DIR] [KILLS_PER_STAGE]
+#   STAGES="export round merge" bash scripts/kill-resume.sh   # kill only these (the others run once)
 #
 # Needs the release binary (cargo build --release -p yaqa-cli) and ../shared/fixtures.
 set -euo pipefail
@@ -26,6 +28,8 @@ stage() {
   local ref="$W/$name-ref/$out" kill="$W/$name-kill/$out"
   mkdir -p "$W/$name-ref" "$W/$name-kill"
   "$Y" "${@/@OUT@/$ref}" > "$W/$name-ref.log" 2>&1
+  # A stage left out of $STAGES only makes its output, which later stages read.
+  if [ -n "${STAGES:-}" ] && [[ " $STAGES " != *" $name "* ]]; then return; fi
   local n=0 done=0
   while [ $n -lt "$PER_STAGE" ]; do
     "$Y" "${@/@OUT@/$kill}" >> "$W/$name-kill.log" 2>&1 &
@@ -62,6 +66,18 @@ stage quantize-own q.safetensors 25 quantize --model "$M" --method ldlq --quanti
   --n-seqs 6 --seq-len 64 --checkpoint-every 1 --no-eval --out @OUT@
 stage compare work 40 compare --model "$M" --n-seqs 4 --seq-len 64 --bits 3 --methods rtn,ldlq,yaqa-b \
   --n-windows 1 --window 64 --checkpoint-every 1 --work @OUT@
+
+# The short writers: a kill lands before, inside or after their write-then-rename.
+"$Y" convert --model "$M" --out "$W/hf" > "$W/convert.log" 2>&1
+stage export q-hf 6 export --model "$M" --quantized "$W/quantize-ref/q.safetensors" --out @OUT@
+down=$(ls "$W/hessian-b-ref/factors" | grep -F 'model.layers.3.mlp.down_proj.')
+stage round r.safetensors 4 round --weights "$W/hf/model.safetensors" \
+  --tensor model.layers.3.mlp.down_proj.weight --factors "$W/hessian-b-ref/factors/$down" --out @OUT@
+for i in 0 1; do
+  "$Y" hessian --model "$M" --sketch b --n-seqs 4 --seq-len 64 --shard $i/2 --out "$W/shard$i" \
+    > "$W/shard$i.log" 2>&1
+done
+stage merge factors 4 hessian merge --out @OUT@ "$W/shard0" "$W/shard1"
 
 echo "kill-resume: $kills kills over $stages stages, $failures stages with a different output"
 [ $failures -eq 0 ]

@@ -36,9 +36,14 @@ pub struct FinetuneArgs {
     /// Seed of the training windows.
     #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub seed: u64,
-    /// Windows of 256 tokens from the start of the first text on which perplexity is reported.
+    /// Windows of 256 tokens (or the model's context, if shorter) from the start of the first text on
+    /// which perplexity is reported.
     #[arg(long, allow_negative_numbers = true, default_value_t = 8)]
     pub eval_windows: usize,
+    /// Accept training windows longer than the model's context (max_position_embeddings), at positions
+    /// it was not trained for
+    #[arg(long)]
+    pub allow_long_context: bool,
     /// The output folder (config.json, model.safetensors in f32, tokenizer.json).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -55,6 +60,7 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
             tokenizer: args.tokenizer,
             seq_len: args.seq_len,
             seed: args.seed,
+            allow_long_context: args.allow_long_context,
             ..CalibConfig::default()
         },
         steps: args.steps,

@@ -2,7 +2,9 @@
 //! that names the file, tensor or flag to change (issue #28): non-finite weights, more blocks than
 //! the configuration declares, a tokenizer larger than the model's vocabulary, sequences and
 //! windows longer than the model's context, negative flag values, folders where files belong, and
-//! outputs that cannot be written.
+//! outputs that cannot be written; and (session 17) calibration and evaluation texts that cannot give
+//! what is asked, repeated `compare` flags, factors of another layer, shards of another calibration,
+//! files of another model, malformed shards and `finetune`'s own flags.
 
 mod common;
 
@@ -516,4 +518,615 @@ fn an_unwritable_output_is_named() {
         !err.contains(".tmp-") && !err.contains("bad format"),
         "{err}"
     );
+}
+
+// Flags, texts and files given by hand (session 17).
+
+/// Runs `args` (strings), expects failure, and checks that the error holds every one of `parts`.
+fn refused(args: &[&str], parts: &[&str]) -> String {
+    let err = fails(args);
+    says(&err, parts);
+    err
+}
+
+/// A calibration text that is empty, not UTF-8, missing, or too short for the sequences asked for is
+/// refused naming the file and what it lacks (the shortness used to be reported without the file), and
+/// nothing is written.
+#[test]
+fn calibration_texts_that_cannot_give_the_sequences_are_named() {
+    let dir = scratch("bad-calib-text");
+    let model = model_with(&dir, "model", |_| {});
+    let tok = dir.join("tok.json");
+    word_tokenizer(&tok, &words(37), false);
+    let text = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let empty = text("empty.txt", b"");
+    let blank = text("blank.txt", b"  \n\t \n");
+    let latin1 = text("latin1.txt", b"w1 w2 caf\xe9 w3");
+    let short = text("short.txt", b"w1 w2 w3");
+    let forty = text("forty.txt", "w1 w2 w3 w4 ".repeat(10).as_bytes());
+    let missing = dir.join("missing.txt");
+    let out = dir.join("h");
+    let run = |file: &Path, extra: &[&str]| {
+        let mut a = vec!["--calib", s(file), "--tokenizer", s(&tok)];
+        a.extend(extra);
+        let err = run_fails(&hessian(&model, &out, &a));
+        assert!(
+            !out.exists(),
+            "{} wrote {}:\n{err}",
+            file.display(),
+            out.display()
+        );
+        err
+    };
+    for file in [&empty, &blank] {
+        says(
+            &run(file, &[]),
+            &[
+                &format!("cutting calibration windows from {}", file.display()),
+                "the text holds no tokens (an empty file, or only whitespace)",
+            ],
+        );
+    }
+    says(
+        &run(&latin1, &[]),
+        &[
+            &latin1.display().to_string(),
+            "not UTF-8 text (the first byte that is not UTF-8 is at offset 9)",
+        ],
+    );
+    says(
+        &run(&missing, &[]),
+        &[&missing.display().to_string(), "No such file or directory"],
+    );
+    says(
+        &run(&short, &[]),
+        &[
+            &short.display().to_string(),
+            "the text has 3 tokens, fewer than one sequence of 8",
+        ],
+    );
+    says(
+        &run(&forty, &["--n-seqs", "6"]),
+        &[
+            &forty.display().to_string(),
+            "the text has 40 tokens: 5 sequences of 8, fewer than the 6 asked for",
+        ],
+    );
+    // Five sequences of that text run.
+    let fits = hessian(
+        &model,
+        &out,
+        &[
+            "--calib",
+            s(&forty),
+            "--tokenizer",
+            s(&tok),
+            "--n-seqs",
+            "5",
+        ],
+    );
+    ok_stderr(&fits.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+}
+
+/// An evaluation text too short for the windows is refused naming the file and the tokens needed, and
+/// before the work: `quantize --eval-text` used to find it after rounding every layer, `compare --text`
+/// after collecting every factor.
+#[test]
+fn an_evaluation_text_too_short_for_the_windows_is_refused_before_work() {
+    let dir = scratch("bad-eval-text");
+    let model = model_with(&dir, "model", |_| {});
+    word_tokenizer(&model.join("tokenizer.json"), &words(37), false);
+    let m = s(&model);
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "w1 w2 w3 w4 ".repeat(5)).unwrap();
+    let too_short = format!(
+        "the evaluation text {} has 20 tokens, but 3 windows of 8 need 24",
+        short.display()
+    );
+
+    let q = dir.join("q.safetensors");
+    let err = refused(
+        &[
+            "quantize",
+            "--model",
+            m,
+            "--out",
+            s(&q),
+            "--method",
+            "ldlq",
+            "--n-seqs",
+            "1",
+            "--seq-len",
+            "8",
+            "--eval-text",
+            s(&short),
+            "--eval-window",
+            "8",
+            "--eval-windows",
+            "3",
+        ],
+        &[&too_short],
+    );
+    assert!(!err.contains("proxy"), "a layer was rounded first:\n{err}");
+    for left in [
+        "q.safetensors",
+        "q.safetensors.parts",
+        "q.safetensors.factors.partial",
+    ] {
+        assert!(!dir.join(left).exists(), "{left} was left:\n{err}");
+    }
+
+    let work = dir.join("work");
+    let err = refused(
+        &[
+            "compare",
+            "--model",
+            m,
+            "--work",
+            s(&work),
+            "--n-seqs",
+            "1",
+            "--seq-len",
+            "8",
+            "--bits",
+            "3",
+            "--methods",
+            "rtn,ldlq",
+            "--text",
+            s(&short),
+            "--window",
+            "8",
+            "--n-windows",
+            "3",
+        ],
+        &[&too_short],
+    );
+    assert!(
+        !err.contains("factors:"),
+        "factors were collected first:\n{err}"
+    );
+    assert!(!work.exists(), "{err}");
+
+    // `eval` of a real quantized file: refused the same way; two windows fit and run.
+    ok(&[
+        "quantize",
+        "--model",
+        m,
+        "--out",
+        s(&q),
+        "--method",
+        "rtn",
+        "--n-seqs",
+        "1",
+        "--seq-len",
+        "8",
+        "--no-eval",
+    ]);
+    let json = dir.join("eval.json");
+    let eval = |n_windows: &'static str| {
+        vec![
+            "eval",
+            "--model",
+            m,
+            "--quantized",
+            s(&q),
+            "--text",
+            s(&short),
+            "--window",
+            "8",
+            "--n-windows",
+            n_windows,
+            "--json",
+            s(&json),
+        ]
+    };
+    refused(
+        &eval("3"),
+        &[&too_short, "give more text, or fewer or shorter windows"],
+    );
+    assert!(!json.exists());
+    ok(&eval("2"));
+    assert!(json.exists());
+}
+
+/// `compare` refuses a method or a grid given twice (it used to quantize and print a duplicate row or
+/// table), a bit width no grid has, an empty bit width and an unknown method, before any work.
+#[test]
+fn compare_refuses_repeated_and_unknown_methods_and_widths() {
+    let dir = scratch("bad-compare-flags");
+    let model = model_with(&dir, "model", |_| {});
+    let work = dir.join("work");
+    let compare = |extra: &[&str]| {
+        let mut a = vec![
+            "compare",
+            "--model",
+            s(&model),
+            "--work",
+            s(&work),
+            "--n-seqs",
+            "1",
+            "--seq-len",
+            "8",
+            "--window",
+            "8",
+            "--n-windows",
+            "1",
+        ];
+        a.extend(extra);
+        let err = fails(&a);
+        assert!(!work.exists(), "{extra:?}:\n{err}");
+        err
+    };
+    says(
+        &compare(&["--methods", "rtn,ldlq,ldlq", "--bits", "3"]),
+        &["--methods: ldlq is given twice"],
+    );
+    says(
+        &compare(&["--methods", "rtn,ldlq", "--bits", "3,4,3"]),
+        &["--bits/--quantizers: int3 is given twice"],
+    );
+    says(
+        &compare(&["--methods", "rtn,ldlq", "--quantizers", "int4,fp8,int4"]),
+        &["--bits/--quantizers: int4 is given twice"],
+    );
+    says(
+        &compare(&["--methods", "rtn", "--bits", "9"]),
+        &["--bits: 9 is not one of 2, 3, 4, 8"],
+    );
+    says(
+        &compare(&["--methods", "rtn", "--bits="]),
+        &["invalid value '' for '--bits <BITS>'", "empty string"],
+    );
+    says(
+        &compare(&["--methods", "rtn,ldlq-b", "--bits", "3"]),
+        &[
+            "invalid value 'ldlq-b' for '--methods <METHODS>'",
+            "possible values: rtn, gptq, ldlq, yaqa-a, yaqa-b, yaqa-ab",
+        ],
+    );
+}
+
+/// `round` with the factor file of another layer is refused naming both files and both shapes (it used
+/// to fail inside the rounding with `shape mismatch in w: h_in vs W columns: expected 16, got 24`).
+#[test]
+fn round_refuses_the_factors_of_another_layer() {
+    let dir = scratch("bad-round-factors");
+    let model = model_with(&dir, "model", |_| {});
+    let xtx = dir.join("xtx");
+    ok(&hessian(&model, &xtx, &[])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    let b = dir.join("b");
+    ok(&[
+        "hessian",
+        "--model",
+        s(&model),
+        "--out",
+        s(&b),
+        "--sketch",
+        "b",
+        "--n-seqs",
+        "1",
+        "--seq-len",
+        "8",
+    ]);
+    let m = Model::synthetic(tiny_config(Family::Llama, true), 7);
+    let weights = dir.join("w.safetensors");
+    let (q, gate) = (&m.layers[0].q_proj, &m.layers[0].gate_proj);
+    let tensors = [
+        (
+            "q".to_string(),
+            RawTensor::f32s(vec![q.rows, q.cols], &q.data),
+        ),
+        (
+            "gate".to_string(),
+            RawTensor::f32s(vec![gate.rows, gate.cols], &gate.data),
+        ),
+    ];
+    write_safetensors(&weights, &tensors, "format", "pt").unwrap();
+    let out = dir.join("r.safetensors");
+    let round = |tensor: &str, factors: &Path, method: &str| {
+        let err = fails(&[
+            "round",
+            "--weights",
+            s(&weights),
+            "--tensor",
+            tensor,
+            "--factors",
+            s(factors),
+            "--method",
+            method,
+            "--out",
+            s(&out),
+        ]);
+        assert!(!out.exists(), "{err}");
+        err
+    };
+    // q (16 × 16) against down_proj's Σ x xᵀ (24 × 24).
+    let down = xtx.join("model.layers.0.mlp.down_proj.xtx.safetensors");
+    let err = round("q", &down, "ldlq");
+    says(
+        &err,
+        &[
+            &format!("--factors {}", down.display()),
+            "h_in of model.layers.0.mlp.down_proj is 24 × 24",
+            &format!(
+                "q in --weights {} is 16 × 16 (16 columns)",
+                weights.display()
+            ),
+            "pass the factor file of the layer this matrix belongs to",
+        ],
+    );
+    assert!(!err.contains("shape mismatch"), "{err}");
+    // gate (24 × 16) against q_proj's Sketch B factors: h_in fits, h_out (16 × 16) does not.
+    let q_b = b.join("model.layers.0.self_attn.q_proj.b.safetensors");
+    says(
+        &round("gate", &q_b, "yaqa"),
+        &[
+            "h_out of model.layers.0.self_attn.q_proj is 16 × 16",
+            "gate in --weights",
+            "is 24 × 16 (24 rows)",
+        ],
+    );
+    // LDLQ uses no h_out: the same pair rounds.
+    ok(&[
+        "round",
+        "--weights",
+        s(&weights),
+        "--tensor",
+        "gate",
+        "--factors",
+        s(&q_b),
+        "--method",
+        "ldlq",
+        "--out",
+        s(&out),
+    ]);
+}
+
+/// `hessian merge` of shards collected with another `--seq-len` or `--seed` is refused naming the shard
+/// and the differing values, with or without calibration records, and leaves no output folder.
+#[test]
+fn hessian_merge_refuses_shards_of_another_calibration() {
+    let dir = scratch("bad-merge-calib");
+    let model = model_with(&dir, "model", |_| {});
+    let shard = |name: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let mut a = vec!["--n-seqs", "2", "--shard"];
+        a.extend(extra);
+        ok(&hessian(&model, &out, &a)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>());
+        out
+    };
+    let s0 = shard("s0", &["0/2"]);
+    let s1_long = shard("s1-long", &["1/2", "--seq-len", "16"]);
+    let s1_seed = shard("s1-seed", &["1/2", "--seed", "3"]);
+    let merged = dir.join("merged");
+    let merge = |other: &Path| {
+        let err = fails(&["hessian", "merge", "--out", s(&merged), s(&s0), s(other)]);
+        assert!(!merged.exists(), "{err}");
+        err
+    };
+    says(
+        &merge(&s1_long),
+        &[
+            &s1_long
+                .join("calibration.safetensors")
+                .display()
+                .to_string(),
+            "recorded by a different run than the first shard (seed 0 / seq_len 16",
+        ],
+    );
+    // Without the records, the factor files' own headers tell.
+    for folder in [&s0, &s1_seed] {
+        std::fs::remove_file(folder.join("calibration.safetensors")).unwrap();
+    }
+    says(
+        &merge(&s1_seed),
+        &[
+            &s1_seed.display().to_string(),
+            "seed 3, but the first shard used 8 / data-free / 0",
+        ],
+    );
+}
+
+/// `eval` of a file quantized from a model with other shapes, and `eval --base` or `quantize --method
+/// daq --base` of such a model, are refused naming both models and no output is written. (The model
+/// fingerprint hashes config.json and the safetensors headers, not the weights: a file quantized from a
+/// model of the same shapes and header is not recognised as another model's.)
+#[test]
+fn files_of_another_model_are_refused_by_eval_and_daq() {
+    let dir = scratch("bad-other-model");
+    let model = model_with(&dir, "model", |_| {});
+    let mut wide_config = tiny_config(Family::Llama, true);
+    wide_config.intermediate_size = 32;
+    let wide = dir.join("wide");
+    write_hf(&Model::synthetic(wide_config, 7), &wide).unwrap();
+    let q_wide = dir.join("q-wide.safetensors");
+    let quantize = |m: &Path, out: &Path| {
+        ok(&[
+            "quantize",
+            "--model",
+            s(m),
+            "--out",
+            s(out),
+            "--method",
+            "rtn",
+            "--n-seqs",
+            "1",
+            "--seq-len",
+            "8",
+            "--no-eval",
+        ]);
+    };
+    quantize(&wide, &q_wide);
+    let json = dir.join("eval.json");
+    let eval = |quantized: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "eval",
+            "--model",
+            s(&model),
+            "--quantized",
+            s(quantized),
+            "--window",
+            "8",
+            "--n-windows",
+            "1",
+            "--json",
+            s(&json),
+        ];
+        a.extend(extra);
+        let err = fails(&a);
+        assert!(!json.exists(), "{err}");
+        err
+    };
+    says(
+        &eval(&q_wide, &[]),
+        &[&format!(
+            "{} was quantized from a different model than {}",
+            q_wide.display(),
+            model.display()
+        )],
+    );
+    let q = dir.join("q.safetensors");
+    quantize(&model, &q);
+    let other_shapes = format!(
+        "the base model {} has other shapes than {}",
+        wide.display(),
+        model.display()
+    );
+    says(&eval(&q, &["--base", s(&wide)]), &[&other_shapes]);
+    let daq = dir.join("daq.safetensors");
+    refused(
+        &[
+            "quantize",
+            "--model",
+            s(&model),
+            "--method",
+            "daq",
+            "--quantizer",
+            "fp8",
+            "--no-incoherence",
+            "--no-eval",
+            "--base",
+            s(&wide),
+            "--out",
+            s(&daq),
+        ],
+        &[&other_shapes],
+    );
+    assert!(!daq.exists() && !dir.join("daq.safetensors.parts").exists());
+
+    // The same layout and header, other weights (as a fine-tune and its base): the fingerprint's sample
+    // of every tensor's bytes tells them apart, where the headers alone did not.
+    let tuned = model_with(&dir, "tuned", |m| {
+        for w in m.embed.data.iter_mut() {
+            *w *= 1.01;
+        }
+    });
+    let q_tuned = dir.join("q-tuned.safetensors");
+    quantize(&tuned, &q_tuned);
+    says(
+        &eval(&q_tuned, &[]),
+        &[&format!(
+            "{} was quantized from a different model than {}",
+            q_tuned.display(),
+            model.display()
+        )],
+    );
+}
+
+/// A shard that is not `I/N` with `0 ≤ I < N` is refused at argument parsing, saying which part is wrong.
+#[test]
+fn malformed_shards_are_refused() {
+    let dir = scratch("bad-shard");
+    let model = model_with(&dir, "model", |_| {});
+    let out = dir.join("h");
+    for (shard, message) in [
+        (
+            "0/0",
+            "shard \"0/0\": need 0 ≤ I < N (shards are numbered from 0)",
+        ),
+        ("1/x", "shard count \"x\" is not a number"),
+        ("y/2", "shard index \"y\" is not a number"),
+        ("2", "shard \"2\" is not of the form I/N (for example 0/4)"),
+    ] {
+        let err = run_fails(&hessian(&model, &out, &["--shard", shard]));
+        says(
+            &err,
+            &[
+                &format!("invalid value '{shard}' for '--shard <I/N>'"),
+                message,
+            ],
+        );
+        assert!(!out.exists());
+    }
+}
+
+/// `finetune` names the `--seq-len` it was given (it used to name `--seq-len 1` for 0 and `--seq-len 101`
+/// for 100, the window with its first token), lets a window of the model's whole context run (it
+/// refused one token early), shortens its perplexity windows to a short context (it refused every model
+/// under 256 tokens as `--seq-len 256 exceeds the model's context`), and names its text when that is
+/// too short.
+#[test]
+fn finetune_names_the_flags_it_was_given() {
+    let dir = scratch("bad-finetune");
+    let model = model_with(&dir, "model", |_| {});
+    word_tokenizer(&model.join("tokenizer.json"), &words(37), false);
+    let long = dir.join("text.txt");
+    std::fs::write(&long, "w1 w5 w9 w2 w7 ".repeat(30)).unwrap();
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "w1 w2 w3").unwrap();
+    let out = dir.join("tuned");
+    let finetune = |text: &'static str, seq_len: &'static str| {
+        let text = if text == "short" { s(&short) } else { s(&long) };
+        vec![
+            "finetune",
+            "--model",
+            s(&model),
+            "--text",
+            text,
+            "--steps",
+            "1",
+            "--batch",
+            "2",
+            "--eval-windows",
+            "1",
+            "--seq-len",
+            seq_len,
+            "--out",
+            s(&out),
+        ]
+    };
+    let err = refused(
+        &finetune("long", "0"),
+        &["--seq-len 0: a training window must predict at least one token"],
+    );
+    assert!(!err.contains("--seq-len 1"), "{err}");
+    let err = refused(
+        &finetune("long", "100"),
+        &[
+            "--seq-len 100 exceeds the model's context of 64 tokens",
+            "lower --seq-len to at most 64",
+        ],
+    );
+    assert!(!err.contains("101") && !err.contains("256"), "{err}");
+    says(
+        &refused(&finetune("short", "8"), &[&short.display().to_string()]),
+        &[
+            "--steps 1 × --batch 2 training windows of --seq-len 8 tokens",
+            "the text has 3 tokens, fewer than one sequence of 9",
+        ],
+    );
+    assert!(!out.exists());
+    // The whole context of 64 tokens trains; perplexity is taken on windows of 64.
+    ok(&finetune("long", "64"));
+    assert!(out.join("model.safetensors").is_file());
 }

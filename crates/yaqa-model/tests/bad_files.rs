@@ -1551,6 +1551,49 @@ fn folders_where_files_belong_are_named() {
     }
 }
 
+/// Damaged `tokenizer.json` files that made the `tokenizers` library panic (found by `scripts/fuzz.sh`'s
+/// tokenizer target): each is an error naming the file.
+#[test]
+fn damaged_tokenizer_files_are_refused_not_panicked() {
+    let dir = Scratch::new("tokenizer");
+    let valid = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
+                    "use_regex": true},
+        "model": {"type": "WordLevel", "unk_token": "a", "vocab": {"a": 0, "b": 1}}
+    });
+    let read = |p: &Path| yaqa_model::Tokenizer::from_file(p).map(|_| true);
+    let good = dir.file("good.json", valid.to_string().as_bytes());
+    assert!(read(&good).unwrap());
+    // The fuzz's crash: a decoder whose JSON breaks off after a key (`tokenizers` expects "Helper").
+    let text = valid
+        .to_string()
+        .replace(r#""trim_offsets":true"#, r#""trim_offsets" "x""#);
+    let broken = dir.file("broken-decoder.json", text.as_bytes());
+    refused(
+        &broken,
+        read,
+        &["broken-decoder.json", "not JSON", "expected `:`"],
+    );
+    // Valid JSON that the library still panics on: a Precompiled normalizer whose charsmap is a number.
+    let mut bad = valid.clone();
+    bad["normalizer"] = json!({"type": "Precompiled", "precompiled_charsmap": 5});
+    let precompiled = dir.file("precompiled.json", bad.to_string().as_bytes());
+    refused(
+        &precompiled,
+        read,
+        &[
+            "precompiled.json",
+            "the tokenizers library failed on it",
+            "damaged",
+        ],
+    );
+    // Not UTF-8.
+    let binary = dir.file("binary.json", &[0xff, 0xfe, 0x00, 0x7b]);
+    refused(&binary, read, &["binary.json"]);
+}
+
 // ---------------------------------------------------------------------------------------------------
 // mutation fuzz
 
@@ -1853,6 +1896,15 @@ fn mutated_files_never_panic_a_reader() {
         },
     ];
 
+    // `scripts/fuzz.sh` takes the valid files as the seeds of its cargo-fuzz targets (named like the
+    // corpora, with `_` for `-`).
+    if let Some(seeds) = std::env::var_os("YAQA_FUZZ_SEEDS") {
+        for c in &corpora {
+            let dir = Path::new(&seeds).join(c.name.replace('-', "_"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("valid"), &c.base).unwrap();
+        }
+    }
     let mut rng = Rng::derive(28, "bad-files-fuzz");
     let mut panics = Vec::new();
     for c in &corpora {

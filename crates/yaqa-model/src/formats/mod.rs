@@ -41,13 +41,20 @@ pub(crate) fn open_file(path: &Path) -> Result<File> {
 /// Reads a UTF-8 text file (calibration or evaluation text, `config.json`), refusing a folder by name
 /// as [`open_file`] does.
 ///
-/// **Errors**: [`ModelError::NotAFile`] for a folder, [`ModelError::Io`] for the rest (non-UTF-8 text
-/// included).
+/// **Errors**: [`ModelError::NotAFile`] for a folder, [`ModelError::BadFormat`] for bytes that are not
+/// UTF-8 (with the offset of the first, so a binary or Latin-1 file is recognised as such),
+/// [`ModelError::Io`] for the rest.
 pub(crate) fn read_text(path: &Path) -> Result<String> {
     use std::io::Read;
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     open_file(path)?
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .map_err(|e| ModelError::io(path, e))?;
-    Ok(text)
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        ModelError::format(
+            path,
+            format!("not UTF-8 text (the first byte that is not UTF-8 is at offset {at})"),
+        )
+    })
 }

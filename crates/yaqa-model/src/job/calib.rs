@@ -100,7 +100,8 @@ pub fn text_tokens(tokenizer: &Tokenizer, files: &[impl AsRef<Path>]) -> Result<
 /// `n_seqs` windows of `seq_len` tokens from `tokens` (non-overlapping, order shuffled by `seed` with the
 /// stream `"calib-windows"`), keeping those of `shard`.
 ///
-/// **Errors**: `seq_len < 2`, or fewer than `n_seqs` whole windows in the text.
+/// **Errors**: `seq_len < 2`, no tokens, or fewer than `n_seqs` whole windows in the text (saying
+/// which).
 pub fn text_windows(
     tokens: &[u32],
     seq_len: usize,
@@ -114,9 +115,22 @@ pub fn text_windows(
         )));
     }
     let available = tokens.len() / seq_len;
+    if tokens.is_empty() {
+        return Err(ModelError::Input(
+            "the text holds no tokens (an empty file, or only whitespace)".into(),
+        ));
+    }
+    if available == 0 {
+        return Err(ModelError::Input(format!(
+            "the text has {} tokens, fewer than one sequence of {seq_len}: give more text or shorter \
+             sequences",
+            tokens.len()
+        )));
+    }
     if available < n_seqs {
         return Err(ModelError::Input(format!(
-            "the calibration text has {} tokens: {available} windows of {seq_len}, fewer than the {n_seqs} asked for",
+            "the text has {} tokens: {available} sequences of {seq_len}, fewer than the {n_seqs} asked \
+             for: give more text, or fewer or shorter sequences",
             tokens.len()
         )));
     }

@@ -86,7 +86,14 @@ pub fn calibration_set<B: Backend + ModelOps<f32>>(
             .context("loading the tokenizer for the calibration text")?;
         let tokens = text_tokens(&tok, &config.text).context("reading the calibration text")?;
         let seqs = text_windows(&tokens, config.seq_len, config.n_seqs, config.seed, shard)
-            .context("cutting calibration windows")?;
+            .with_context(|| {
+                let files: Vec<String> = config
+                    .text
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                format!("cutting calibration windows from {}", files.join(", "))
+            })?;
         let names: Vec<String> = config.text.iter().map(|p| file_name(p)).collect();
         return Ok(from(seqs, format!("text:{}", names.join(","))));
     }

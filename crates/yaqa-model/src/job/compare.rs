@@ -203,10 +203,11 @@ impl FactorSets {
 /// tokenizer (default: the one `eval` or `calib` names, or the model's).
 ///
 /// **Errors**: fewer than 2 passes with YAQA-A, bits no grid takes, E8P with GPTQ or `refine` or layers
-/// whose width does not split into its codes, calibration or evaluation sizes the
-/// model cannot use ([`CalibConfig::check`], [`EvalText::check`]), `b_seqs` below `calib.n_seqs` (all
-/// before any work), and the errors of calibration, collection, quantization and evaluation; a run
-/// stopped by `checkpoint.stop_after_seqs` returns [`ModelError::Stopped`].
+/// whose width does not split into its codes, calibration or evaluation sizes the model cannot use
+/// ([`CalibConfig::check`], [`EvalText::check`]), an evaluation text too short for its windows, a method
+/// or grid given twice, `b_seqs` below `calib.n_seqs` (all before any work), and the errors of
+/// calibration, collection, quantization and evaluation; a run stopped by `checkpoint.stop_after_seqs`
+/// returns [`ModelError::Stopped`].
 pub fn run<B: Backend + ModelOps<f32>>(
     backend: &B,
     args: &CompareConfig,
@@ -253,6 +254,24 @@ pub fn run<B: Backend + ModelOps<f32>>(
             );
         }
     }
+    // A method or grid given twice would be quantized and evaluated once more for a duplicate row or
+    // table.
+    if let Some(m) = args
+        .methods
+        .iter()
+        .enumerate()
+        .find_map(|(i, m)| args.methods[..i].contains(m).then_some(m))
+    {
+        crate::bail!("--methods: {} is given twice", m.label());
+    }
+    if let Some(g) = args
+        .grids
+        .iter()
+        .enumerate()
+        .find_map(|(i, g)| args.grids[..i].contains(g).then_some(g))
+    {
+        crate::bail!("--bits/--quantizers: {g} is given twice");
+    }
     let b_seqs = args.b_seqs.unwrap_or(args.calib.n_seqs);
     if b_seqs < args.calib.n_seqs {
         crate::bail!(
@@ -291,6 +310,16 @@ pub fn run<B: Backend + ModelOps<f32>>(
             .with_context(|| format!("{} with {grid}", row.label()))?;
         }
     }
+    let text = EvalText {
+        tokenizer: args.eval.tokenizer.clone().or(args.calib.tokenizer.clone()),
+        ..args.eval.clone()
+    };
+    // Evaluation text from a file is read before any work, so a text too short for the windows is
+    // refused before the factors are collected; sampled text needs the model and comes after them.
+    let text_tokens = match &text.text {
+        Some(_) => Some(eval_tokens(backend, &loaded, &text, tokenizer, progress)?),
+        None => None,
+    };
     std::fs::create_dir_all(&args.work)
         .map_err(|e| ModelError::io(&args.work, e))
         .with_context(|| format!("creating {}", args.work.display()))?;
@@ -339,11 +368,10 @@ pub fn run<B: Backend + ModelOps<f32>>(
     let factor_s = t.elapsed().as_secs_f64();
     progress.note(format!("factors: {factor_s:.1} s"));
 
-    let text = EvalText {
-        tokenizer: args.eval.tokenizer.clone().or(args.calib.tokenizer.clone()),
-        ..args.eval.clone()
+    let (tokens, text_name) = match text_tokens {
+        Some(read) => read,
+        None => eval_tokens(backend, &loaded, &text, tokenizer, progress)?,
     };
-    let (tokens, text_name) = eval_tokens(backend, &loaded, &text, tokenizer, progress)?;
 
     let mut tables = Vec::new();
     let mut rows_json = Vec::new();

@@ -563,7 +563,8 @@ pub fn eval_tokens<B: Backend + ModelOps<f32>>(
             .with_context(|| format!("tokenizing {}", path.display()))?;
         if ids.len() < need {
             crate::bail!(
-                "{} has {} tokens, fewer than {n_windows} windows of {window}",
+                "the evaluation text {} has {} tokens, but {n_windows} windows of {window} need {need}: \
+                 give more text, or fewer or shorter windows",
                 path.display(),
                 ids.len()
             );

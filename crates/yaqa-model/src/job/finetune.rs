@@ -27,7 +27,7 @@ use crate::job::eval::perplexity;
 use crate::job::evaluate::{EvalText, eval_tokens};
 use crate::job::guard::{named, refuse_overwrite};
 use crate::job::progress::{Progress, ProgressExt};
-use crate::job::{CalibConfig, open_model, resume};
+use crate::job::{CalibConfig, check_context, open_model, resume};
 use crate::job::{memory, preflight};
 use crate::transformer::decoder::Transformer;
 use crate::transformer::weights::LayerId;
@@ -46,9 +46,14 @@ pub struct FinetuneConfig {
     pub lr: f64,
     /// The output folder: config.json, model.safetensors (f32), tokenizer.json.
     pub out: PathBuf,
-    /// Windows of 256 tokens from the start of the first text on which perplexity is reported.
+    /// Windows of [`EVAL_WINDOW`] tokens (or of the model's context, when shorter) from the start of the
+    /// first text on which perplexity is reported.
     pub eval_windows: usize,
 }
+
+/// Tokens per perplexity window of [`FinetuneConfig::eval_windows`], unless the model's context is
+/// shorter.
+pub const EVAL_WINDOW: usize = 256;
 
 impl Default for FinetuneConfig {
     fn default() -> Self {
@@ -107,6 +112,9 @@ pub fn run<B: Backend + ModelOps<f32>>(
     if !(config.lr.is_finite() && config.lr > 0.0) {
         crate::bail!("--lr {}: must be a finite number > 0", config.lr);
     }
+    if config.calib.seq_len == 0 {
+        crate::bail!("--seq-len 0: a training window must predict at least one token");
+    }
     let mut inputs = config.calib.inputs();
     inputs.push(named("--model", &config.model));
     refuse_overwrite(&[named("--out", &config.out)], &inputs)?;
@@ -119,25 +127,51 @@ pub fn run<B: Backend + ModelOps<f32>>(
         .steps
         .checked_mul(config.batch)
         .context("--steps × --batch overflows")?;
+    // A window of `seq_len + 1` tokens runs its first `seq_len` through the model, so `seq_len` is what
+    // the model's context limits; the calibration set's own check (of `seq_len + 1`) is then skipped, as
+    // it would name a length the user did not give.
+    let seq_len = config.calib.seq_len;
+    check_context(
+        &format!("--seq-len {seq_len}"),
+        seq_len,
+        &loaded,
+        config.calib.allow_long_context,
+        |max| format!("lower --seq-len to at most {max}"),
+    )?;
     let calib = CalibConfig {
         n_seqs: windows,
-        seq_len: config
-            .calib
-            .seq_len
-            .checked_add(1)
-            .context("--seq-len overflows")?,
+        seq_len: seq_len.checked_add(1).context("--seq-len overflows")?,
+        allow_long_context: true,
         ..config.calib.clone()
     };
-    let set = calibration_set(backend, &loaded, &calib, Shard::default(), progress)?;
+    let set = calibration_set(backend, &loaded, &calib, Shard::default(), progress)
+        .with_context(|| {
+            format!(
+                "--steps {} × --batch {} training windows of --seq-len {seq_len} tokens and the one \
+                 before them",
+                config.steps, config.batch
+            )
+        })?;
+    // Perplexity windows of 256 tokens, or of the model's context when it is shorter (no flag sets
+    // this length, so it must not be what refuses a model).
+    let mut window = EVAL_WINDOW;
+    if !config.calib.allow_long_context
+        && let Some(max) = mc.max_position_embeddings
+    {
+        window = window.min(max);
+    }
+    if let Some(sliding) = mc.sliding_window {
+        window = window.min(sliding);
+    }
     let eval = EvalText {
         text: config.calib.text.first().cloned(),
         tokenizer: config.calib.tokenizer.clone(),
-        window: 256,
+        window,
         n_windows: config.eval_windows.max(1),
         seed: 0,
         allow_long_context: config.calib.allow_long_context,
     };
-    eval.check(&loaded, ["--seq-len", "--eval-windows"])?;
+    eval.check(&loaded, ["the perplexity window", "--eval-windows"])?;
     let (eval_ids, _) = eval_tokens(backend, &loaded, &eval, None, progress)?;
     let ppl = |model| -> Result<f64> {
         Ok(perplexity(&Transformer::new(model, backend), &eval_ids, eval.window, 2)?.ppl)

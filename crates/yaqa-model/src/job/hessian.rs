@@ -632,7 +632,8 @@ pub struct MergeReport {
 ///
 /// **Errors**: shards that neither hold the same layers nor disjoint ones, repeat a shard or sequence,
 /// or come from other runs; layer groups whose calibration records differ; a folder of another Sketch A
-/// pass as `out`; I/O. Each names the folder or file.
+/// pass as `out`; I/O. Each names the folder or file, and a refused merge leaves no file of its own in
+/// `out` (nor `out`, when it made it).
 pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<MergeReport> {
     let Some(first) = shards.first() else {
         crate::bail!("hessian merge needs at least one shard folder");
@@ -654,24 +655,57 @@ pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<MergeReport> {
             sketch_a::check_out(out, pass)?;
         }
     }
-    // The calibration records first: they refuse a repeated shard or sequence before any factor file
-    // is written. Folders from before records existed have none; a mixture is refused.
+    // Folders from before calibration records existed have none; a mixture is refused.
     let records: Vec<PathBuf> = shards.iter().map(|d| d.join(RECORD_FILE)).collect();
     let missing: Vec<&PathBuf> = records.iter().filter(|p| !p.is_file()).collect();
-    std::fs::create_dir_all(out)
-        .map_err(|e| ModelError::io(out, e))
-        .with_context(|| format!("creating {}", out.display()))?;
-    if missing.is_empty() {
-        let dest = out.join(RECORD_FILE);
-        merge_records(&records, &dest)
-            .with_context(|| format!("merging the calibration records into {}", dest.display()))?;
-    } else if missing.len() < records.len() {
+    if !missing.is_empty() && missing.len() < records.len() {
         crate::bail!(
             "{} is missing although other shards have one: every shard must come with its record",
             missing[0].display()
         );
     }
-    let mut written = 0;
+    let existed = out.exists();
+    std::fs::create_dir_all(out)
+        .map_err(|e| ModelError::io(out, e))
+        .with_context(|| format!("creating {}", out.display()))?;
+    let with_records = missing.is_empty();
+    let mut written = Vec::new();
+    if let Err(e) = add_shards(out, shards, &index, with_records, &mut written) {
+        // Nothing half-merged is left: the files this run wrote go, and the folder if it made it.
+        for path in &written {
+            let _ = std::fs::remove_file(path);
+        }
+        if !existed {
+            let _ = std::fs::remove_dir_all(out);
+        }
+        return Err(e);
+    }
+    Ok(MergeReport {
+        out: out.to_path_buf(),
+        shards: shards.len(),
+        files: written.len() - usize::from(with_records),
+        records: with_records,
+    })
+}
+
+/// The work of [`merge`] for shards of the same layers: the calibration records first (with
+/// `with_records`), as they refuse a repeated shard or sequence before any factor file is written, then
+/// each layer's factor files added up. Every file written is pushed to `written`, so a failure can
+/// remove them.
+fn add_shards(
+    out: &Path,
+    shards: &[PathBuf],
+    index: &std::collections::BTreeMap<crate::LayerId, std::collections::BTreeMap<String, PathBuf>>,
+    with_records: bool,
+    written: &mut Vec<PathBuf>,
+) -> Result<()> {
+    if with_records {
+        let records: Vec<PathBuf> = shards.iter().map(|d| d.join(RECORD_FILE)).collect();
+        let dest = out.join(RECORD_FILE);
+        merge_records(&records, &dest)
+            .with_context(|| format!("merging the calibration records into {}", dest.display()))?;
+        written.push(dest);
+    }
     for files in index.values() {
         for path in files.values() {
             let name = path
@@ -692,13 +726,8 @@ pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<MergeReport> {
             }
             let dest = out.join(&name);
             write_factors(&dest, acc.layer, acc.m, &acc.factors, &acc.provenance)?;
-            written += 1;
+            written.push(dest);
         }
     }
-    Ok(MergeReport {
-        out: out.to_path_buf(),
-        shards: shards.len(),
-        files: written,
-        records: missing.is_empty(),
-    })
+    Ok(())
 }

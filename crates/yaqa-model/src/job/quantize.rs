@@ -226,9 +226,10 @@ impl QuantizeReport {
 /// Quantizes the model `config` names (module docs).
 ///
 /// **Errors**: a spec no quantizer takes, calibration or evaluation sizes the model cannot use
-/// ([`CalibConfig::check`], [`EvalText::check`]) or a factor folder that lacks layers or belongs to
-/// another model (all before any layer is rounded), the errors of collection, rounding, evaluation and writing;
-/// a run stopped by `stop_after_*` returns [`ModelError::Stopped`].
+/// ([`CalibConfig::check`], [`EvalText::check`]), an evaluation text too short for its windows, or a
+/// factor folder that lacks layers or belongs to another model (all before any layer is rounded), the
+/// errors of collection, rounding, evaluation and writing; a run stopped by `stop_after_*` returns
+/// [`ModelError::Stopped`].
 pub fn run<B: Backend + ModelOps<f32>>(
     backend: &B,
     config: &QuantizeConfig,
@@ -387,10 +388,18 @@ pub fn run<B: Backend + ModelOps<f32>>(
     if let Some(eval) = &config.eval {
         eval.check(&loaded, ["--eval-window", "--eval-windows"])?;
     }
+    // Evaluation text from a file is read now, so a text too short for the windows is refused before
+    // the layers are rounded rather than after; sampled text needs the model and comes at the end.
+    let eval_text_tokens = match &config.eval {
+        Some(text) if text.text.is_some() => {
+            Some(eval_tokens(backend, &loaded, text, None, progress)?)
+        }
+        _ => None,
+    };
     let params = config.spec.layer_params();
     let layer_params = |id: LayerId| per_layer[&id];
     if let (true, Some(path)) = (daq, &config.base) {
-        return quantize_daq(backend, &loaded, path, config, progress);
+        return quantize_daq(backend, &loaded, path, config, eval_text_tokens, progress);
     }
     if config.is_sequential() {
         let cal = calibration_set(backend, &loaded, &config.calib, Shard::default(), progress)?;
@@ -415,6 +424,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
             factors_json,
             Source::Sequential(&cal.seqs),
             &layers,
+            eval_text_tokens,
             progress,
         )?;
         let peak_rss = sequential::peak_rss();
@@ -460,6 +470,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
                 factors_json,
                 Source::Round(&mut round),
                 &layers,
+                eval_text_tokens,
                 progress,
             )
         }
@@ -487,6 +498,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
                 factors_json,
                 Source::Round(&mut round),
                 &layers,
+                eval_text_tokens,
                 progress,
             )?;
             resume::finish(&quantize_factors_dir(&config.out))?;
@@ -593,6 +605,7 @@ fn quantize_with<B: Backend + ModelOps<f32>>(
     factors_json: Value,
     source: Source<'_>,
     layers: &[LayerId],
+    eval_text_tokens: Option<(Vec<u32>, String)>,
     progress: &dyn Progress,
 ) -> Result<QuantizeReport> {
     let t0 = Instant::now();
@@ -678,7 +691,10 @@ fn quantize_with<B: Backend + ModelOps<f32>>(
                 .collect::<Result<Vec<_>>>()?;
             let name = crate::job::calib_set::file_name(&config.out);
             let model = QuantizedModel::from_files(name, parts, &loaded.model)?;
-            let (tokens, source) = eval_tokens(backend, loaded, text, None, progress)?;
+            let (tokens, source) = match eval_text_tokens {
+                Some(read) => read,
+                None => eval_tokens(backend, loaded, text, None, progress)?,
+            };
             let table = eval_models(
                 backend,
                 &loaded.model,
@@ -756,6 +772,7 @@ fn quantize_daq<B: Backend + ModelOps<f32>>(
     loaded: &Loaded,
     path: &Path,
     config: &QuantizeConfig,
+    eval_text_tokens: Option<(Vec<u32>, String)>,
     progress: &dyn Progress,
 ) -> Result<QuantizeReport> {
     let base = open_base(loaded, path)?;
@@ -790,6 +807,7 @@ fn quantize_daq<B: Backend + ModelOps<f32>>(
         factors_json,
         Source::Round(&mut round),
         &LayerId::all(&loaded.model),
+        eval_text_tokens,
         progress,
     )?;
     if blocks > 0 {

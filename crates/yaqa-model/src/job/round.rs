@@ -10,7 +10,7 @@ use yaqa_core::Mat;
 use yaqa_core::backend::Backend;
 use yaqa_core::layer::{LayerReport, quantize_layer};
 
-use crate::error::{Context, Result};
+use crate::error::{Context, ModelError, Result};
 use crate::formats::factor_file::read_factors;
 use crate::formats::hf::{RawTensor, SafetensorsFile, write_safetensors};
 use crate::formats::quant_file::{code_layout, packed_codes, report_json};
@@ -49,7 +49,8 @@ impl RoundReport {
 /// Rounds the matrix `config` names and writes the result.
 ///
 /// **Errors**: no or several 2-D tensors without a name, a tensor that is not a matrix, an unreadable
-/// factor file, a spec the matrix cannot take, rounding errors (naming the tensor), I/O.
+/// factor file or one whose factors do not fit the matrix (another layer's), a spec the matrix cannot
+/// take, rounding errors (naming the tensor), I/O.
 pub fn run(backend: &dyn Backend, config: &RoundConfig) -> Result<RoundReport> {
     refuse_overwrite(
         &[named("--out", &config.out)],
@@ -98,14 +99,26 @@ pub fn run(backend: &dyn Backend, config: &RoundConfig) -> Result<RoundReport> {
     let f = read_factors(&config.factors)
         .with_context(|| format!("reading factors {}", config.factors.display()))?;
     let params = config.spec.layer_params();
-    let q = quantize_layer(
-        backend,
-        &name,
-        &w,
-        &f.factors.for_method(params.method),
-        &params,
-    )
-    .with_context(|| format!("rounding {name}"))?;
+    let factors = f.factors.for_method(params.method);
+    // Factors of another layer would fail inside the rounding as an unnamed shape mismatch.
+    let wrong = |side: &str, k: usize, what: String| {
+        ModelError::Refused(format!(
+            "--factors {}: {side} of {} is {k} × {k}, but {name} in --weights {shown} is {m} × {n} \
+             ({what}): pass the factor file of the layer this matrix belongs to",
+            config.factors.display(),
+            f.layer.name(),
+        ))
+    };
+    if factors.h_in.n != n {
+        return Err(wrong("h_in", factors.h_in.n, format!("{n} columns")));
+    }
+    if let Some(h_out) = factors.h_out
+        && h_out.n != m
+    {
+        return Err(wrong("h_out", h_out.n, format!("{m} rows")));
+    }
+    let q = quantize_layer(backend, &name, &w, &factors, &params)
+        .with_context(|| format!("rounding {name}"))?;
     // Bit-packed row by row, as `L.codes` in a quantized file.
     let (codes, code_bits) = packed_codes(&name, &q)?;
     let code_dim = code_layout(&q.quantizer).1;

@@ -17,16 +17,38 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Loads a `tokenizer.json`.
     ///
-    /// **Errors**: a folder ([`ModelError::NotAFile`]), or what the tokenizer library says of the file.
+    /// The file's JSON syntax is checked before the tokenizer library reads it, and a panic of that
+    /// library is turned into an error: `tokenizers` 0.22 `expect`s where a damaged file reaches it (a
+    /// decoder whose JSON breaks off, a `Precompiled` normalizer whose data does not parse), which cargo
+    /// fuzz found (`fuzz/fuzz_targets/tokenizer.rs`).
+    ///
+    /// **Errors**: a folder ([`ModelError::NotAFile`]), a file that is not UTF-8 JSON, or what the
+    /// tokenizer library says of the file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         if path.is_dir() {
             return Err(ModelError::NotAFile { path });
         }
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {
+        let bad = |why: String| ModelError::Tokenizer {
             path: path.clone(),
-            why: e.to_string(),
-        })?;
+            why,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+            .map_err(|e| bad(format!("not JSON: {e}")))?;
+        let parsed = std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>()).map_err(
+            |payload| {
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                bad(format!(
+                    "the tokenizers library failed on it ({what}): the file is damaged"
+                ))
+            },
+        )?;
+        let inner = parsed.map_err(|e| bad(e.to_string()))?;
         Ok(Self { path, inner })
     }
 
