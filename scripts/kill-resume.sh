@@ -69,15 +69,16 @@ stage compare work 40 compare --model "$M" --n-seqs 4 --seq-len 64 --bits 3 --me
 
 # The short writers: a kill lands before, inside or after their write-then-rename.
 "$Y" convert --model "$M" --out "$W/hf" > "$W/convert.log" 2>&1
-stage export q-hf 6 export --model "$M" --quantized "$W/quantize-ref/q.safetensors" --out @OUT@
+stage export q-hf 2.4 export --model "$M" --quantized "$W/quantize-ref/q.safetensors" --out @OUT@
 down=$(ls "$W/hessian-b-ref/factors" | grep -F 'model.layers.3.mlp.down_proj.')
-stage round r.safetensors 4 round --weights "$W/hf/model.safetensors" \
+# 8 sweeps of coordinate descent make one matrix's rounding last long enough (about 4 s) to be killed.
+stage round r.safetensors 3.8 round --weights "$W/hf/model.safetensors" --refine 8 \
   --tensor model.layers.3.mlp.down_proj.weight --factors "$W/hessian-b-ref/factors/$down" --out @OUT@
 for i in 0 1; do
   "$Y" hessian --model "$M" --sketch b --n-seqs 4 --seq-len 64 --shard $i/2 --out "$W/shard$i" \
     > "$W/shard$i.log" 2>&1
 done
-stage merge factors 4 hessian merge --out @OUT@ "$W/shard0" "$W/shard1"
+stage merge factors 3.8 hessian merge --out @OUT@ "$W/shard0" "$W/shard1"
 
 echo "kill-resume: $kills kills over $stages stages, $failures stages with a different output"
 [ $failures -eq 0 ]

@@ -698,6 +698,7 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()
     let name = path
         .file_name()
         .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    remove_stale_temporaries(dir, &name);
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = write(&tmp).and_then(|()| std::fs::rename(&tmp, path));
     if result.is_err() {
@@ -708,6 +709,33 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Removes the temporaries `.{name}.tmp-<pid>` in `dir` that [`write_atomic`] left when its process was
+/// killed (SIGKILL leaves no chance to clean up), so that the rerun after a kill leaves the folder as an
+/// uninterrupted run does. A temporary whose process is alive (another writer of the same file) is left
+/// alone, and so is everything where processes cannot be looked up (no `/proc`).
+fn remove_stale_temporaries(dir: &Path, name: &str) {
+    let procs = Path::new("/proc");
+    if !procs.join("self").exists() {
+        return;
+    }
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if pid != std::process::id() && !procs.join(pid.to_string()).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Writes `model` as a Hugging Face folder (`config.json` + f32 `model.safetensors`) that transformers
@@ -739,6 +767,28 @@ pub fn write_hf(model: &Model<f32>, dir: impl AsRef<Path>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rerun's write removes the temporary a killed writer of the same file left (its process gone),
+    /// and keeps those of live processes and of other files.
+    #[test]
+    fn writes_remove_the_temporaries_of_killed_writers() {
+        let dir = std::env::temp_dir().join(format!("yaqa-stale-tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Above Linux's largest pid (2^22), so no process has it.
+        let dead = dir.join(".out.json.tmp-4194305");
+        // Process 1 is alive in any Linux system or container.
+        let live = dir.join(".out.json.tmp-1");
+        let other = dir.join(".other.json.tmp-4194305");
+        for p in [&dead, &live, &other] {
+            std::fs::write(p, b"half").unwrap();
+        }
+        write_json(&dir.join("out.json"), &serde_json::json!({"a": 1})).unwrap();
+        let on_linux = Path::new("/proc/self").exists();
+        assert_eq!(dead.exists(), !on_linux, "the killed writer's temporary");
+        assert!(live.exists() && other.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// An output that cannot be written is named as the user gave it, as an I/O error: the temporary
     /// file it goes through is a detail, and the failure is not the format's.
