@@ -65,6 +65,12 @@ fn hessian(model: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// Runs [`hessian`]'s command, which must succeed.
+fn collect(model: &Path, out: &Path, extra: &[&str]) {
+    let args = hessian(model, out, extra);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
 fn run_fails(args: &[String]) -> String {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     fails(&args)
@@ -483,10 +489,7 @@ fn an_unwritable_output_is_named() {
     let dir = scratch("bad-output");
     let model = model_with(&dir, "model", |_| {});
     let factors = dir.join("factors");
-    ok(&hessian(&model, &factors, &[])
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>());
+    collect(&model, &factors, &[]);
     let weights = dir.join("w.safetensors");
     let m = Model::synthetic(tiny_config(Family::Llama, true), 7);
     let q = &m.layers[0].q_proj;
@@ -797,10 +800,7 @@ fn round_refuses_the_factors_of_another_layer() {
     let dir = scratch("bad-round-factors");
     let model = model_with(&dir, "model", |_| {});
     let xtx = dir.join("xtx");
-    ok(&hessian(&model, &xtx, &[])
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>());
+    collect(&model, &xtx, &[]);
     let b = dir.join("b");
     ok(&[
         "hessian",
@@ -899,10 +899,7 @@ fn hessian_merge_refuses_shards_of_another_calibration() {
         let out = dir.join(name);
         let mut a = vec!["--n-seqs", "2", "--shard"];
         a.extend(extra);
-        ok(&hessian(&model, &out, &a)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>());
+        collect(&model, &out, &a);
         out
     };
     let s0 = shard("s0", &["0/2"]);
