@@ -764,33 +764,38 @@ fn compare_refuses_repeated_and_unknown_methods_and_widths() {
         assert!(!work.exists(), "{extra:?}:\n{err}");
         err
     };
-    says(
-        &compare(&["--methods", "rtn,ldlq,ldlq", "--bits", "3"]),
-        &["--methods: ldlq is given twice"],
-    );
-    says(
-        &compare(&["--methods", "rtn,ldlq", "--bits", "3,4,3"]),
-        &["--bits/--quantizers: int3 is given twice"],
-    );
-    says(
-        &compare(&["--methods", "rtn,ldlq", "--quantizers", "int4,fp8,int4"]),
-        &["--bits/--quantizers: int4 is given twice"],
-    );
-    says(
-        &compare(&["--methods", "rtn", "--bits", "9"]),
-        &["--bits: 9 is not one of 2, 3, 4, 8"],
-    );
-    says(
-        &compare(&["--methods", "rtn", "--bits="]),
-        &["invalid value '' for '--bits <BITS>'", "empty string"],
-    );
-    says(
-        &compare(&["--methods", "rtn,ldlq-b", "--bits", "3"]),
-        &[
-            "invalid value 'ldlq-b' for '--methods <METHODS>'",
-            "possible values: rtn, gptq, ldlq, yaqa-a, yaqa-b, yaqa-ab",
-        ],
-    );
+    let cases: [(&[&str], &[&str]); 6] = [
+        (
+            &["--methods", "rtn,ldlq,ldlq", "--bits", "3"],
+            &["--methods: ldlq is given twice"],
+        ),
+        (
+            &["--methods", "rtn,ldlq", "--bits", "3,4,3"],
+            &["--bits/--quantizers: int3 is given twice"],
+        ),
+        (
+            &["--methods", "rtn,ldlq", "--quantizers", "int4,fp8,int4"],
+            &["--bits/--quantizers: int4 is given twice"],
+        ),
+        (
+            &["--methods", "rtn", "--bits", "9"],
+            &["--bits: 9 is not one of 2, 3, 4, 8"],
+        ),
+        (
+            &["--methods", "rtn", "--bits="],
+            &["invalid value '' for '--bits <BITS>'", "empty string"],
+        ),
+        (
+            &["--methods", "rtn,ldlq-b", "--bits", "3"],
+            &[
+                "invalid value 'ldlq-b' for '--methods <METHODS>'",
+                "possible values: rtn, gptq, ldlq, yaqa-a, yaqa-b, yaqa-ab",
+            ],
+        ),
+    ];
+    for (extra, needles) in cases {
+        says(&compare(extra), needles);
+    }
 }
 
 /// `round` with the factor file of another layer is refused naming both files and both shapes (it used
