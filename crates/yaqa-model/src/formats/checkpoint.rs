@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{ModelError, Result};
 use crate::formats::gguf::GgufFile;
-use crate::formats::hf::{HfCheckpoint, SafetensorsFile};
+use crate::formats::hf::HfCheckpoint;
 use crate::transformer::config::ModelConfig;
 use crate::transformer::tokenizer::Tokenizer;
 use crate::transformer::weights::{GgufSource, Model, TensorSource};
@@ -89,15 +89,14 @@ pub fn fingerprint(path: &Path) -> Result<String> {
             n8.copy_from_slice(&head);
             hash.update(read_prefix(&file, 8 + u64::from_le_bytes(n8))?);
         }
-        for file in ckpt.shard_paths() {
-            // The reader checks every range against the file; the map is in name order.
-            let st = SafetensorsFile::open(&file)?;
+        for st in ckpt.shards() {
+            // The reader checked every range against the file; the map is in name order.
             let ranges: Vec<(u64, u64)> = st
                 .tensors
                 .values()
                 .map(|t| (t.start as u64, t.end as u64))
                 .collect();
-            hash_samples(&mut hash, &file, &ranges)?;
+            hash_samples(&mut hash, st.path(), &ranges)?;
         }
     } else {
         let gguf = GgufFile::open(path)?;

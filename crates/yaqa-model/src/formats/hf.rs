@@ -494,6 +494,11 @@ impl HfCheckpoint {
         self.files.iter().map(|f| f.path().to_path_buf()).collect()
     }
 
+    /// The mapped safetensors files, in shard order.
+    pub fn shards(&self) -> &[SafetensorsFile] {
+        &self.files
+    }
+
     /// Loads the whole model in f32.
     pub fn load_model(&self) -> Result<Model<f32>> {
         Model::load(self.config.clone(), self)
