@@ -51,7 +51,11 @@ fn config() -> ModelConfig {
 }
 
 fn checkpoint(dir: &Path, seed: u64) -> Loaded {
-    let model = Model::synthetic(config(), seed);
+    checkpoint_of(dir, seed, config())
+}
+
+fn checkpoint_of(dir: &Path, seed: u64, config: ModelConfig) -> Loaded {
+    let model = Model::synthetic(config, seed);
     let path = dir.join(format!("model-{seed}"));
     write_hf(&model, &path).unwrap();
     checkpoint::load(&path).unwrap()
@@ -348,6 +352,37 @@ fn int_exports_decompress_to_the_quantized_file_exactly() {
     };
     export_and_check(&dir, &loaded, &q, scheme, "int8-channel");
     assert_eq!(scheme.weights_json()["strategy"], "channel");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--group 64` on a model whose attention and gate/up layers have 64 inputs: those layers hold one
+/// group per row, as a per-channel layer does, and are written in the model's group scheme (before, the
+/// export refused the model because the first layer's scheme read "per channel").
+#[test]
+fn a_group_as_long_as_a_layers_rows_is_the_models_group() {
+    let dir = scratch("group-is-row");
+    let loaded = checkpoint_of(
+        &dir,
+        32,
+        ModelConfig {
+            intermediate_size: 128,
+            ..config()
+        },
+    );
+    let int4 = params(
+        Method::Gptq,
+        QuantizerSpec::IntAsym {
+            bits: 4,
+            group_size: Some(64),
+        },
+        false,
+    );
+    let q = quantize(&loaded, &int4, &dir.join("int4.safetensors"));
+    let scheme = Scheme::Int {
+        bits: 4,
+        group_size: Some(64),
+    };
+    export_and_check(&dir, &loaded, &q, scheme, "int4-g64");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

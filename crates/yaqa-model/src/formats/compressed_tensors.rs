@@ -575,10 +575,39 @@ pub fn write_compressed_tensors(
     let model = &original.model;
     let ids = quant.layers_of(original)?;
     let mut packed = Vec::with_capacity(ids.len());
-    let mut summary: Option<CtSummary> = None;
     for &id in &ids {
         let layer = CtLayer::from_quant_file(quant, id)?;
         quant.check_layer_shape(id, (layer.m, layer.n), id.kind.shape(&model.config))?;
+        packed.push((id, layer));
+    }
+    // A group as long as its layer's rows is one group per channel: such a layer (`--group 128` on a
+    // layer of 128 inputs) belongs to the model's group scheme, as compressed-tensors reads it.
+    let model_group = packed.iter().find_map(|(_, l)| match l.scheme {
+        Scheme::Int {
+            group_size: Some(g),
+            ..
+        } => Some(g),
+        _ => None,
+    });
+    for (_, layer) in &mut packed {
+        if let (
+            Scheme::Int {
+                bits,
+                group_size: None,
+            },
+            Some(g),
+        ) = (layer.scheme, model_group)
+            && layer.n == g
+        {
+            layer.scheme = Scheme::Int {
+                bits,
+                group_size: Some(g),
+            };
+        }
+    }
+    let mut summary: Option<CtSummary> = None;
+    for (id, layer) in &packed {
+        let id = *id;
         let s = summary.get_or_insert(CtSummary {
             scheme: layer.scheme,
             layers: 0,
@@ -607,7 +636,6 @@ pub fn write_compressed_tensors(
             s.partial_blocks = Some((id.name(), layer.m, layer.n));
         }
         s.layers += 1;
-        packed.push((id, layer));
     }
     let Some(summary) = summary else {
         return Err(ModelError::format(qpath, "the model has no linear layers"));
