@@ -9,7 +9,8 @@ use yaqa_model::job::Grid;
 use yaqa_model::job::compare::{self, CompareConfig, CompareMethod, CompareReport};
 use yaqa_model::job::demo::{self, DemoConfig};
 use yaqa_model::job::evaluate::{EvalTable, EvalText, write_json};
-use yaqa_model::job::guard::{named, refuse_overwrite};
+use yaqa_model::job::guard::named;
+use yaqa_model::job::preflight;
 
 use crate::args::{
     CalibArgs, CalibIdsArgs, CheckpointArgs, DampArgs, Device, backend, calib_config,
@@ -158,7 +159,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         let mut inputs = config.calib.inputs();
         inputs.push(named("--model", &config.model));
         inputs.extend(config.eval.text.as_deref().map(|p| named("--text", p)));
-        refuse_overwrite(&[named("--json", json)], &inputs)?;
+        preflight::check_report("--json", json, &inputs)?;
     }
     let report = compare::run(&cpu, &config, None, &Bars::default())?;
     print_report(&report, args.json.as_deref(), &|_| None)

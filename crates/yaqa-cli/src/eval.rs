@@ -6,7 +6,8 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 use yaqa_model::job::evaluate::{self, EvalConfig, EvalText, write_json};
-use yaqa_model::job::guard::{named, refuse_overwrite};
+use yaqa_model::job::guard::named;
+use yaqa_model::job::preflight;
 
 use crate::args::{Device, backend};
 use crate::progress::Bars;
@@ -61,7 +62,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         inputs.extend(args.quantized.iter().map(|p| named("--quantized", p)));
         inputs.extend(args.text.as_deref().map(|p| named("--text", p)));
         inputs.extend(args.base.as_deref().map(|p| named("--base", p)));
-        refuse_overwrite(&[named("--json", json)], &inputs)?;
+        preflight::check_report("--json", json, &inputs)?;
     }
     let config = EvalConfig {
         model: args.model,

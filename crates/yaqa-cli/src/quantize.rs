@@ -6,9 +6,10 @@ use anyhow::Result;
 use clap::Args;
 use yaqa_core::daq::DaqParams;
 use yaqa_model::job::evaluate::{EvalText, write_json};
-use yaqa_model::job::guard::{named, refuse_overwrite};
+use yaqa_model::job::guard::named;
 use yaqa_model::job::memory::Bytes;
 use yaqa_model::job::overrides::{Override, Overrides};
+use yaqa_model::job::preflight;
 use yaqa_model::job::quantize::{self, QuantizeConfig, default_eval};
 
 use crate::args::{
@@ -91,7 +92,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         inputs.extend(args.factors.as_deref().map(|p| named("--factors", p)));
         inputs.extend(args.base.as_deref().map(|p| named("--base", p)));
         inputs.extend(args.calib.calib.iter().map(|p| named("--calib", p)));
-        refuse_overwrite(&[named("--json", json)], &inputs)?;
+        preflight::check_report("--json", json, &inputs)?;
     }
     let config = QuantizeConfig {
         model: args.model,

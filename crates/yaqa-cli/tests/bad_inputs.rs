@@ -523,6 +523,51 @@ fn an_unwritable_output_is_named() {
     );
 }
 
+/// A report or work folder under an existing file (`--json notes.txt/r.json`) is refused before the
+/// evaluation or the factors are done, naming the flag and the file in the way (session 18; `eval --json`
+/// used to find out when it wrote the report, after the evaluation).
+#[test]
+fn an_output_under_a_file_is_refused_before_work() {
+    let dir = scratch("bad-output-under-file");
+    let model = model_with(&dir, "model", |_| {});
+    let file = dir.join("notes.txt");
+    std::fs::write(&file, "not a folder").unwrap();
+    let json = file.join("r.json");
+    let work = file.join("work");
+    let sizes = ["--window", "8", "--n-windows", "2"];
+    for (flag, args) in [
+        (
+            "--json",
+            [
+                &["eval", "--model", s(&model), "--json", s(&json)][..],
+                &["--quantized", s(&dir.join("q.safetensors"))],
+                &sizes,
+            ]
+            .concat(),
+        ),
+        (
+            "--work",
+            [
+                &["compare", "--model", s(&model), "--work", s(&work)][..],
+                &["--n-seqs", "2", "--seq-len", "8", "--bits", "3"],
+                &sizes,
+            ]
+            .concat(),
+        ),
+    ] {
+        let err = refused(
+            &args,
+            &[flag, &format!("{} is a file, not a folder", file.display())],
+        );
+        // Refused at once: no progress of an evaluation or a calibration before it.
+        assert!(
+            !err.contains("window") && !err.contains("sampling"),
+            "{err}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a folder");
+}
+
 // Flags, texts and files given by hand (session 17).
 
 /// Runs `args` (strings), expects failure, and checks that the error holds every one of `parts`.

@@ -341,3 +341,74 @@ fn trellis_round_trips_through_the_pipeline() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Every byte below `dir`.
+fn folder_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                folder_bytes(&e.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
+}
+
+/// `compare`'s preflight asks the file system for what the run then writes into `--work`: at least that,
+/// and not more than three times it (the checkpoint of the largest factor set is counted once more, and
+/// is gone at the end).
+#[test]
+fn compare_plans_at_least_what_it_writes_into_its_work_folder() {
+    use yaqa_model::job::compare::{self, CompareConfig, CompareMethod};
+    use yaqa_model::job::evaluate::EvalText;
+    use yaqa_model::job::{CalibConfig, Grid};
+    let dir = scratch("compare-work");
+    let config = yaqa_model::ModelConfig {
+        vocab_size: 64,
+        hidden_size: 64,
+        intermediate_size: 128,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 16,
+        ..tiny_config(Family::Llama, true)
+    };
+    let model = Model::synthetic(config, 12);
+    let model_dir = dir.join("model");
+    yaqa_model::formats::hf::write_hf(&model, &model_dir).unwrap();
+    let args = CompareConfig {
+        model: model_dir,
+        calib: CalibConfig {
+            n_seqs: 3,
+            seq_len: 10,
+            ..CalibConfig::default()
+        },
+        passes: 3,
+        grids: vec![Grid::Int(2), Grid::Int(4)],
+        methods: CompareMethod::ALL.to_vec(),
+        eval: EvalText {
+            window: 8,
+            n_windows: 2,
+            ..EvalText::default()
+        },
+        work: dir.join("work"),
+        ..CompareConfig::default()
+    };
+    compare::run(
+        &Cpu::default(),
+        &args,
+        None,
+        &yaqa_model::job::progress::Silent,
+    )
+    .unwrap();
+    let written = folder_bytes(&args.work);
+    let planned = compare::work_bytes(&model.config, &args);
+    assert!(
+        planned >= written && planned <= 3 * written,
+        "planned {planned} bytes, wrote {written}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

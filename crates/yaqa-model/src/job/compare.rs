@@ -37,6 +37,8 @@ use crate::job::pipeline::{quantize_model, run_header};
 use crate::job::progress::{Progress, ProgressExt};
 use crate::job::resume::{self, Job, Outcome, labels_from_record};
 use crate::job::{CalibConfig, CheckpointPolicy, Grid, QuantSpec, open_model};
+use crate::job::{memory, preflight};
+use crate::transformer::config::ModelConfig;
 use crate::transformer::tokenizer::Tokenizer;
 use crate::transformer::weights::{LayerId, Model};
 
@@ -174,6 +176,37 @@ pub struct CompareReport {
     pub seconds: f64,
 }
 
+/// What `compare` writes into its work folder, about: every factor set it collects (the passes of
+/// Sketch A, Sketch B, or `Σ x xᵀ` alone), their checkpoint, and one quantized model per method and
+/// quantizer.
+pub fn work_bytes(config: &ModelConfig, args: &CompareConfig) -> u64 {
+    let set =
+        |kind| memory::block_factor_file_bytes(config, kind).saturating_mul(config.n_layers as u64);
+    let has = |m: CompareMethod| {
+        args.methods.contains(&m) || args.methods.contains(&CompareMethod::YaqaAb)
+    };
+    let mut kinds = Vec::new();
+    if has(CompareMethod::YaqaA) {
+        kinds.extend((0..args.passes).map(|pass| SketchKind::A { pass }));
+    }
+    if has(CompareMethod::YaqaB) {
+        kinds.push(SketchKind::B);
+    }
+    if kinds.is_empty() {
+        kinds.push(SketchKind::Xtx);
+    }
+    // The largest set once more, for the checkpoint beside it.
+    let largest = kinds.iter().map(|&k| set(k)).max().unwrap_or(0);
+    let factors = kinds
+        .iter()
+        .fold(largest, |sum, &k| sum.saturating_add(set(k)));
+    let models = args.grids.iter().fold(0u64, |sum, grid| {
+        let one = memory::quantized_file_bytes(config, f64::from(grid.bits()) + 0.5);
+        sum.saturating_add(one.saturating_mul(args.methods.len() as u64 + 1))
+    });
+    factors.saturating_add(models)
+}
+
 /// The factor sets of one calibration run.
 struct FactorSets {
     /// Sketch A's last pass (YAQA-A).
@@ -289,6 +322,12 @@ pub fn run<B: Backend + ModelOps<f32>>(
     let loaded = open_model(&args.model)?;
     args.calib.check(&loaded)?;
     args.eval.check(&loaded, ["--window", "--n-windows"])?;
+    preflight::check_output(
+        "--work",
+        &args.work,
+        work_bytes(&loaded.model.config, args),
+        "the factors and quantized models",
+    )?;
     let shapes: Vec<(usize, usize)> = LayerId::all(&loaded.model)
         .iter()
         .map(|id| id.kind.shape(&loaded.model.config))

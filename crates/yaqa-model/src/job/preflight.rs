@@ -6,10 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{ModelError, Result};
+use crate::job::guard::{Named, named, refuse_overwrite};
 use crate::job::memory::Bytes;
 
-/// The nearest existing folder at or above `path` (where the output's folder will be created).
-fn existing_folder(path: &Path) -> PathBuf {
+/// The nearest existing folder above `path` (where the output's folder will be created), or the existing
+/// file that stands where a folder would have to be (`--json notes.txt/r.json`).
+fn existing_folder(path: &Path) -> std::result::Result<PathBuf, PathBuf> {
     let absolute = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -18,11 +20,12 @@ fn existing_folder(path: &Path) -> PathBuf {
     let mut dir = absolute.as_path();
     loop {
         if dir.is_dir() {
-            return dir.to_path_buf();
+            return Ok(dir.to_path_buf());
         }
         match dir.parent() {
+            Some(p) if p.exists() && !p.is_dir() => return Err(p.to_path_buf()),
             Some(p) => dir = p,
-            None => return absolute,
+            None => return Ok(absolute),
         }
     }
 }
@@ -48,7 +51,13 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
 /// **Errors**: [`ModelError::Write`] naming the folder when it cannot be written;
 /// [`ModelError::Refused`] naming the output, the bytes needed and the bytes free.
 pub fn check_output(flag: &str, out: &Path, need: u64, what: &str) -> Result<()> {
-    let dir = existing_folder(out);
+    let dir = existing_folder(out).map_err(|file| {
+        ModelError::Refused(format!(
+            "{flag} {}: {} is a file, not a folder; choose another output path",
+            out.display(),
+            file.display()
+        ))
+    })?;
     let probe = dir.join(format!(".yaqa-preflight-{}", std::process::id()));
     std::fs::write(&probe, b"").map_err(|e| ModelError::Write {
         path: dir.clone(),
@@ -68,6 +77,19 @@ pub fn check_output(flag: &str, out: &Path, need: u64, what: &str) -> Result<()>
         );
     }
     Ok(())
+}
+
+/// Room asked for a JSON report: far above any report's size, so only a full or unwritable location
+/// stops the run.
+const REPORT_BYTES: u64 = 1 << 20;
+
+/// Checks a report file (`--json`) before the work whose results it records: it is none of the run's
+/// `inputs` ([`refuse_overwrite`]) and its folder can be written with room to spare ([`check_output`]).
+///
+/// **Errors**: those of [`refuse_overwrite`] and [`check_output`].
+pub fn check_report(flag: &str, path: &Path, inputs: &[Named<'_>]) -> Result<()> {
+    refuse_overwrite(&[named(flag, path)], inputs)?;
+    check_output(flag, path, REPORT_BYTES, "the JSON report")
 }
 
 #[cfg(test)]
