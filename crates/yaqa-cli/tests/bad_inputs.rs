@@ -568,6 +568,117 @@ fn an_output_under_a_file_is_refused_before_work() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a folder");
 }
 
+/// Runs the `yaqa` binary as a user who may not write `dir` nor read `secret`: as `nobody` through
+/// `setpriv` when the tests run as root (which may write anywhere), else as the caller with `dir`
+/// made read-only and `secret` unreadable. `None` (with the reason printed) where neither is possible.
+fn yaqa_unprivileged(dir: &Path, secret: &Path, args: &[&str]) -> Option<std::process::Output> {
+    use std::os::unix::fs::PermissionsExt;
+    let uid = std::process::Command::new("id").arg("-u").output().ok()?;
+    let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+    let mut cmd = if root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        c.arg(env!("CARGO_BIN_EXE_yaqa"));
+        c
+    } else {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_yaqa"))
+    };
+    std::fs::set_permissions(secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = cmd.args(args).env("NO_COLOR", "1").output();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    match out {
+        Ok(o) => Some(o),
+        Err(e) => {
+            eprintln!("skipped: running as root without setpriv to drop privileges ({e})");
+            None
+        }
+    }
+}
+
+/// A folder the user may not write and a model file the user may not read are named with the system's
+/// reason, before any work, and nothing is left behind (session 18; untested before, as the sandbox
+/// runs as root).
+#[test]
+fn permission_errors_name_the_path() {
+    let dir = scratch("bad-permissions");
+    let model = model_with(&dir, "model", |_| {});
+    // The model readable by all but its weights; the scratch folder writable by its owner only.
+    std::fs::set_permissions(&model, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        model.join("config.json"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let weights = model.join("model.safetensors");
+    let locked = dir.join("locked");
+    std::fs::create_dir_all(&locked).unwrap();
+    let out = locked.join("factors");
+    let args = [
+        "hessian",
+        "--model",
+        s(&model),
+        "--n-seqs",
+        "2",
+        "--seq-len",
+        "8",
+        "--out",
+        s(&out),
+    ];
+    let Some(o) = yaqa_unprivileged(&locked, &weights, &args) else {
+        return;
+    };
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{err}");
+    // Whichever comes first, the output's folder or the model's weights, is named with the reason.
+    let named_out = err.contains(&locked.display().to_string());
+    let named_weights = err.contains(&weights.display().to_string());
+    assert!(
+        (named_out || named_weights) && err.contains("Permission denied"),
+        "{err}"
+    );
+    assert!(!out.exists(), "{err}");
+
+    // The weights readable again: the unwritable output is what is refused, before the collection.
+    std::fs::set_permissions(
+        &weights,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let readable = dir.join("readable.txt");
+    std::fs::write(&readable, "x").unwrap();
+    let o = yaqa_unprivileged(&locked, &readable, &args).unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    says(&err, &[&locked.display().to_string(), "Permission denied"]);
+    assert!(!err.contains("sampling") && !out.exists(), "{err}");
+
+    // A model file that cannot be read, with the output writable by anyone.
+    let open = dir.join("open");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let o = yaqa_unprivileged(
+        &locked,
+        &weights,
+        &[
+            "hessian",
+            "--model",
+            s(&model),
+            "--n-seqs",
+            "2",
+            "--seq-len",
+            "8",
+            "--out",
+            s(&open.join("f")),
+        ],
+    )
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{err}");
+    says(&err, &[&weights.display().to_string(), "Permission denied"]);
+    assert!(!open.join("f").exists(), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 // Flags, texts and files given by hand (session 17).
 
 /// Runs `args` (strings), expects failure, and checks that the error holds every one of `parts`.
