@@ -11,9 +11,8 @@ use serde_json::{Value, json};
 use yaqa_core::backend::Backend;
 use yaqa_core::model_ops::ModelOps;
 
-use crate::error::{Context, ModelError, Result};
+use crate::error::{Context, Result};
 use crate::formats::checkpoint::{Loaded, check_tokenizer, tokenizer_for};
-use crate::formats::hf::write_atomic;
 use crate::formats::quant_file::QuantFile;
 use crate::job::calib::{Shard, sample_sequences};
 use crate::job::calib_set::file_name;
@@ -694,14 +693,8 @@ pub fn eval_models<B: Backend + ModelOps<f32>>(
     })
 }
 
-/// Writes pretty JSON atomically.
-///
-/// **Errors**: I/O on `path` (named).
-pub fn write_json(path: &Path, v: &Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(v)
-        .map_err(|e| ModelError::Input(format!("formatting JSON: {e}")))?;
-    write_atomic(path, |tmp| std::fs::write(tmp, &text))
-}
+/// `value` as pretty JSON at `path`, atomically; one writer for every report and config file.
+pub use crate::formats::hf::write_json;
 
 #[cfg(test)]
 mod tests {
