@@ -40,6 +40,12 @@ echo "== pip install $wheel"
 echo "== pytest crates/yaqa-py/python/tests"
 # From the tests' folder, so `import yaqa` finds the installed wheel, not the sources (which lack the
 # extension module); no bytecode or cache files left in the work tree.
+# The tests' temporary folders (about 4 GB of quantized SmolLM2 copies) go to one folder under
+# target-py/, which pytest empties at the start of each run, instead of /tmp, where pytest keeps the last
+# three runs' (12 GB filled this machine's disk in session 17).
 export PYTHONDONTWRITEBYTECODE=1
+basetemp="$target/pytest-tmp"
 cd crates/yaqa-py/python/tests
-"$venv/bin/python" -m pytest -p no:cacheprovider -v "$@" .
+"$venv/bin/python" -m pytest -p no:cacheprovider --basetemp="$basetemp" -v "$@" .
+# Kept when a test fails (for a look at its files), removed after a passing run.
+rm -rf "$basetemp"
