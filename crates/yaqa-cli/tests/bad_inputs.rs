@@ -568,11 +568,15 @@ fn an_output_under_a_file_is_refused_before_work() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a folder");
 }
 
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
 /// Runs the `yaqa` binary as a user who may not write `dir` nor read `secret`: as `nobody` through
 /// `setpriv` when the tests run as root (which may write anywhere), else as the caller with `dir`
 /// made read-only and `secret` unreadable. `None` (with the reason printed) where neither is possible.
-fn yaqa_unprivileged(dir: &Path, secret: &Path, args: &[&str]) -> Option<std::process::Output> {
-    use std::os::unix::fs::PermissionsExt;
+fn yaqa_unprivileged(dir: &Path, secret: &Path, args: &[String]) -> Option<std::process::Output> {
     let uid = std::process::Command::new("id").arg("-u").output().ok()?;
     let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
     let mut cmd = if root {
@@ -581,12 +585,12 @@ fn yaqa_unprivileged(dir: &Path, secret: &Path, args: &[&str]) -> Option<std::pr
         c.arg(env!("CARGO_BIN_EXE_yaqa"));
         c
     } else {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+        chmod(dir, 0o555);
         std::process::Command::new(env!("CARGO_BIN_EXE_yaqa"))
     };
-    std::fs::set_permissions(secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    chmod(secret, 0o600);
     let out = cmd.args(args).env("NO_COLOR", "1").output();
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    chmod(dir, 0o755);
     match out {
         Ok(o) => Some(o),
         Err(e) => {
@@ -604,27 +608,13 @@ fn permission_errors_name_the_path() {
     let dir = scratch("bad-permissions");
     let model = model_with(&dir, "model", |_| {});
     // The model readable by all but its weights; the scratch folder writable by its owner only.
-    std::fs::set_permissions(&model, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(
-        model.join("config.json"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .unwrap();
+    chmod(&model, 0o755);
+    chmod(&model.join("config.json"), 0o644);
     let weights = model.join("model.safetensors");
     let locked = dir.join("locked");
     std::fs::create_dir_all(&locked).unwrap();
     let out = locked.join("factors");
-    let args = [
-        "hessian",
-        "--model",
-        s(&model),
-        "--n-seqs",
-        "2",
-        "--seq-len",
-        "8",
-        "--out",
-        s(&out),
-    ];
+    let args = hessian(&model, &out, &[]);
     let Some(o) = yaqa_unprivileged(&locked, &weights, &args) else {
         return;
     };
@@ -640,11 +630,7 @@ fn permission_errors_name_the_path() {
     assert!(!out.exists(), "{err}");
 
     // The weights readable again: the unwritable output is what is refused, before the collection.
-    std::fs::set_permissions(
-        &weights,
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .unwrap();
+    chmod(&weights, 0o644);
     let readable = dir.join("readable.txt");
     std::fs::write(&readable, "x").unwrap();
     let o = yaqa_unprivileged(&locked, &readable, &args).unwrap();
@@ -655,23 +641,8 @@ fn permission_errors_name_the_path() {
     // A model file that cannot be read, with the output writable by anyone.
     let open = dir.join("open");
     std::fs::create_dir_all(&open).unwrap();
-    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let o = yaqa_unprivileged(
-        &locked,
-        &weights,
-        &[
-            "hessian",
-            "--model",
-            s(&model),
-            "--n-seqs",
-            "2",
-            "--seq-len",
-            "8",
-            "--out",
-            s(&open.join("f")),
-        ],
-    )
-    .unwrap();
+    chmod(&open, 0o777);
+    let o = yaqa_unprivileged(&locked, &weights, &hessian(&model, &open.join("f"), &[])).unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!o.status.success(), "{err}");
     says(&err, &[&weights.display().to_string(), "Permission denied"]);
