@@ -36,8 +36,7 @@ use crate::job::guard::{named, refuse_overwrite};
 use crate::job::pipeline::{quantize_model, run_header};
 use crate::job::progress::{Progress, ProgressExt};
 use crate::job::resume::{self, Job, Outcome, labels_from_record};
-use crate::job::{CalibConfig, CheckpointPolicy, Grid, QuantSpec, open_model};
-use crate::job::{memory, preflight};
+use crate::job::{CalibConfig, CheckpointPolicy, Grid, QuantSpec, memory, open_model, preflight};
 use crate::transformer::config::ModelConfig;
 use crate::transformer::tokenizer::Tokenizer;
 use crate::transformer::weights::{LayerId, Model};
@@ -200,9 +199,16 @@ pub fn work_bytes(config: &ModelConfig, args: &CompareConfig) -> u64 {
     let factors = kinds
         .iter()
         .fold(largest, |sum, &k| sum.saturating_add(set(k)));
+    // RTN runs whether asked for or not (it chooses the scales).
+    let rows = args
+        .methods
+        .iter()
+        .filter(|&&m| m != CompareMethod::Rtn)
+        .count() as u64
+        + 1;
     let models = args.grids.iter().fold(0u64, |sum, grid| {
         let one = memory::quantized_file_bytes(config, f64::from(grid.bits()) + 0.5);
-        sum.saturating_add(one.saturating_mul(args.methods.len() as u64 + 1))
+        sum.saturating_add(one.saturating_mul(rows))
     });
     factors.saturating_add(models)
 }
