@@ -111,10 +111,12 @@ fn nvrtc_check(root: &Path) -> Result<()> {
         .current_dir(root)
         .env("LD_LIBRARY_PATH", library_path)
         .env("YAQA_REQUIRE_NVRTC", "1")
+        // `--workspace`, not `-p yaqa-backend-cuda`: the same feature resolution as `cargo test
+        // --workspace`, so the test suite's build is reused instead of rebuilding faer and gemm.
         .args([
             "test",
-            "-p",
-            "yaqa-backend-cuda",
+            "--workspace",
+            "--locked",
             "--test",
             "kernels_compile",
             "--",
