@@ -106,6 +106,28 @@ fn layer_groups_joined_equal_one_all_layer_run() {
         s(&other),
     ]);
     assert!(err.contains("same calibration"), "{err}");
+    // A group whose factor file is cut short fails the join naming the file, and leaves no half-joined
+    // folder behind (the first group's files were already copied when the second one's failed).
+    let cut = dir.join("g1-cut");
+    std::fs::create_dir_all(&cut).unwrap();
+    for (name, bytes) in files(&g1) {
+        std::fs::write(cut.join(name), bytes).unwrap();
+    }
+    let victim = files(&cut)
+        .into_keys()
+        .find(|n| n.ends_with(".safetensors") && n.contains("layers.2."))
+        .unwrap();
+    let len = std::fs::metadata(cut.join(&victim)).unwrap().len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cut.join(&victim))
+        .unwrap();
+    file.set_len(len / 2).unwrap();
+    let half = dir.join("half");
+    let g0 = dir.join("g0-b");
+    let err = fails(&["hessian", "merge", "--out", s(&half), s(&g0), s(&cut)]);
+    assert!(err.contains(&victim), "{err}");
+    assert!(!half.exists(), "a failed join left {}", half.display());
     // A range beyond the model is refused before any work.
     let err = fails(&strs(&hessian(
         &m,

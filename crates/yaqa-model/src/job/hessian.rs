@@ -469,27 +469,52 @@ fn join_groups(
             );
         }
     }
-    std::fs::create_dir_all(out)
-        .map_err(|e| ModelError::io(out, e))
-        .with_context(|| format!("creating {}", out.display()))?;
-    let mut written = 0;
-    for index in indexes {
-        for path in index.values().flat_map(|files| files.values()) {
-            let f = read_factors(path).with_context(|| format!("reading {}", path.display()))?;
-            let dest = out.join(path.file_name().context("factor file without a name")?);
-            write_factors(&dest, f.layer, f.m, &f.factors, &f.provenance)?;
-            written += 1;
+    let mut written = Vec::new();
+    into_new_files(out, &mut written, |written| {
+        for index in indexes {
+            for path in index.values().flat_map(|files| files.values()) {
+                let f =
+                    read_factors(path).with_context(|| format!("reading {}", path.display()))?;
+                let dest = out.join(path.file_name().context("factor file without a name")?);
+                write_factors(&dest, f.layer, f.m, &f.factors, &f.provenance)?;
+                written.push(dest);
+            }
         }
-    }
-    let dest = out.join(RECORD_FILE);
-    let bytes = std::fs::read(&records[0]).map_err(|e| ModelError::io(&records[0], e))?;
-    crate::formats::hf::write_atomic(&dest, |tmp| std::fs::write(tmp, &bytes))?;
+        let dest = out.join(RECORD_FILE);
+        let bytes = std::fs::read(&records[0]).map_err(|e| ModelError::io(&records[0], e))?;
+        crate::formats::hf::write_atomic(&dest, |tmp| std::fs::write(tmp, &bytes))?;
+        written.push(dest);
+        Ok(())
+    })?;
     Ok(MergeReport {
         out: out.to_path_buf(),
         shards: dirs.len(),
-        files: written,
+        files: written.len() - 1,
         records: true,
     })
+}
+
+/// Runs `write` into the folder `out` (created if missing), which pushes every file it writes; when it
+/// fails, nothing half-merged is left: those files go, and `out` too if this call created it.
+fn into_new_files(
+    out: &Path,
+    written: &mut Vec<PathBuf>,
+    write: impl FnOnce(&mut Vec<PathBuf>) -> Result<()>,
+) -> Result<()> {
+    let existed = out.exists();
+    std::fs::create_dir_all(out)
+        .map_err(|e| ModelError::io(out, e))
+        .with_context(|| format!("creating {}", out.display()))?;
+    let result = write(written);
+    if result.is_err() {
+        for path in written.iter() {
+            let _ = std::fs::remove_file(path);
+        }
+        if !existed {
+            let _ = std::fs::remove_dir_all(out);
+        }
+    }
+    result
 }
 
 /// The factors of `kind` a finished earlier run wrote to `job.out` over the first `k` of `seqs` (`k`
@@ -664,22 +689,11 @@ pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<MergeReport> {
             missing[0].display()
         );
     }
-    let existed = out.exists();
-    std::fs::create_dir_all(out)
-        .map_err(|e| ModelError::io(out, e))
-        .with_context(|| format!("creating {}", out.display()))?;
     let with_records = missing.is_empty();
     let mut written = Vec::new();
-    if let Err(e) = add_shards(out, shards, &index, with_records, &mut written) {
-        // Nothing half-merged is left: the files this run wrote go, and the folder if it made it.
-        for path in &written {
-            let _ = std::fs::remove_file(path);
-        }
-        if !existed {
-            let _ = std::fs::remove_dir_all(out);
-        }
-        return Err(e);
-    }
+    into_new_files(out, &mut written, |written| {
+        add_shards(out, shards, &index, with_records, written)
+    })?;
     Ok(MergeReport {
         out: out.to_path_buf(),
         shards: shards.len(),
