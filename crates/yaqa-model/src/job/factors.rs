@@ -51,7 +51,9 @@ pub fn factor_index(dir: &Path) -> Result<BTreeMap<LayerId, BTreeMap<String, Pat
 }
 
 /// The factor file a method should use among a layer's files: YAQA needs a two-sided sketch (B, or the
-/// last pass of A); the one-sided methods prefer `Σ x xᵀ` and fall back on a two-sided sketch's `h_in`.
+/// last pass of A); the one-sided methods prefer `Σ x xᵀ`, then Sketch B's (which spans every sequence
+/// of a `compare` folder, where Sketch A spans only the first `--n-seqs`: the rows of `compare` read the
+/// same one), then Sketch A's pass 0.
 ///
 /// **Errors**: no suitable file (naming the layer and the sketches found).
 pub fn pick_factor_file(
@@ -69,7 +71,7 @@ pub fn pick_factor_file(
         .map(|(_, t)| t);
     let mut order: Vec<String> = match method {
         Method::Yaqa => vec!["b".into()],
-        _ => vec!["xtx".into(), "a-p0".into(), "b".into()],
+        _ => vec!["xtx".into(), "b".into(), "a-p0".into()],
     };
     order.extend(last_a);
     order
@@ -153,4 +155,42 @@ pub fn next_sketch_a_pass(model: &Model<f32>, set: &Set, pass: u32) -> Result<Se
                 .with_context(|| format!("starting Sketch A pass {pass} of {}", id.name()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transformer::weights::LinearKind;
+
+    fn pick(tags: &[&str], method: Method) -> Result<String> {
+        let files: BTreeMap<String, PathBuf> = tags
+            .iter()
+            .map(|t| (t.to_string(), PathBuf::from(format!("{t}.safetensors"))))
+            .collect();
+        let layer = LayerId {
+            block: 3,
+            kind: LinearKind::ALL[0],
+        };
+        pick_factor_file(&files, method, layer).map(|p| p.display().to_string())
+    }
+
+    #[test]
+    fn one_sided_methods_read_the_widest_sum_and_yaqa_a_two_sided_sketch() {
+        let compare = ["a-p0", "a-p1", "b"];
+        assert_eq!(pick(&compare, Method::Ldlq).unwrap(), "b.safetensors");
+        assert_eq!(pick(&compare, Method::Gptq).unwrap(), "b.safetensors");
+        assert_eq!(pick(&compare, Method::Yaqa).unwrap(), "b.safetensors");
+        let all = ["xtx", "a-p0", "a-p1", "b"];
+        assert_eq!(pick(&all, Method::Ldlq).unwrap(), "xtx.safetensors");
+        let a = ["a-p0", "a-p1", "a-p2"];
+        assert_eq!(pick(&a, Method::Ldlq).unwrap(), "a-p0.safetensors");
+        assert_eq!(pick(&a, Method::Yaqa).unwrap(), "a-p2.safetensors");
+        let err = pick(&["xtx", "a-p0"], Method::Yaqa)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no suitable factors for model.layers.3.") && err.contains("method yaqa"),
+            "{err}"
+        );
+    }
 }
