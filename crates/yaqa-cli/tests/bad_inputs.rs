@@ -10,7 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fails, ok, ok_stderr, s, scratch, word_tokenizer, words};
+use common::{fails, ok, ok_stderr, s, word_tokenizer, words};
 use serde_json::{Value, json};
 use yaqa_model::formats::hf::{RawTensor, write_hf, write_safetensors};
 use yaqa_model::transformer::weights::tiny_config;
@@ -25,6 +25,28 @@ fn model_with(dir: &Path, name: &str, edit: impl FnOnce(&mut Model)) -> PathBuf 
     let out = dir.join(name);
     write_hf(&model, &out).unwrap();
     out
+}
+
+/// A scratch folder (`common::scratch`) removed when the test ends, and kept for a look when it fails.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn scratch(tag: &str) -> Scratch {
+    Scratch(common::scratch(tag))
 }
 
 /// Edits `config.json` of the model folder `model`.
@@ -647,7 +669,6 @@ fn permission_errors_name_the_path() {
     assert!(!o.status.success(), "{err}");
     says(&err, &[&weights.display().to_string(), "Permission denied"]);
     assert!(!open.join("f").exists(), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 // Flags, texts and files given by hand (session 17).
