@@ -1279,4 +1279,32 @@ fn finetune_names_the_flags_it_was_given() {
     // The whole context of 64 tokens trains; perplexity is taken on windows of 64.
     ok(&finetune("long", "64"));
     assert!(out.join("model.safetensors").is_file());
+    // A Mistral's sliding window of 16 limits --seq-len to 16 (windows of 17 tokens run 16 of them).
+    let mistral = model_with(&dir, "mistral", |m| {
+        m.config.family = Family::Mistral;
+        m.config.sliding_window = Some(16);
+    });
+    word_tokenizer(&mistral.join("tokenizer.json"), &words(37), false);
+    let tune = |seq_len: &'static str, out: &Path| -> Vec<String> {
+        let mut args: Vec<String> = finetune("long", seq_len)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        args[2] = s(&mistral).to_string();
+        *args.last_mut().unwrap() = s(out).to_string();
+        args
+    };
+    let tuned = dir.join("tuned-mistral");
+    says(
+        &run_fails(&tune("17", &tuned)),
+        &[
+            "--seq-len 17 ",
+            "sliding attention window of 16 tokens",
+            "at most 16",
+        ],
+    );
+    assert!(!tuned.exists());
+    let args = tune("16", &tuned);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(tuned.join("model.safetensors").is_file());
 }

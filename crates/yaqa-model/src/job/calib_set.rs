@@ -45,6 +45,19 @@ pub fn calibration_set<B: Backend + ModelOps<f32>>(
     progress: &dyn Progress,
 ) -> Result<Calibration> {
     config.check(loaded)?;
+    calibration_set_unchecked(backend, loaded, config, shard, progress)
+}
+
+/// [`calibration_set`] without [`CalibConfig::check`], for a caller that checked the sizes against the
+/// model itself: `finetune`'s windows of `--seq-len + 1` tokens run only their first `--seq-len` through
+/// the model, so the context and the sliding window limit `--seq-len`, not the window.
+pub(crate) fn calibration_set_unchecked<B: Backend + ModelOps<f32>>(
+    backend: &B,
+    loaded: &Loaded,
+    config: &CalibConfig,
+    shard: Shard,
+    progress: &dyn Progress,
+) -> Result<Calibration> {
     if let Some(path) = &config.ids {
         let file = read_calib_file(path, Some(loaded.model.config.vocab_size))
             .with_context(|| format!("reading calibration ids {}", path.display()))?;

@@ -22,7 +22,7 @@ use crate::error::{Context, ModelError, Result};
 use crate::formats::checkpoint::tokenizer_for;
 use crate::formats::hf::write_hf;
 use crate::job::calib::Shard;
-use crate::job::calib_set::calibration_set;
+use crate::job::calib_set::calibration_set_unchecked;
 use crate::job::eval::perplexity;
 use crate::job::evaluate::{EvalText, eval_tokens};
 use crate::job::guard::{named, refuse_overwrite};
@@ -128,8 +128,8 @@ pub fn run<B: Backend + ModelOps<f32>>(
         .checked_mul(config.batch)
         .context("--steps × --batch overflows")?;
     // A window of `seq_len + 1` tokens runs its first `seq_len` through the model, so `seq_len` is what
-    // the model's context limits; the calibration set's own check (of `seq_len + 1`) is then skipped, as
-    // it would name a length the user did not give.
+    // the model's context and sliding window limit; the calibration set's own check (of `seq_len + 1`)
+    // is then skipped, as it would refuse a window that fits and name a length the user did not give.
     let seq_len = config.calib.seq_len;
     check_context(
         &format!("--seq-len {seq_len}"),
@@ -144,7 +144,7 @@ pub fn run<B: Backend + ModelOps<f32>>(
         allow_long_context: true,
         ..config.calib.clone()
     };
-    let set = calibration_set(backend, &loaded, &calib, Shard::default(), progress)
+    let set = calibration_set_unchecked(backend, &loaded, &calib, Shard::default(), progress)
         .with_context(|| {
             format!(
                 "--steps {} × --batch {} training windows of --seq-len {seq_len} tokens and the one \
