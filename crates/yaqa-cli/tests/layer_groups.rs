@@ -110,10 +110,11 @@ fn layer_groups_joined_equal_one_all_layer_run() {
     // folder behind (the first group's files were already copied when the second one's failed).
     let cut = dir.join("g1-cut");
     std::fs::create_dir_all(&cut).unwrap();
-    for (name, bytes) in files(&g1) {
+    let group = files(&g1);
+    for (name, bytes) in &group {
         std::fs::write(cut.join(name), bytes).unwrap();
     }
-    let victim = files(&cut)
+    let victim = group
         .into_keys()
         .find(|n| n.ends_with(".safetensors") && n.contains("layers.2."))
         .unwrap();

@@ -469,8 +469,7 @@ fn join_groups(
             );
         }
     }
-    let mut written = Vec::new();
-    into_new_files(out, &mut written, |written| {
+    let written = into_new_files(out, |written| {
         for index in indexes {
             for path in index.values().flat_map(|files| files.values()) {
                 let f =
@@ -494,27 +493,28 @@ fn join_groups(
     })
 }
 
-/// Runs `write` into the folder `out` (created if missing), which pushes every file it writes; when it
-/// fails, nothing half-merged is left: those files go, and `out` too if this call created it.
+/// Runs `write` into the folder `out` (created if missing), which pushes every file it writes, and
+/// returns those files; when it fails, nothing half-merged is left: they go, and `out` too if this call
+/// created it.
 fn into_new_files(
     out: &Path,
-    written: &mut Vec<PathBuf>,
     write: impl FnOnce(&mut Vec<PathBuf>) -> Result<()>,
-) -> Result<()> {
+) -> Result<Vec<PathBuf>> {
     let existed = out.exists();
     std::fs::create_dir_all(out)
         .map_err(|e| ModelError::io(out, e))
         .with_context(|| format!("creating {}", out.display()))?;
-    let result = write(written);
-    if result.is_err() {
-        for path in written.iter() {
+    let mut written = Vec::new();
+    if let Err(e) = write(&mut written) {
+        for path in &written {
             let _ = std::fs::remove_file(path);
         }
         if !existed {
             let _ = std::fs::remove_dir_all(out);
         }
+        return Err(e);
     }
-    result
+    Ok(written)
 }
 
 /// The factors of `kind` a finished earlier run wrote to `job.out` over the first `k` of `seqs` (`k`
@@ -690,8 +690,7 @@ pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<MergeReport> {
         );
     }
     let with_records = missing.is_empty();
-    let mut written = Vec::new();
-    into_new_files(out, &mut written, |written| {
+    let written = into_new_files(out, |written| {
         add_shards(out, shards, &index, with_records, written)
     })?;
     Ok(MergeReport {
