@@ -4,15 +4,22 @@
 # block (BLOCK, default 15) is quantized at 2 bits with each quantizer (int2, e8p, trellis2) and each of
 # LDLQ and YAQA-B, every other layer kept at the original's precision (`--override`), from README's
 # table factors; then one `yaqa eval` of all six on the same windows of prideprejudice.txt.
-# BITS=3 runs int3 and trellis3 instead. Finished runs are skipped, so rerunning resumes.
+# BITS=3 runs int3 and trellis3 instead. BLOCK=all quantizes the whole model (about 1.5 hours per
+# trellis run on two idle cores, resumable per layer) and evaluates on README's 64 windows. Finished runs
+# are skipped and a killed quantize continues at its next layer, so rerunning resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${SHARED:-../shared}
 block=${BLOCK:-15}
 bits=${BITS:-2}
-windows=${WINDOWS:-16}
+if [[ $block == all ]]; then windows=${WINDOWS:-64}; else windows=${WINDOWS:-16}; fi
 factors=${FACTORS:-.yaqa-cache/kl-table-1024/factors}
 out=${OUT:-.yaqa-cache/trellis-block}/block$block-$bits
+if [[ $block == all ]]; then
+  only=()
+else
+  only=(--override "^model\\.layers\\.$block\\.=method:METHOD" --override ".=keep")
+fi
 bin=${BIN:-${CARGO_TARGET_DIR:-target}/release/yaqa}
 fixture="$shared/fixtures/smollm2-135m"
 model=(--model "$fixture/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -29,8 +36,7 @@ for q in $quantizers; do
     files+=("$out/$name.safetensors")
     [[ -f $out/$name.safetensors ]] && continue
     /usr/bin/time -f "$name: %e s wall, %M KB peak" "$bin" quantize "${model[@]}" \
-      --factors "$factors" --method "$method" --quantizer "$q" \
-      --override "^model\\.layers\\.$block\\.=method:$method" --override ".=keep" \
+      --factors "$factors" --method "$method" --quantizer "$q" "${only[@]/METHOD/$method}" \
       --no-eval --out "$out/$name.safetensors" --json "$out/$name.json" > "$out/$name.log" 2>&1
     tail -n 2 "$out/$name.log"
   done
