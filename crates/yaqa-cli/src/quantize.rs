@@ -46,6 +46,11 @@ pub struct QuantizeArgs {
     /// the output. E.g. --override 'down_proj=bits:8' --override '^model\.layers\.0\.=keep'
     #[arg(long = "override", value_name = "REGEX=RULE", value_parser = Override::parse)]
     pub overrides: Vec<Override>,
+    /// A file quantized earlier from this model with the same quantizer: every layer takes the scale
+    /// that file's search chose instead of searching again (one scale per matrix for every method
+    /// compared, as in `compare`; the trellis skips its costly search)
+    #[arg(long, value_name = "FILE")]
+    pub scales_from: Option<PathBuf>,
     #[command(flatten)]
     pub calib: CalibArgs,
     #[command(flatten)]
@@ -91,6 +96,11 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         let mut inputs = vec![named("--model", &args.model), named("--out", &args.out)];
         inputs.extend(args.factors.as_deref().map(|p| named("--factors", p)));
         inputs.extend(args.base.as_deref().map(|p| named("--base", p)));
+        inputs.extend(
+            args.scales_from
+                .as_deref()
+                .map(|p| named("--scales-from", p)),
+        );
         inputs.extend(args.calib.calib.iter().map(|p| named("--calib", p)));
         preflight::check_report("--json", json, &inputs)?;
     }
@@ -117,6 +127,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         },
         sequential: args.sequential,
         overrides: Overrides(args.overrides),
+        scales_from: args.scales_from,
     };
     let r = quantize::run(&cpu, &config, &Bars::default())?;
     eprintln!(

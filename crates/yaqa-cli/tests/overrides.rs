@@ -165,3 +165,106 @@ fn overrides_that_cannot_apply_are_refused_before_work() {
     assert!(!dir.join("q.safetensors.factors").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `quantize --scales-from FILE` (session 19): every layer takes the scale multiplier FILE's search
+/// chose, where its own search (on other calibration statistics) would choose otherwise; a file of
+/// another quantizer or model, or one given with `--override`, is refused before any work.
+#[test]
+fn scales_from_gives_every_layer_the_files_scale() {
+    let dir = scratch("cli-scales-from");
+    let model_dir = tiny_model(&dir, 11);
+    let m = s(&model_dir);
+    let factors = |name: &str, seed: &str| {
+        let out = dir.join(name);
+        ok(&[
+            "hessian",
+            "--model",
+            m,
+            "--sketch",
+            "b",
+            "--n-seqs",
+            "3",
+            "--seq-len",
+            "10",
+            "--seed",
+            seed,
+            "--out",
+            s(&out),
+        ]);
+        out
+    };
+    let (f0, f1) = (factors("f0", "0"), factors("f1", "5"));
+    let quantize = |name: &str, f: &std::path::Path, method: &str, extra: &[&str]| {
+        let out = dir.join(format!("{name}.safetensors"));
+        let mut a = vec![
+            "quantize",
+            "--model",
+            m,
+            "--factors",
+            s(f),
+            "--method",
+            method,
+            "--quantizer",
+            "int3",
+            "--no-eval",
+            "--out",
+            s(&out),
+        ];
+        a.extend_from_slice(extra);
+        (a.iter().map(|x| x.to_string()).collect::<Vec<_>>(), out)
+    };
+    let run_ok = |(a, out): (Vec<String>, std::path::PathBuf)| {
+        ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        QuantFile::open(&out).unwrap()
+    };
+    let source = run_ok(quantize("ldlq-f1", &f1, "ldlq", &[]));
+    let own = run_ok(quantize("yaqa-own", &f0, "yaqa", &[]));
+    let path = dir.join("ldlq-f1.safetensors");
+    let shared = run_ok(quantize(
+        "yaqa-shared",
+        &f0,
+        "yaqa",
+        &["--scales-from", s(&path)],
+    ));
+    let want = source.scale_multipliers().unwrap();
+    assert_eq!(want.len(), 14);
+    assert_ne!(
+        own.scale_multipliers().unwrap(),
+        want,
+        "the premise: the other calibration's search chooses other scales somewhere"
+    );
+    assert_eq!(shared.scale_multipliers().unwrap(), want);
+    assert_eq!(
+        shared.run()["factors"]["scale_c_from"],
+        serde_json::json!(path.display().to_string())
+    );
+
+    let refused = |(a, out): (Vec<String>, std::path::PathBuf)| {
+        let err = fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!out.exists(), "{err}");
+        err
+    };
+    let mut int4 = quantize("int4", &f0, "yaqa", &["--scales-from", s(&path)]);
+    let q = int4.0.iter().position(|a| a == "int3").unwrap();
+    int4.0[q] = "int4".into();
+    let err = refused(int4);
+    assert!(
+        err.contains(&format!("--scales-from {}", path.display()))
+            && err.contains("quantized with quantizer"),
+        "{err}"
+    );
+    let err = refused(quantize(
+        "over",
+        &f0,
+        "yaqa",
+        &["--scales-from", s(&path), "--override", "down_proj=keep"],
+    ));
+    assert!(err.contains("with --override 'down_proj=keep'"), "{err}");
+    let other_model = tiny_model(&dir.join("other"), 12);
+    let (mut a, out) = quantize("other", &f0, "rtn", &["--scales-from", s(&path)]);
+    a[2] = s(&other_model).to_string();
+    a.drain(3..5);
+    let err = refused((a, out));
+    assert!(err.contains("quantized from a different model"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

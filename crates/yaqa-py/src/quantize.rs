@@ -47,6 +47,9 @@ use crate::progress::run_job;
 /// ``bits:K``, ``group:G`` or ``group:none``, ``method:rtn|gptq|ldlq|yaqa``; the first matching rule
 /// decides, each must match a layer, and they are recorded in the output.
 ///
+/// ``scales_from`` (the command line's ``--scales-from``): a file quantized earlier from this model with
+/// the same quantizer, whose searched scale multiplier every layer takes instead of searching again.
+///
 /// Factors: from ``factors`` (a folder ``yaqa.collect`` wrote), or collected first (Sketch B for YAQA,
 /// Σ x xᵀ otherwise) over ``n_seqs`` sequences of ``seq_len`` tokens: windows of the ``calib`` text
 /// files (a path or a list; ``tokenizer`` a tokenizer.json, default the model's), token ids from
@@ -81,7 +84,7 @@ use crate::progress::run_job;
     tokenizer = None, calib_ids = None, n_seqs = 64, seq_len = 512, seed = 0, evaluate = true,
     eval_text = None, eval_windows = 8, eval_window = 256, checkpoint_minutes = 30.0,
     checkpoint_every = None, max_memory = None, base = None, daq_no_clip = false, overrides = None,
-    progress = None
+    scales_from = None, progress = None
 ))]
 pub fn quantize<'py>(
     py: Python<'py>,
@@ -116,6 +119,7 @@ pub fn quantize<'py>(
     base: Option<PathBuf>,
     daq_no_clip: bool,
     overrides: Option<Vec<String>>,
+    scales_from: Option<PathBuf>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let overrides = Overrides::parse(overrides.as_deref().unwrap_or_default())
@@ -153,6 +157,7 @@ pub fn quantize<'py>(
         },
         sequential,
         overrides,
+        scales_from,
     };
     let report = run_job(py, progress, |p| {
         yaqa_model::job::quantize::run(&Cpu::default(), &config, p)

@@ -75,6 +75,11 @@ pub struct QuantizeConfig {
     /// Per-module overrides (`--override`): layers that take another quantizer or method, or stay
     /// unquantized ([`crate::job::overrides`]). Not with the sequential pipeline or DAQ.
     pub overrides: Overrides,
+    /// A file quantized earlier from the same model with the same quantizer (`--scales-from`): every
+    /// layer takes the scale multiplier `c` that file's search chose instead of searching again, so
+    /// methods compared one `quantize` at a time share their scales as `compare`'s rows do (DESIGN.md
+    /// §5), and the trellis skips its costly search. Not with the sequential pipeline or DAQ.
+    pub scales_from: Option<PathBuf>,
 }
 
 impl Default for QuantizeConfig {
@@ -93,6 +98,7 @@ impl Default for QuantizeConfig {
             daq: DaqParams::default(),
             sequential: false,
             overrides: Overrides::default(),
+            scales_from: None,
         }
     }
 }
@@ -241,8 +247,37 @@ pub fn run<B: Backend + ModelOps<f32>>(
     let eval_text = config.eval.as_ref().and_then(|e| e.text.as_deref());
     inputs.extend(eval_text.map(|p| named("--eval-text", p)));
     inputs.extend(config.base.as_deref().map(|p| named("--base", p)));
+    inputs.extend(
+        config
+            .scales_from
+            .as_deref()
+            .map(|p| named("--scales-from", p)),
+    );
     refuse_overwrite(&[named("--out", &config.out)], &inputs)?;
     check_daq_inputs(config)?;
+    if let (Some(p), Some(o)) = (&config.scales_from, config.overrides.0.first()) {
+        crate::bail!(
+            "--scales-from {} with --override '{}': the file's scales are for its one quantizer; \
+             quantize the overridden layers in a run of their own",
+            p.display(),
+            o.text
+        );
+    }
+    if let Some(p) = &config.scales_from
+        && (config.spec.method == Method::Daq || config.is_sequential())
+    {
+        crate::bail!(
+            "--scales-from {}: shared scales work with the methods that round each layer from \
+             factors (rtn, gptq, ldlq, yaqa), not with --method {}{}",
+            p.display(),
+            config.spec.method.name(),
+            if config.is_sequential() {
+                " on the sequential pipeline"
+            } else {
+                ""
+            }
+        );
+    }
     if let Some(o) = config.overrides.0.first()
         && (config.spec.method == Method::Daq || config.is_sequential())
     {
@@ -355,6 +390,13 @@ pub fn run<B: Backend + ModelOps<f32>>(
         .iter()
         .filter_map(|(id, spec)| spec.map(|s| (*id, s.layer_params())))
         .collect();
+    let scales = match &config.scales_from {
+        Some(path) => Some(
+            shared_scales(path, &loaded, &config.spec, &layers)
+                .with_context(|| format!("--scales-from {}", path.display()))?,
+        ),
+        None => None,
+    };
     let needs_sketch_b = per_layer.values().any(|p| p.method == Method::Yaqa);
     let daq = config.spec.method == Method::Daq;
     if config.factors.is_none() && !daq {
@@ -455,14 +497,15 @@ pub fn run<B: Backend + ModelOps<f32>>(
                 .next()
                 .context("a model with no linear layers")?;
             let prov = read_factor_checked(first, &loaded.fingerprint)?.provenance;
-            let factors_json = json!({
+            let mut factors_json = json!({
                 "source": dir.display().to_string(),
                 "seed": prov.seed, "seq_len": prov.seq_len, "calib": prov.calib,
                 "shards": prov.shards,
             });
+            record_scales_from(&mut factors_json, config);
             let fp = loaded.fingerprint.clone();
             let mut load = |id: LayerId| Ok(read_factor_checked(&picks[&id], &fp)?.factors);
-            let mut round = from_factors(backend, &layer_params, None, &mut load);
+            let mut round = from_factors(backend, &layer_params, scales.as_ref(), &mut load);
             quantize_with(
                 backend,
                 &loaded,
@@ -483,14 +526,15 @@ pub fn run<B: Backend + ModelOps<f32>>(
             let mut cal =
                 calibration_set(backend, &loaded, &config.calib, Shard::default(), progress)?;
             let factors = collect_for_quantize(backend, &loaded, kind, &mut cal, config, progress)?;
-            let factors_json = collected_json(kind, config.calib.seed, &cal);
+            let mut factors_json = collected_json(kind, config.calib.seed, &cal);
+            record_scales_from(&mut factors_json, config);
             let mut load = |id: LayerId| {
                 factors
                     .get(&id)
                     .cloned()
                     .with_context(|| format!("no factors were collected for {}", id.name()))
             };
-            let mut round = from_factors(backend, &layer_params, None, &mut load);
+            let mut round = from_factors(backend, &layer_params, scales.as_ref(), &mut load);
             let report = quantize_with(
                 backend,
                 &loaded,
@@ -816,4 +860,55 @@ fn quantize_daq<B: Backend + ModelOps<f32>>(
         ));
     }
     Ok(report)
+}
+
+/// The scale multiplier of every layer in `layers` from the quantized file `path` ([`QuantizeConfig::
+/// scales_from`]), checked to come from this model and this run's quantizer and rotation.
+///
+/// **Errors**: an unreadable file, another model's file, another quantizer or rotation, a layer without
+/// a searched multiplier (kept, or quantized with per-row or group scales).
+fn shared_scales(
+    path: &Path,
+    loaded: &Loaded,
+    spec: &QuantSpec,
+    layers: &[LayerId],
+) -> Result<BTreeMap<LayerId, f64>> {
+    let file = QuantFile::open(path)?;
+    file.layers_of(loaded)?;
+    let theirs = file.run();
+    let ours = run_header(&spec.layer_params(), &loaded.fingerprint, Value::Null);
+    for key in ["quantizer", "incoherence"] {
+        if theirs[key] != ours[key] {
+            crate::bail!(
+                "{} was quantized with {key} {}, this run uses {}: a scale multiplier means the same \
+                 scale only for the same quantizer and rotation",
+                path.display(),
+                theirs[key],
+                ours[key]
+            );
+        }
+    }
+    let multipliers = file.scale_multipliers()?;
+    layers
+        .iter()
+        .map(|&id| {
+            let c = multipliers.get(&id).copied().with_context(|| {
+                format!(
+                    "{} has no searched scale multiplier for {} (a layer it kept, or one with per-row \
+                     or group scales)",
+                    path.display(),
+                    id.name()
+                )
+            })?;
+            Ok((id, c))
+        })
+        .collect()
+}
+
+/// Records `--scales-from` in the run's factor description, so a rerun with another file (or none) does
+/// not resume into this one.
+fn record_scales_from(factors_json: &mut Value, config: &QuantizeConfig) {
+    if let Some(p) = &config.scales_from {
+        factors_json["scale_c_from"] = json!(p.display().to_string());
+    }
 }
