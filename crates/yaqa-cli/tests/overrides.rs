@@ -1,7 +1,8 @@
 //! `quantize --override`: the layers a rule matches take its quantizer and method, bit for bit as a whole
 //! run with that spec would round them, the others exactly as without the rule, kept layers stay out of
 //! the file (recorded) and are read from the original by `eval` and the bf16 export; rules that cannot
-//! apply are refused before any work, naming the rule or the layer.
+//! apply are refused before any work, naming the rule or the layer. Also `--scales-from`, the other way
+//! a run takes a layer's setting from elsewhere: every layer gets the given file's searched scale.
 
 mod common;
 
